@@ -1,0 +1,20 @@
+"""GET /api/health: is the app up and can it reach PostgreSQL? For probes and operators."""
+import json
+
+import azure.functions as func
+
+from shared.db import get_pool
+from shared.health import check_health
+from shared.settings import get_settings
+
+bp = func.Blueprint()
+
+
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    report = check_health(get_settings(), get_pool())
+    return func.HttpResponse(
+        json.dumps(report.as_dict()),
+        status_code=200 if report.ok else 503,
+        mimetype="application/json",
+    )

@@ -1,0 +1,15 @@
+"""mqtt_ingest: drains the broker's persistent session into PostgreSQL on a timer."""
+import azure.functions as func
+
+from shared.db import get_pool
+from shared.mqtt_drain import drain_once
+from shared.settings import get_settings
+
+bp = func.Blueprint()
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%INGEST_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def mqtt_ingest(timer: func.TimerRequest) -> None:
+    # drain_once logs its own summary line and records the run; a failure raises so the
+    # invocation shows as failed in Application Insights, and nothing unacked is lost.
+    drain_once(get_settings(), get_pool())

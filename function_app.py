@@ -1,0 +1,14 @@
+"""The function app: builds the FunctionApp and registers the blueprints, nothing else."""
+import logging
+
+import azure.functions as func
+
+from blueprints.health import bp as health_bp
+from blueprints.ingest import bp as ingest_bp
+
+# The Azure SDK logs every HTTP request at INFO; keep our own lines readable.
+logging.getLogger("azure").setLevel(logging.WARNING)
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(ingest_bp)
+app.register_functions(health_bp)

@@ -1,0 +1,1 @@
+"""Domain logic of mqtt-saas. Nothing in this package imports azure.functions."""

@@ -1,0 +1,64 @@
+"""All settings, read once from the environment into one typed object.
+
+Nothing else in the app reads os.environ. Every key here is listed, with a safe local value,
+in local.settings.json.example; Bicep sets the same keys as app settings in Azure.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.exceptions import ConfigurationError
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # PostgreSQL, as the application role (not owner, not superuser, no BYPASSRLS).
+    database_url: str = Field(alias="DATABASE_URL")
+    database_pool_max: int = Field(4, alias="DATABASE_POOL_MAX", ge=1, le=50)
+
+    # The broker, over TLS; the CA file verifies its certificate (there is no insecure mode).
+    mqtt_host: str = Field("localhost", alias="MQTT_HOST")
+    mqtt_port: int = Field(8883, alias="MQTT_PORT")
+    mqtt_ca_file: str | None = Field(None, alias="MQTT_CA_FILE")
+
+    # The drain's own broker credential, bound by dynamic security to one client id.
+    mqtt_ingest_username: str = Field("mqtt-saas-ingest", alias="MQTT_INGEST_USERNAME")
+    mqtt_ingest_password: str = Field("", alias="MQTT_INGEST_PASSWORD")
+    mqtt_ingest_client_id: str = Field("mqtt-saas-ingest", alias="MQTT_INGEST_CLIENT_ID")
+
+    # The least-privilege dynamic-security client used to provision device credentials.
+    mqtt_provisioner_username: str = Field("mqtt-saas-provisioner", alias="MQTT_PROVISIONER_USERNAME")
+    mqtt_provisioner_password: str = Field("", alias="MQTT_PROVISIONER_PASSWORD")
+
+    # mqtt_ingest: when it runs and how much one run may do.
+    ingest_schedule: str = Field("0 */1 * * * *", alias="INGEST_SCHEDULE")
+    ingest_batch_size: int = Field(5000, alias="INGEST_BATCH_SIZE", ge=1, le=30000)
+    ingest_flush_interval_s: float = Field(1.0, alias="INGEST_FLUSH_INTERVAL_S", gt=0, le=10)
+    ingest_time_budget_s: float = Field(240.0, alias="INGEST_TIME_BUDGET_S", gt=0)
+    ingest_idle_exit_s: float = Field(3.0, alias="INGEST_IDLE_EXIT_S", gt=0)
+    ingest_session_expiry_s: int = Field(7 * 24 * 3600, alias="INGEST_SESSION_EXPIRY_S", ge=3600)
+    ingest_max_payload_bytes: int = Field(65536, alias="INGEST_MAX_PAYLOAD_BYTES", ge=256)
+    ingest_max_metrics: int = Field(100, alias="INGEST_MAX_METRICS", ge=1)
+    ingest_max_records: int = Field(1000, alias="INGEST_MAX_RECORDS", ge=1)
+    ingest_max_past_days: int = Field(30, alias="INGEST_MAX_PAST_DAYS", ge=1, le=365)
+    ingest_max_future_s: int = Field(3600, alias="INGEST_MAX_FUTURE_S", ge=0)
+
+    # Blob storage (Azurite locally) for the cold archive.
+    storage_connection_string: str | None = Field(None, alias="STORAGE_CONNECTION_STRING")
+
+
+def settings_from(environ: dict[str, str]) -> Settings:
+    try:
+        return Settings.model_validate(environ)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return settings_from(dict(os.environ))
