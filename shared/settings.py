@@ -19,6 +19,8 @@ class Settings(BaseModel):
     # PostgreSQL, as the application role (not owner, not superuser, no BYPASSRLS).
     database_url: str = Field(alias="DATABASE_URL")
     database_pool_max: int = Field(4, alias="DATABASE_POOL_MAX", ge=1, le=50)
+    # The drain's own role: may write every tenant's readings, may read none of them.
+    ingest_database_url: str = Field(alias="INGEST_DATABASE_URL")
 
     # The broker, over TLS; the CA file verifies its certificate (there is no insecure mode).
     mqtt_host: str = Field("localhost", alias="MQTT_HOST")

@@ -1,0 +1,53 @@
+"""The application's PostgreSQL pool, and the one way to act for a tenant.
+
+Row-level security reads the tenant from app.tenant_id. It is set with set_config(..., true),
+i.e. for the current transaction only: a plain SET would survive on the pooled connection and
+hand the next request another tenant's rows.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from shared.settings import Settings, get_settings
+
+_pool: ConnectionPool | None = None
+_pool_lock = threading.Lock()
+
+
+def create_pool(settings: Settings) -> ConnectionPool:
+    pool = ConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=settings.database_pool_max,
+        kwargs={"row_factory": dict_row, "application_name": "mqtt_saas_api"},
+        check=ConnectionPool.check_connection,
+        # Belt and braces: no session state survives a connection's return to the pool.
+        reset=lambda conn: conn.execute("RESET ALL"),
+        open=False,
+    )
+    pool.open(wait=True, timeout=30)
+    return pool
+
+
+def get_pool() -> ConnectionPool:
+    """One pool per process, created on first use (the Functions host reuses the process)."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = create_pool(get_settings())
+    return _pool
+
+
+@contextmanager
+def tenant_transaction(pool: ConnectionPool, tenant_id: str) -> Iterator[psycopg.Connection]:
+    """A transaction that sees only tenant_id's rows; commits on success, rolls back on error."""
+    with pool.connection() as conn, conn.transaction():
+        conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+        yield conn

@@ -1,0 +1,59 @@
+-- try_drain_lock --
+-- One drain at a time: timers are at-least-once and a lost lease can start a second run while
+-- the first still works. Session-level, so it holds across the run's transactions.
+SELECT pg_try_advisory_lock(%(key)s)
+
+-- create_staging --
+-- Per-connection staging for COPY; emptied by every commit.
+CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
+    tenant_id uuid, device_id bigint, metric text, ts_us bigint, seq bigint,
+    value double precision, value_bool boolean, value_text text
+) ON COMMIT DELETE ROWS
+
+-- copy_staging --
+COPY ingest_staging (tenant_id, device_id, metric, ts_us, seq, value, value_bool, value_text) FROM STDIN
+
+-- insert_from_staging --
+-- A redelivered reading hits the dedup key and is skipped; rowcount is what was new.
+INSERT INTO telemetry (tenant_id, device_id, ts, seq, value, value_bool, metric, value_text)
+SELECT tenant_id, device_id, timestamptz 'epoch' + ts_us * interval '1 microsecond', seq,
+       value, value_bool, metric, value_text
+FROM ingest_staging
+ON CONFLICT ON CONSTRAINT telemetry_dedup DO NOTHING
+
+-- insert_dead_letter --
+INSERT INTO dead_letters (tenant_id, device_id, topic, reason, detail, payload, payload_bytes)
+VALUES (%(tenant_id)s, %(device_id)s, %(topic)s, %(reason)s, %(detail)s, %(payload)s, %(payload_bytes)s)
+
+-- update_presence --
+-- last_seen only moves forward; status_changed_at moves only when the status does.
+UPDATE devices AS d
+SET last_seen = greatest(d.last_seen, v.last_seen),
+    status = v.status,
+    status_changed_at = CASE WHEN d.status = v.status THEN d.status_changed_at ELSE now() END
+FROM unnest(%(tenant_ids)s::uuid[], %(device_ids)s::bigint[],
+            %(last_seen)s::timestamptz[], %(statuses)s::text[]) AS v (tenant_id, device_id, last_seen, status)
+WHERE d.tenant_id = v.tenant_id AND d.id = v.device_id
+
+-- resolve_devices --
+-- Topic names (tenant slug, device name) to ids, for the devices a batch mentions.
+SELECT t.slug, d.name, d.tenant_id, d.id, d.enabled
+FROM unnest(%(slugs)s::text[], %(names)s::text[]) AS k (slug, name)
+JOIN tenants AS t ON t.slug = k.slug
+JOIN devices AS d ON d.tenant_id = t.id AND d.name = k.name
+
+-- ensure_partitions --
+SELECT ensure_telemetry_partitions(current_date - %(past_days)s, current_date + %(future_days)s)
+
+-- start_run --
+INSERT INTO ingest_runs DEFAULT VALUES RETURNING id
+
+-- record_skipped_run --
+INSERT INTO ingest_runs (status, finished_at, error) VALUES ('skipped', now(), %(error)s)
+
+-- finish_run --
+UPDATE ingest_runs
+SET finished_at = now(), status = %(status)s, messages = %(messages)s, readings = %(readings)s,
+    accepted = %(accepted)s, duplicates = %(duplicates)s, dead_lettered = %(dead_lettered)s,
+    batches = %(batches)s, max_lag_ms = %(max_lag_ms)s, error = %(error)s
+WHERE id = %(run_id)s
