@@ -1,0 +1,165 @@
+"""Test harness: real PostgreSQL, Mosquitto and Azurite (tests/stack_fixtures.py), a template
+database built once from sql/migrations, and a fresh clone of it for every test that asks."""
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.migrate import apply_migrations
+from shared.settings import Settings, get_settings, settings_from
+
+pytest_plugins = ["tests.stack_fixtures"]
+
+TEMPLATE_DB = "mqtt_saas_template"
+_PROJECT_ENV_PREFIXES = ("DATABASE_", "INGEST_", "MQTT_", "STORAGE_")
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests see none of the developer's own settings, and settings are re-read per test."""
+    for key in list(os.environ):
+        if key.startswith(_PROJECT_ENV_PREFIXES):
+            monkeypatch.delenv(key)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+    owner_dsn: str
+    app_dsn: str
+    ingest_dsn: str
+
+
+@pytest.fixture(scope="session")
+def role_passwords(postgres_server) -> dict[str, str]:
+    """Login passwords for the two application roles the migrations create (cluster-wide)."""
+    with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    apply_migrations(postgres_server.superuser_dsn(TEMPLATE_DB))
+    passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest")}
+    with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
+        for role, password in passwords.items():
+            conn.execute(f"ALTER ROLE {role} LOGIN PASSWORD '{password}'")
+    return passwords
+
+
+@pytest.fixture
+def database(postgres_server, role_passwords) -> Iterator[Database]:
+    """A private database cloned from the migrated template: fast, and isolated per test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    host, port = "127.0.0.1", postgres_server.port
+    yield Database(
+        name=name,
+        owner_dsn=postgres_server.superuser_dsn(name),
+        app_dsn=f"postgresql://mqtt_saas_app:{role_passwords['mqtt_saas_app']}@{host}:{port}/{name}",
+        ingest_dsn=f"postgresql://mqtt_saas_ingest:{role_passwords['mqtt_saas_ingest']}@{host}:{port}/{name}",
+    )
+    with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def app_pool(database: Database) -> Iterator[ConnectionPool]:
+    from shared.db import create_pool
+
+    pool = create_pool(settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn}))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def ingest_identity(mosquitto_broker) -> Iterator[tuple[str, str]]:
+    """A drain credential of this test's own, so no test inherits another's queued messages.
+
+    Bound to its client id like the real one; the session is removed afterwards.
+    """
+    from shared.dynsec import DynsecClient, generate_password
+
+    username = f"ingest-{uuid.uuid4().hex[:10]}"
+    password = generate_password()
+    with _dynsec(mosquitto_broker) as dynsec:
+        dynsec.create_client(username, password, client_id=username, roles=["ingest"])
+    yield username, password
+    _forget_session(mosquitto_broker, username, password)
+    with _dynsec(mosquitto_broker) as dynsec:
+        dynsec.delete_client(username, missing_ok=True)
+
+
+@pytest.fixture
+def make_settings(database: Database, mosquitto_broker, ingest_identity):
+    """Settings as the app would read them, pointing at this test's database and broker."""
+    username, password = ingest_identity
+
+    def build(**overrides: object) -> Settings:
+        values = {
+            "DATABASE_URL": database.app_dsn,
+            "INGEST_DATABASE_URL": database.ingest_dsn,
+            "MQTT_HOST": mosquitto_broker.host,
+            "MQTT_PORT": str(mosquitto_broker.port),
+            "MQTT_CA_FILE": str(mosquitto_broker.ca_file),
+            "MQTT_INGEST_USERNAME": username,
+            "MQTT_INGEST_PASSWORD": password,
+            "MQTT_INGEST_CLIENT_ID": username,
+            "MQTT_PROVISIONER_USERNAME": mosquitto_broker.provisioner.username,
+            "MQTT_PROVISIONER_PASSWORD": mosquitto_broker.provisioner.password,
+            "INGEST_IDLE_EXIT_S": "1.5",
+            "INGEST_TIME_BUDGET_S": "60",
+        }
+        values.update({key: str(value) for key, value in overrides.items()})
+        return settings_from(values)
+
+    return build
+
+
+@pytest.fixture
+def settings_env(make_settings, monkeypatch: pytest.MonkeyPatch):
+    """Exports a Settings' values as environment variables, for code that calls get_settings()."""
+
+    def export(settings: Settings) -> Settings:
+        for name, field in Settings.model_fields.items():
+            value = getattr(settings, name)
+            if value is not None:
+                monkeypatch.setenv(field.alias, str(value))
+        get_settings.cache_clear()
+        return settings
+
+    return export
+
+
+def _dynsec(broker):
+    from shared.dynsec import DynsecClient
+
+    admin = broker.admin
+    return DynsecClient(broker.host, broker.port, str(broker.ca_file), admin.username, admin.password)
+
+
+def _forget_session(broker, username: str, password: str) -> None:
+    """Connects once with Clean Start and no session expiry: the broker drops the session."""
+    import ssl
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    client.tls_set(ca_certs=str(broker.ca_file), cert_reqs=ssl.CERT_REQUIRED)
+    try:
+        client.connect(broker.host, broker.port, clean_start=True)
+        client.loop_start()
+        client.disconnect()
+        client.loop_stop()
+    except OSError:
+        pass
