@@ -58,12 +58,14 @@ class DrainReport:
     run_id: int | None = None
     batches: int = 0
     duration_s: float = 0.0
+    active_s: float = 0.0  # from the start to the last committed batch: excludes the idle wait
     error: str | None = None
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
 
     def summary(self) -> dict:
         return {"status": self.status, "run_id": self.run_id, "batches": self.batches,
-                "duration_s": round(self.duration_s, 3), "error": self.error, **asdict(self.outcome)}
+                "duration_s": round(self.duration_s, 3),
+                "active_s": round(self.active_s, 3), "error": self.error, **asdict(self.outcome)}
 
 
 class _Inbox:
@@ -158,6 +160,7 @@ def _drain(settings: Settings, store: IngestStore, client: mqtt.Client, inbox: _
                     client.ack(message.mid, message.qos)
                 report.outcome.add(outcome)
                 report.batches += 1
+                report.active_s = time.monotonic() - started
                 if past_deadline:
                     break
                 continue

@@ -40,7 +40,7 @@ class Settings(BaseModel):
     ingest_schedule: str = Field("0 */1 * * * *", alias="INGEST_SCHEDULE")
     ingest_batch_size: int = Field(5000, alias="INGEST_BATCH_SIZE", ge=1, le=30000)
     ingest_flush_interval_s: float = Field(1.0, alias="INGEST_FLUSH_INTERVAL_S", gt=0, le=10)
-    ingest_time_budget_s: float = Field(240.0, alias="INGEST_TIME_BUDGET_S", gt=0)
+    ingest_time_budget_s: float = Field(50.0, alias="INGEST_TIME_BUDGET_S", gt=0)
     ingest_idle_exit_s: float = Field(3.0, alias="INGEST_IDLE_EXIT_S", gt=0)
     ingest_session_expiry_s: int = Field(7 * 24 * 3600, alias="INGEST_SESSION_EXPIRY_S", ge=3600)
     ingest_max_payload_bytes: int = Field(65536, alias="INGEST_MAX_PAYLOAD_BYTES", ge=256)
