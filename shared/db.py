@@ -27,12 +27,18 @@ def create_pool(settings: Settings) -> ConnectionPool:
         max_size=settings.database_pool_max,
         kwargs={"row_factory": dict_row, "application_name": "mqtt_saas_api"},
         check=ConnectionPool.check_connection,
-        # Belt and braces: no session state survives a connection's return to the pool.
-        reset=lambda conn: conn.execute("RESET ALL"),
+        reset=_reset_session,
         open=False,
     )
     pool.open(wait=True, timeout=30)
     return pool
+
+
+def _reset_session(conn: psycopg.Connection) -> None:
+    """Belt and braces: no session setting survives a connection's return to the pool."""
+    conn.autocommit = True
+    conn.execute("RESET ALL")
+    conn.autocommit = False
 
 
 def get_pool() -> ConnectionPool:

@@ -19,7 +19,7 @@ INSERT INTO telemetry (tenant_id, device_id, ts, seq, value, value_bool, metric,
 SELECT tenant_id, device_id, timestamptz 'epoch' + ts_us * interval '1 microsecond', seq,
        value, value_bool, metric, value_text
 FROM ingest_staging
-ON CONFLICT ON CONSTRAINT telemetry_dedup DO NOTHING
+ON CONFLICT DO NOTHING
 
 -- insert_dead_letter --
 INSERT INTO dead_letters (tenant_id, device_id, topic, reason, detail, payload, payload_bytes)
