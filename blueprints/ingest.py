@@ -1,7 +1,6 @@
 """mqtt_ingest: drains the broker's persistent session into PostgreSQL on a timer."""
 import azure.functions as func
 
-from shared.db import get_pool
 from shared.mqtt_drain import drain_once
 from shared.settings import get_settings
 
@@ -12,4 +11,4 @@ bp = func.Blueprint()
 def mqtt_ingest(timer: func.TimerRequest) -> None:
     # drain_once logs its own summary line and records the run; a failure raises so the
     # invocation shows as failed in Application Insights, and nothing unacked is lost.
-    drain_once(get_settings(), get_pool())
+    drain_once(get_settings())

@@ -2,6 +2,7 @@
 over TLS and waits for every PUBACK, and a way to run the registered mqtt_ingest function."""
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import threading
@@ -114,12 +115,17 @@ def prime_drain_session(settings) -> None:
     client.loop_stop()
 
 
+@functools.cache
+def registered_functions() -> dict:
+    """The app's registered functions by name, as the host indexes them (read once: in
+    azure-functions 1.26 a second get_functions() call on one app reports duplicate names)."""
+    from function_app import app
+
+    return {f.get_function_name(): f for f in app.get_functions()}
+
+
 def run_mqtt_ingest() -> None:
     """Runs the registered timer function exactly as the host would call it."""
     import azure.functions as func
 
-    from function_app import app
-
-    functions = {f.get_function_name(): f for f in app.get_functions()}
-    timer = func.timer.TimerRequest(past_due=False)
-    functions["mqtt_ingest"].get_user_function()(timer)
+    registered_functions()["mqtt_ingest"].get_user_function()(func.timer.TimerRequest(past_due=False))
