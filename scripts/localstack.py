@@ -10,6 +10,7 @@ Only the standard library, plus ``shared.dynsec`` (paho-mqtt) to set up the brok
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pwd
@@ -22,10 +23,11 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # so that scripts/dev can import this file by path and still reach shared/
@@ -80,21 +82,14 @@ def wait_until(
     """Poll ``ready`` until it is true or the deadline passes; ``alive`` returns a reason to stop early."""
     deadline = time.monotonic() + timeout
     while True:
-        if ready():
-            return
+        # Liveness first: a dead server must not pass for ready because something else answers on its port.
         if alive is not None and (reason := alive()) is not None:
             raise LocalStackError(f"{what}: {reason}")
+        if ready():
+            return
         if time.monotonic() >= deadline:
             raise LocalStackError(f"{what}: not ready within {timeout:g} s")
         time.sleep(interval)
-
-
-def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -182,7 +177,7 @@ def _run(cmd: Sequence[str], *, what: str, user: str | None = None, cwd: Path | 
     )
     if result.returncode != 0:
         raise LocalStackError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
-    return result.stdout
+    return str(result.stdout)
 
 
 def _as_user(user: str | None) -> dict[str, Any]:
@@ -203,9 +198,10 @@ def _child_env() -> dict[str, str]:
 class _Process:
     """A server child in its own process group (so a signal reaches its helpers too), output to a log file."""
 
-    def __init__(self, name: str, log_file: Path) -> None:
+    def __init__(self, name: str, log_file: Path, other_logs: Sequence[Path] = ()) -> None:
         self.name = name
         self.log_file = log_file
+        self.other_logs = tuple(other_logs)
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self, cmd: Sequence[str], *, cwd: Path, user: str | None = None) -> None:
@@ -230,7 +226,10 @@ class _Process:
         if self.popen is None:
             return "not started"
         code = self.popen.poll()
-        return None if code is None else f"exited with {code}; log {self.log_file}:\n{tail(self.log_file)}"
+        if code is None:
+            return None
+        logs = "\n".join(f"--- {log}:\n{tail(log)}" for log in (self.log_file, *self.other_logs))
+        return f"exited with {code}\n{logs}"
 
     def stop(self, sig: signal.Signals, timeout: float) -> None:
         """Send ``sig`` to the main process, wait for it, then make sure nothing of its group is left."""
@@ -255,15 +254,36 @@ class _Process:
         if popen is not None:
             self._kill_group(popen)
 
+    @contextmanager
+    def killed_on_error(self) -> Iterator[None]:
+        """A start() that fails half-way leaves no server behind."""
+        try:
+            yield
+        except BaseException:
+            self.kill()
+            raise
+
     def _kill_group(self, popen: subprocess.Popen[bytes]) -> None:
-        family = _family(popen.pid)
+        pgid = popen.pid
+        # Until we reap it, the child's pid cannot be reused, so its descendants are safe to look up and kill; after
+        # that only the group is (a process group id stays reserved while any member lives).
+        family = _family(pgid) if popen.poll() is None else set()
         for pid in family:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         popen.wait()
-        wait_until(lambda: not family & _live_processes().keys(), 30, f"{self.name} processes to exit")
+
+        def gone() -> bool:
+            live = _live_processes()
+            return not family & live.keys() and all(group != pgid for _, group in live.values())
+
+        wait_until(gone, 30, f"{self.name} processes to exit")
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------------------------
@@ -294,7 +314,7 @@ class PostgresServer:
         self,
         base_dir: str | os.PathLike[str],
         port: int | None = None,
-        extra_conf: Mapping[str, str | int | float | bool] | None = None,
+        extra_conf: Mapping[str, str | float | bool] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.data_dir = self.base_dir / "data"
@@ -354,7 +374,8 @@ class PostgresServer:
             cwd=self.base_dir,
             user=self._user,
         )
-        wait_until(self._ready, timeout, f"PostgreSQL on port {self.port}", alive=self._process.exited)
+        with self._process.killed_on_error():
+            wait_until(self._ready, timeout, f"PostgreSQL on port {self.port}", alive=self._process.exited)
 
     def _ready(self) -> bool:
         # Same test as `pg_ctl -w`: postmaster.pid names our process and says "ready" on its status line.
@@ -374,7 +395,7 @@ class PostgresServer:
         self._process.kill()
 
 
-def _pg_value(value: str | int | float | bool) -> str:
+def _pg_value(value: str | float | bool) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
@@ -421,12 +442,16 @@ autosave_interval 10
 max_queued_messages 10000000
 max_queued_bytes 1073741824
 queue_qos0_messages false
-# Sessions of devices that never come back expire; the drain connects far more often than this.
+# Sessions of devices that never come back expire. This also caps the Session Expiry a v5 client asks for (the
+# shorter wins), so it must stay above the drain's own expiry (INGEST_SESSION_EXPIRY_S, 7 days by default).
 persistent_client_expiration 14d
 
-# The app dead-letters payloads above 64 KiB itself, so the broker must let them through (1 MiB) for them to reach
-# the dead-letter table. A payload over message_size_limit is refused politely (v5 PUBACK "implementation specific
-# error", connection kept); max_packet_size, which disconnects, sits a little above it to cover topic and headers.
+# The app dead-letters payloads above 64 KiB itself, so the broker must let them through (up to 1 MiB) for them to
+# reach the dead-letter table. Over message_size_limit a message is dropped, and a v5 QoS 1 publisher gets PUBACK 149
+# "packet too large" (2.0.11; not a valid PUBACK code, and paho-mqtt 2.2 drops the connection on it).
+# max_packet_size, advertised in CONNACK, disconnects any client sending more; it sits a little above the payload
+# limit so that a 1 MiB payload plus topic and properties still fits. (Mosquitto notes at start that max_packet_size
+# is recommended over message_size_limit; we keep both for the 64 KiB < payload <= 1 MiB band.)
 message_size_limit 1048576
 max_packet_size 1114112
 
@@ -458,7 +483,8 @@ class MosquittoBroker:
         self.log_file = self.base_dir / "mosquitto.log"
         self._ca_key = self.base_dir / "ca.key"
         self._user = "mosquitto" if _is_root() else None
-        self._process = _Process("mosquitto", self.base_dir / "mosquitto.stdout.log")
+        # Mosquitto reports to stderr only until it has read log_dest from its configuration.
+        self._process = _Process("mosquitto", self.base_dir / "mosquitto.stdout.log", other_logs=[self.log_file])
         self._credentials: dict[str, Any] = {}
 
     def __repr__(self) -> str:
@@ -509,9 +535,10 @@ class MosquittoBroker:
             _chown_tree(self.base_dir, self._user, skip=(self.credentials_file, self._ca_key))
             _make_traversable(self.base_dir)
         self._process.start(["mosquitto", "-c", str(self.conf_file)], cwd=self.base_dir)
-        wait_until(self._tls_ready, timeout, f"Mosquitto TLS on port {self.port}", alive=self._process.exited)
-        if not self._credentials.get("provisioned"):
-            self._provision_service_clients()
+        with self._process.killed_on_error():
+            wait_until(self._tls_ready, timeout, f"Mosquitto TLS on port {self.port}", alive=self._process.exited)
+            if not self._credentials.get("provisioned"):
+                self._provision_service_clients()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: SIGTERM makes the broker save its persistence file before it exits."""
@@ -531,12 +558,17 @@ class MosquittoBroker:
     def _tls_ready(self) -> bool:
         assert self.port is not None
         try:
-            with socket.create_connection((self.host, self.port), timeout=1.0) as raw:
-                with self.ssl_context().wrap_socket(raw, server_hostname=self.host) as tls:
+            with (
+                socket.create_connection((self.host, self.port), timeout=1.0) as raw,
+                self.ssl_context().wrap_socket(raw, server_hostname=self.host) as tls,
+            ):
+                try:
                     tls.unwrap()  # a clean close_notify, so the broker does not log an "unexpected eof"
-                    return True
+                except OSError:
+                    pass
+                return True
         except ssl.SSLCertVerificationError:
-            raise
+            raise  # someone else's broker on this port, or certificates replaced under a running broker
         except OSError:
             return False
 
@@ -576,6 +608,7 @@ class MosquittoBroker:
         shutil.rmtree(work)
 
     def _load_or_create_credentials(self) -> dict[str, Any]:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
         if self.credentials_file.exists():
             loaded: dict[str, Any] = json.loads(self.credentials_file.read_text())
             return loaded
@@ -672,8 +705,21 @@ class AzuriteServer:
             ],
             cwd=self.base_dir,
         )
-        wait_until(lambda: port_accepts(self.host, port), timeout, f"Azurite on port {port}",
-                   alive=self._process.exited)
+        with self._process.killed_on_error():
+            wait_until(self._ready, timeout, f"Azurite on port {port}", alive=self._process.exited)
+
+    def _ready(self) -> bool:
+        # Any HTTP answer with Azurite's Server header (this one is a 4xx: the request is unsigned).
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=1.0)
+        try:
+            connection.request("GET", f"/{AZURITE_ACCOUNT}?comp=list")
+            response = connection.getresponse()
+            response.read()
+            return (response.getheader("Server") or "").startswith("Azurite")
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._process.stop(signal.SIGTERM, timeout)
@@ -696,7 +742,7 @@ class LocalStack:
         self.mosquitto = MosquittoBroker(self.base_dir / "mosquitto", ports.get("mosquitto"))
         self.azurite = AzuriteServer(self.base_dir / "azurite", ports.get("azurite"))
 
-    def __enter__(self) -> LocalStack:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

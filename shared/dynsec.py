@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -137,7 +137,7 @@ class DynsecClient:
 
     # -- connection ------------------------------------------------------------------------------------------------
 
-    def __enter__(self) -> DynsecClient:
+    def __enter__(self) -> Self:
         self.connect()
         return self
 
@@ -177,8 +177,10 @@ class DynsecClient:
                 raise BrokerUnavailable(f"MQTT broker refused the connection: {self._connack.getName()}")
             result, mid = client.subscribe(RESPONSE_TOPIC, qos=1)
             self._check_queued(result, "subscribe")
+            assert mid is not None
             self._wait(lambda: mid in self._subacks, deadline, "SUBACK")
-            granted = self._subacks.pop(mid)[0]
+            with self._cond:
+                granted = self._subacks.pop(mid)[0]
             if granted.is_failure:
                 raise DynsecError(f"not allowed to subscribe to {RESPONSE_TOPIC}: {granted.getName()}")
         except BaseException:
@@ -196,7 +198,11 @@ class DynsecClient:
     # -- commands --------------------------------------------------------------------------------------------------
 
     def execute(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Run commands in order in one request; raise DynsecError naming every command that failed."""
+        """Run commands in order in one request and return their responses (``data`` holds what get/list return).
+
+        Each command gets its own correlationData (any given is replaced). Raises DynsecError naming every command
+        that failed, with the plugin's error text; BrokerUnavailable when the broker does not answer in time.
+        """
         return self._execute(commands, tolerated=())
 
     def _execute(self, commands: list[dict[str, Any]], tolerated: Collection[str]) -> list[dict[str, Any]]:
@@ -214,7 +220,8 @@ class DynsecClient:
             info = client.publish(REQUEST_TOPIC, json.dumps(payload), qos=1)
             self._check_queued(info.rc, "publish")
             self._wait(lambda: info.mid in self._pubacks, deadline, "PUBACK")
-            puback = self._pubacks.pop(info.mid)
+            with self._cond:
+                puback = self._pubacks.pop(info.mid)
             if puback.is_failure:
                 # The broker checks ACLs before the plugin sees anything: a v5 PUBACK 135 means this credential
                 # is not an admin.
@@ -295,7 +302,7 @@ class DynsecClient:
             ],
             tolerated=(ROLE_EXISTS,),
         )
-        log.info("device provisioned", extra={"tenant_id": tenant, "device_id": device})
+        log.info("device provisioned", extra={"tenant_slug": tenant, "device_name": device})
         return username
 
     def deprovision_device(self, tenant: str, device: str) -> None:
@@ -307,7 +314,7 @@ class DynsecClient:
             ],
             tolerated=(CLIENT_NOT_FOUND, ROLE_NOT_FOUND),
         )
-        log.info("device deprovisioned", extra={"tenant_id": tenant, "device_id": device})
+        log.info("device deprovisioned", extra={"tenant_slug": tenant, "device_name": device})
 
     # -- paho callbacks (network thread) and waiting ---------------------------------------------------------------
 
