@@ -6,18 +6,22 @@ active wait on the broker. It acknowledges a message only after the transaction 
 committed (manual acks): a crash at any instant leaves the message unacknowledged, and the
 broker redelivers it to the next run, where the dedup key makes the second copy a no-op.
 
-paho's network thread only appends to a deque; this thread cuts micro-batches (full, or a
-second old), stores them and then acks. Receive Maximum is twice the batch size, so the broker
-keeps sending the next batch while this one is being written.
+Two threads share the work. This one drives paho's socket itself: it reads every packet a TLS
+record holds per wake-up (paho's own loop pays a select() per packet), cuts micro-batches and
+sends the acknowledgements of each committed batch as one write. The store thread resolves,
+validates and writes batches, so PostgreSQL's time overlaps network time. Receive Maximum is
+three batches: one being written, one queued, one filling.
 """
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import select
 import ssl
+import struct
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -34,7 +38,6 @@ from shared.ingest import (
     DeviceDirectory,
     InboundMessage,
     IngestStore,
-    PreparedBatch,
     TimeWindow,
     prepare_batch,
     record_skipped_run,
@@ -46,6 +49,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 DB_RETRY_SECONDS = 30.0
+_PUBACK = 0x40
 
 
 class LockLost(Exception):
@@ -64,44 +68,8 @@ class DrainReport:
 
     def summary(self) -> dict:
         return {"status": self.status, "run_id": self.run_id, "batches": self.batches,
-                "duration_s": round(self.duration_s, 3),
-                "active_s": round(self.active_s, 3), "error": self.error, **asdict(self.outcome)}
-
-
-class _Inbox:
-    """What paho's network thread has received and this run has not yet taken."""
-
-    def __init__(self, batch_size: int) -> None:
-        self.messages: deque[mqtt.MQTTMessage] = deque()
-        self.batch_size = batch_size
-        self.full = threading.Event()
-        self.connected = threading.Event()
-        self.lost = threading.Event()
-        self.connect_error: str | None = None
-
-    def on_message(self, client, userdata, message) -> None:
-        self.messages.append(message)
-        if len(self.messages) >= self.batch_size:
-            self.full.set()
-
-    def on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self.connect_error = str(reason_code)
-            self.lost.set()
-        self.connected.set()
-
-    def on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.lost.set()
-        self.connected.set()
-
-    def take(self, limit: int) -> list[mqtt.MQTTMessage]:
-        taken = []
-        popleft = self.messages.popleft
-        for _ in range(min(limit, len(self.messages))):
-            taken.append(popleft())
-        if len(self.messages) < self.batch_size:
-            self.full.clear()
-        return taken
+                "duration_s": round(self.duration_s, 3), "active_s": round(self.active_s, 3),
+                "error": self.error, **asdict(self.outcome)}
 
 
 def drain_once(settings: Settings) -> DrainReport:
@@ -114,117 +82,128 @@ def drain_once(settings: Settings) -> DrainReport:
         record_skipped_run(settings.ingest_database_url, report.error)
         _log_summary(report, started)
         return report
-    client = None
+    session = None
     try:
         store.ensure_partitions(settings.ingest_max_past_days + 1)
         report.run_id = store.start_run()
-        inbox = _Inbox(settings.ingest_batch_size)
-        client = _connect(settings, inbox)
-        _drain(settings, store, client, inbox, report, started)
+        session = _BrokerSession(settings)
+        _drain(settings, store, session, report, started)
     except Exception as exc:
         report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"[:1000]
         raise
     finally:
-        if client is not None:
-            client.disconnect()
-            client.loop_stop()
+        if session is not None:
+            session.close()
         _finish(store, report)
         store.close()
         _log_summary(report, started)
     return report
 
 
-def _drain(settings: Settings, store: IngestStore, client: mqtt.Client, inbox: _Inbox,
-           report: DrainReport, started: float) -> None:
-    limits = Limits(settings.ingest_max_payload_bytes, settings.ingest_max_metrics, settings.ingest_max_records)
-    window = TimeWindow(settings.ingest_max_past_days * 86400, settings.ingest_max_future_s)
-    directory = DeviceDirectory()
-    deadline = started + settings.ingest_time_budget_s
-    # paho stamps each message with time.monotonic(); this turns that into wall-clock time.
-    wall_offset_us = time.time_ns() // 1000 - int(time.monotonic() * 1_000_000)
-    last_activity = time.monotonic()
-    while not inbox.lost.is_set():
-        now = time.monotonic()
-        past_deadline = now >= deadline
-        waiting = len(inbox.messages)
-        if waiting:
-            last_activity = max(last_activity, inbox.messages[-1].timestamp)
-            if waiting >= settings.ingest_batch_size or past_deadline or now - inbox.messages[0].timestamp >= settings.ingest_flush_interval_s:
-                batch = inbox.take(settings.ingest_batch_size)
-                outcome = _store(store, settings, batch, directory, limits, window, wall_offset_us)
-                # After a reconnect the broker resends unacked messages under the same packet
-                # ids: an ack now could hit another message, so these wait for the next run.
-                if inbox.lost.is_set():
+class _BrokerSession:
+    """The drain's MQTT connection, with paho's socket driven from this thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.received: list[mqtt.MQTTMessage] = []
+        self.lost = False
+        self._connack: mqtt.ReasonCode | None = None
+        self._suback = False
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=settings.mqtt_ingest_client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        client.username_pw_set(settings.mqtt_ingest_username, settings.mqtt_ingest_password)
+        client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.on_message = lambda c, u, message: self.received.append(message)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        self.client = client
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = settings.ingest_session_expiry_s
+        properties.ReceiveMaximum = min(65535, 3 * settings.ingest_batch_size)
+        _connect_with_retry(client, settings, properties)
+        self._wait(lambda: self._connack is not None or self.lost, 15, "CONNACK")
+        if self._connack is None or self._connack.is_failure:
+            raise BrokerUnavailable(f"broker refused the drain: {self._connack or 'connection closed'}")
+        # Retain Handling 1: retained status messages come once, when the subscription is
+        # new, not again on every run.
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        client.subscribe([(topic, options) for topic in SUBSCRIPTIONS])
+        self._wait(lambda: self._suback or self.lost, 15, "SUBACK")
+        if self.lost:
+            raise BrokerUnavailable("broker closed the connection after CONNACK")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connack = reason_code
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.lost = True
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._suback = True
+
+    def pump(self, timeout: float, max_packets: int = 1000) -> None:
+        """Reads up to max_packets packets that are available (waiting up to timeout for the
+        first), then writes what is queued and keeps the connection alive."""
+        client, sock = self.client, self.client.socket()
+        if sock is None:
+            self.lost = True
+            return
+        if sock.pending() or select.select([sock], [], [], timeout)[0]:
+            for _ in range(max_packets):
+                if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                    self.lost = True
+                    return
+                # Decrypted bytes left in the TLS record: more packets without a syscall.
+                if not sock.pending() and not select.select([sock], [], [], 0)[0]:
                     break
-                for message in batch:
-                    client.ack(message.mid, message.qos)
-                report.outcome.add(outcome)
-                report.batches += 1
-                report.active_s = time.monotonic() - started
-                if past_deadline:
-                    break
-                continue
-        if past_deadline or now - last_activity >= settings.ingest_idle_exit_s:
-            break
-        wait = settings.ingest_flush_interval_s - (now - inbox.messages[0].timestamp) if waiting else 0.05
-        inbox.full.wait(max(0.001, min(wait, 0.05)))
-    if inbox.lost.is_set():
-        # Nothing is lost: what this run did not ack is redelivered to the next one.
-        report.status, report.error = "failed", "broker connection lost during the run"
+        if client.want_write():
+            client.loop_write()
+        if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+            self.lost = True
 
+    def take(self) -> list[mqtt.MQTTMessage]:
+        taken, self.received = self.received, []
+        return taken
 
-def _store(store: IngestStore, settings: Settings, batch: list, directory: DeviceDirectory,
-           limits: Limits, window: TimeWindow, wall_offset_us: int) -> BatchOutcome:
-    messages = [InboundMessage(m.topic, m.payload, wall_offset_us + int(m.timestamp * 1_000_000)) for m in batch]
+    def ack(self, messages: list[mqtt.MQTTMessage]) -> None:
+        """Acknowledges a committed batch. paho would queue, wake and write one PUBACK at a time;
+        a v5 PUBACK with reason Success is 4 bytes, so the whole batch goes as one write through
+        paho's own queue (which keeps partial writes in order with everything else it sends)."""
+        mids = [m.mid for m in messages if m.qos == 1]
+        if not mids:
+            return
+        queue_packet = getattr(self.client, "_packet_queue", None)
+        if queue_packet is None:  # a paho without the internal queue: correct, just slower
+            for mid in mids:
+                self.client.ack(mid, 1)
+            return
+        blob = b"".join(struct.pack("!BBH", _PUBACK, 2, mid) for mid in mids)
+        queue_packet(_PUBACK, blob, 0, 0)
 
-    @retry(
-        retry=retry_if_exception_type(psycopg.OperationalError),
-        stop=stop_after_delay(DB_RETRY_SECONDS),
-        wait=wait_exponential(multiplier=0.2, max=5),
-        before_sleep=lambda state: log.warning("database write failed (%s); retrying", state.outcome.exception()),
-        reraise=True,
-    )
-    def write() -> BatchOutcome:
-        if store.conn is None or store.conn.closed or store.conn.broken:
-            if not store.connect():
-                raise LockLost()
-        directory.resolve(store.conn, topic_keys(messages))
-        store.conn.commit()
-        prepared: PreparedBatch = prepare_batch(messages, directory, limits, window, time.time_ns() // 1000)
-        return store.write(messages, prepared)
+    def close(self) -> None:
+        """Flushes queued acks (bounded wait), then disconnects, keeping the session."""
+        client = self.client
+        deadline = time.monotonic() + 5
+        while not self.lost and client.want_write() and time.monotonic() < deadline:
+            self.pump(0.05)
+        if not self.lost:
+            client.disconnect()
+            while client.want_write() and time.monotonic() < deadline:
+                client.loop_write()
+        sock = client.socket()
+        if sock is not None:  # paho closes it once DISCONNECT is written; not if that timed out
+            sock.close()
 
-    try:
-        return write()
-    except psycopg.OperationalError:
-        store.close()
-        raise
-
-
-def _connect(settings: Settings, inbox: _Inbox) -> mqtt.Client:
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=settings.mqtt_ingest_client_id,
-        protocol=mqtt.MQTTv5,
-        manual_ack=True,
-    )
-    client.username_pw_set(settings.mqtt_ingest_username, settings.mqtt_ingest_password)
-    client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-    client.on_message = inbox.on_message
-    client.on_connect = inbox.on_connect
-    client.on_disconnect = inbox.on_disconnect
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = settings.ingest_session_expiry_s
-    properties.ReceiveMaximum = min(65535, 2 * settings.ingest_batch_size)
-    _connect_with_retry(client, settings, properties)
-    client.loop_start()
-    if not inbox.connected.wait(15) or inbox.connect_error or inbox.lost.is_set():
-        client.loop_stop()
-        raise BrokerUnavailable(f"broker refused the drain: {inbox.connect_error or 'no CONNACK'}")
-    # Retain Handling 1: retained status messages come once, when the subscription is new,
-    # not again on every run.
-    options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-    client.subscribe([(topic, options) for topic in SUBSCRIPTIONS])
-    return client
+    def _wait(self, condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"no {what} from the broker within {timeout:.0f} s")
+            self.pump(0.1)
 
 
 @retry(
@@ -235,6 +214,119 @@ def _connect(settings: Settings, inbox: _Inbox) -> mqtt.Client:
 )
 def _connect_with_retry(client: mqtt.Client, settings: Settings, properties: Properties) -> None:
     client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30, clean_start=False, properties=properties)
+
+
+class _StoreThread(threading.Thread):
+    """Resolves, validates and writes batches in order; hands committed batches back."""
+
+    def __init__(self, settings: Settings, store: IngestStore) -> None:
+        super().__init__(name="mqtt_ingest-store", daemon=True)
+        self.todo: queue.Queue[list | None] = queue.Queue(maxsize=1)
+        self.done: queue.Queue[tuple[list, BatchOutcome]] = queue.Queue()
+        self.error: BaseException | None = None
+        self.in_flight = 0  # batches handed over and not yet acked; only the network thread counts
+        self._settings = settings
+        self._store = store
+        self._limits = Limits(settings.ingest_max_payload_bytes, settings.ingest_max_metrics, settings.ingest_max_records)
+        self._window = TimeWindow(settings.ingest_max_past_days * 86400, settings.ingest_max_future_s)
+        self._directory = DeviceDirectory()
+        # paho stamps each message with time.monotonic(); this turns that into wall-clock time.
+        self._wall_offset_us = time.time_ns() // 1000 - int(time.monotonic() * 1_000_000)
+
+    def hand_over(self, batch: list | None) -> None:
+        self.todo.put(batch, timeout=DB_RETRY_SECONDS * 2)
+        if batch is not None:
+            self.in_flight += 1
+
+    def run(self) -> None:
+        while True:
+            batch = self.todo.get()
+            try:
+                if batch is None or self.error is not None:
+                    return
+                self.done.put((batch, self._store_batch(batch)))
+            except BaseException as exc:  # noqa: BLE001 - reported to the network thread
+                self.error = exc
+            finally:
+                self.todo.task_done()
+
+    def _store_batch(self, batch: list[mqtt.MQTTMessage]) -> BatchOutcome:
+        offset = self._wall_offset_us
+        messages = [InboundMessage(m.topic, m.payload, offset + int(m.timestamp * 1_000_000)) for m in batch]
+        store, directory = self._store, self._directory
+
+        @retry(
+            retry=retry_if_exception_type(psycopg.OperationalError),
+            stop=stop_after_delay(DB_RETRY_SECONDS),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            before_sleep=lambda state: log.warning("database write failed (%s); retrying", state.outcome.exception()),
+            reraise=True,
+        )
+        def write() -> BatchOutcome:
+            if store.conn is None or store.conn.closed or store.conn.broken:
+                if not store.connect():
+                    raise LockLost()
+            directory.resolve(store.conn, topic_keys(messages))
+            store.conn.commit()
+            prepared = prepare_batch(messages, directory, self._limits, self._window, time.time_ns() // 1000)
+            return store.write(messages, prepared)
+
+        return write()
+
+
+def _drain(settings: Settings, store: IngestStore, session: _BrokerSession,
+           report: DrainReport, started: float) -> None:
+    writer = _StoreThread(settings, store)
+    writer.start()
+    deadline = started + settings.ingest_time_budget_s
+    flush_after = settings.ingest_flush_interval_s
+    last_activity = time.monotonic()
+    try:
+        while not session.lost and writer.error is None:
+            session.pump(0.05)
+            now = time.monotonic()
+            if _ack_committed(session, writer, report, started):
+                last_activity = now  # the broker sends more once it has the acks
+            received = session.received
+            if received:
+                last_activity = now
+                due = len(received) >= settings.ingest_batch_size or now - received[0].timestamp >= flush_after
+                if (due or now >= deadline) and not writer.todo.full():
+                    writer.hand_over(session.take())
+            if now >= deadline or (not received and not writer.in_flight and now - last_activity >= settings.ingest_idle_exit_s):
+                break
+    finally:
+        # What was received but not handed over is not acked: the next run gets it again.
+        writer.hand_over(None)
+        while writer.is_alive():
+            writer.join(0.05)
+            if not session.lost:
+                session.pump(0)
+        _ack_committed(session, writer, report, started)
+    if writer.error is not None:
+        raise writer.error
+    if session.lost:
+        # Nothing is lost: what this run did not ack is redelivered to the next one.
+        report.status, report.error = "failed", "broker connection lost during the run"
+
+
+def _ack_committed(session: _BrokerSession, writer: _StoreThread, report: DrainReport, started: float) -> bool:
+    """Acks the batches the store thread has committed; True if there were any."""
+    acked = False
+    while True:
+        try:
+            batch, outcome = writer.done.get_nowait()
+        except queue.Empty:
+            return acked
+        acked = True
+        # After a reconnect the broker resends unacked messages under the same packet ids: an ack
+        # could then hit another message, so a lost connection acks nothing more.
+        if not session.lost:
+            session.ack(batch)
+        writer.in_flight -= 1
+        report.outcome.add(outcome)
+        report.batches += 1
+        report.active_s = time.monotonic() - started
 
 
 def _finish(store: IngestStore, report: DrainReport) -> None:
