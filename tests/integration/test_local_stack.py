@@ -537,6 +537,38 @@ def test_unacknowledged_message_is_redelivered_with_dup_flag(
         ingest.close()
 
 
+def test_acknowledged_message_comes_back_without_dup_flag_after_a_broker_crash(
+    mosquitto_broker: MosquittoBroker, new_device: Callable[[], Device], offline_ingest_session: None
+) -> None:
+    """Persistence is a snapshot: what was acknowledged after the last save is sent again after a crash, as a fresh
+    delivery (DUP 0). Deduplication must therefore rest on a natural key, never on the DUP flag."""
+    # GIVEN a message queued for the offline ingest session and in the broker's snapshot (graceful restart saves)
+    device = new_device()
+    publisher = device_client(mosquitto_broker, device.tenant, device.name, device.password).connect_ok()
+    assert not publisher.puback(publisher.publish(device.telemetry_topic, b"once")).is_failure
+    publisher.close()
+    mosquitto_broker.restart()
+    saves_before = mosquitto_broker.log_file.read_text().count("Saving in-memory database")
+    # WHEN ingest receives and acknowledges it, and the broker is then killed before its next autosave
+    ingest = ingest_client(mosquitto_broker).connect_ok(clean_start=False, session_expiry=3600)
+    try:
+        (first,) = ingest.wait_for_messages(1)
+        assert first.dup is False
+    finally:
+        ingest.close()
+    mosquitto_broker.kill()
+    if mosquitto_broker.log_file.read_text().count("Saving in-memory database") != saves_before:
+        pytest.skip("an autosave ran between the acknowledgement and the kill")
+    mosquitto_broker.start()
+    # THEN the message arrives again, not marked as a duplicate
+    ingest = ingest_client(mosquitto_broker).connect_ok(clean_start=False, session_expiry=3600)
+    try:
+        (again,) = ingest.wait_for_messages(1)
+        assert (again.payload, again.dup) == (b"once", False)
+    finally:
+        ingest.close()
+
+
 # -- Azurite and PostgreSQL ------------------------------------------------------------------------------------------
 
 
