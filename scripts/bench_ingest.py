@@ -113,7 +113,9 @@ def _subscribe_session(settings, client_id: str, username: str, password: str) -
     client.on_subscribe = lambda *a: done.set()
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
-    client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=True, properties=props)
+    # Clean Start off even the first time: Mosquitto 2.0 does not persist a session whose last
+    # CONNECT had Clean Start on, so it would not survive a broker restart.
+    client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=False, properties=props)
     client.loop_start()
     client.subscribe([(topic, 1) for topic in SUBSCRIPTIONS])
     assert done.wait(10), "no SUBACK"

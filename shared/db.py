@@ -20,7 +20,9 @@ _pool: ConnectionPool | None = None
 _pool_lock = threading.Lock()
 
 
-def create_pool(settings: Settings) -> ConnectionPool:
+def create_pool(settings: Settings, wait: bool = True) -> ConnectionPool:
+    """wait=False returns at once and connects in the background, so a cold start during a
+    database outage still answers (health says 503) instead of failing."""
     pool = ConnectionPool(
         settings.database_url,
         min_size=1,
@@ -30,7 +32,7 @@ def create_pool(settings: Settings) -> ConnectionPool:
         reset=_reset_session,
         open=False,
     )
-    pool.open(wait=True, timeout=30)
+    pool.open(wait=wait, timeout=30)
     return pool
 
 
@@ -47,7 +49,7 @@ def get_pool() -> ConnectionPool:
     if _pool is None:
         with _pool_lock:
             if _pool is None:
-                _pool = create_pool(get_settings())
+                _pool = create_pool(get_settings(), wait=False)
     return _pool
 
 

@@ -48,7 +48,6 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DB_RETRY_SECONDS = 30.0
 _PUBACK = 0x40
 
 
@@ -234,7 +233,7 @@ class _StoreThread(threading.Thread):
         self._wall_offset_us = time.time_ns() // 1000 - int(time.monotonic() * 1_000_000)
 
     def hand_over(self, batch: list | None) -> None:
-        self.todo.put(batch, timeout=DB_RETRY_SECONDS * 2)
+        self.todo.put(batch, timeout=self._settings.ingest_db_retry_s * 2 + 60)
         if batch is not None:
             self.in_flight += 1
 
@@ -242,9 +241,12 @@ class _StoreThread(threading.Thread):
         while True:
             batch = self.todo.get()
             try:
-                if batch is None or self.error is not None:
+                if batch is None:
                     return
-                self.done.put((batch, self._store_batch(batch)))
+                # After a failure later batches are skipped, not stored: none of them is acked,
+                # and the next run gets them all again.
+                if self.error is None:
+                    self.done.put((batch, self._store_batch(batch)))
             except BaseException as exc:  # noqa: BLE001 - reported to the network thread
                 self.error = exc
             finally:
@@ -257,7 +259,7 @@ class _StoreThread(threading.Thread):
 
         @retry(
             retry=retry_if_exception_type(psycopg.OperationalError),
-            stop=stop_after_delay(DB_RETRY_SECONDS),
+            stop=stop_after_delay(self._settings.ingest_db_retry_s),
             wait=wait_exponential(multiplier=0.2, max=5),
             before_sleep=lambda state: log.warning("database write failed (%s); retrying", state.outcome.exception()),
             reraise=True,

@@ -42,6 +42,7 @@ class Settings(BaseModel):
     ingest_flush_interval_s: float = Field(1.0, alias="INGEST_FLUSH_INTERVAL_S", gt=0, le=10)
     ingest_time_budget_s: float = Field(50.0, alias="INGEST_TIME_BUDGET_S", gt=0)
     ingest_idle_exit_s: float = Field(3.0, alias="INGEST_IDLE_EXIT_S", gt=0)
+    ingest_db_retry_s: float = Field(30.0, alias="INGEST_DB_RETRY_S", ge=0)
     ingest_session_expiry_s: int = Field(7 * 24 * 3600, alias="INGEST_SESSION_EXPIRY_S", ge=3600)
     ingest_max_payload_bytes: int = Field(65536, alias="INGEST_MAX_PAYLOAD_BYTES", ge=256)
     ingest_max_metrics: int = Field(100, alias="INGEST_MAX_METRICS", ge=1)

@@ -191,3 +191,36 @@ def test_readings_reach_the_database_within_seconds_while_a_run_is_active(make_s
     assert drain.is_alive(), "the reading was stored only when the run ended"
     drain.join(30)
     device.close()
+
+
+def test_database_down_longer_than_the_retry_window_fails_the_run_without_acking(make_settings, settings_env, app_pool, database, postgres_server):
+    # GIVEN a drain that gives database errors 1 s of retries, working through a backlog
+    settings = settings_env(make_settings(INGEST_BATCH_SIZE=1000, INGEST_DB_RETRY_S=1))
+    prime_drain_session(settings)
+    _, creds = new_tenant_with_devices(app_pool, settings, ["cnc-9"])
+    device = Device(settings, creds["cnc-9"])
+    count = 20_000
+    publish_backlog(settings, device, count)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_mqtt_ingest()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    drain = threading.Thread(target=run)
+    drain.start()
+    wait_for(lambda: readings(database)[0], 60, "a first committed batch")
+
+    # WHEN PostgreSQL stays down past the retry window
+    postgres_server.stop(mode="fast")
+    drain.join(60)
+    postgres_server.start()
+
+    # THEN the run failed and acked nothing it had not committed; the next runs store it all once
+    assert not drain.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], psycopg.OperationalError)
+    drain_until_idle(database, count * METRICS)
+    assert readings(database) == (count * METRICS, count)
+    device.close()
