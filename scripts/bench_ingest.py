@@ -6,7 +6,9 @@
 Starts a private PostgreSQL and Mosquitto in a temporary folder, pre-queues N telemetry
 messages (3 metrics each, 20 devices) on the drain's persistent session, and times, in one run:
   drain    drain_once(): COPY-batched, ack after commit, until every row is committed;
-  ceiling  a bare paho-mqtt client that only acks the same backlog (the Python MQTT limit);
+  ceiling  a bare paho-mqtt client that only acks the same backlog;
+  transport the drain's own MQTT client acking the same backlog, storing nothing (the drain
+           parses PUBLISH itself and acks a batch in one write, so it outruns bare paho);
   naive    the original design on a smaller backlog: one INSERT per reading from on_message,
            autocommit.
 It also prints the CPU seconds the drain costs per 1,000,000 messages (the drain process plus
@@ -60,13 +62,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, LocalStack(tmp) as stack:
         settings, creds = _prepare(stack, args.batch_size)
         ceiling = _ceiling(stack, settings, creds, args.messages)
+        transport = _transport(stack, settings, creds, args.messages)
         naive = _naive(stack, settings, creds, args.naive_messages)
         drain, lost, duplicates, cpu_per_million = _drain(stack, settings, creds, args.messages)
 
     print(f"drain:   {args.messages} msgs, {drain:,.0f} msg/s (COPY batches of {args.batch_size}, ack after commit)")
     print(f"ceiling: {args.messages} msgs, {ceiling:,.0f} msg/s (bare paho-mqtt, acks only)")
+    print(f"transport: {args.messages} msgs, {transport:,.0f} msg/s (the drain's own MQTT client, acks only, no database)")
     print(f"naive:   {args.naive_messages} msgs, {naive:,.0f} msg/s (INSERT per reading, autocommit)")
-    print(f"drain/ceiling: {drain / ceiling:.0%}   cpu_s_per_million_msgs: {cpu_per_million:.1f}")
+    print(f"drain/ceiling: {drain / ceiling:.0%}   drain/transport: {drain / transport:.0%}   "
+          f"cpu_s_per_million_msgs: {cpu_per_million:.1f}")
     print(f"ingest_bench msgs_per_s={drain:.0f} ceiling_msgs_per_s={ceiling:.0f} naive_msgs_per_s={naive:.0f} "
           f"ratio={drain / naive:.1f} lost={lost} duplicates={duplicates}")
 
@@ -181,18 +186,33 @@ def _publish_worker() -> None:
     sys.exit(0 if pending["n"] == 0 else 1)
 
 
-def _ceiling(stack, settings, creds, count: int) -> float:
-    """A bare paho client on its own persistent session: receive and (auto-)ack, nothing else."""
-    user, password = "bench-ceiling", generate_password()
+def _backlog_for(stack, settings, creds, user: str, count: int, first_seq: int) -> str:
+    """A fresh client of the drain's role with its own persistent session and count messages
+    queued on it; returns its password."""
+    password = generate_password()
     with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
                       stack.mosquitto.admin.username, stack.mosquitto.admin.password) as dynsec:
         dynsec.create_client(user, password, client_id=user, roles=["ingest"])
     _subscribe_session(settings, user, user, password)
-    _publish(settings, creds, count, first_seq=10_000_000)
+    _publish(settings, creds, count, first_seq=first_seq)
+    return password
+
+
+def _ceiling(stack, settings, creds, count: int) -> float:
+    """A bare paho client on its own persistent session: receive and (auto-)ack, nothing else."""
+    user = "bench-ceiling"
+    password = _backlog_for(stack, settings, creds, user, count, first_seq=10_000_000)
+    return _timed_receive(settings, user, password, count, lambda message: None)
+
+
+def _timed_receive(settings, user: str, password: str, count: int, handle) -> float:
+    """Connects a plain paho client (loop_start, auto-ack) to its backlog, calls handle for each
+    message until count have come, and returns messages per second; then removes the session."""
     received = {"n": 0}
     done = threading.Event()
 
     def on_message(client, userdata, message):
+        handle(message)
         received["n"] += 1
         if received["n"] >= count:
             done.set()
@@ -209,50 +229,64 @@ def _ceiling(stack, settings, creds, count: int) -> float:
     elapsed = time.perf_counter() - started
     client.disconnect()
     client.loop_stop()
-    with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                      stack.mosquitto.admin.username, stack.mosquitto.admin.password) as dynsec:
-        dynsec.delete_client(user)
+    _forget_session(settings, user, password)
     return received["n"] / elapsed
+
+
+def _forget_session(settings, user: str, password: str) -> None:
+    """Clean Start with no session expiry: the broker drops the session and stops queuing for it."""
+    client = _client(settings, user, user, password)
+    connected = threading.Event()
+    client.on_connect = lambda *a: connected.set()
+    client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=True)
+    client.loop_start()
+    connected.wait(10)
+    client.disconnect()
+    client.loop_stop()
+
+
+def _transport(stack, settings, creds, count: int) -> float:
+    """The drain's own MQTT session (lean PUBLISH handler, one write per batch of acks) taking
+    the same backlog and acking it at once, storing nothing: the limit of the drain's transport."""
+    from shared.mqtt_drain import _BrokerSession
+
+    user = "bench-transport"
+    password = _backlog_for(stack, settings, creds, user, count, first_seq=30_000_000)
+    own = settings.model_copy(update={"mqtt_ingest_username": user, "mqtt_ingest_password": password,
+                                      "mqtt_ingest_client_id": user})
+    received = 0
+    started = time.perf_counter()
+    session = _BrokerSession(own)
+    deadline = time.monotonic() + 600
+    while received < count and time.monotonic() < deadline:
+        session.pump(0.05)
+        messages, mids = session.take(settings.ingest_batch_size)
+        received += len(messages)
+        session.ack(mids)
+    elapsed = time.perf_counter() - started
+    session.close()
+    _forget_session(settings, user, password)
+    return received / elapsed
 
 
 def _naive(stack, settings, creds, count: int) -> float:
     """The original design: on_message does one INSERT per reading, autocommit, auto-ack."""
-    user, password = "bench-naive", generate_password()
-    with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                      stack.mosquitto.admin.username, stack.mosquitto.admin.password) as dynsec:
-        dynsec.create_client(user, password, client_id=user, roles=["ingest"])
-    _subscribe_session(settings, user, user, password)
-    _publish(settings, creds, count, first_seq=20_000_000)
+    user = "bench-naive"
+    password = _backlog_for(stack, settings, creds, user, count, first_seq=20_000_000)
     conn = psycopg.connect(stack.postgres.superuser_dsn("bench"), autocommit=True)
     conn.execute("CREATE TABLE naive_telemetry (device text, metric text, ts timestamptz, value double precision)")
-    devices = {}
-    received = {"n": 0}
-    done = threading.Event()
 
-    def on_message(client, userdata, message):
+    def insert_readings(message):
         data = json.loads(message.payload)
-        device = devices.setdefault(message.topic, message.topic.split("/")[3])
-        ts = data["ts"] / 1000
+        device = message.topic.split("/")[3]
         for metric, value in data["metrics"].items():
             conn.execute("INSERT INTO naive_telemetry VALUES (%s, %s, to_timestamp(%s), %s)",
-                         (device, metric, ts, float(value)))
-        received["n"] += 1
-        if received["n"] >= count:
-            done.set()
+                         (device, metric, data["ts"] / 1000, float(value)))
 
-    client = _client(settings, user, user, password)
-    client.on_message = on_message
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
-    started = time.perf_counter()
-    client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=False, properties=props)
-    client.loop_start()
-    done.wait(600)
-    elapsed = time.perf_counter() - started
-    client.disconnect()
-    client.loop_stop()
-    conn.close()
-    return received["n"] / elapsed
+    try:
+        return _timed_receive(settings, user, password, count, insert_readings)
+    finally:
+        conn.close()
 
 
 def _drain(stack, settings, creds, count: int):
