@@ -7,10 +7,10 @@ committed (manual acks): a crash at any instant leaves the message unacknowledge
 broker redelivers it to the next run, where the dedup key makes the second copy a no-op.
 
 Two threads share the work. This one drives paho's socket itself: it reads every packet a TLS
-record holds per wake-up (paho's own loop pays a select() per packet), cuts micro-batches and
-sends the acknowledgements of each committed batch as one write. The store thread resolves,
-validates and writes batches, so PostgreSQL's time overlaps network time. Receive Maximum is
-three batches: one being written, one queued, one filling.
+record holds per wake-up (paho's own loop pays a select() per packet), cuts micro-batches,
+validates them and sends the acknowledgements of each committed batch as one write. The store
+thread only writes, so PostgreSQL's time overlaps all the Python work. Receive Maximum is three
+batches: one being written, one queued, one filling.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from shared.ingest import (
     DeviceDirectory,
     InboundMessage,
     IngestStore,
+    PreparedBatch,
     TimeWindow,
     prepare_batch,
     record_skipped_run,
@@ -272,22 +273,61 @@ def _connect_with_retry(client: mqtt.Client, settings: Settings, properties: Pro
     client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30, clean_start=False, properties=properties)
 
 
+class _Validator:
+    """Turns received messages into prepared batches, on the network thread.
+
+    It runs there, not on the store thread, so that PostgreSQL's work on one batch overlaps the
+    Python work of validating the next. Devices are looked up on a connection of its own; the
+    cache makes that once per device and run.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._limits = Limits(settings.ingest_max_payload_bytes, settings.ingest_max_metrics, settings.ingest_max_records)
+        self._window = TimeWindow(settings.ingest_max_past_days * 86400, settings.ingest_max_future_s)
+        self._directory = DeviceDirectory()
+        self._conn: psycopg.Connection | None = None
+
+    def prepare(self, messages: list[InboundMessage]) -> PreparedBatch:
+        keys = self._directory.missing(topic_keys(messages))
+        if keys:
+            self._resolve(keys)
+        return prepare_batch(messages, self._directory, self._limits, self._window, time.time_ns() // 1000)
+
+    def _resolve(self, keys: set[tuple[str, str]]) -> None:
+        @retry(
+            retry=retry_if_exception_type(psycopg.OperationalError),
+            stop=stop_after_delay(self._settings.ingest_db_retry_s),
+            wait=wait_exponential(multiplier=0.2, max=5),
+            before_sleep=lambda state: log.warning("device lookup failed (%s); retrying", state.outcome.exception()),
+            reraise=True,
+        )
+        def resolve() -> None:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = psycopg.connect(self._settings.ingest_database_url, autocommit=True,
+                                             application_name="mqtt_ingest", connect_timeout=10)
+            self._directory.resolve(self._conn, keys)
+
+        resolve()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
 class _StoreThread(threading.Thread):
-    """Resolves, validates and writes batches in order; hands committed batches back."""
+    """Writes prepared batches in order on the run's locked session; hands committed ones back."""
 
     def __init__(self, settings: Settings, store: IngestStore) -> None:
         super().__init__(name="mqtt_ingest-store", daemon=True)
-        self.todo: queue.Queue[tuple[list[InboundMessage], list[int]] | None] = queue.Queue(maxsize=1)
+        self.todo: queue.Queue[tuple[list[int], list[InboundMessage], PreparedBatch] | None] = queue.Queue(maxsize=1)
         self.done: queue.Queue[tuple[list[int], BatchOutcome]] = queue.Queue()
         self.error: BaseException | None = None
         self.in_flight = 0  # batches handed over and not yet acked; only the network thread counts
         self._settings = settings
         self._store = store
-        self._limits = Limits(settings.ingest_max_payload_bytes, settings.ingest_max_metrics, settings.ingest_max_records)
-        self._window = TimeWindow(settings.ingest_max_past_days * 86400, settings.ingest_max_future_s)
-        self._directory = DeviceDirectory()
 
-    def hand_over(self, batch: tuple[list[InboundMessage], list[int]] | None) -> None:
+    def hand_over(self, batch: tuple[list[int], list[InboundMessage], PreparedBatch] | None) -> None:
         self.todo.put(batch, timeout=self._settings.ingest_db_retry_s * 2 + 60)
         if batch is not None:
             self.in_flight += 1
@@ -301,15 +341,15 @@ class _StoreThread(threading.Thread):
                 # After a failure later batches are skipped, not stored: none of them is acked,
                 # and the next run gets them all again.
                 if self.error is None:
-                    messages, mids = batch
-                    self.done.put((mids, self._store_batch(messages)))
+                    mids, messages, prepared = batch
+                    self.done.put((mids, self._write(messages, prepared)))
             except BaseException as exc:  # noqa: BLE001 - reported to the network thread
                 self.error = exc
             finally:
                 self.todo.task_done()
 
-    def _store_batch(self, messages: list[InboundMessage]) -> BatchOutcome:
-        store, directory = self._store, self._directory
+    def _write(self, messages: list[InboundMessage], prepared: PreparedBatch) -> BatchOutcome:
+        store = self._store
 
         @retry(
             retry=retry_if_exception_type(psycopg.OperationalError),
@@ -322,9 +362,6 @@ class _StoreThread(threading.Thread):
             if store.conn is None or store.conn.closed or store.conn.broken:
                 if not store.connect():
                     raise LockLost()
-            directory.resolve(store.conn, topic_keys(messages))
-            store.conn.commit()
-            prepared = prepare_batch(messages, directory, self._limits, self._window, time.time_ns() // 1000)
             return store.write(messages, prepared)
 
         return write()
@@ -332,6 +369,7 @@ class _StoreThread(threading.Thread):
 
 def _drain(settings: Settings, store: IngestStore, session: _BrokerSession,
            report: DrainReport, started: float) -> None:
+    validator = _Validator(settings)
     writer = _StoreThread(settings, store)
     writer.start()
     deadline = started + settings.ingest_time_budget_s
@@ -348,7 +386,8 @@ def _drain(settings: Settings, store: IngestStore, session: _BrokerSession,
                 last_activity = now
                 due = len(received) >= settings.ingest_batch_size or now - session.first_received_at >= flush_after
                 if (due or now >= deadline) and not writer.todo.full():
-                    writer.hand_over(session.take(settings.ingest_batch_size))
+                    messages, mids = session.take(settings.ingest_batch_size)
+                    writer.hand_over((mids, messages, validator.prepare(messages)))
             if now >= deadline or (not received and not writer.in_flight and now - last_activity >= settings.ingest_idle_exit_s):
                 break
     finally:
@@ -359,6 +398,7 @@ def _drain(settings: Settings, store: IngestStore, session: _BrokerSession,
             if not session.lost:
                 session.pump(0)
         _ack_committed(session, writer, report, started)
+        validator.close()
     if writer.error is not None:
         raise writer.error
     if session.lost:
