@@ -242,3 +242,35 @@ def test_messages_with_v5_properties_and_qos0_messages_are_parsed_and_stored(mak
     assert rows == [("qos0", 1.0), ("with_props", 1.0)]
     assert query(database, "SELECT count(*) FROM dead_letters") == [(0,)]
     device.close()
+
+
+def test_a_message_the_database_refuses_is_isolated_and_dead_lettered_not_retried_forever(settings, app_pool, database):
+    # GIVEN a database that refuses one kind of reading for reasons validation cannot know
+    # (here a trigger; in life a constraint added later, or a server-side limit)
+    with psycopg.connect(database.owner_dsn) as conn:
+        conn.execute("""
+            CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.metric = 'poison' THEN RAISE check_violation USING MESSAGE = 'poison refused'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_poison BEFORE INSERT ON telemetry FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+        """)
+    _, creds = new_tenant_with_devices(app_pool, settings, ["p-1"])
+    device = Device(settings, creds["p-1"])
+    ts = NOW_MS()
+    device.wait_acked([
+        device.publish("telemetry", {"ts": ts, "metrics": {"good": 1}}),
+        device.publish("telemetry", {"ts": ts + 1, "metrics": {"good": 2, "poison": 1}}),
+        device.publish("telemetry", {"ts": ts + 2, "metrics": {"good": 3}}),
+    ])
+
+    # WHEN the drain runs
+    run_mqtt_ingest()
+
+    # THEN the refused message is a dead letter with the database's reason; its neighbours are stored
+    assert query(database, "SELECT value FROM telemetry ORDER BY value") == [(1.0,), (3.0,)]
+    [(reason, detail)] = query(database, "SELECT reason, detail FROM dead_letters")
+    assert reason == "storage_rejected" and "poison refused" in detail
+    assert query(database, "SELECT status, accepted, dead_lettered FROM ingest_runs") == [("ok", 2, 1)]
+    device.close()
