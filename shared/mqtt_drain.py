@@ -123,14 +123,16 @@ class _DrainClient(mqtt.Client):
         # Property length is a variable byte integer; the drain needs none of the properties.
         position, shift, length = topic_end + 2, 0, 0
         while True:
+            if position >= len(packet) or shift > 21:
+                return super()._handle_publish()  # malformed: paho reports it as such
             byte = packet[position]
             position += 1
             length |= (byte & 0x7F) << shift
             if not byte & 0x80:
                 break
             shift += 7
-            if shift > 21:
-                return super()._handle_publish()
+        if position + length > len(packet):
+            return super()._handle_publish()
         try:
             topic = packet[2:topic_end].decode("utf-8")
         except UnicodeDecodeError:
