@@ -39,7 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from localstack import LocalStack  # noqa: E402
+from localstack import LocalStack, descendants, process_table  # noqa: E402
 from shared.db import create_pool  # noqa: E402
 from shared.dynsec import DynsecClient, generate_password  # noqa: E402
 from shared.migrate import apply_migrations  # noqa: E402
@@ -313,21 +313,10 @@ def _drain(stack, settings, creds, count: int):
 
 def _postgres_cpu(stack) -> float:
     """utime + stime of the PostgreSQL server process tree, in seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    tree, grew = {stack.postgres.pid}, True
-    while grew:
-        children = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
-        tree |= children
-        grew = bool(children)
-    return sum(stats[pid][1] for pid in tree if pid in stats) / tick
+    # Zombies too: a backend that exited but is not reaped yet still carries the CPU time it used.
+    table = process_table()
+    tree = {stack.postgres.pid} | descendants(stack.postgres.pid, table)
+    return sum(table[pid].cpu_ticks for pid in tree if pid in table) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

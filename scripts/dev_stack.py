@@ -38,7 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,9 @@ from scripts.localstack import (  # noqa: E402
     MosquittoBroker,
     PostgresServer,
     free_port,
+    is_running,
+    process_info,
+    stop_process,
     tail,
 )
 
@@ -179,10 +182,10 @@ class State:
         return self.data["ports"]
 
     def record(self, name: str, pid: int, log: Path) -> None:
-        start = process_start(pid)
-        if start is None:
+        info = process_info(pid)
+        if info is None or info.zombie:
             raise DevError(f"{name} (pid {pid}) exited right after it started; see {show_path(log)}")
-        self.processes[name] = {"pid": pid, "start": start, "log": str(log)}
+        self.processes[name] = {"pid": pid, "start": info.start, "log": str(log)}
         self.save()
 
     def save(self) -> None:
@@ -190,87 +193,11 @@ class State:
         write_private(self.layout.state_file, json.dumps(self.data, indent=2) + "\n")
 
     def running(self) -> dict[str, bool]:
-        return {name: name in self.processes and is_running(self.processes[name]) for name in COMPONENTS}
+        records = {name: self.processes.get(name) for name in COMPONENTS}
+        return {name: r is not None and is_running(int(r["pid"]), r.get("start")) for name, r in records.items()}
 
 
 # -- processes ----------------------------------------------------------------------------------------------------
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat from the state on (field 3), or None when there is no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process for good."""
-    fields = _stat(pid)
-    return int(fields[19]) if fields and fields[0] not in ("Z", "X") else None
-
-
-def is_running(record: Mapping[str, Any]) -> bool:
-    """The recorded process still exists and is not a zombie (zombies hold no port, no file, no memory)."""
-    return process_start(int(record["pid"])) == record.get("start")
-
-
-def _process_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (parent, process group, session) of every live, non-zombie process."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and fields[0] not in ("Z", "X"):
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]), int(fields[3]))
-    return table
-
-
-def family(record: Mapping[str, Any]) -> set[int]:
-    """The recorded process (if it is still ours), its descendants, and whatever is left in its session or group.
-
-    Every component was started in a session of its own, so its session id is its pid. Linux never hands out a pid
-    that is still some process's group or session id, so members found by those ids are ours even when the leader
-    is gone; descendants are followed only from a leader whose start time still matches.
-    """
-    pid = int(record["pid"])
-    table = _process_table()
-    members = {p for p, (_, pgid, sid) in table.items() if pid in (pgid, sid)}
-    if is_running(record):
-        members.add(pid)
-        frontier = [pid]
-        while frontier:
-            parent = frontier.pop()
-            children = {p for p, (ppid, _, _) in table.items() if ppid == parent} - members
-            members |= children
-            frontier.extend(children)
-    return members
-
-
-def wait_for(done: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def stop_process(name: str, record: Mapping[str, Any], timeout: float = STOP_TIMEOUT_S) -> str | None:
-    """Stop one component gracefully, then SIGKILL whatever of it is left; returns a problem, or None."""
-    problem = None
-    leftovers = family(record)
-    if is_running(record):
-        sig = STOP_SIGNALS.get(name, signal.SIGTERM)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(record["pid"]), sig)
-        if not wait_for(lambda: not is_running(record), timeout):
-            problem = f"{name} did not stop on {sig.name} within {timeout:g} s; killed it"
-    leftovers |= family(record)
-    for pid in leftovers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    if not wait_for(lambda: not leftovers & _process_table().keys(), 10):
-        return f"{name}: processes {sorted(leftovers & _process_table().keys())} survived SIGKILL"
-    return problem
 
 
 def start_background(cmd: list[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
@@ -613,7 +540,8 @@ def stop_all(state: State) -> list[str]:
         record = state.processes.get(name)
         if record is None:
             continue
-        problem = stop_process(name, record)
+        sig = STOP_SIGNALS.get(name, signal.SIGTERM)
+        problem = stop_process(int(record["pid"]), record.get("start"), sig, STOP_TIMEOUT_S, name)
         if problem:
             problems.append(problem)
         else:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -141,34 +141,122 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
-def _live_processes() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) of every process that is not a zombie (zombies hold no resources)."""
-    table: dict[int, tuple[int, int]] = {}
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One process as /proc/PID/stat describes it; ``start`` is in clock ticks since boot, ``cpu_ticks`` is
+    utime + stime."""
+
+    parent: int
+    group: int
+    session: int
+    start: int
+    cpu_ticks: int
+    zombie: bool
+
+
+def process_info(pid: int) -> ProcessInfo | None:
+    """The process ``pid`` (zombies too), or None when there is none."""
+    try:
+        # The command name may hold spaces and parentheses; what follows its last ")" has a fixed layout.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return ProcessInfo(
+        parent=int(fields[1]),
+        group=int(fields[2]),
+        session=int(fields[3]),
+        start=int(fields[19]),
+        cpu_ticks=int(fields[11]) + int(fields[12]),
+        zombie=fields[0] in ("Z", "X"),
+    )
+
+
+def process_table() -> dict[int, ProcessInfo]:
+    """Every process, zombies included: they still count for CPU time, but not as running."""
+    table = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] not in ("Z", "X"):
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+        if entry.name.isdigit() and (info := process_info(int(entry.name))) is not None:
+            table[int(entry.name)] = info
     return table
 
 
-def _family(pid: int) -> set[int]:
-    """The process, its descendants and its process group: what a server may have started (PostgreSQL's backends
-    call setsid() and leave the postmaster's group, so the group alone is not enough)."""
-    table = _live_processes()
-    family = {pid} | {p for p, (_, pgid) in table.items() if pgid == pid}
+def is_running(pid: int, start: int | None, table: Mapping[int, ProcessInfo] | None = None) -> bool:
+    """``pid`` is still the process that started at ``start`` and has not exited.
+
+    Pid and start time name one process for good, so a recycled pid never passes. A zombie has exited: it holds no
+    port, no file, no memory.
+    """
+    info = process_info(pid) if table is None else table.get(pid)
+    return info is not None and not info.zombie and info.start == start
+
+
+def descendants(pid: int, table: Mapping[int, ProcessInfo]) -> set[int]:
+    """Children, grandchildren and so on of ``pid`` in ``table``."""
+    children: dict[int, list[int]] = {}
+    for child, info in table.items():
+        children.setdefault(info.parent, []).append(child)
+    found: set[int] = set()
     frontier = [pid]
     while frontier:
-        parent = frontier.pop()
-        for child, (ppid, _) in table.items():
-            if ppid == parent and child not in family:
-                family.add(child)
+        for child in children.get(frontier.pop(), ()):
+            if child not in found:
+                found.add(child)
                 frontier.append(child)
-    return family
+    return found
+
+
+def process_family(pid: int, start: int | None, table: Mapping[int, ProcessInfo]) -> dict[int, int]:
+    """pid -> start time of each running process that ``pid``, started in a session of its own, may have left.
+
+    Members of its session or process group are ours even when the leader is gone: Linux never hands out a pid that
+    is still some process's group or session id. Descendants matter too, as PostgreSQL's backends call setsid() and
+    so leave the postmaster's group and session; they are followed only from a leader that is still ours, since the
+    children of a recycled pid are someone else's.
+    """
+    leader = table.get(pid)
+    if leader is not None and leader.start != start:
+        return {}  # the pid was recycled, so its group and session ids now belong to the new process
+    members = {p for p, info in table.items() if pid in (info.group, info.session)}
+    if is_running(pid, start, table):
+        members |= {pid} | descendants(pid, table)
+    return {p: table[p].start for p in members if not table[p].zombie}
+
+
+KILL_TIMEOUT_S = 30.0
+
+
+def stop_process(pid: int, start: int | None, sig: signal.Signals | None, timeout: float, what: str) -> str | None:
+    """Stop a process started in a session of its own, and all it left behind; returns what went wrong, or None.
+
+    ``sig`` goes to the process itself, which then has ``timeout`` seconds to exit (None skips this); whatever of its
+    family is left then gets SIGKILL. The servers' stop() and kill() use this, and so does `scripts/dev down`, which
+    runs in another process than the one that started them and knows them only by pid and start time.
+    """
+    # Taken before the signal: once the leader exits, descendants outside its session can no longer be found.
+    family = process_family(pid, start, process_table())
+    problem = None
+    if sig is not None and is_running(pid, start):
+        try:
+            os.kill(pid, sig)
+            wait_until(lambda: not is_running(pid, start), timeout, what)
+        except ProcessLookupError:
+            pass
+        except LocalStackError:
+            problem = f"{what} did not stop on {sig.name} within {timeout:g} s; killed it"
+    deadline = time.monotonic() + KILL_TIMEOUT_S
+    while True:
+        table = process_table()
+        # Looked up again each round: a member may have forked since the last one.
+        family.update(process_family(pid, start, table))
+        left = sorted(p for p, p_start in family.items() if is_running(p, p_start, table))
+        if not left:
+            return problem
+        if time.monotonic() >= deadline:
+            return f"{what}: processes {left} survived SIGKILL"
+        for p in left:
+            with suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _run(cmd: Sequence[str], *, what: str, user: str | None = None, cwd: Path | None = None) -> str:
@@ -203,6 +291,7 @@ class _Process:
         self.log_file = log_file
         self.other_logs = tuple(other_logs)
         self.popen: subprocess.Popen[bytes] | None = None
+        self._started: int | None = None
 
     def start(self, cmd: Sequence[str], *, cwd: Path, user: str | None = None) -> None:
         with open(self.log_file, "ab") as log:
@@ -216,6 +305,13 @@ class _Process:
                 start_new_session=True,
                 **_as_user(user),
             )
+        # Read before anything reaps the child: until then its pid cannot have been recycled.
+        info = process_info(self.popen.pid)
+        if info is None:
+            self.popen.kill()
+            self.popen.wait()
+            raise LocalStackError(f"{self.name}: /proc/{self.popen.pid}/stat is unreadable")
+        self._started = info.start
 
     @property
     def pid(self) -> int | None:
@@ -231,28 +327,18 @@ class _Process:
         logs = "\n".join(f"--- {log}:\n{tail(log)}" for log in (self.log_file, *self.other_logs))
         return f"exited with {code}\n{logs}"
 
-    def stop(self, sig: signal.Signals, timeout: float) -> None:
-        """Send ``sig`` to the main process, wait for it, then make sure nothing of its group is left."""
+    def stop(self, sig: signal.Signals | None, timeout: float = 0.0) -> None:
+        """Send ``sig`` to the main process and wait for it (None: neither), then SIGKILL whatever of it is left."""
         popen, self.popen = self.popen, None
         if popen is None:
             return
-        graceful = True
-        if popen.poll() is None:
-            try:
-                os.kill(popen.pid, sig)
-                popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                graceful = False
-            except ProcessLookupError:
-                pass
-        self._kill_group(popen)
-        if not graceful:
-            raise LocalStackError(f"{self.name} did not stop on {sig.name} within {timeout:g} s; killed it")
+        problem = stop_process(popen.pid, self._started, sig, timeout, self.name)
+        popen.wait()
+        if problem:
+            raise LocalStackError(problem)
 
     def kill(self) -> None:
-        popen, self.popen = self.popen, None
-        if popen is not None:
-            self._kill_group(popen)
+        self.stop(None)
 
     @contextmanager
     def killed_on_error(self) -> Iterator[None]:
@@ -262,28 +348,6 @@ class _Process:
         except BaseException:
             self.kill()
             raise
-
-    def _kill_group(self, popen: subprocess.Popen[bytes]) -> None:
-        pgid = popen.pid
-        # Until we reap it, the child's pid cannot be reused, so its descendants are safe to look up and kill; after
-        # that only the group is (a process group id stays reserved while any member lives).
-        family = _family(pgid) if popen.poll() is None else set()
-        for pid in family:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        popen.wait()
-
-        def gone() -> bool:
-            live = _live_processes()
-            return not family & live.keys() and all(group != pgid for _, group in live.values())
-
-        wait_until(gone, 30, f"{self.name} processes to exit")
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 
+from scripts.localstack import is_running, process_table
+
 REPO = Path(__file__).resolve().parents[2]
 DEV = REPO / "scripts" / "dev"
 UP_TIMEOUT_S = 240  # includes scripts/install-deps, which is quick once everything is installed
@@ -46,21 +48,6 @@ def health(port: int) -> int | None:
             return error.code
     except OSError:
         return None
-
-
-def live_processes() -> dict[int, tuple[int, int]]:
-    """pid -> (start time, session id) of every process that is not a zombie."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] not in ("Z", "X"):
-            table[int(entry.name)] = (int(fields[19]), int(fields[3]))
-    return table
 
 
 def readings(dsn: str) -> list[tuple]:
@@ -133,10 +120,10 @@ def test_dev_up_runs_the_stack_until_down_stops_every_process(tmp_path_factory):
             dev("down", "--dir", str(state_dir), timeout=DOWN_TIMEOUT_S)
 
     # THEN none of the recorded processes, nor anything left in their sessions, is alive; the data stays
-    live = live_processes()
-    alive = {name: r["pid"] for name, r in recorded.items() if live.get(r["pid"], (None,))[0] == r["start"]}
+    table = process_table()
+    alive = {name: r["pid"] for name, r in recorded.items() if is_running(r["pid"], r["start"], table)}
     assert alive == {}
     sessions = {r["pid"] for r in recorded.values()}
-    assert {pid for pid, (_, sid) in live.items() if sid in sessions} == set()
+    assert {pid for pid, info in table.items() if info.session in sessions and not info.zombie} == set()
     assert dev("status", "--dir", str(state_dir), timeout=30).returncode == 3
     assert (state_dir / "postgres" / "data" / "PG_VERSION").exists()
