@@ -21,7 +21,6 @@ import ssl
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +29,20 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared.registry import DeviceCredential  # noqa: E402 - after the path set-up
+
 log = logging.getLogger("simulator")
 
 ACK_TIMEOUT_S = 10.0
 OFFLINE_ACK_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True)
-class DeviceCredential:
-    """What scripts/dev stores in demo-device.json (shared.registry.DeviceCredential as JSON)."""
-
-    tenant: str
-    device: str
-    username: str
-    client_id: str
-    password: str
-
-    @property
-    def topic_prefix(self) -> str:
-        return f"t/{self.tenant}/d/{self.device}"
-
-    @classmethod
-    def load(cls, path: Path) -> DeviceCredential:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return cls(data["tenant"], data["device"], data["username"], data.get("client_id") or data["username"],
-                   data["password"])
+def load_credential(path: Path) -> DeviceCredential:
+    """Reads what scripts/dev stores in demo-device.json (a shared.registry.DeviceCredential as JSON)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return DeviceCredential(data["tenant"], data["device"], data["username"],
+                            data.get("client_id") or data["username"], data["password"])
 
 
 class Machine:
@@ -233,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        credential = DeviceCredential.load(args.credential)
+        credential = load_credential(args.credential)
     except (OSError, ValueError, KeyError) as exc:
         log.error("cannot read the device credential %s: %s", args.credential, exc)
         return 2

@@ -275,6 +275,18 @@ def _connect_with_retry(client: mqtt.Client, settings: Settings, properties: Pro
     client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30, clean_start=False, properties=properties)
 
 
+def _retry_database(settings: Settings, what: str):
+    """Retries transient database errors (connection lost, server restarting) with backoff for
+    INGEST_DB_RETRY_S; then the error propagates and the run ends without acking."""
+    return retry(
+        retry=retry_if_exception_type(psycopg.OperationalError),
+        stop=stop_after_delay(settings.ingest_db_retry_s),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        before_sleep=lambda state: log.warning("%s failed (%s); retrying", what, state.outcome.exception()),
+        reraise=True,
+    )
+
+
 class _Validator:
     """Turns received messages into prepared batches, on the network thread.
 
@@ -297,13 +309,7 @@ class _Validator:
         return prepare_batch(messages, self._directory, self._limits, self._window, time.time_ns() // 1000)
 
     def _resolve(self, keys: set[tuple[str, str]]) -> None:
-        @retry(
-            retry=retry_if_exception_type(psycopg.OperationalError),
-            stop=stop_after_delay(self._settings.ingest_db_retry_s),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            before_sleep=lambda state: log.warning("device lookup failed (%s); retrying", state.outcome.exception()),
-            reraise=True,
-        )
+        @_retry_database(self._settings, "device lookup")
         def resolve() -> None:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = psycopg.connect(self._settings.ingest_database_url, autocommit=True,
@@ -353,13 +359,7 @@ class _StoreThread(threading.Thread):
     def _write(self, messages: list[InboundMessage], prepared: PreparedBatch) -> BatchOutcome:
         store = self._store
 
-        @retry(
-            retry=retry_if_exception_type(psycopg.OperationalError),
-            stop=stop_after_delay(self._settings.ingest_db_retry_s),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            before_sleep=lambda state: log.warning("database write failed (%s); retrying", state.outcome.exception()),
-            reraise=True,
-        )
+        @_retry_database(self._settings, "database write")
         def write() -> BatchOutcome:
             if store.conn is None or store.conn.closed or store.conn.broken:
                 if not store.connect():
