@@ -5,14 +5,13 @@ import azure.functions as func
 
 from shared.db import get_pool
 from shared.health import check_health
-from shared.settings import get_settings
 
 bp = func.Blueprint()
 
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    report = check_health(get_settings(), get_pool())
+    report = check_health(get_pool())
     return func.HttpResponse(
         json.dumps(report.as_dict()),
         status_code=200 if report.ok else 503,

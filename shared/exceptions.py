@@ -18,7 +18,3 @@ class BrokerUnavailable(MqttSaasError):
 
 class DynsecError(MqttSaasError):
     """The broker's dynamic-security plugin refused a command."""
-
-
-class DatabaseUnavailable(MqttSaasError):
-    """PostgreSQL could not be reached after retries."""

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 from psycopg_pool import ConnectionPool
 
-from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class HealthReport:
         }
 
 
-def check_health(settings: Settings, pool: ConnectionPool) -> HealthReport:
+def check_health(pool: ConnectionPool) -> HealthReport:
     try:
         with pool.connection(timeout=5) as conn:
             row = conn.execute(
