@@ -43,8 +43,7 @@ from localstack import LocalStack, descendants, process_table  # noqa: E402
 from shared.db import create_pool  # noqa: E402
 from shared.dynsec import DynsecClient, generate_password  # noqa: E402
 from shared.migrate import apply_migrations  # noqa: E402
-from shared.mqtt_drain import drain_once  # noqa: E402
-from shared.payloads import SUBSCRIPTIONS  # noqa: E402
+from shared.mqtt_drain import drain_once, drop_session, prepare_session  # noqa: E402
 from shared.registry import create_tenant, provision_device  # noqa: E402
 from shared.settings import settings_from  # noqa: E402
 
@@ -111,21 +110,10 @@ def _client(settings, client_id: str, username: str, password: str, **kwargs) ->
     return client
 
 
-def _subscribe_session(settings, client_id: str, username: str, password: str) -> None:
-    """Creates a persistent session with the drain's subscriptions, then leaves it offline."""
-    done = threading.Event()
-    client = _client(settings, client_id, username, password)
-    client.on_subscribe = lambda *a: done.set()
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
-    # Clean Start off even the first time: Mosquitto 2.0 does not persist a session whose last
-    # CONNECT had Clean Start on, so it would not survive a broker restart.
-    client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=False, properties=props)
-    client.loop_start()
-    client.subscribe([(topic, 1) for topic in SUBSCRIPTIONS])
-    assert done.wait(10), "no SUBACK"
-    client.disconnect()
-    client.loop_stop()
+def _as_client(settings, user: str, password: str):
+    """The same settings, but the drain's MQTT identity replaced by another client of its role."""
+    return settings.model_copy(update={"mqtt_ingest_username": user, "mqtt_ingest_password": password,
+                                       "mqtt_ingest_client_id": user})
 
 
 def _publish(settings, creds, count: int, first_seq: int) -> None:
@@ -193,7 +181,7 @@ def _backlog_for(stack, settings, creds, user: str, count: int, first_seq: int) 
     with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
                       stack.mosquitto.admin.username, stack.mosquitto.admin.password) as dynsec:
         dynsec.create_client(user, password, client_id=user, roles=["ingest"])
-    _subscribe_session(settings, user, user, password)
+    prepare_session(_as_client(settings, user, password))
     _publish(settings, creds, count, first_seq=first_seq)
     return password
 
@@ -229,20 +217,8 @@ def _timed_receive(settings, user: str, password: str, count: int, handle) -> fl
     elapsed = time.perf_counter() - started
     client.disconnect()
     client.loop_stop()
-    _forget_session(settings, user, password)
+    drop_session(_as_client(settings, user, password))
     return received["n"] / elapsed
-
-
-def _forget_session(settings, user: str, password: str) -> None:
-    """Clean Start with no session expiry: the broker drops the session and stops queuing for it."""
-    client = _client(settings, user, user, password)
-    connected = threading.Event()
-    client.on_connect = lambda *a: connected.set()
-    client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=True)
-    client.loop_start()
-    connected.wait(10)
-    client.disconnect()
-    client.loop_stop()
 
 
 def _transport(stack, settings, creds, count: int) -> float:
@@ -252,8 +228,7 @@ def _transport(stack, settings, creds, count: int) -> float:
 
     user = "bench-transport"
     password = _backlog_for(stack, settings, creds, user, count, first_seq=30_000_000)
-    own = settings.model_copy(update={"mqtt_ingest_username": user, "mqtt_ingest_password": password,
-                                      "mqtt_ingest_client_id": user})
+    own = _as_client(settings, user, password)
     received = 0
     started = time.perf_counter()
     session = _BrokerSession(own)
@@ -265,7 +240,7 @@ def _transport(stack, settings, creds, count: int) -> float:
         session.ack(mids)
     elapsed = time.perf_counter() - started
     session.close()
-    _forget_session(settings, user, password)
+    drop_session(own)
     return received / elapsed
 
 
@@ -290,8 +265,7 @@ def _naive(stack, settings, creds, count: int) -> float:
 
 
 def _drain(stack, settings, creds, count: int):
-    _subscribe_session(settings, settings.mqtt_ingest_client_id, settings.mqtt_ingest_username,
-                       settings.mqtt_ingest_password)
+    prepare_session(settings)
     _publish(settings, creds, count, first_seq=0)
     pg_before = _postgres_cpu(stack)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)

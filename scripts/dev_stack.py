@@ -467,13 +467,11 @@ def ensure_demo_device(layout: Layout, postgres: PostgresServer, settings: Any) 
 
 
 def prime_drain_session(values: Mapping[str, str]) -> None:
-    """One drain run creates the drain's persistent session and subscriptions, so readings published before the
-    first timer tick wait on the broker instead of being dropped (a no-op apart from draining on later `up`s)."""
-    from shared.mqtt_drain import drain_once
+    """Creates the drain's persistent session and subscriptions, so readings published before the first timer
+    tick wait on the broker instead of being dropped (kept as it is on later `up`s)."""
+    from shared.mqtt_drain import prepare_session
 
-    report = drain_once(load_settings({**values, "INGEST_IDLE_EXIT_S": "0.3"}))
-    if report.status == "failed":
-        raise DevError(f"the first drain run failed: {report.error}")
+    prepare_session(load_settings(values))
 
 
 def child_environment() -> dict[str, str]:

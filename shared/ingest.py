@@ -124,7 +124,7 @@ class DeviceDirectory:
         return {k for k in keys if k not in self._known and self._unknown.get(k, 0.0) <= now}
 
     def resolve(self, conn: psycopg.Connection, keys: set[tuple[str, str]]) -> None:
-        keys = self.missing(keys)
+        """Looks up keys (what missing() returned) in one query."""
         if not keys:
             return
         slugs, names = zip(*sorted(keys))
@@ -141,8 +141,8 @@ def topic_keys(messages: Sequence[InboundMessage]) -> set[tuple[str, str]]:
     for message in messages:
         try:
             topic = parse_topic(message.topic)
-        except Exception:
-            continue
+        except Rejected:
+            continue  # prepare_batch dead-letters it
         keys.add((topic.tenant, topic.device))
     return keys
 

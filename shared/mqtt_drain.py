@@ -100,6 +100,18 @@ def drain_once(settings: Settings) -> DrainReport:
     return report
 
 
+def prepare_session(settings: Settings) -> None:
+    """Creates the drain's persistent session and subscriptions without draining anything, so
+    what devices publish before the first run waits on the broker instead of being dropped. Run it
+    once when deploying, never while a run is active (the same client id would kick the run)."""
+    _BrokerSession(settings).close()
+
+
+def drop_session(settings: Settings) -> None:
+    """Removes the drain's session and what is queued for it: for a retired client id."""
+    _BrokerSession(settings, keep=False).close()
+
+
 class _DrainClient(mqtt.Client):
     """paho's client with a lean handler for incoming PUBLISH packets.
 
@@ -144,7 +156,9 @@ class _DrainClient(mqtt.Client):
 class _BrokerSession:
     """The drain's MQTT connection, with paho's socket driven from this thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, keep: bool = True) -> None:
+        """keep=False connects with Clean Start and no session expiry: the broker then forgets
+        the session, and nothing is subscribed."""
         self.received: list[InboundMessage] = []
         self.received_mids: list[int] = []
         self.first_received_at = 0.0  # monotonic time of the oldest message in `received`
@@ -166,12 +180,14 @@ class _BrokerSession:
         client.on_subscribe = self._on_subscribe
         self.client = client
         properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = settings.ingest_session_expiry_s
+        properties.SessionExpiryInterval = settings.ingest_session_expiry_s if keep else 0
         properties.ReceiveMaximum = min(65535, 3 * settings.ingest_batch_size)
-        _connect_with_retry(client, settings, properties)
+        _connect_with_retry(client, settings, properties, clean_start=not keep)
         self._wait(lambda: self._connack is not None or self.lost, 15, "CONNACK")
         if self._connack is None or self._connack.is_failure:
             raise BrokerUnavailable(f"broker refused the drain: {self._connack or 'connection closed'}")
+        if not keep:
+            return
         # Retain Handling 1: retained status messages come once, when the subscription is
         # new, not again on every run.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
@@ -271,8 +287,10 @@ class _BrokerSession:
     wait=wait_exponential(multiplier=0.5, max=5),
     reraise=True,
 )
-def _connect_with_retry(client: mqtt.Client, settings: Settings, properties: Properties) -> None:
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30, clean_start=False, properties=properties)
+def _connect_with_retry(client: mqtt.Client, settings: Settings, properties: Properties, clean_start: bool) -> None:
+    # Clean Start stays off for the drain even on its first connect: Mosquitto 2.0 does not
+    # persist a session whose last CONNECT had it on, so that session would not survive a restart.
+    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30, clean_start=clean_start, properties=properties)
 
 
 def _retry_database(settings: Settings, what: str):

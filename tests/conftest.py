@@ -13,6 +13,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.migrate import apply_migrations
+from shared.mqtt_drain import drop_session
 from shared.settings import Settings, get_settings, settings_from
 
 pytest_plugins = ["tests.stack_fixtures"]
@@ -83,9 +84,7 @@ def app_pool(database: Database) -> Iterator[ConnectionPool]:
 @pytest.fixture
 def ingest_identity(mosquitto_broker) -> Iterator[tuple[str, str]]:
     """A drain credential of this test's own, so no test inherits another's queued messages.
-
-    Bound to its client id like the real one; the session is removed afterwards.
-    """
+    Bound to its client id like the real one."""
     from shared.dynsec import DynsecClient, generate_password
 
     username = f"ingest-{uuid.uuid4().hex[:10]}"
@@ -93,13 +92,12 @@ def ingest_identity(mosquitto_broker) -> Iterator[tuple[str, str]]:
     with _dynsec(mosquitto_broker) as dynsec:
         dynsec.create_client(username, password, client_id=username, roles=["ingest"])
     yield username, password
-    _forget_session(mosquitto_broker, username, password)
     with _dynsec(mosquitto_broker) as dynsec:
         dynsec.delete_client(username, missing_ok=True)
 
 
 @pytest.fixture
-def make_settings(database: Database, mosquitto_broker, ingest_identity):
+def make_settings(database: Database, mosquitto_broker, ingest_identity) -> Iterator:
     """Settings as the app would read them, pointing at this test's database and broker."""
     username, password = ingest_identity
 
@@ -121,11 +119,13 @@ def make_settings(database: Database, mosquitto_broker, ingest_identity):
         values.update({key: str(value) for key, value in overrides.items()})
         return settings_from(values)
 
-    return build
+    yield build
+    # The broker would otherwise keep queuing every later test's messages for this session.
+    drop_session(build())
 
 
 @pytest.fixture
-def settings_env(make_settings, monkeypatch: pytest.MonkeyPatch):
+def settings_env(monkeypatch: pytest.MonkeyPatch):
     """Exports a Settings' values as environment variables, for code that calls get_settings()."""
 
     def export(settings: Settings) -> Settings:
@@ -144,22 +144,3 @@ def _dynsec(broker):
 
     admin = broker.admin
     return DynsecClient(broker.host, broker.port, str(broker.ca_file), admin.username, admin.password)
-
-
-def _forget_session(broker, username: str, password: str) -> None:
-    """Connects once with Clean Start and no session expiry: the broker drops the session."""
-    import ssl
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    client.tls_set(ca_certs=str(broker.ca_file), cert_reqs=ssl.CERT_REQUIRED)
-    try:
-        client.connect(broker.host, broker.port, clean_start=True)
-        client.loop_start()
-        client.disconnect()
-        client.loop_stop()
-    except OSError:
-        pass

@@ -14,31 +14,25 @@ import pytest
 from scripts.localstack import AzuriteServer, MosquittoBroker, PostgresServer
 
 
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+def _running(server):
+    """Starts a server for the session and stops it at the end, also when a test or the start failed."""
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    yield from _running(PostgresServer(tmp_path_factory.mktemp("postgres")))
 
 
 @pytest.fixture(scope="session")
 def mosquitto_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    broker = MosquittoBroker(tmp_path_factory.mktemp("mosquitto"))
-    try:
-        broker.start()
-        yield broker
-    finally:
-        broker.stop()
+    yield from _running(MosquittoBroker(tmp_path_factory.mktemp("mosquitto")))
 
 
 @pytest.fixture(scope="session")
 def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
-    server = AzuriteServer(tmp_path_factory.mktemp("azurite"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running(AzuriteServer(tmp_path_factory.mktemp("azurite")))

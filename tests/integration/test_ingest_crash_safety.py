@@ -50,6 +50,21 @@ def drain_until_idle(database, expected_rows: int) -> None:
             return
 
 
+def start_drain() -> tuple[threading.Thread, list[BaseException]]:
+    """Runs the registered drain in a thread; what it raises lands in the returned list."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_mqtt_ingest()
+        except BaseException as exc:  # noqa: BLE001 - the test asserts on it
+            errors.append(exc)
+
+    drain = threading.Thread(target=run)
+    drain.start()
+    return drain, errors
+
+
 @pytest.fixture
 def backlog_settings(make_settings, settings_env):
     settings = settings_env(make_settings(INGEST_BATCH_SIZE=1000))
@@ -107,16 +122,7 @@ def test_postgres_down_during_a_run_loses_and_duplicates_nothing(backlog_setting
     # GIVEN a drain working through a backlog
     count = 20_000
     publish_backlog(backlog_settings, device, count)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            run_mqtt_ingest()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    drain = threading.Thread(target=run)
-    drain.start()
+    drain, errors = start_drain()
     wait_for(lambda: readings(database)[0], 60, "a first committed batch")
 
     # WHEN PostgreSQL stops in the middle of it and comes back a moment later
@@ -173,7 +179,7 @@ def test_backlog_beyond_mosquittos_default_queue_limit_all_arrives(backlog_setti
     assert readings(database) == (5_000 * METRICS, 5_000)
 
 
-def test_readings_reach_the_database_within_seconds_while_a_run_is_active(make_settings, settings_env, app_pool, database):
+def test_readings_are_committed_while_a_run_is_still_active(make_settings, settings_env, app_pool, database):
     # GIVEN a drain run that is waiting for messages
     settings = settings_env(make_settings(INGEST_IDLE_EXIT_S=8))
     prime_drain_session(settings)
@@ -201,16 +207,7 @@ def test_database_down_longer_than_the_retry_window_fails_the_run_without_acking
     device = Device(settings, creds["cnc-9"])
     count = 20_000
     publish_backlog(settings, device, count)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            run_mqtt_ingest()
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    drain = threading.Thread(target=run)
-    drain.start()
+    drain, errors = start_drain()
     wait_for(lambda: readings(database)[0], 60, "a first committed batch")
 
     # WHEN PostgreSQL stays down past the retry window

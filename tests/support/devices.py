@@ -12,12 +12,9 @@ from collections.abc import Iterable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from shared.dynsec import DynsecClient
-from shared.payloads import SUBSCRIPTIONS
+from shared.mqtt_drain import prepare_session
 from shared.registry import DeviceCredential, create_tenant, provision_device
 
 
@@ -95,24 +92,9 @@ class Device:
 
 
 def prime_drain_session(settings) -> None:
-    """Creates the drain's persistent session and subscriptions, as its first run would, so
-    messages published before the test's first drain run are queued for it."""
-    done = threading.Event()
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                         client_id=settings.mqtt_ingest_client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(settings.mqtt_ingest_username, settings.mqtt_ingest_password)
-    client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED)
-    client.on_subscribe = lambda *args: done.set()
-    properties = Properties(PacketTypes.CONNECT)
-    properties.SessionExpiryInterval = settings.ingest_session_expiry_s
-    client.connect(settings.mqtt_host, settings.mqtt_port, clean_start=False, properties=properties)
-    client.loop_start()
-    options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-    client.subscribe([(topic, options) for topic in SUBSCRIPTIONS])
-    if not done.wait(10):
-        raise TimeoutError("no SUBACK for the drain's subscriptions")
-    client.disconnect()
-    client.loop_stop()
+    """Creates the drain's session as a deployment would, so messages published before the
+    test's first drain run are queued for it."""
+    prepare_session(settings)
 
 
 @functools.cache
