@@ -13,40 +13,27 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from shared.broker_contract import DEFAULT_ACL_ACCESS, Acl, device_acls, device_role, device_username
 from shared.exceptions import BrokerUnavailable, DynsecError
 
 log = logging.getLogger(__name__)
 
 REQUEST_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = "$CONTROL/dynamic-security/v1/response"
-
-TENANT_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-DEVICE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-
-AclType = Literal[
-    "publishClientSend",
-    "publishClientReceive",
-    "subscribeLiteral",
-    "subscribePattern",
-    "unsubscribeLiteral",
-    "unsubscribePattern",
-]
 
 # Error texts of the 2.0.x plugin that the ensure_/missing_ok variants treat as "already in the wanted state".
 CLIENT_EXISTS = "Client already exists"
@@ -55,52 +42,9 @@ CLIENT_NOT_FOUND = "Client not found"
 ROLE_NOT_FOUND = "Role not found"
 
 
-@dataclass(frozen=True)
-class Acl:
-    """One ACL entry of a role; a higher priority is checked first."""
-
-    acltype: AclType
-    topic: str
-    allow: bool = True
-    priority: int = 0
-
-    def as_command(self) -> dict[str, Any]:
-        return {"acltype": self.acltype, "topic": self.topic, "allow": self.allow, "priority": self.priority}
-
-
 def generate_password() -> str:
     """A random 192-bit password: the plugin hashes with only 101 PBKDF2 rounds in 2.0.x, so length is the defence."""
     return secrets.token_urlsafe(24)
-
-
-def validate_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not TENANT_PATTERN.fullmatch(tenant):
-        raise ValueError(f"invalid tenant slug {tenant!r}: expected [a-z0-9][a-z0-9-]{{0,62}}")
-    return tenant
-
-
-def validate_device(device: str) -> str:
-    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
-        raise ValueError(f"invalid device name {device!r}: expected [A-Za-z0-9][A-Za-z0-9_-]{{0,63}}")
-    return device
-
-
-def device_username(tenant: str, device: str) -> str:
-    """Username and bound client id of a device; neither part may contain a dot, so the pair is unambiguous."""
-    return f"{validate_tenant(tenant)}.{validate_device(device)}"
-
-
-def device_role(tenant: str, device: str) -> str:
-    return f"device.{validate_tenant(tenant)}.{validate_device(device)}"
-
-
-def device_topic_filter(tenant: str, device: str) -> str:
-    return f"t/{validate_tenant(tenant)}/d/{validate_device(device)}/#"
-
-
-def device_acls(tenant: str, device: str) -> list[Acl]:
-    """A device may only publish under its own prefix; subscribing stays denied by the default ACL access."""
-    return [Acl("publishClientSend", device_topic_filter(tenant, device))]
 
 
 class DynsecClient:
@@ -249,6 +193,26 @@ class DynsecClient:
         """Create the role unless one of that name exists (its ACLs are then left as they are). True if created."""
         (response,) = self._execute([_create_role(name, acls)], tolerated=(ROLE_EXISTS,))
         return "error" not in response
+
+    def set_role_acls(self, name: str, acls: Iterable[Acl]) -> None:
+        """Make the role's ACLs exactly ``acls`` (creating the role if needed): for roles whose rights the contract
+        defines, so a broker set up by an older version gets today's rights. modifyRole replaces the whole list."""
+        self.ensure_role(name)
+        self.execute([{"command": "modifyRole", "rolename": name, "acls": [acl.as_command() for acl in acls]}])
+
+    def get_role_acls(self, name: str) -> list[dict[str, Any]]:
+        (response,) = self.execute([{"command": "getRole", "rolename": name}])
+        acls: list[dict[str, Any]] = response.get("data", {}).get("role", {}).get("acls", [])
+        return acls
+
+    def set_default_acl_access(self, access: Mapping[str, bool] = DEFAULT_ACL_ACCESS) -> None:
+        """What a client may do where none of its roles says: set explicitly, never left to ``dynsec init``."""
+        acls = [{"acltype": kind, "allow": allow} for kind, allow in access.items()]
+        self.execute([{"command": "setDefaultACLAccess", "acls": acls}])
+
+    def get_default_acl_access(self) -> dict[str, bool]:
+        (response,) = self.execute([{"command": "getDefaultACLAccess"}])
+        return {acl["acltype"]: acl["allow"] for acl in response.get("data", {}).get("acls", [])}
 
     def delete_role(self, name: str, missing_ok: bool = False) -> None:
         self._execute([{"command": "deleteRole", "rolename": name}], (ROLE_NOT_FOUND,) if missing_ok else ())

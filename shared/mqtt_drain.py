@@ -44,7 +44,8 @@ from shared.ingest import (
     record_skipped_run,
     topic_keys,
 )
-from shared.payloads import SUBSCRIPTIONS, Limits
+from shared.broker_contract import DRAIN_SUBSCRIPTIONS
+from shared.payloads import Limits
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class _BrokerSession:
         # Retain Handling 1: retained status messages come once, when the subscription is
         # new, not again on every run.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-        client.subscribe([(topic, options) for topic in SUBSCRIPTIONS])
+        client.subscribe([(topic, options) for topic in DRAIN_SUBSCRIPTIONS])
         self._wait(lambda: self._suback or self.lost, 15, "SUBACK")
         if self.lost:
             raise BrokerUnavailable("broker closed the connection after CONNACK")

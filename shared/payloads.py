@@ -20,11 +20,14 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, StrictBool, StrictInt, StringConstraints, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict
 
-TENANT_SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-METRIC_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+from shared.broker_contract import (
+    DEVICE_NAME_PATTERN,
+    DRAIN_SUBSCRIPTIONS,
+    METRIC_NAME_PATTERN,
+    TENANT_SLUG_PATTERN,
+)
+
 MAX_TEXT_VALUE = 256
-SUBSCRIPTIONS = ("t/+/d/+/telemetry", "t/+/d/+/status", "t/+/d/+/+/state")
 
 MetricName = Annotated[str, StringConstraints(pattern=METRIC_NAME_PATTERN)]
 NumberValue = Annotated[float, Field(allow_inf_nan=False)]
@@ -81,7 +84,7 @@ def parse_topic(topic: str) -> Topic:
             if entity is not None:
                 _check_name(entity, METRIC_NAME_PATTERN, "entity")
             return Topic(kind, parts[1], parts[3], entity)  # type: ignore[arg-type]
-    raise Rejected("bad_topic", f"topic {topic[:200]!r} is not one of {', '.join(SUBSCRIPTIONS)}")
+    raise Rejected("bad_topic", f"topic {topic[:200]!r} is not one of {', '.join(DRAIN_SUBSCRIPTIONS)}")
 
 
 def _check_name(value: str, pattern: str, what: str) -> None:
