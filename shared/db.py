@@ -24,7 +24,7 @@ def create_pool(settings: Settings, wait: bool = True) -> ConnectionPool:
     """wait=False returns at once and connects in the background, so a cold start during a
     database outage still answers (health says 503) instead of failing."""
     pool = ConnectionPool(
-        settings.database_url,
+        settings.database_url.get_secret_value(),
         min_size=1,
         max_size=settings.database_pool_max,
         kwargs={"row_factory": dict_row, "application_name": "mqtt_saas_api"},

@@ -26,6 +26,7 @@ from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
 
 from shared.broker_contract import DEFAULT_ACL_ACCESS, Acl, device_acls, device_role, device_username
 from shared.exceptions import BrokerUnavailable, DynsecError
@@ -56,7 +57,7 @@ class DynsecClient:
         port: int,
         ca_file: str,
         username: str,
-        password: str,
+        password: str | SecretStr,
         timeout: float = 10.0,
         client_id: str | None = None,
     ) -> None:
@@ -64,7 +65,8 @@ class DynsecClient:
         self.port = port
         self.ca_file = str(ca_file)
         self.username = username
-        self._password = password
+        # Kept as SecretStr so no repr or traceback local shows it: an admin password owns the broker.
+        self._password = password if isinstance(password, SecretStr) else SecretStr(password)
         self.timeout = timeout
         # Admin connections are short-lived and never share a session: a random id cannot kick another admin.
         self.client_id = client_id or f"dynsec-{username}-{secrets.token_hex(4)}"
@@ -100,7 +102,7 @@ class DynsecClient:
             reconnect_on_failure=False,
         )
         client.tls_set(ca_certs=self.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        client.username_pw_set(self.username, self._password)
+        client.username_pw_set(self.username, self._password.get_secret_value())
         client.connect_timeout = self.timeout
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

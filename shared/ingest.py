@@ -42,6 +42,9 @@ class InboundMessage:
     topic: str
     payload: bytes
     received_at_us: int  # wall clock when the transport received it: the ts of a reading without one
+    # The broker also kept it as its retained message for the topic. An empty retained message is
+    # not data: it is MQTT's way to delete the retained copy, and is skipped.
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,8 @@ def prepare_batch(
     earliest_us = now_us - window.max_past_s * 1_000_000
     latest_us = now_us + window.max_future_s * 1_000_000
     for index, message in enumerate(messages):
+        if message.retained and not message.payload:
+            continue  # a retained copy being deleted (by its device, or by a drain): no data
         device = None
         try:
             topic = parse_topic(message.topic)

@@ -1,6 +1,7 @@
 """All settings, read once from the environment into one typed object.
 
-Nothing else in the app reads os.environ. Every key here is listed, with a safe local value,
+Nothing else in the app reads os.environ. Secrets (database URLs carry passwords) are SecretStr:
+no repr, log line or validation error shows them; code that needs one calls get_secret_value(). Every key here is listed, with a safe local value,
 in local.settings.json.example; Bicep sets the same keys as app settings in Azure.
 """
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from shared.exceptions import ConfigurationError
 
@@ -17,10 +18,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     # PostgreSQL, as the application role (not owner, not superuser, no BYPASSRLS).
-    database_url: str = Field(alias="DATABASE_URL")
+    database_url: SecretStr = Field(alias="DATABASE_URL")
     database_pool_max: int = Field(4, alias="DATABASE_POOL_MAX", ge=1, le=50)
     # The drain's own role: may write every tenant's readings, may read none of them.
-    ingest_database_url: str = Field(alias="INGEST_DATABASE_URL")
+    ingest_database_url: SecretStr = Field(alias="INGEST_DATABASE_URL")
 
     # The broker, over TLS; the CA file verifies its certificate (there is no insecure mode).
     mqtt_host: str = Field("localhost", alias="MQTT_HOST")
@@ -29,12 +30,14 @@ class Settings(BaseModel):
 
     # The drain's own broker credential, bound by dynamic security to one client id.
     mqtt_ingest_username: str = Field("mqtt-saas-ingest", alias="MQTT_INGEST_USERNAME")
-    mqtt_ingest_password: str = Field("", alias="MQTT_INGEST_PASSWORD")
+    mqtt_ingest_password: SecretStr = Field(SecretStr(""), alias="MQTT_INGEST_PASSWORD")
     mqtt_ingest_client_id: str = Field("mqtt-saas-ingest", alias="MQTT_INGEST_CLIENT_ID")
 
-    # The least-privilege dynamic-security client used to provision device credentials.
+    # The dynamic-security client that provisions device credentials. Mosquitto's control topic
+    # cannot be scoped, so whoever holds this may do anything on the broker: only the code that
+    # provisions reads it.
     mqtt_provisioner_username: str = Field("mqtt-saas-provisioner", alias="MQTT_PROVISIONER_USERNAME")
-    mqtt_provisioner_password: str = Field("", alias="MQTT_PROVISIONER_PASSWORD")
+    mqtt_provisioner_password: SecretStr = Field(SecretStr(""), alias="MQTT_PROVISIONER_PASSWORD")
 
     # mqtt_ingest: when it runs and how much one run may do.
     ingest_schedule: str = Field("0 */1 * * * *", alias="INGEST_SCHEDULE")
@@ -51,7 +54,7 @@ class Settings(BaseModel):
     ingest_max_future_s: int = Field(3600, alias="INGEST_MAX_FUTURE_S", ge=0)
 
     # Blob storage (Azurite locally) for the cold archive.
-    storage_connection_string: str | None = Field(None, alias="STORAGE_CONNECTION_STRING")
+    storage_connection_string: SecretStr | None = Field(None, alias="STORAGE_CONNECTION_STRING")
 
 
 def settings_from(environ: dict[str, str]) -> Settings:

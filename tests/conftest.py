@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
 
 from shared.migrate import apply_migrations
 from shared.mqtt_drain import drop_session
@@ -131,6 +132,8 @@ def settings_env(monkeypatch: pytest.MonkeyPatch):
     def export(settings: Settings) -> Settings:
         for name, field in Settings.model_fields.items():
             value = getattr(settings, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if value is not None:
                 monkeypatch.setenv(field.alias, str(value))
         get_settings.cache_clear()
