@@ -65,12 +65,16 @@ def test_health_reports_database_and_last_ingest_run(app_settings, database):
     assert (body["status"], body["database"], body["last_ingest_status"]) == ("ok", "ok", "ok")
 
 
-def test_health_answers_503_with_a_fixed_message_when_the_database_is_unreachable(app_settings):
-    unreachable = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
+def test_health_answers_503_with_a_fixed_message_when_the_database_is_unreachable(app_settings, caplog):
+    unreachable = "postgresql://nobody:not-a-secret-really@127.0.0.1:1/none?connect_timeout=1"
     app_settings(DATABASE_URL=unreachable, INGEST_DATABASE_URL=unreachable)
 
     response = call_health()
 
+    # The body says only that it is unreachable; the log says why, without the password.
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "shared.health"]
+    assert "database unreachable" in logged and "refused" in logged.lower()
+    assert "not-a-secret-really" not in logged
     assert response.status_code == 503
     assert json.loads(response.get_body()) == {"status": "degraded", "database": "unreachable",
                                                "last_ingest_run": None, "last_ingest_status": None}
