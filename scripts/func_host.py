@@ -10,7 +10,7 @@ code is called as-is. scripts/dev uses `func start` instead whenever `func` is o
 
 Not mimicked (host behaviour, tested or documented elsewhere): function keys, the singleton
 lease, `functionTimeout`, retries, extension bindings other than HTTP and timer, host.json
-logging. See PLATFORM.md section 1.4.
+logging. What it reads is what azure-functions' own FunctionApp.get_functions() exposes.
 """
 from __future__ import annotations
 
