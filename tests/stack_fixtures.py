@@ -1,4 +1,4 @@
-"""pytest plugin: one private PostgreSQL, Mosquitto and Azurite per test session (scripts/localstack.py).
+"""pytest plugin: one private PostgreSQL, Mosquitto and Azurite per test session (scripts/localstack/).
 
 Each starts on first use, under the session's temporary folder on free ports, and is stopped at the end of the run,
 also when a test or the start itself failed. Load it with ``pytest_plugins = ["tests.stack_fixtures"]`` or

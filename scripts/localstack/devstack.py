@@ -5,12 +5,12 @@
     scripts/dev status [--dir PATH]
     scripts/dev secret NAME [--dir PATH]      # one password, for "$(scripts/dev secret mqtt-admin)"
 
-`up` starts private PostgreSQL, Mosquitto (TLS, dynamic security) and Azurite under .localstack/
-(scripts/localstack.py), prepares the database (migrations, login passwords for the app and ingest roles), provisions
-the demo tenant `demo` and its device `press-01`, writes local.settings.json, creates the drain's persistent session,
-then runs the function app (Core Tools' `func start` when on PATH, else scripts/func_host.py) and the device simulator
-in the background and waits until /api/health answers 200. Everything it starts is recorded in .localstack/state.json
-(pid and start time, so a recycled pid is never signalled); `down` stops it all and waits until no process is left.
+`up` starts private PostgreSQL, Mosquitto (TLS, dynamic security) and Azurite under .localstack/ (the servers of
+this package), prepares the database (migrations, login passwords for the app and ingest roles), provisions the demo
+tenant `demo` and its device `press-01`, writes local.settings.json, creates the drain's persistent session, then runs
+the function app (Core Tools' `func start` when on PATH, else scripts/func_host.py) and the device simulator in the
+background and waits until /api/health answers 200. Everything it starts is recorded in .localstack/state.json (pid
+and start time, so a recycled pid is never signalled); `down` stops it all and waits until no process is left.
 Data stays for the next `up` unless `down --purge`. Preferred ports: PostgreSQL 55432, MQTT/TLS 18883, Azurite blob
 10010, functions 7071, each falling back to a free port when taken.
 
@@ -39,26 +39,25 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from shared.exceptions import MqttSaasError
 
-from shared.exceptions import MqttSaasError  # noqa: E402 - after the path set-up above; stdlib only
-from scripts.localstack import (  # noqa: E402
+from .azurite import AzuriteServer
+from .mosquitto import MosquittoBroker
+from .postgres import PostgresServer
+from .process import (
     LOCALHOST,
-    AzuriteServer,
+    REPO_ROOT,
     LocalStackError,
-    MosquittoBroker,
-    PostgresServer,
     free_port,
     is_running,
     process_info,
     stop_process,
     tail,
+    write_private,
 )
 
 DEFAULT_DIR = REPO_ROOT / ".localstack"
@@ -131,15 +130,6 @@ def show_path(path: Path) -> str:
         return str(path)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Atomically, 0600 from the first byte on (passwords)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def load_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -203,7 +193,7 @@ class State:
 def start_background(cmd: list[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """A child in a session of its own (so `down` can reach all of it), output appended to ``log``."""
     with open(log, "ab") as handle:
-        handle.write(f"\n=== {datetime.now(timezone.utc).isoformat(timespec='seconds')} "
+        handle.write(f"\n=== {datetime.now(UTC).isoformat(timespec='seconds')} "
                      f"{shlex.join(cmd)}\n".encode())
         handle.flush()
         return subprocess.Popen(cmd, cwd=REPO_ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=handle,
@@ -274,7 +264,7 @@ def bring_up(layout: Layout, state: State, free_ports: bool, ingest_schedule: st
     taken: set[int] = set()
     ports = {name: choose_port(name, state, free_ports, taken) for name in PREFERRED_PORTS}
     state.data.update(ports=ports, settings_file=str(layout.settings_file), processes={},
-                      started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      started_at=datetime.now(UTC).isoformat(timespec="seconds"))
     state.save()
     postgres = PostgresServer(layout.postgres_dir, ports["postgres"])
     broker = MosquittoBroker(layout.mosquitto_dir, ports["mosquitto"])
