@@ -17,16 +17,7 @@ Importable as ``scripts.localstack`` and, with scripts/ on sys.path, as ``locals
 """
 
 from .azurite import AZURITE_ACCOUNT, AZURITE_KEY, AzuriteServer
-from .mosquitto import (
-    DYNSEC_PREFIX,
-    INGEST_CLIENT_ID,
-    INGEST_TOPICS,
-    INGEST_USERNAME,
-    PROVISIONER_USERNAME,
-    Credentials,
-    MosquittoBroker,
-    dynsec_plugin_path,
-)
+from .mosquitto import Credentials, MosquittoBroker, dynsec_plugin_path
 from .postgres import PostgresServer, postgres_bin_dir
 from .process import (
     KILL_TIMEOUT_S,
@@ -49,13 +40,8 @@ from .stack import LocalStack
 __all__ = [
     "AZURITE_ACCOUNT",
     "AZURITE_KEY",
-    "DYNSEC_PREFIX",
-    "INGEST_CLIENT_ID",
-    "INGEST_TOPICS",
-    "INGEST_USERNAME",
     "KILL_TIMEOUT_S",
     "LOCALHOST",
-    "PROVISIONER_USERNAME",
     "REPO_ROOT",
     "AzuriteServer",
     "Credentials",

@@ -14,6 +14,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.broker_contract import (
+    DEFAULT_ACL_ACCESS,
+    INGEST_CLIENT_ID,
+    INGEST_ROLE,
+    INGEST_USERNAME,
+    PROVISIONER_ROLE,
+    PROVISIONER_USERNAME,
+    ingest_acls,
+    provisioner_acls,
+    render_mosquitto_conf,
+)
+
 from .process import (
     LOCALHOST,
     LocalStackError,
@@ -26,12 +38,6 @@ from .process import (
     wait_until,
     write_private,
 )
-
-PROVISIONER_USERNAME = "mqtt-saas-provisioner"
-INGEST_USERNAME = "mqtt-saas-ingest"
-INGEST_CLIENT_ID = "mqtt-saas-ingest"
-DYNSEC_PREFIX = "$CONTROL/dynamic-security/#"
-INGEST_TOPICS = ("t/+/d/+/telemetry", "t/+/d/+/status", "t/+/d/+/+/state")
 
 
 @dataclass(frozen=True)
@@ -53,63 +59,14 @@ def dynsec_plugin_path() -> Path:
     raise LocalStackError("mosquitto_dynamic_security.so not found; run scripts/install-deps")
 
 
-MOSQUITTO_CONF = """\
-# Written by scripts/localstack on every start; edits are lost.
-per_listener_settings false
-
-# One TLS listener on loopback, no plain-text listener. tls_version is the minimum: 1.2 and 1.3 are offered.
-listener {port} {host}
-certfile {dir}/server.crt
-keyfile {dir}/server.key
-tls_version tlsv1.2
-
-allow_anonymous false
-plugin {plugin}
-plugin_opt_config_file {dir}/dynamic-security.json
-
-# Persistence is a snapshot written on graceful shutdown and every autosave_interval seconds. A SIGKILLed broker
-# loses what it had not saved (and redelivers what was acknowledged since), so bound that window to ~10 s. Each save
-# rewrites the whole file, so the cost grows with the backlog; fine for a local stack.
-persistence true
-persistence_location {dir}/
-autosave_interval 10
-
-# The default max_queued_messages of 1000 silently drops the 1001st message queued for an offline session, i.e. for
-# the ingest drain between two timer runs. 0 would mean "no limit"; keep explicit bounds far above any backlog the
-# drain must absorb, so only a forgotten session can reach them, and memory stays bounded. Drops past them are counted
-# in $SYS/broker/publish/messages/dropped. max_queued_bytes counts payload bytes and is parsed as a C int in 2.0.x:
-# a value >= 2^31 wraps negative and silently becomes 0 (unlimited), so stay below 2 GiB.
-max_queued_messages 10000000
-max_queued_bytes 1073741824
-queue_qos0_messages false
-# Sessions of devices that never come back expire. This also caps the Session Expiry a v5 client asks for (the
-# shorter wins), so it must stay above the drain's own expiry (INGEST_SESSION_EXPIRY_S, 7 days by default).
-persistent_client_expiration 14d
-
-# The app dead-letters payloads above 64 KiB itself, so the broker must let them through (up to 1 MiB) for them to
-# reach the dead-letter table. Over message_size_limit a message is dropped, and a v5 QoS 1 publisher gets PUBACK 149
-# "packet too large" (2.0.11; not a valid PUBACK code, and paho-mqtt 2.2 drops the connection on it).
-# max_packet_size, advertised in CONNACK, disconnects any client sending more; it sits a little above the payload
-# limit so that a 1 MiB payload plus topic and properties still fits. (Mosquitto notes at start that max_packet_size
-# is recommended over message_size_limit; we keep both for the 64 KiB < payload <= 1 MiB band.)
-message_size_limit 1048576
-max_packet_size 1114112
-
-log_dest file {dir}/mosquitto.log
-log_type error
-log_type warning
-log_type notice
-log_type information
-log_timestamp_format %Y-%m-%dT%H:%M:%S
-"""
-
-
 class MosquittoBroker:
-    """A private Mosquitto with TLS and dynamic security under ``base_dir``.
+    """A private Mosquitto with TLS and dynamic security under ``base_dir``, configured by the broker contract
+    (shared/broker_contract.py).
 
-    First start: a local CA and server certificate, the dynsec file with an ``admin`` client, then (over the
-    dynsec API) the ``provisioner`` and ``ingest`` clients. Their random passwords are kept in credentials.json
-    (0600), so later starts, in this or another process, reuse port-independent state: certs, dynsec, sessions.
+    First start: a local CA and server certificate, and the dynsec file with an ``admin`` client. Every start then
+    applies the contract over the dynsec API as that admin: default ACL access, the service roles' ACLs, and the
+    provisioner and ingest clients. Their random passwords are kept in credentials.json (0600), so later starts, in
+    this or another process, reuse port-independent state: certs, dynsec, sessions.
     """
 
     def __init__(self, base_dir: str | os.PathLike[str], port: int | None = None) -> None:
@@ -163,9 +120,18 @@ class MosquittoBroker:
             admin = self.admin
             # Refuses to overwrite an existing file; the admin role it creates may use the whole control API.
             run_command(["mosquitto_ctrl", "dynsec", "init", str(self.dynsec_file), admin.username, admin.password],
-                 what="mosquitto_ctrl dynsec init")
+                        what="mosquitto_ctrl dynsec init")
         self.conf_file.write_text(
-            MOSQUITTO_CONF.format(host=self.host, port=self.port, dir=self.base_dir, plugin=dynsec_plugin_path())
+            render_mosquitto_conf(
+                listener_host=self.host,
+                listener_port=self.port,
+                certfile=str(self.base_dir / "server.crt"),
+                keyfile=str(self.base_dir / "server.key"),
+                plugin=str(dynsec_plugin_path()),
+                dynsec_file=str(self.dynsec_file),
+                persistence_dir=str(self.base_dir),
+                log_dest=f"file {self.log_file}",
+            )
         )
         self.log_file.touch(exist_ok=True)
         self.dynsec_file.chmod(0o600)
@@ -177,8 +143,7 @@ class MosquittoBroker:
         self._process.start(["mosquitto", "-c", str(self.conf_file)], cwd=self.base_dir)
         with self._process.killed_on_error():
             wait_until(self._tls_ready, timeout, f"Mosquitto TLS on port {self.port}", alive=self._process.exited)
-            if not self._credentials.get("provisioned"):
-                self._provision_service_clients()
+            self._apply_broker_contract()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: SIGTERM makes the broker save its persistence file before it exits."""
@@ -231,14 +196,14 @@ class MosquittoBroker:
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         days = "3650"
         run_command(["openssl", "req", "-x509", *ec, "-keyout", str(work / "ca.key"), "-out", str(work / "ca.crt"),
-              "-days", days, "-subj", "/CN=mqtt-saas local CA",
-              "-addext", "basicConstraints=critical,CA:TRUE",
-              "-addext", "keyUsage=critical,keyCertSign,cRLSign"], what="openssl CA")
+                     "-days", days, "-subj", "/CN=mqtt-saas local CA",
+                     "-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,keyCertSign,cRLSign"], what="openssl CA")
         run_command(["openssl", "req", *ec, "-keyout", str(work / "server.key"), "-out", str(work / "server.csr"),
-              "-subj", "/CN=localhost"], what="openssl server key")
+                     "-subj", "/CN=localhost"], what="openssl server key")
         run_command(["openssl", "x509", "-req", "-in", str(work / "server.csr"), "-CA", str(work / "ca.crt"),
-              "-CAkey", str(work / "ca.key"), "-set_serial", f"0x{secrets.token_hex(16)}", "-days", days,
-              "-extfile", str(ext), "-out", str(work / "server.crt")], what="openssl server certificate")
+                     "-CAkey", str(work / "ca.key"), "-set_serial", f"0x{secrets.token_hex(16)}", "-days", days,
+                     "-extfile", str(ext), "-out", str(work / "server.crt")], what="openssl server certificate")
         for name in ("ca.key", "server.key"):
             (work / name).chmod(0o600)
         for name in ("ca.key", "server.key", "server.crt", "ca.crt"):  # ca.crt last: it marks completion
@@ -254,34 +219,21 @@ class MosquittoBroker:
             "admin": asdict(Credentials("admin", secrets.token_hex(32))),
             "provisioner": asdict(Credentials(PROVISIONER_USERNAME, secrets.token_hex(32))),
             "ingest": asdict(Credentials(INGEST_USERNAME, secrets.token_hex(32), INGEST_CLIENT_ID)),
-            "provisioned": False,
         }
         write_private(self.credentials_file, json.dumps(credentials, indent=2))
         return credentials
 
-    def _provision_service_clients(self) -> None:
-        from shared.dynsec import Acl, DynsecClient
+    def _apply_broker_contract(self) -> None:
+        """On every start, not only the first: a broker set up by an older version (or changed by hand) gets today's
+        default access and service rights. Each step leaves what is already right as it is."""
+        from shared.dynsec import DynsecClient  # paho-mqtt: `scripts/dev down` and friends must not need it
 
         admin, provisioner, ingest = self.admin, self.provisioner, self.ingest
         assert self.port is not None
         with DynsecClient(self.host, self.port, str(self.ca_file), admin.username, admin.password) as dynsec:
-            # The control API has no per-command rights: whoever may publish to it is a full admin. The provisioner
-            # gets exactly that and the right to read the answers, and no `#` read right as `admin` has.
-            dynsec.ensure_role(
-                "provisioner",
-                [
-                    Acl("publishClientSend", DYNSEC_PREFIX),
-                    Acl("subscribePattern", DYNSEC_PREFIX),
-                    Acl("publishClientReceive", DYNSEC_PREFIX),
-                ],
-            )
-            dynsec.ensure_client(provisioner.username, provisioner.password, roles=["provisioner"])
-            # The drain only reads device topics. It is bound to its client id, so nobody else can take over (or
-            # kick) its persistent session.
-            dynsec.ensure_role(
-                "ingest",
-                [Acl(kind, topic) for topic in INGEST_TOPICS for kind in ("subscribePattern", "publishClientReceive")],
-            )
-            dynsec.ensure_client(ingest.username, ingest.password, client_id=ingest.client_id, roles=["ingest"])
-        self._credentials["provisioned"] = True
-        write_private(self.credentials_file, json.dumps(self._credentials, indent=2))
+            dynsec.set_default_acl_access(DEFAULT_ACL_ACCESS)
+            dynsec.set_role_acls(PROVISIONER_ROLE, provisioner_acls())
+            dynsec.set_role_acls(INGEST_ROLE, ingest_acls())
+            dynsec.ensure_client(provisioner.username, provisioner.password, roles=[PROVISIONER_ROLE])
+            # Bound to its client id, so nobody else can take over (or kick) the drain's persistent session.
+            dynsec.ensure_client(ingest.username, ingest.password, client_id=ingest.client_id, roles=[INGEST_ROLE])

@@ -1,6 +1,7 @@
 """The private local stack behaves like the production setup it stands in for: TLS only, dynamic security with
-least-privilege service clients, persistent sessions that survive a restart and are not capped at 1000 messages,
-plus a working Azurite and a restartable PostgreSQL. Real servers, no mocks; every wait has a deadline."""
+least-privilege service clients and the broker contract's settings and rights, persistent sessions that survive a
+restart and are not capped at 1000 messages, plus a working Azurite and a restartable PostgreSQL. Real servers, no
+mocks; every wait has a deadline."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from scripts.localstack import AzuriteServer, Credentials, MosquittoBroker, PostgresServer
+from shared.broker_contract import (
+    BROKER_SETTINGS,
+    DEFAULT_ACL_ACCESS,
+    INGEST_ROLE,
+    PROVISIONER_ROLE,
+    Acl,
+    ingest_acls,
+    provisioner_acls,
+)
 from shared.dynsec import DynsecClient, device_username, generate_password
 from shared.exceptions import BrokerUnavailable, DynsecError
 
@@ -402,6 +412,65 @@ def test_dynsec_client_reports_an_unreachable_broker(mosquitto_broker: Mosquitto
     creds = mosquitto_broker.provisioner
     with pytest.raises(BrokerUnavailable):
         DynsecClient("127.0.0.1", port, str(mosquitto_broker.ca_file), creds.username, creds.password).connect()
+
+
+def acl_rows(acls: list[Acl] | list[dict]) -> list[tuple]:
+    """ACLs as comparable rows, in no particular order (the plugin keeps them sorted by priority)."""
+    commands = [acl.as_command() if isinstance(acl, Acl) else acl for acl in acls]
+    return sorted((c["acltype"], c["topic"], c["allow"], c["priority"]) for c in commands)
+
+
+SERVICE_ROLES = {PROVISIONER_ROLE: provisioner_acls(), INGEST_ROLE: ingest_acls()}
+
+
+def test_rendered_mosquitto_conf_holds_every_broker_setting(mosquitto_broker: MosquittoBroker) -> None:
+    lines = mosquitto_broker.conf_file.read_text().splitlines()
+    for name, value in BROKER_SETTINGS.items():
+        assert f"{name} {value}" in lines, name
+    assert f"log_dest file {mosquitto_broker.log_file}" in lines
+
+
+def test_broker_has_the_contracts_default_access_and_service_roles(mosquitto_broker: MosquittoBroker) -> None:
+    with admin_dynsec(mosquitto_broker) as dynsec:
+        assert dynsec.get_default_acl_access() == DEFAULT_ACL_ACCESS
+        for role, acls in SERVICE_ROLES.items():
+            assert acl_rows(dynsec.get_role_acls(role)) == acl_rows(acls), role
+
+
+def test_set_role_acls_replaces_the_whole_list(mosquitto_broker: MosquittoBroker) -> None:
+    name = f"probe-{uuid.uuid4().hex[:8]}"
+    before = [Acl("subscribePattern", "probe/a/#"), Acl("publishClientSend", "probe/a/x", allow=False, priority=3)]
+    after = [Acl("publishClientReceive", "probe/b/#", priority=1)]
+    with admin_dynsec(mosquitto_broker) as dynsec:
+        try:
+            dynsec.set_role_acls(name, before)
+            assert acl_rows(dynsec.get_role_acls(name)) == acl_rows(before)
+            dynsec.set_role_acls(name, after)
+            assert acl_rows(dynsec.get_role_acls(name)) == acl_rows(after)
+        finally:
+            dynsec.delete_role(name, missing_ok=True)
+
+
+def test_every_start_puts_the_contract_back(mosquitto_broker: MosquittoBroker) -> None:
+    # GIVEN a broker whose default access and service roles were changed by hand, and a service client deleted
+    with admin_dynsec(mosquitto_broker) as dynsec:
+        dynsec.set_default_acl_access({kind: True for kind in DEFAULT_ACL_ACCESS})
+        dynsec.execute([
+            {"command": "addRoleACL", "rolename": INGEST_ROLE, "acltype": "publishClientSend", "topic": "#",
+             "allow": True, "priority": 9},
+            {"command": "removeRoleACL", "rolename": PROVISIONER_ROLE, "acltype": "publishClientReceive",
+             "topic": provisioner_acls()[0].topic},
+        ])
+        dynsec.delete_client(mosquitto_broker.provisioner.username)
+    # WHEN it restarts
+    mosquitto_broker.restart()
+    # THEN the contract holds again and the provisioner can work
+    with admin_dynsec(mosquitto_broker) as dynsec:
+        assert dynsec.get_default_acl_access() == DEFAULT_ACL_ACCESS
+        for role, acls in SERVICE_ROLES.items():
+            assert acl_rows(dynsec.get_role_acls(role)) == acl_rows(acls), role
+    with provisioner_dynsec(mosquitto_broker) as dynsec:
+        assert dynsec.get_client(mosquitto_broker.ingest.username)["clientid"] == mosquitto_broker.ingest.client_id
 
 
 # -- persistence and queueing ----------------------------------------------------------------------------------------
