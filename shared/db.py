@@ -9,21 +9,26 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeAlias
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from shared.settings import Settings, get_settings
 
-_pool: ConnectionPool | None = None
+# The app's connections return rows as dicts (row_factory=dict_row below).
+DictConnection: TypeAlias = psycopg.Connection[DictRow]
+DictPool: TypeAlias = ConnectionPool[DictConnection]
+
+_pool: DictPool | None = None
 _pool_lock = threading.Lock()
 
 
-def create_pool(settings: Settings, wait: bool = True) -> ConnectionPool:
+def create_pool(settings: Settings, wait: bool = True) -> DictPool:
     """wait=False returns at once and connects in the background, so a cold start during a
     database outage still answers (health says 503) instead of failing."""
-    pool = ConnectionPool(
+    pool: DictPool = ConnectionPool(
         settings.database_url.get_secret_value(),
         min_size=1,
         max_size=settings.database_pool_max,
@@ -36,14 +41,14 @@ def create_pool(settings: Settings, wait: bool = True) -> ConnectionPool:
     return pool
 
 
-def _reset_session(conn: psycopg.Connection) -> None:
+def _reset_session(conn: DictConnection) -> None:
     """Belt and braces: no session setting survives a connection's return to the pool."""
     conn.autocommit = True
     conn.execute("RESET ALL")
     conn.autocommit = False
 
 
-def get_pool() -> ConnectionPool:
+def get_pool() -> DictPool:
     """One pool per process, created on first use (the Functions host reuses the process)."""
     global _pool
     if _pool is None:
@@ -54,7 +59,7 @@ def get_pool() -> ConnectionPool:
 
 
 @contextmanager
-def tenant_transaction(pool: ConnectionPool, tenant_id: str) -> Iterator[psycopg.Connection]:
+def tenant_transaction(pool: DictPool, tenant_id: str) -> Iterator[DictConnection]:
     """A transaction that sees only tenant_id's rows; commits on success, rolls back on error."""
     with pool.connection() as conn, conn.transaction():
         conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
+
+if TYPE_CHECKING:
+    from shared.db import DictPool
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class HealthReport:
@@ -29,7 +33,7 @@ class HealthReport:
         }
 
 
-def check_health(pool: ConnectionPool) -> HealthReport:
+def check_health(pool: DictPool) -> HealthReport:
     try:
         with pool.connection(timeout=5) as conn:
             row = conn.execute(
@@ -44,13 +48,15 @@ def check_health(pool: ConnectionPool) -> HealthReport:
     return HealthReport("ok", row["started_at"].isoformat(), row["status"])
 
 
-def _why_unreachable(pool: ConnectionPool, exc: Exception) -> str:
+def _why_unreachable(pool: DictPool, exc: Exception) -> str:
     """The driver's reason. A pool timeout only says no connection came in time (the pool keeps
     the cause to itself), so one direct attempt asks the server. psycopg's messages name the host
     and user, never the password."""
     if isinstance(exc, PoolTimeout):
         try:
-            psycopg.connect(pool.conninfo, connect_timeout=3).close()
+            # The app's pool is built from a string; psycopg_pool also allows a callable.
+            conninfo = pool.conninfo if isinstance(pool.conninfo, str) else pool.conninfo()
+            psycopg.connect(conninfo, connect_timeout=3).close()
         except psycopg.Error as direct:
             exc = direct
         else:

@@ -7,13 +7,13 @@ first, so a device can never publish before the drain knows it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from psycopg_pool import ConnectionPool
-
-from shared.db import tenant_transaction
+from shared.db import DictPool, tenant_transaction
 from shared.dynsec import DynsecClient, generate_password
-from shared.sql import QUERIES
+from shared.sql import QUERIES, one_row
 
 
 @dataclass(frozen=True)
@@ -29,27 +29,33 @@ class DeviceCredential:
         return f"t/{self.tenant}/d/{self.device}"
 
 
-def create_tenant(pool: ConnectionPool, slug: str, name: str, plan: str = "free") -> dict:
+def create_tenant(pool: DictPool, slug: str, name: str, plan: str = "free") -> dict[str, Any]:
     tenant_id = uuid.uuid4()
     with tenant_transaction(pool, str(tenant_id)) as conn:
-        return conn.execute(QUERIES["insert_tenant"], {"id": tenant_id, "slug": slug, "name": name, "plan": plan}).fetchone()
+        return one_row(
+            conn.execute(QUERIES["insert_tenant"], {"id": tenant_id, "slug": slug, "name": name, "plan": plan}),
+            "insert_tenant",
+        )
 
 
-def create_device(pool: ConnectionPool, tenant_id: str, name: str, display_name: str | None = None) -> dict:
+def create_device(pool: DictPool, tenant_id: str, name: str, display_name: str | None = None) -> dict[str, Any]:
     with tenant_transaction(pool, tenant_id) as conn:
-        return conn.execute(
-            QUERIES["insert_device"], {"tenant_id": tenant_id, "name": name, "display_name": display_name}
-        ).fetchone()
+        return one_row(
+            conn.execute(
+                QUERIES["insert_device"], {"tenant_id": tenant_id, "name": name, "display_name": display_name}
+            ),
+            "insert_device",
+        )
 
 
-def set_device_enabled(pool: ConnectionPool, tenant_id: str, name: str, enabled: bool) -> bool:
+def set_device_enabled(pool: DictPool, tenant_id: str, name: str, enabled: bool) -> bool:
     with tenant_transaction(pool, tenant_id) as conn:
         return conn.execute(
             QUERIES["set_device_enabled"], {"tenant_id": tenant_id, "name": name, "enabled": enabled}
         ).fetchone() is not None
 
 
-def provision_device(pool: ConnectionPool, dynsec: DynsecClient, tenant: dict, name: str) -> DeviceCredential:
+def provision_device(pool: DictPool, dynsec: DynsecClient, tenant: Mapping[str, Any], name: str) -> DeviceCredential:
     """Creates the device row, then its broker credential; returns the one-time password."""
     create_device(pool, str(tenant["id"]), name)
     password = generate_password()

@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import LiteralString, cast
+from typing import TYPE_CHECKING, LiteralString, TypeVar
+
+if TYPE_CHECKING:
+    from psycopg import Cursor
+
+Row = TypeVar("Row")
 
 QUERIES_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"
 _HEADER = re.compile(r"^-- ([a-z0-9_]+) --$", re.MULTILINE)
@@ -18,7 +23,7 @@ def load_queries(directory: Path = QUERIES_DIR) -> dict[str, LiteralString]:
     for path in sorted(directory.glob("*.sql")):
         text = path.read_text(encoding="utf-8")
         headers = list(_HEADER.finditer(text))
-        for header, following in zip(headers, headers[1:] + [None]):
+        for header, following in zip(headers, headers[1:] + [None], strict=True):
             name = header.group(1)
             body = text[header.end(): following.start() if following else len(text)]
             statement = "\n".join(
@@ -26,8 +31,19 @@ def load_queries(directory: Path = QUERIES_DIR) -> dict[str, LiteralString]:
             ).strip()
             if name in queries:
                 raise ValueError(f"query {name!r} is defined twice (in {path.name})")
-            queries[name] = cast(LiteralString, statement)
+            # Text of the repository's own .sql files, never user input: what LiteralString stands
+            # for. mypy treats LiteralString as str, so no cast is needed (one would be redundant).
+            queries[name] = statement
     return queries
 
 
 QUERIES = load_queries()
+
+
+def one_row(cursor: Cursor[Row], query: str) -> Row:
+    """The row of a statement that always returns one (INSERT ... RETURNING, SELECT f(...)):
+    psycopg types fetchone() as optional, so this says which query broke that promise."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError(f"query {query!r} returned no row")
+    return row
