@@ -47,7 +47,7 @@ from shared.exceptions import MqttSaasError
 
 from .azurite import AzuriteServer
 from .mosquitto import MosquittoBroker
-from .postgres import PostgresServer
+from .postgres import SUPERUSER_PASSWORD_FILE, PostgresServer
 from .process import (
     LOCALHOST,
     REPO_ROOT,
@@ -82,7 +82,7 @@ STOP_TIMEOUT_S = 20.0
 # simulator say "offline" and Mosquitto save its sessions; SIGINT is PostgreSQL's fast shutdown.
 COMPONENTS = ("simulator", "functions", "azurite", "mosquitto", "postgres")
 STOP_SIGNALS = {"postgres": signal.SIGINT}
-SECRETS = ("db-app", "db-ingest", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest", "demo-device")
+SECRETS = ("db-app", "db-ingest", "db-superuser", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest", "demo-device")
 
 
 class DevError(Exception):
@@ -603,6 +603,9 @@ def describe(name: str, state: State) -> str:
 def secret(layout: Layout, name: str) -> int:
     if name in ("db-app", "db-ingest"):
         value = (load_json(layout.passwords_file) or {}).get(APP_ROLE if name == "db-app" else INGEST_ROLE)
+    elif name == "db-superuser":
+        password_file = layout.postgres_dir / SUPERUSER_PASSWORD_FILE
+        value = password_file.read_text().strip() if password_file.exists() else None
     elif name == "demo-device":
         value = (load_json(layout.device_file) or {}).get("password")
     else:

@@ -1,8 +1,13 @@
-"""A private PostgreSQL cluster: initdb on first start, the postmaster as our own child, recovery after kill()."""
+"""A private PostgreSQL cluster: initdb on first start, the postmaster as our own child, recovery after kill().
+
+Over TCP every role, the superuser included, must give its password (scram-sha-256), as on Azure, so a wrong password
+in the settings fails locally too. Only the unix socket, in a 0700 folder, trusts its callers.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 from collections.abc import Mapping
@@ -18,7 +23,20 @@ from .process import (
     make_traversable,
     run_command,
     wait_until,
+    write_private,
 )
+
+SUPERUSER = "postgres"
+# In base_dir, 0600. It exists once the server has the password, so a start that failed half-way sets it again.
+SUPERUSER_PASSWORD_FILE = "superuser-password"
+
+# Written into the data folder on every start: clusters made by earlier versions of this file trusted TCP too.
+PG_HBA_CONF = """\
+# Written by scripts/localstack on every start; edits are lost.
+# The socket folder is 0700: only the server's user (and root) can reach it.
+local   all   all                 trust
+host    all   all   all           scram-sha-256
+"""
 
 
 def postgres_bin_dir() -> Path:
@@ -52,6 +70,7 @@ class PostgresServer:
         self.data_dir = self.base_dir / "data"
         self.socket_dir = self.base_dir / "socket"
         self.log_file = self.base_dir / "postgres.log"
+        self.password_file = self.base_dir / SUPERUSER_PASSWORD_FILE
         self.host = LOCALHOST
         self.port = port
         self.extra_conf = dict(extra_conf or {})
@@ -66,8 +85,16 @@ class PostgresServer:
     def pid(self) -> int | None:
         return self._process.pid
 
+    @property
+    def superuser_password(self) -> str:
+        """Read from base_dir, so every process that knows the folder (scripts/dev, a test) has it."""
+        try:
+            return self.password_file.read_text().strip()
+        except FileNotFoundError:
+            raise LocalStackError(f"{self.password_file} missing: start() sets the superuser password") from None
+
     def superuser_dsn(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{dbname}"
+        return f"postgresql://{SUPERUSER}:{self.superuser_password}@{self.host}:{self.port}/{dbname}"
 
     def start(self, timeout: float = 60.0) -> None:
         if self.pid is not None:
@@ -87,15 +114,14 @@ class PostgresServer:
             chown(self._user, self.base_dir, self.socket_dir, self.log_file)
             make_traversable(self.base_dir)
         if not (self.data_dir / "PG_VERSION").exists():
-            # Trust auth is acceptable only because the server listens on loopback and a 0700 socket folder, and
-            # holds throwaway data.
             run_command(
-                [str(self._bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "-A", "trust",
-                 "-E", "UTF8", "--locale=C"],
+                [str(self._bin / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
+                 "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"],
                 what="initdb",
                 user=self._user,
                 cwd=self.base_dir,
             )
+        self._write_hba()
         options = ["-c", f"listen_addresses={self.host}", "-c", f"unix_socket_directories={self.socket_dir}"]
         for name, value in self.extra_conf.items():
             options += ["-c", f"{name}={_pg_value(value)}"]
@@ -108,6 +134,28 @@ class PostgresServer:
         )
         with self._process.killed_on_error():
             wait_until(self._ready, timeout, f"PostgreSQL on port {self.port}", alive=self._process.exited)
+            if not self.password_file.exists():
+                self._set_superuser_password()
+
+    def _write_hba(self) -> None:
+        hba = self.data_dir / "pg_hba.conf"
+        write_private(hba, PG_HBA_CONF)
+        if self._user:
+            chown(self._user, hba)
+
+    def _set_superuser_password(self) -> None:
+        """Over the socket, with PostgreSQL's own client: a fresh cluster's superuser has no password, nor has one
+        made by an earlier version of this file."""
+        password = secrets.token_hex(32)
+        run_command(
+            [str(self._bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir),
+             "-p", str(self.port), "-U", SUPERUSER, "-d", "postgres"],
+            what="psql: set the superuser password",
+            user=self._user,
+            cwd=self.base_dir,
+            stdin_text=f"ALTER ROLE {SUPERUSER} PASSWORD '{password}';\n",
+        )
+        write_private(self.password_file, password + "\n")
 
     def _ready(self) -> bool:
         # Same test as `pg_ctl -w`: postmaster.pid names our process and says "ready" on its status line.

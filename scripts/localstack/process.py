@@ -226,9 +226,14 @@ def stop_process(pid: int, start: int | None, sig: signal.Signals | None, timeou
         time.sleep(0.05)
 
 
-def run_command(cmd: Sequence[str], *, what: str, user: str | None = None, cwd: Path | None = None) -> str:
+def run_command(
+    cmd: Sequence[str], *, what: str, user: str | None = None, cwd: Path | None = None, stdin_text: str | None = None
+) -> str:
+    """Run ``cmd`` to completion; ``stdin_text`` is for secrets, which the arguments would show to every local user
+    (/proc/PID/cmdline)."""
     result = subprocess.run(
-        list(cmd), cwd=cwd, env=_child_env(), capture_output=True, text=True, **_as_user(user), check=False
+        list(cmd), cwd=cwd, env=_child_env(), input=stdin_text, capture_output=True, text=True, **_as_user(user),
+        check=False,
     )
     if result.returncode != 0:
         raise LocalStackError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from scripts.localstack import is_running, process_table
+from scripts.localstack import PostgresServer, is_running, process_table
 
 REPO = Path(__file__).resolve().parents[2]
 DEV = REPO / "scripts" / "dev"
@@ -92,7 +92,10 @@ def test_dev_up_runs_the_stack_until_down_stops_every_process(tmp_path_factory):
 
         # AND the simulator's readings reach PostgreSQL through the timer-driven drain (the drain run `up` makes
         # itself happens before the simulator starts), every metric with its type
-        superuser_dsn = f"postgresql://postgres@127.0.0.1:{state['ports']['postgres']}/mqtt_saas"
+        postgres = PostgresServer(state_dir / "postgres", state["ports"]["postgres"])
+        superuser_dsn = postgres.superuser_dsn("mqtt_saas")
+        assert dev("secret", "db-superuser", "--dir", str(state_dir), timeout=30).stdout.strip() == \
+            postgres.superuser_password
 
         def two_readings() -> list[tuple]:
             rows = readings(superuser_dsn)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import ssl
 import threading
@@ -670,3 +671,53 @@ def test_postgres_keeps_data_across_stop_start_and_crash(postgres_server: Postgr
         rows = {r[0] for r in conn.execute("SELECT id FROM stack_probe")}
         conn.execute("DROP TABLE stack_probe")
     assert rows == {"committed", "before-kill"}
+
+
+def connect_error(server: PostgresServer, user: str, password: str | None) -> str:
+    """Why a TCP login as ``user`` with ``password`` (None: none at all) fails; pytest fails the test if it works."""
+    # No password file and no PGPASSWORD either, so "none at all" means none.
+    params = {"passfile": os.devnull} if password is None else {"password": password}
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(host=server.host, port=server.port, user=user, dbname="postgres", connect_timeout=5,
+                        **params).close()
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("role", ["postgres", "mqtt_saas_app"])
+def test_postgres_refuses_a_tcp_login_without_the_right_password(
+    postgres_server: PostgresServer, role_passwords: dict[str, str], role: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    right = postgres_server.superuser_password if role == "postgres" else role_passwords[role]
+    # A wrong password and none at all are refused
+    assert "password authentication failed" in connect_error(postgres_server, role, right + "x")
+    assert "no password supplied" in connect_error(postgres_server, role, None)
+    # The right one is let in
+    with psycopg.connect(host=postgres_server.host, port=postgres_server.port, user=role, password=right,
+                         dbname="postgres", connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
+
+
+def test_postgres_cluster_from_before_passwords_requires_them_after_a_start(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a cluster as earlier versions left it: TCP trusted, a superuser without password, no password file
+    server = PostgresServer(tmp_path_factory.mktemp("pg-old"))
+    server.start()
+    try:
+        with psycopg.connect(host=str(server.socket_dir), port=server.port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute("ALTER ROLE postgres PASSWORD NULL")
+        server.stop()
+        (server.data_dir / "pg_hba.conf").write_text("local all all trust\nhost all all all trust\n")
+        server.password_file.unlink()
+        # WHEN it starts
+        server.start()
+        # THEN the superuser needs the password it now has
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        assert "no password supplied" in connect_error(server, "postgres", None)
+        with psycopg.connect(server.superuser_dsn(), connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert server.password_file.stat().st_mode & 0o077 == 0
+    finally:
+        server.stop()
