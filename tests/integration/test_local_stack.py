@@ -675,11 +675,10 @@ def test_postgres_keeps_data_across_stop_start_and_crash(postgres_server: Postgr
 
 def connect_error(server: PostgresServer, user: str, password: str | None) -> str:
     """Why a TCP login as ``user`` with ``password`` (None: none at all) fails; pytest fails the test if it works."""
-    # No password file and no PGPASSWORD either, so "none at all" means none.
-    params = {"passfile": os.devnull} if password is None else {"password": password}
+    # No password file (and the callers drop PGPASSWORD), so "none at all" means none.
     with pytest.raises(psycopg.OperationalError) as refused:
-        psycopg.connect(host=server.host, port=server.port, user=user, dbname="postgres", connect_timeout=5,
-                        **params).close()
+        psycopg.connect(host=server.host, port=server.port, user=user, password=password, passfile=os.devnull,
+                        dbname="postgres", connect_timeout=5).close()
     return str(refused.value)
 
 
