@@ -15,12 +15,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from shared.payloads import (
     Limits,
+    Reading,
     Rejected,
     parse_topic,
     timestamp_us,
@@ -28,7 +31,7 @@ from shared.payloads import (
     validate_status,
     validate_telemetry,
 )
-from shared.sql import QUERIES
+from shared.sql import QUERIES, one_row
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,10 @@ class DeadLetter:
     device: DeviceRef | None = None
 
 
+# (tenant_id, device_id) -> [last_seen_us, status]
+Presence = dict[tuple[str, int], list[Any]]
+
+
 @dataclass(frozen=True)
 class TimeWindow:
     """Readings outside [now - max_past, now + max_future] are rejected as absurd."""
@@ -79,8 +86,7 @@ class PreparedBatch:
     # For each message that produced readings: (message index, first line, end line).
     spans: list[tuple[int, int, int]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    # (tenant_id, device_id) -> [last_seen_us, status]
-    presence: dict[tuple[str, int], list] = field(default_factory=dict)
+    presence: Presence = field(default_factory=dict)
     oldest_ts_us: int | None = None
 
     @property
@@ -126,11 +132,11 @@ class DeviceDirectory:
         now = time.monotonic()
         return {k for k in keys if k not in self._known and self._unknown.get(k, 0.0) <= now}
 
-    def resolve(self, conn: psycopg.Connection, keys: set[tuple[str, str]]) -> None:
+    def resolve(self, conn: psycopg.Connection[TupleRow], keys: set[tuple[str, str]]) -> None:
         """Looks up keys (what missing() returned) in one query."""
         if not keys:
             return
-        slugs, names = zip(*sorted(keys))
+        slugs, names = zip(*sorted(keys), strict=True)
         rows = conn.execute(QUERIES["resolve_devices"], {"slugs": list(slugs), "names": list(names)}).fetchall()
         for slug, name, tenant_id, device_id, enabled in rows:
             self._known[(slug, name)] = DeviceRef(str(tenant_id), device_id, enabled)
@@ -140,7 +146,7 @@ class DeviceDirectory:
 
 
 def topic_keys(messages: Sequence[InboundMessage]) -> set[tuple[str, str]]:
-    keys = set()
+    keys: set[tuple[str, str]] = set()
     for message in messages:
         try:
             topic = parse_topic(message.topic)
@@ -160,13 +166,13 @@ def prepare_batch(
     """Validates every message; the valid ones become COPY lines, the others dead letters."""
     batch = PreparedBatch()
     lines = batch.copy_lines
-    oldest = None
+    oldest: int | None = None
     earliest_us = now_us - window.max_past_s * 1_000_000
     latest_us = now_us + window.max_future_s * 1_000_000
     for index, message in enumerate(messages):
         if message.retained and not message.payload:
             continue  # a retained copy being deleted (by its device, or by a drain): no data
-        device = None
+        device: DeviceRef | None = None
         try:
             topic = parse_topic(message.topic)
             device = directory.get(topic.tenant, topic.device)
@@ -179,19 +185,24 @@ def prepare_batch(
                 status = validate_status(message.payload, limits)
                 _note_presence(batch.presence, key, now_us, status)
                 continue
+            readings: list[Reading]
             if topic.kind == "state":
                 state = validate_state(message.payload, limits)
                 stamp = state.get("timestamp", state.get("ts"))
-                readings = [{"ts": stamp, "metrics": {topic.entity: state["value"]}}]
+                # parse_topic sets entity on every state topic.
+                readings = [{"ts": stamp, "metrics": {topic.entity: state["value"]}}]  # type: ignore[dict-item]
             else:
                 readings = validate_telemetry(message.payload, limits)
             prefix = f"{device.tenant_id}\t{device.device_id}\t"
-            message_lines = []
-            newest = None
+            message_lines: list[str] = []
+            newest: int | None = None
             for reading in readings:
                 named = reading.get("device")
                 if named is not None and named != topic.device:
-                    raise Rejected("topic_payload_mismatch", f"payload names device {named[:64]!r} but the topic is {topic.device!r}")
+                    raise Rejected(
+                        "topic_payload_mismatch",
+                        f"payload names device {named[:64]!r} but the topic is {topic.device!r}",
+                    )
                 ts = timestamp_us(reading.get("ts"))
                 if ts is None:
                     ts = message.received_at_us
@@ -209,9 +220,12 @@ def prepare_batch(
             start = len(lines)
             lines.extend(message_lines)
             batch.spans.append((index, start, len(lines)))
-            _note_presence(batch.presence, key, min(newest, now_us), "online")
+            # Validation lets no message through without a reading, so newest is set.
+            _note_presence(batch.presence, key, min(newest, now_us), "online")  # type: ignore[type-var, arg-type]
         except Rejected as rejection:
-            batch.dead_letters.append(DeadLetter(message.topic, rejection.reason, rejection.detail, message.payload, device))
+            batch.dead_letters.append(
+                DeadLetter(message.topic, rejection.reason, rejection.detail, message.payload, device)
+            )
     batch.oldest_ts_us = oldest
     return batch
 
@@ -237,7 +251,7 @@ def _copy_value(name: str, value: object) -> str:
     return f"\\N\t\\N\t{text.translate(_COPY_ESCAPES)}\n"
 
 
-def _note_presence(presence: dict, key: tuple[str, int], seen_us: int, status: str) -> None:
+def _note_presence(presence: Presence, key: tuple[str, int], seen_us: int, status: str) -> None:
     entry = presence.get(key)
     if entry is None:
         presence[key] = [seen_us, status]
@@ -260,13 +274,21 @@ class IngestStore:
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
-        self.conn: psycopg.Connection | None = None
+        self.conn: psycopg.Connection[TupleRow] | None = None
+
+    @property
+    def _session(self) -> psycopg.Connection[TupleRow]:
+        """The open session; an error that says so when connect() has not succeeded."""
+        conn = self.conn
+        if conn is None:
+            raise RuntimeError("IngestStore is not connected: connect() first")
+        return conn
 
     def connect(self) -> bool:
         """Opens the session and takes the drain lock; False when another drain holds it."""
         self.close()
         conn = psycopg.connect(self._conninfo, autocommit=True, application_name="mqtt_ingest", connect_timeout=10)
-        if not conn.execute(QUERIES["try_drain_lock"], {"key": self.LOCK_KEY}).fetchone()[0]:
+        if not one_row(conn.execute(QUERIES["try_drain_lock"], {"key": self.LOCK_KEY}), "try_drain_lock")[0]:
             conn.close()
             return False
         conn.execute(QUERIES["create_staging"])
@@ -288,7 +310,7 @@ class IngestStore:
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgrammingError) as exc:
             if isinstance(exc, psycopg.errors.InsufficientPrivilege):
                 raise
-            self.conn.rollback()
+            self._session.rollback()
             log.warning("batch refused by the database (%s); isolating the message", type(exc).__name__)
             return self._write_isolating(messages, batch)
         return self._outcome(len(messages), batch, accepted)
@@ -306,8 +328,8 @@ class IngestStore:
             max_lag_ms=lag,
         )
 
-    def _write(self, lines: list[str], dead_letters: list[DeadLetter], presence: dict) -> int:
-        conn = self.conn
+    def _write(self, lines: list[str], dead_letters: list[DeadLetter], presence: Presence) -> int:
+        conn = self._session
         accepted = 0
         with conn.cursor() as cur:
             if lines:
@@ -340,7 +362,7 @@ class IngestStore:
             try:
                 total.accepted += self._write(lines, [], {})
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-                self.conn.rollback()
+                self._session.rollback()
                 message = messages[index]
                 refused = DeadLetter(message.topic, "storage_rejected", str(exc).splitlines()[0][:500], message.payload)
                 self._write([], [refused], {})
@@ -352,17 +374,21 @@ class IngestStore:
         return total
 
     def ensure_partitions(self, past_days: int, future_days: int = 3) -> int:
-        created = self.conn.execute(QUERIES["ensure_partitions"], {"past_days": past_days, "future_days": future_days}).fetchone()[0]
-        self.conn.commit()
+        conn = self._session
+        params = {"past_days": past_days, "future_days": future_days}
+        created: int = one_row(conn.execute(QUERIES["ensure_partitions"], params), "ensure_partitions")[0]
+        conn.commit()
         return created
 
     def start_run(self) -> int:
-        run_id = self.conn.execute(QUERIES["start_run"]).fetchone()[0]
-        self.conn.commit()
+        conn = self._session
+        run_id: int = one_row(conn.execute(QUERIES["start_run"]), "start_run")[0]
+        conn.commit()
         return run_id
 
     def finish_run(self, run_id: int, status: str, outcome: BatchOutcome, batches: int, error: str | None) -> None:
-        self.conn.execute(
+        conn = self._session
+        conn.execute(
             QUERIES["finish_run"],
             {
                 "run_id": run_id,
@@ -377,7 +403,7 @@ class IngestStore:
                 "error": error,
             },
         )
-        self.conn.commit()
+        conn.commit()
 
 
 def record_skipped_run(conninfo: str, reason: str) -> None:
@@ -385,7 +411,7 @@ def record_skipped_run(conninfo: str, reason: str) -> None:
         conn.execute(QUERIES["record_skipped_run"], {"error": reason})
 
 
-def _dead_letter_params(dead: DeadLetter) -> dict:
+def _dead_letter_params(dead: DeadLetter) -> dict[str, Any]:
     return {
         "tenant_id": dead.device.tenant_id if dead.device else None,
         "device_id": dead.device.device_id if dead.device else None,
@@ -398,7 +424,7 @@ def _dead_letter_params(dead: DeadLetter) -> dict:
 
 
 def _from_us(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 __all__ = [

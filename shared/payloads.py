@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import Field, StrictBool, StrictInt, StringConstraints, TypeAdapter, ValidationError
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from shared.broker_contract import (
     DEVICE_NAME_PATTERN,
@@ -33,8 +33,8 @@ MetricName = Annotated[str, StringConstraints(pattern=METRIC_NAME_PATTERN)]
 NumberValue = Annotated[float, Field(allow_inf_nan=False)]
 TextValue = Annotated[str, StringConstraints(max_length=MAX_TEXT_VALUE)]
 # StrictBool first: JSON true stays a boolean instead of becoming 1.0.
-MetricValue = Union[StrictBool, StrictInt, NumberValue, TextValue]
-Timestamp = Union[StrictInt, NumberValue, str, None]
+MetricValue = StrictBool | StrictInt | NumberValue | TextValue
+Timestamp = StrictInt | NumberValue | str | None
 
 
 class Reading(TypedDict):
@@ -100,8 +100,12 @@ class Limits:
 
 
 @lru_cache(maxsize=8)
-def _telemetry_adapter(max_metrics: int, max_records: int) -> TypeAdapter:
-    bounded_reading = TypedDict(  # type: ignore[misc]
+def _telemetry_adapter(max_metrics: int, max_records: int) -> TypeAdapter[Reading | list[Reading]]:
+    """Validates one reading or a list of them, with the limits as constraints. The functional
+    TypedDict form evaluates the field types here, where max_metrics is in scope (class syntax
+    would leave them as strings for pydantic to resolve); pydantic names the type BoundedReading
+    in error locations, which _rejection drops. Its values have Reading's shape."""
+    BoundedReading = TypedDict(  # noqa: UP013 - see the docstring
         "BoundedReading",
         {
             "ts": NotRequired[Timestamp],
@@ -111,12 +115,13 @@ def _telemetry_adapter(max_metrics: int, max_records: int) -> TypeAdapter:
         },
     )
     return TypeAdapter(
-        Union[bounded_reading, Annotated[list[bounded_reading], Field(min_length=1, max_length=max_records)]]
+        BoundedReading | Annotated[list[BoundedReading], Field(min_length=1, max_length=max_records)]
     )
 
 
 _STATE = TypeAdapter(StateMessage)
-_STATUS = TypeAdapter(Union[Literal["online", "offline"], StatusObject])
+StatusPayload = Literal["online", "offline"] | StatusObject
+_STATUS: TypeAdapter[StatusPayload] = TypeAdapter(StatusPayload)
 
 
 def validate_telemetry(payload: bytes, limits: Limits) -> list[Reading]:
@@ -148,7 +153,9 @@ def validate_status(payload: bytes, limits: Limits) -> Literal["online", "offlin
     try:
         parsed = _STATUS.validate_json(payload)
     except ValidationError:
-        raise Rejected("bad_status", "status must be 'online' or 'offline' (plain, JSON string or {\"status\": ...})") from None
+        raise Rejected(
+            "bad_status", "status must be 'online' or 'offline' (plain, JSON string or {\"status\": ...})"
+        ) from None
     return parsed if isinstance(parsed, str) else parsed["status"]
 
 
@@ -186,7 +193,10 @@ def _rejection(exc: ValidationError, limits: Limits, payload: bytes = b"") -> Re
     if error["type"] in ("too_short", "missing"):
         return Rejected("invalid_payload", f"{where}: {error['msg']}" if where else error["msg"])
     if len(loc) >= 2 and loc[-2] == "metrics" or loc[:1] == ["value"]:
-        return Rejected("wrong_type", f"{where}: a value must be a number, true/false or a string of at most {MAX_TEXT_VALUE} characters")
+        return Rejected(
+            "wrong_type",
+            f"{where}: a value must be a number, true/false or a string of at most {MAX_TEXT_VALUE} characters",
+        )
     return Rejected("wrong_type", f"{where}: {error['msg']}" if where else error["msg"])
 
 
