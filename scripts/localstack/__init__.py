@@ -12,8 +12,9 @@ ports are never used. When run as root, PostgreSQL runs as the ``postgres`` user
     stack      LocalStack: the three together
     devstack   what `scripts/dev` runs (not imported here: `python -m` runs it as __main__)
 
-Only the standard library, plus ``shared`` (``shared.dynsec`` needs paho-mqtt, and only to start the broker).
-Importable as ``scripts.localstack`` and, with scripts/ on sys.path, as ``localstack``.
+Only the standard library, plus ``shared`` (``shared.dynsec`` needs paho-mqtt, and only to start the broker), so
+the repository root must be on sys.path. Importable as ``scripts.localstack`` and, with scripts/ on sys.path too, as
+``localstack``.
 """
 
 from .azurite import AZURITE_ACCOUNT, AZURITE_KEY, AzuriteServer
