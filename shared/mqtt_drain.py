@@ -23,11 +23,12 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.ingest import (
     BatchOutcome,
@@ -52,6 +53,8 @@ __all__ = ["DrainReport", "drain_once", "drop_session", "prepare_session"]
 # A batch on its way to the store thread: packet ids to ack once committed, retained topics to
 # clear then, the messages, and what validation made of them.
 Batch = tuple[list[int], list[str], list[InboundMessage], PreparedBatch]
+
+_R = TypeVar("_R")
 
 
 class LockLost(Exception):
@@ -109,14 +112,19 @@ def drain_once(settings: Settings) -> DrainReport:
     return report
 
 
-def _retry_database(settings: Settings, what: str):
+def _retry_database(settings: Settings, what: str) -> Callable[[Callable[[], _R]], Callable[[], _R]]:
     """Retries transient database errors (connection lost, server restarting) with backoff for
     INGEST_DB_RETRY_S; then the error propagates and the run ends without acking."""
+
+    def log_retry(state: RetryCallState) -> None:
+        # before_sleep follows a failed attempt: its outcome is set.
+        log.warning("%s failed (%s); retrying", what, state.outcome.exception() if state.outcome else None)
+
     return retry(
         retry=retry_if_exception_type(psycopg.OperationalError),
         stop=stop_after_delay(settings.ingest_db_retry_s),
         wait=wait_exponential(multiplier=0.2, max=5),
-        before_sleep=lambda state: log.warning("%s failed (%s); retrying", what, state.outcome.exception()),
+        before_sleep=log_retry,
         reraise=True,
     )
 
@@ -131,7 +139,9 @@ class _Validator:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._limits = Limits(settings.ingest_max_payload_bytes, settings.ingest_max_metrics, settings.ingest_max_records)
+        self._limits = Limits(
+            settings.ingest_max_payload_bytes, settings.ingest_max_metrics, settings.ingest_max_records
+        )
         self._window = TimeWindow(settings.ingest_max_past_days * 86400, settings.ingest_max_future_s)
         self._directory = DeviceDirectory()
         self._conn: psycopg.Connection | None = None
@@ -195,9 +205,8 @@ class _StoreThread(threading.Thread):
 
         @_retry_database(self._settings, "database write")
         def write() -> BatchOutcome:
-            if store.conn is None or store.conn.closed or store.conn.broken:
-                if not store.connect():
-                    raise LockLost()
+            if (store.conn is None or store.conn.closed or store.conn.broken) and not store.connect():
+                raise LockLost()
             return store.write(messages, prepared)
 
         return write()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -123,13 +123,13 @@ class _DrainClient(mqtt.Client):
 
     connection: DrainConnection
 
-    def _handle_publish(self) -> mqtt.MQTTErrorCode:
+    def _handle_publish(self) -> MQTTErrorCode:
         if FAST_PATH:
             publish = parse_publish(self._in_packet["command"], self._in_packet["packet"])
             if publish is not None:
                 self.connection.fast_path_messages += 1
                 self.connection.receive(publish)
-                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
         return super()._handle_publish()
 
 
@@ -170,7 +170,7 @@ class DrainConnection:
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         self.client = client
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
         properties.SessionExpiryInterval = settings.ingest_session_expiry_s if keep else 0
         properties.ReceiveMaximum = min(65535, 3 * settings.ingest_batch_size)
         _connect_with_retry(client, settings, properties, clean_start=not keep)
@@ -189,7 +189,8 @@ class DrainConnection:
         self._wait(lambda: self._suback is not None or self.lost, 15, "SUBACK")
         if self.lost or self._suback is None:
             raise BrokerUnavailable("broker closed the connection after CONNACK")
-        refused = [topic for topic, code in zip([*DRAIN_SUBSCRIPTIONS, self.marker_topic], self._suback)
+        # One reason code per subscription; strict=False keeps a short SUBACK from raising here.
+        refused = [topic for topic, code in zip([*DRAIN_SUBSCRIPTIONS, self.marker_topic], self._suback, strict=False)
                    if code.is_failure]
         if refused:
             # An ACL that does not let the drain read what devices may publish would lose data.
@@ -213,7 +214,8 @@ class DrainConnection:
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         """paho's path, for what the lean handler passes on (or everything, without FAST_PATH)."""
         mid = message.mid if message.qos == 1 else 0
-        self.receive(Publish(message.qos, bool(message.retain), mid, message.topic, message.payload))
+        # paho annotates payload as bytes | bytearray; a received one is bytes (struct-unpacked).
+        self.receive(Publish(message.qos, bool(message.retain), mid, message.topic, message.payload))  # type: ignore[arg-type]
 
     def take(self, limit: int) -> tuple[list[InboundMessage], list[int]]:
         """Up to limit of the oldest messages received, and the packet ids to acknowledge once
@@ -227,7 +229,7 @@ class DrainConnection:
         """Drops received QoS 1 messages once they can no longer be acked (the connection is
         gone): the broker redelivers them to the next run, and storing them now as well would
         store a reading without ts twice. QoS 0 messages stay: nobody will send them again."""
-        kept = [(m, mid) for m, mid in zip(self.received, self.received_mids) if mid == 0]
+        kept = [(m, mid) for m, mid in zip(self.received, self.received_mids, strict=True) if mid == 0]
         self.received = [m for m, _ in kept]
         self.received_mids = [0] * len(kept)
 
