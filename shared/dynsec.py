@@ -159,7 +159,9 @@ class DynsecClient:
             return []
         deadline = time.monotonic() + self.timeout
         ids = [uuid.uuid4().hex for _ in commands]
-        payload = {"commands": [{**command, "correlationData": cid} for command, cid in zip(commands, ids)]}
+        payload = {
+            "commands": [{**command, "correlationData": cid} for command, cid in zip(commands, ids, strict=True)]
+        }
         with self._cond:
             self._responses.update((cid, None) for cid in ids)
         try:
@@ -181,7 +183,7 @@ class DynsecClient:
                     self._responses.pop(cid, None)
         failures = [
             f"{command.get('command')} {_subject(command)}: {response['error']}"
-            for command, response in zip(commands, responses)
+            for command, response in zip(commands, responses, strict=True)
             if "error" in response and response["error"] not in tolerated
         ]
         if failures:

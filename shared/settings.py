@@ -1,8 +1,9 @@
 """All settings, read once from the environment into one typed object.
 
 Nothing else in the app reads os.environ. Secrets (database URLs carry passwords) are SecretStr:
-no repr, log line or validation error shows them; code that needs one calls get_secret_value(). Every key here is listed, with a safe local value,
-in local.settings.json.example; Bicep sets the same keys as app settings in Azure.
+no repr, log line or validation error shows them; code that needs one calls get_secret_value().
+Every key here is listed, with a safe local value, in local.settings.json.example; Bicep sets the
+same keys as app settings in Azure.
 """
 from __future__ import annotations
 

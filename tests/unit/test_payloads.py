@@ -63,7 +63,8 @@ def test_status_accepts_plain_json_string_and_object(payload, status):
 
 def test_prepare_batch_escapes_text_and_keeps_one_line_per_reading():
     message = InboundMessage("t/acme/d/p1/telemetry",
-                             b'{"ts": 1763900000000, "seq": 3, "metrics": {"note": "a\\tb\\\\c\\nd", "on": false, "t": 2.5}}',
+                             b'{"ts": 1763900000000, "seq": 3, '
+                             b'"metrics": {"note": "a\\tb\\\\c\\nd", "on": false, "t": 2.5}}',
                              NOW_US)
     batch = prepare_batch([message], directory("p1"), Limits(), WINDOW, NOW_US)
     assert batch.dead_letters == []
