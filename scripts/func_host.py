@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -403,14 +403,14 @@ class RouteTemplate:
 class CronSchedule:
     """An NCRONTAB schedule: 6 fields with seconds first, or 5 fields (minute first)."""
 
-    def __init__(self, expression: str, tz: tzinfo = timezone.utc):
+    def __init__(self, expression: str, tz: tzinfo = UTC):
         self.expression = expression
         self.tz = tz
         fields = expression.split()
         if len(fields) not in (5, 6):
             raise HostConfigError(f"schedule {expression!r}: expected 6 NCRONTAB fields (or 5)")
         try:
-            self._next_after(datetime.now(timezone.utc))
+            self._next_after(datetime.now(UTC))
         except (ValueError, KeyError, TypeError) as exc:
             raise HostConfigError(f"schedule {expression!r} is not a valid NCRONTAB expression: {exc}") from exc
 
@@ -418,7 +418,7 @@ class CronSchedule:
         # NCrontab requires BOTH day-of-month and day-of-week to match (croniter's default is
         # Vixie cron's OR), hence day_or=False.
         it = croniter(self.expression, moment.astimezone(self.tz), second_at_beginning=True, day_or=False)
-        return it.get_next(datetime).astimezone(timezone.utc)
+        return it.get_next(datetime).astimezone(UTC)
 
     def next_after(self, moment: datetime) -> datetime:
         """The first occurrence strictly after `moment` (aware), in UTC."""
@@ -436,7 +436,7 @@ class IntervalSchedule:
         self.interval = interval
 
     def next_after(self, moment: datetime) -> datetime:
-        return moment.astimezone(timezone.utc) + self.interval
+        return moment.astimezone(UTC) + self.interval
 
     def __str__(self) -> str:
         return self.expression
@@ -445,7 +445,7 @@ class IntervalSchedule:
 _TIMESPAN = re.compile(r"(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})")
 
 
-def parse_schedule(expression: str, tz: tzinfo = timezone.utc) -> CronSchedule | IntervalSchedule:
+def parse_schedule(expression: str, tz: tzinfo = UTC) -> CronSchedule | IntervalSchedule:
     span = _TIMESPAN.fullmatch(expression.strip())
     if span:
         days, hours, minutes, seconds = (int(g or 0) for g in span.groups())
@@ -460,14 +460,14 @@ def schedule_time_zone(settings: Mapping[str, str]) -> tzinfo:
     """UTC unless WEBSITE_TIME_ZONE names an IANA zone (what Linux plans accept)."""
     name = settings.get("WEBSITE_TIME_ZONE") or ""
     if not name:
-        return timezone.utc
+        return UTC
     try:
         from zoneinfo import ZoneInfo
 
         return ZoneInfo(name)
     except Exception:  # ZoneInfoNotFoundError, ValueError: e.g. a Windows zone name
         log.warning("WEBSITE_TIME_ZONE=%r is not an IANA zone; schedules use UTC", name)
-        return timezone.utc
+        return UTC
 
 
 # --------------------------------------------------------------------------- indexing
@@ -812,23 +812,23 @@ class LocalHost:
         assert timer.schedule is not None
         try:
             if timer.run_on_startup and not self.stopping:
-                fired_at = datetime.now(timezone.utc)
+                fired_at = datetime.now(UTC)
                 with timer.lock:
                     self._invoke_timer(timer, past_due=False, reason="runOnStartup")
                 timer.next = timer.schedule.next_after(fired_at)
             else:
-                timer.next = timer.schedule.next_after(datetime.now(timezone.utc))
+                timer.next = timer.schedule.next_after(datetime.now(UTC))
             while not self.stopping:
                 due = timer.next
                 # Wait for the occurrence; loop because Event.wait runs on the monotonic clock.
                 while not self.stopping:
-                    remaining = (due - datetime.now(timezone.utc)).total_seconds()
+                    remaining = (due - datetime.now(UTC)).total_seconds()
                     if remaining <= 0:
                         break
                     self._stopping.wait(min(remaining, 1.0))
                 if self.stopping:
                     break
-                fired_at = datetime.now(timezone.utc)
+                fired_at = datetime.now(UTC)
                 # A run that starts late (after a previous run overran the interval, or after the
                 # process was suspended) is flagged past due. The real host flags only the
                 # occurrences its schedule monitor finds missed at startup.
@@ -849,7 +849,7 @@ class LocalHost:
             status = {
                 "Last": timer.last.isoformat() if timer.last else None,
                 "Next": timer.next.isoformat() if timer.next else None,
-                "LastUpdated": datetime.now(timezone.utc).isoformat(),
+                "LastUpdated": datetime.now(UTC).isoformat(),
             }
         request = TimerRequest(past_due=past_due, schedule_status=status, schedule={"AdjustForDST": True})
         outcome = self._invoke(timer.name, timer.user_function, timer.trigger_arg, request,

@@ -86,7 +86,7 @@ def app_pool(database: Database) -> Iterator[ConnectionPool]:
 def ingest_identity(mosquitto_broker) -> Iterator[tuple[str, str]]:
     """A drain credential of this test's own, so no test inherits another's queued messages.
     Bound to its client id like the real one."""
-    from shared.dynsec import DynsecClient, generate_password
+    from shared.dynsec import generate_password
 
     username = f"ingest-{uuid.uuid4().hex[:10]}"
     password = generate_password()

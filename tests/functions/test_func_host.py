@@ -15,7 +15,7 @@ import textwrap
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.error import HTTPError
 
@@ -218,23 +218,23 @@ def test_local_settings_values_are_exported_without_overriding(tmp_path):
 
 
 def test_ncrontab_six_fields_are_seconds_first_and_five_fields_minute_first():
-    start = datetime(2024, 1, 1, 0, 0, 0, 500000, tzinfo=timezone.utc)
+    start = datetime(2024, 1, 1, 0, 0, 0, 500000, tzinfo=UTC)
     six = fh.parse_schedule("*/15 * * * * *")
-    assert six.next_after(start) == datetime(2024, 1, 1, 0, 0, 15, tzinfo=timezone.utc)
+    assert six.next_after(start) == datetime(2024, 1, 1, 0, 0, 15, tzinfo=UTC)
     five = fh.parse_schedule("*/5 * * * *")
-    assert five.next_after(start) == datetime(2024, 1, 1, 0, 5, tzinfo=timezone.utc)
+    assert five.next_after(start) == datetime(2024, 1, 1, 0, 5, tzinfo=UTC)
 
 
 def test_ncrontab_day_of_month_and_day_of_week_must_both_match():
     # NCrontab ANDs the two day fields; Vixie cron (croniter's default) would OR them.
-    start = datetime(2024, 1, 1, tzinfo=timezone.utc)  # a Monday
+    start = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday
     friday_the_13th = fh.parse_schedule("0 0 0 13 * 5").next_after(start)
-    assert friday_the_13th == datetime(2024, 9, 13, tzinfo=timezone.utc)
+    assert friday_the_13th == datetime(2024, 9, 13, tzinfo=UTC)
 
 
 def test_timespan_schedule_and_invalid_schedule():
-    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
-    assert fh.parse_schedule("00:05:00").next_after(start) == datetime(2024, 1, 1, 0, 5, tzinfo=timezone.utc)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    assert fh.parse_schedule("00:05:00").next_after(start) == datetime(2024, 1, 1, 0, 5, tzinfo=UTC)
     with pytest.raises(fh.HostConfigError):
         fh.parse_schedule("every minute please")
 

@@ -3,7 +3,7 @@ registered timer function, real PostgreSQL."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -40,7 +40,7 @@ def test_device_readings_land_as_typed_rows(settings, app_pool, database):
     mids = [
         device.publish("telemetry", {"ts": ts, "seq": 1, "metrics": {"temp": 21.5, "door_open": False, "mode": "auto"}}),
         device.publish("telemetry", [{"ts": ts + 1000, "metrics": {"temp": 21.75}},
-                                     {"ts": datetime.fromtimestamp((ts + 2000) / 1000, timezone.utc).isoformat(), "metrics": {"temp": 22}}]),
+                                     {"ts": datetime.fromtimestamp((ts + 2000) / 1000, UTC).isoformat(), "metrics": {"temp": 22}}]),
         device.publish("spindle/state", {"value": 85.5, "unit": "C", "timestamp": ts + 3000}),
     ]
     assert set(device.wait_acked(mids).values()) == {0}
@@ -65,7 +65,7 @@ def test_device_readings_land_as_typed_rows(settings, app_pool, database):
     ]
     [(status, last_seen)] = query(database, "SELECT status, last_seen FROM devices")
     assert status == "online"
-    assert last_seen == datetime.fromtimestamp((ts + 3000) / 1000, timezone.utc)
+    assert last_seen == datetime.fromtimestamp((ts + 3000) / 1000, UTC)
     [(run_status, messages, accepted, duplicates, dead)] = query(
         database, "SELECT status, messages, accepted, duplicates, dead_lettered FROM ingest_runs")
     assert (run_status, messages, accepted, duplicates, dead) == ("ok", 3, 6, 0, 0)
@@ -85,7 +85,7 @@ def test_status_topic_and_telemetry_drive_presence(settings, app_pool, database)
 
     # THEN it is online again, and last_seen moved forward
     [(status, changed, seen)] = query(database, "SELECT status, status_changed_at, last_seen FROM devices")
-    assert status == "online" and changed is not None and seen > datetime.now(timezone.utc) - timedelta(minutes=1)
+    assert status == "online" and changed is not None and seen > datetime.now(UTC) - timedelta(minutes=1)
     device.close()
 
 
@@ -151,7 +151,7 @@ def test_bad_inputs_are_dead_lettered_and_their_neighbours_stored(make_settings,
     letters = query(database, "SELECT reason, payload, detail, tenant_id FROM dead_letters ORDER BY id")
     expected = [(reason, payload) for _, _, payload, reason in BAD_INPUTS]
     expected += [("device_disabled", None), ("unknown_device", None)]
-    assert [(r, p if e is not None else None) for (r, p, _, _), (_, e) in zip(letters, expected)] == expected
+    assert [(r, p if e is not None else None) for (r, p, _, _), (_, e) in zip(letters, expected, strict=False)] == expected
     assert all(detail for _, _, detail, _ in letters)
     assert letters[-1][3] is None  # the ghost's tenant is not known from a device row
     oks = query(database, "SELECT value FROM telemetry WHERE metric = 'ok' ORDER BY value")

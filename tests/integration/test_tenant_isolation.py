@@ -58,10 +58,10 @@ def test_tenant_setting_does_not_leak_into_the_next_transaction_on_the_same_conn
 
 def test_app_role_cannot_write_into_another_tenant(app_pool, two_tenants):
     (alpha, _), (bravo, bravo_device) = two_tenants
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-        with tenant_transaction(app_pool, str(alpha["id"])) as conn:
-            conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, now(), 'x', 1)",
-                         (bravo["id"], bravo_device["id"]))
+    with (pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
+          tenant_transaction(app_pool, str(alpha["id"])) as conn):
+        conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, now(), 'x', 1)",
+                     (bravo["id"], bravo_device["id"]))
     with tenant_transaction(app_pool, str(alpha["id"])) as conn:
         changed = conn.execute("UPDATE devices SET enabled = false WHERE tenant_id = %s", (bravo["id"],)).rowcount
     assert changed == 0
@@ -75,9 +75,8 @@ def test_partitions_cannot_be_read_around_the_parent(database, two_tenants):
 
 
 def test_ingest_role_writes_but_cannot_read_telemetry(database, two_tenants):
-    with psycopg.connect(database.ingest_dsn) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("SELECT count(*) FROM telemetry")
+    with psycopg.connect(database.ingest_dsn) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT count(*) FROM telemetry")
 
 
 def test_application_roles_are_neither_superuser_nor_owner_nor_bypassing_rls(database):
