@@ -45,12 +45,12 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import paho.mqtt.client as mqtt  # noqa: E402
 import psycopg  # noqa: E402
-from localstack import LocalStack, descendants, process_table  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
+from localstack import LocalStack, descendants, process_table  # noqa: E402
 from shared.broker_contract import INGEST_ROLE  # noqa: E402
 from shared.db import create_pool  # noqa: E402
 from shared.dynsec import DynsecClient, generate_password  # noqa: E402
