@@ -126,6 +126,17 @@ def make_settings(database: Database, mosquitto_broker, ingest_identity) -> Iter
 
 
 @pytest.fixture
+def settings(make_settings, settings_env) -> Settings:
+    """This test's settings, exported for get_settings(), with the drain's session primed as a
+    deployment would, so what devices publish before the first run is queued for it."""
+    from shared.mqtt_drain import prepare_session
+
+    primed = settings_env(make_settings())
+    prepare_session(primed)
+    return primed
+
+
+@pytest.fixture
 def settings_env(monkeypatch: pytest.MonkeyPatch):
     """Exports a Settings' values as environment variables, for code that calls get_settings()."""
 

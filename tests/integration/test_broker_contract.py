@@ -11,7 +11,6 @@ import time
 import uuid
 
 import paho.mqtt.client as mqtt
-import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -23,31 +22,10 @@ from shared.broker_contract import (
     drain_marker_topic,
 )
 from shared.mqtt_drain import drain_once
-from tests.support.devices import Device, new_tenant_with_devices, prime_drain_session, run_mqtt_ingest
+from tests.support.devices import Device, new_tenant_with_devices, run_mqtt_ingest
+from tests.support.waiting import query, wait_for
 
 NOW_MS = lambda: int(time.time() * 1000)  # noqa: E731
-
-
-@pytest.fixture
-def settings(make_settings, settings_env):
-    settings = settings_env(make_settings())
-    prime_drain_session(settings)
-    return settings
-
-
-def query(database, sql: str, params: dict | None = None) -> list[tuple]:
-    with psycopg.connect(database.owner_dsn) as conn:
-        return conn.execute(sql, params or {}).fetchall()
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Client:

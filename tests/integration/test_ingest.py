@@ -6,7 +6,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-import pytest
 
 from shared.registry import set_device_enabled
 from tests.support.devices import (
@@ -16,20 +15,9 @@ from tests.support.devices import (
     provisioner,
     run_mqtt_ingest,
 )
+from tests.support.waiting import query
 
 NOW_MS = lambda: int(time.time() * 1000)  # noqa: E731
-
-
-@pytest.fixture
-def settings(make_settings, settings_env):
-    settings = settings_env(make_settings())
-    prime_drain_session(settings)
-    return settings
-
-
-def query(database, sql: str, params: dict | None = None) -> list[tuple]:
-    with psycopg.connect(database.owner_dsn) as conn:
-        return conn.execute(sql, params or {}).fetchall()
 
 
 def test_device_readings_land_as_typed_rows(settings, app_pool, database):

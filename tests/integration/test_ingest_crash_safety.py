@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from tests.support.devices import Device, new_tenant_with_devices, prime_drain_session, run_mqtt_ingest
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = 2
@@ -22,16 +23,6 @@ def readings(database) -> tuple[int, int]:
     """(rows, distinct seqs) in telemetry."""
     with psycopg.connect(database.owner_dsn) as conn:
         return conn.execute("SELECT count(*), count(DISTINCT seq) FROM telemetry").fetchone()
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def publish_backlog(settings, device: Device, count: int) -> None:
