@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import resource
-import secrets
 import ssl
 import subprocess
 import sys
@@ -55,7 +54,6 @@ from shared.broker_contract import INGEST_ROLE  # noqa: E402
 from shared.db import create_pool  # noqa: E402
 from shared.dynsec import DynsecClient, generate_password  # noqa: E402
 from shared.ingest import DeviceDirectory  # noqa: E402
-from shared.migrate import apply_migrations  # noqa: E402
 from shared.mqtt_drain import drain_once  # noqa: E402
 from shared.mqtt_transport import FAST_PATH, DrainConnection, drop_session, prepare_session  # noqa: E402
 from shared.registry import create_tenant, provision_device  # noqa: E402
@@ -109,18 +107,7 @@ def main() -> None:
 
 
 def _prepare(stack: LocalStack, batch_size: int):
-    admin = stack.postgres.superuser_dsn()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE bench")
-    apply_migrations(stack.postgres.superuser_dsn("bench"))
-    passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest")}
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for role, password in passwords.items():
-            conn.execute(f"ALTER ROLE {role} LOGIN PASSWORD '{password}'")
-    base = f"@{stack.postgres.host}:{stack.postgres.port}/bench"
-    env = stack.environment() | {
-        "DATABASE_URL": f"postgresql://mqtt_saas_app:{passwords['mqtt_saas_app']}{base}",
-        "INGEST_DATABASE_URL": f"postgresql://mqtt_saas_ingest:{passwords['mqtt_saas_ingest']}{base}",
+    env = stack.create_app_database("bench") | {
         "INGEST_BATCH_SIZE": str(batch_size),
         "INGEST_IDLE_EXIT_S": "1.0",
         "INGEST_TIME_BUDGET_S": "3600",

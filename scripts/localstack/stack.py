@@ -67,3 +67,29 @@ class LocalStack:
             "MQTT_PROVISIONER_PASSWORD": broker.provisioner.password,
             "STORAGE_CONNECTION_STRING": self.azurite.connection_string,
         }
+
+    def create_app_database(self, name: str) -> dict[str, str]:
+        """A new database migrated from sql/migrations, the application roles given fresh login passwords, and
+        the full app settings to reach it: for benchmarks, which need a database of their own but no test
+        harness. (The roles are cluster-wide: their passwords change for every database of this cluster.)"""
+        import secrets
+
+        import psycopg
+        from psycopg import sql
+
+        from shared.migrate import apply_migrations
+
+        postgres = self.postgres
+        with psycopg.connect(postgres.superuser_dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        apply_migrations(postgres.superuser_dsn(name))
+        passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest")}
+        with psycopg.connect(postgres.superuser_dsn(), autocommit=True) as conn:
+            for role, password in passwords.items():
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
+                                                                              sql.Literal(password)))
+        where = f"@{postgres.host}:{postgres.port}/{name}"
+        return self.environment() | {
+            "DATABASE_URL": f"postgresql://mqtt_saas_app:{passwords['mqtt_saas_app']}{where}",
+            "INGEST_DATABASE_URL": f"postgresql://mqtt_saas_ingest:{passwords['mqtt_saas_ingest']}{where}",
+        }
