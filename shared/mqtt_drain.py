@@ -227,20 +227,21 @@ def _drain(settings: Settings, store: IngestStore, connection: DrainConnection,
             now = time.monotonic()
             if _ack_committed(connection, writer, report, started):
                 last_activity = now  # the broker sends more once it has the acks
-            if connection.received:
-                last_activity = now
-                due = (connection.caught_up or len(connection.received) >= settings.ingest_batch_size
-                       or now - connection.first_received_at >= settings.ingest_flush_interval_s)
-                if (due or now >= deadline) and not writer.todo.full():
-                    _hand_over(connection, writer, validator, settings.ingest_batch_size)
-            quiet = not connection.received and not writer.in_flight
-            if connection.caught_up and quiet:
+            if connection.caught_up:
+                # The backlog is read; the ending below stores it. Waiting here for the traffic
+                # to pause would keep a run going as long as devices publish.
                 report.ended_by = "caught_up"
                 break
+            if connection.received:
+                last_activity = now
+                due = (len(connection.received) >= settings.ingest_batch_size
+                       or now - connection.first_received_at >= settings.ingest_flush_interval_s)
+                if due and not writer.todo.full():
+                    _hand_over(connection, writer, validator, settings.ingest_batch_size)
             if now >= deadline:
                 report.ended_by = "time_budget"
                 break
-            if quiet and now - last_activity >= settings.ingest_idle_exit_s:
+            if not connection.received and not writer.in_flight and now - last_activity >= settings.ingest_idle_exit_s:
                 report.ended_by = "idle"
                 break
         if connection.lost:
@@ -273,12 +274,17 @@ def _hand_over(connection: DrainConnection, writer: _StoreThread, validator: _Va
 
 def _store_everything_received(connection: DrainConnection, writer: _StoreThread, validator: _Validator,
                                report: DrainReport, started: float, limit: int) -> None:
-    """Hands over all that was received and waits for it to commit, acking as batches commit;
-    the connection stays serviced all the while (keepalive, acks), however long the store
-    thread retries."""
-    while writer.error is None and (connection.received or writer.in_flight):
-        if connection.received and not writer.todo.full():
-            _hand_over(connection, writer, validator, limit)
+    """Hands over what has been received so far and waits for it to commit, acking as batches
+    commit; the connection stays serviced all the while (keepalive, acks), however long the store
+    thread retries. What arrives meanwhile is left in ``received``: steady traffic would otherwise
+    keep a run from ever ending. Its QoS 1 part is redelivered to the next run; its QoS 0 part is
+    stored after the DISCONNECT, when nothing more can arrive."""
+    left = len(connection.received)
+    while writer.error is None and (left or writer.in_flight):
+        if left and not writer.todo.full():
+            taken = min(left, limit)
+            _hand_over(connection, writer, validator, taken)
+            left -= taken
         _service(connection, 0.02)
         _ack_committed(connection, writer, report, started)
 
