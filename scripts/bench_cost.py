@@ -42,7 +42,6 @@ import logging
 import math
 import random
 import resource
-import secrets
 import ssl
 import statistics
 import subprocess
@@ -170,28 +169,13 @@ class Bench:
 
 
 def _prepare(stack, devices: int) -> Bench:
-    import psycopg
-
     from shared.db import create_pool
     from shared.dynsec import DynsecClient
-    from shared.migrate import apply_migrations
     from shared.mqtt_drain import prepare_session
     from shared.registry import create_tenant, provision_device
     from shared.settings import settings_from
 
-    admin = stack.postgres.superuser_dsn()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE bench")
-    apply_migrations(stack.postgres.superuser_dsn("bench"))
-    passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest")}
-    with psycopg.connect(admin, autocommit=True) as conn:
-        for role, password in passwords.items():
-            conn.execute(f"ALTER ROLE {role} LOGIN PASSWORD '{password}'")
-    base = f"@{stack.postgres.host}:{stack.postgres.port}/bench"
-    env = stack.environment() | {
-        "DATABASE_URL": f"postgresql://mqtt_saas_app:{passwords['mqtt_saas_app']}{base}",
-        "INGEST_DATABASE_URL": f"postgresql://mqtt_saas_ingest:{passwords['mqtt_saas_ingest']}{base}",
-    }
+    env = stack.create_app_database("bench")
     settings = settings_from(env)
     pool = create_pool(settings)
     tenant = create_tenant(pool, "costbench", "Cost Benchmark Works", "professional")
