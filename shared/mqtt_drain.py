@@ -170,8 +170,9 @@ class _Validator:
 class _StoreThread(threading.Thread):
     """Writes prepared batches in order on the run's locked session; hands committed ones back."""
 
-    def __init__(self, settings: Settings, store: IngestStore) -> None:
+    def __init__(self, settings: Settings, store: IngestStore, on_done: Callable[[], None]) -> None:
         super().__init__(name="mqtt_ingest-store", daemon=True)
+        self._on_done = on_done  # wakes the network thread to ack what committed
         self.todo: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         self.done: queue.Queue[tuple[list[int], list[str], BatchOutcome]] = queue.Queue()
         self.error: BaseException | None = None
@@ -199,6 +200,7 @@ class _StoreThread(threading.Thread):
                 self.error = exc
             finally:
                 self.todo.task_done()
+                self._on_done()
 
     def _write(self, messages: list[InboundMessage], prepared: PreparedBatch) -> BatchOutcome:
         store = self._store
@@ -215,7 +217,7 @@ class _StoreThread(threading.Thread):
 def _drain(settings: Settings, store: IngestStore, connection: DrainConnection,
            report: DrainReport, started: float) -> None:
     validator = _Validator(settings)
-    writer = _StoreThread(settings, store)
+    writer = _StoreThread(settings, store, connection.wake)
     writer.start()
     deadline = started + settings.ingest_time_budget_s
     last_activity = time.monotonic()

@@ -16,9 +16,11 @@ slower, never wrong.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import select
+import socket
 import ssl
 import struct
 import time
@@ -173,7 +175,17 @@ class DrainConnection:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
         properties.SessionExpiryInterval = settings.ingest_session_expiry_s if keep else 0
         properties.ReceiveMaximum = min(65535, 3 * settings.ingest_batch_size)
+        # The store thread wakes pump() through this pair when a batch has committed, so its acks go
+        # out at once rather than after pump's wait for network data runs out.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         _connect_with_retry(client, settings, properties, clean_start=not keep)
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            # Acks go out as one write per batch already; without Nagle the last small write of a
+            # run (its DISCONNECT) does not wait ~40 ms for the broker's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._wait(lambda: self._connack is not None or self.lost, 15, "CONNACK")
         if self._connack is None or self._connack.is_failure:
             raise BrokerUnavailable(f"broker refused the drain: {self._connack or 'connection closed'}")
@@ -275,7 +287,10 @@ class DrainConnection:
             self.lost = True
             return
         pending = getattr(sock, "pending", lambda: 0)
-        if pending() or select.select([sock], [], [], timeout)[0]:
+        ready = [sock] if pending() else select.select([sock, self._wake_r], [], [], timeout)[0]
+        if self._wake_r in ready:
+            self._drain_wakeups()
+        if sock in ready:
             for _ in range(max_packets):
                 if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
                     self.lost = True
@@ -287,6 +302,17 @@ class DrainConnection:
             client.loop_write()
         if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
             self.lost = True
+
+    def wake(self) -> None:
+        """Ends a pump() that is waiting for network data; callable from any thread."""
+        # BlockingIOError: already woken (the buffer is full); OSError: closed at the end of the run.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError (a subclass): nothing left to read
+            while self._wake_r.recv(4096):
+                pass
 
     def flush_writes(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -332,6 +358,8 @@ class DrainConnection:
         sock = self.client.socket()
         if sock is not None:  # paho closes it once DISCONNECT is written; not if that timed out
             sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
 
     # -- paho callbacks -------------------------------------------------------------------------
 

@@ -174,24 +174,23 @@ def test_backlog_beyond_mosquittos_default_queue_limit_all_arrives(backlog_setti
     assert readings(database) == (5_000 * METRICS, 5_000)
 
 
-def test_readings_are_committed_while_a_run_is_still_active(make_settings, settings_env, app_pool, database):
-    # GIVEN a drain run that is waiting for messages
-    settings = settings_env(make_settings(INGEST_IDLE_EXIT_S=8))
-    prime_drain_session(settings)
-    _, creds = new_tenant_with_devices(app_pool, settings, ["live-1"])
-    device = Device(settings, creds["live-1"])
-    drain = threading.Thread(target=run_mqtt_ingest)
-    drain.start()
+def test_batches_are_committed_and_acked_while_a_run_is_still_reading_its_backlog(backlog_settings, device, database):
+    # GIVEN a backlog of twenty batches
+    count = 20_000
+    publish_backlog(backlog_settings, device, count)
 
-    # WHEN a device publishes one reading
-    device.wait_acked([device.publish("telemetry", {"ts": int(time.time() * 1000), "metrics": {"t": 1}})])
+    # WHEN a run works through it
+    drain, errors = start_drain()
 
-    # THEN it is committed while the run goes on (a micro-batch flushes after at most a second),
-    # not when the run ends (8 s of idleness later)
-    wait_for(lambda: readings(database)[0] == 1, 7, "the reading to be committed")
-    assert drain.is_alive(), "the reading was stored only when the run ended"
-    drain.join(30)
-    device.close()
+    # THEN readings are committed while the run goes on, not all at its end, and the run ends as
+    # soon as the backlog is stored
+    wait_for(lambda: readings(database)[0] > 0, 60, "a first committed batch")
+    assert drain.is_alive(), "nothing was committed before the run ended"
+    drain.join(120)
+    assert errors == []
+    assert readings(database) == (count * METRICS, count)
+    with psycopg.connect(database.owner_dsn) as conn:
+        assert conn.execute("SELECT status, batches >= 20 FROM ingest_runs").fetchall() == [("ok", True)]
 
 
 def test_database_down_longer_than_the_retry_window_fails_the_run_without_acking(make_settings, settings_env, app_pool, database, postgres_server):
