@@ -204,6 +204,9 @@ BROKER_SETTINGS: dict[str, str] = {
     # leaves room for the topic and properties of a 1 MiB payload.
     "message_size_limit": "1048576",
     "max_packet_size": "1114112",
+    # Without it the broker's small replies (CONNACK) wait ~40 ms for the client's delayed ACK:
+    # two thirds of a drain run's fixed cost, measured.
+    "set_tcp_nodelay": "true",
 }
 
 
