@@ -1,0 +1,205 @@
+// mqtt-saas on Azure: one small Mosquitto VM (MQTT v5 over TLS on 8883, dynamic security), a Flex Consumption
+// function app draining it into PostgreSQL, a Blob archive, Key Vault for every secret, monitoring and alerts.
+// Deploy into a resource group:
+//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json -p adminSshPublicKey=@~/.ssh/id_ed25519.pub ...
+// Each module declares its resources directly, so scanners (checkov) see all of them.
+
+targetScope = 'resourceGroup'
+
+@description('Optional. Base name of every resource.')
+@minLength(3)
+@maxLength(16)
+param name string = 'mqtt-saas'
+
+@description('Optional. Location of every resource.')
+param location string = resourceGroup().location
+
+@description('Optional. Tags of every resource.')
+param tags object = {
+  application: 'mqtt-saas'
+}
+
+@description('Required. The one address allowed to SSH to the broker, as a /32 CIDR, e.g. "203.0.113.7/32".')
+@minLength(9)
+param adminSourceCidr string
+
+@description('Optional. SSH user of the broker VM.')
+param adminUsername string = 'azureuser'
+
+@description('Required. SSH public key of the admin user (the VM has no password login).')
+@minLength(80)
+param adminSshPublicKey string
+
+@description('Optional. Size of the broker VM.')
+param vmSize string = 'Standard_B1s'
+
+@description('Optional. Also accept MQTT over WebSockets (TLS) on 8884.')
+param enableWebsockets bool = false
+
+@description('Required. E-mail address the alerts go to.')
+@minLength(3)
+param alertEmail string
+
+@description('Optional. Instance memory of the function app in MB (512: README, cost section).')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 512
+
+@description('Optional. NCRONTAB schedule of the drain (INGEST_SCHEDULE).')
+param ingestSchedule string = '0 */1 * * * *'
+
+@description('Required. PostgreSQL URL of the application role mqtt_saas_app (DATABASE_URL), e.g. postgresql://mqtt_saas_app:...@host:5432/mqtt_saas?sslmode=require.')
+@secure()
+param databaseUrl string
+
+@description('Required. PostgreSQL URL of the drain\'s role mqtt_saas_ingest (INGEST_DATABASE_URL).')
+@secure()
+param ingestDatabaseUrl string
+
+@description('Required. Broker password of the drain\'s client mqtt-saas-ingest (MQTT_INGEST_PASSWORD).')
+@secure()
+param mqttIngestPassword string
+
+@description('Required. Broker password of the provisioning client mqtt-saas-provisioner (MQTT_PROVISIONER_PASSWORD).')
+@secure()
+param mqttProvisionerPassword string
+
+@description('Required. Signing key of the admin API\'s access tokens (AUTH_JWT_SECRET), at least 32 bytes, e.g. openssl rand -hex 32.')
+@secure()
+@minLength(32)
+param authJwtSecret string
+
+@description('Optional. Create an Azure Database for PostgreSQL flexible server (Burstable). Off: bring your own PostgreSQL.')
+param deployPostgres bool = false
+
+@description('Optional. Administrator password of the PostgreSQL server; required when deployPostgres is true.')
+@secure()
+param postgresAdministratorPassword string = ''
+
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, name, location))
+
+module network 'modules/network.bicep' = {
+  name: 'network-${resourceToken}'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    adminSourceCidr: adminSourceCidr
+    enableWebsockets: enableWebsockets
+  }
+}
+
+module brokerVm 'modules/brokerVm.bicep' = {
+  name: 'broker-vm-${resourceToken}'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    subnetId: network.outputs.subnetId
+    publicIpId: network.outputs.publicIpId
+    brokerFqdn: network.outputs.brokerFqdn
+    vmSize: vmSize
+    adminUsername: adminUsername
+    adminSshPublicKey: adminSshPublicKey
+    enableWebsockets: enableWebsockets
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage-${resourceToken}'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring-${resourceToken}'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    alertEmail: alertEmail
+    brokerVmId: brokerVm.outputs.vmId
+  }
+}
+
+module keyVault 'modules/keyVault.bicep' = {
+  name: 'key-vault-${resourceToken}'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    databaseUrl: databaseUrl
+    ingestDatabaseUrl: ingestDatabaseUrl
+    mqttIngestPassword: mqttIngestPassword
+    mqttProvisionerPassword: mqttProvisionerPassword
+    authJwtSecret: authJwtSecret
+    archiveStorageAccountName: storage.outputs.storageAccountName
+  }
+}
+
+module functionApp 'modules/functionApp.bicep' = {
+  name: 'function-app-${resourceToken}'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    instanceMemoryMB: instanceMemoryMB
+    ingestSchedule: ingestSchedule
+    applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    keyVaultName: keyVault.outputs.keyVaultName
+    secretUris: keyVault.outputs.secretUris
+    archiveStorageAccountName: storage.outputs.storageAccountName
+    mqttHost: network.outputs.brokerFqdn
+  }
+}
+
+module postgres 'modules/postgres.bicep' = if (deployPostgres) {
+  name: 'postgres-${resourceToken}'
+  params: {
+    name: name
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    administratorPassword: postgresAdministratorPassword
+  }
+}
+
+@description('Host name devices and the drain connect to (MQTT v5 over TLS, port 8883; no plain-text port).')
+output brokerHost string = network.outputs.brokerFqdn
+
+@description('Public IPv4 address of the broker.')
+output brokerIpAddress string = network.outputs.brokerIpAddress
+
+@description('How to get the broker\'s CA certificate: cloud-init generates a private CA on the VM (no public DNS name of our own, so no publicly trusted certificate). Fetch it over SSH from the admin address, then ship it with each device\'s credentials and into the app package at certs/broker-ca.crt (MQTT_CA_FILE).')
+output brokerCaCertificateCommand string = 'scp ${adminUsername}@${network.outputs.brokerFqdn}:ca.crt ./broker-ca.crt'
+
+@description('Where the dynamic-security admin password is: generated on the VM, readable by root only.')
+output brokerAdminPasswordLocation string = 'ssh ${adminUsername}@${network.outputs.brokerFqdn} sudo cat /root/mosquitto-admin-password'
+
+@description('HTTPS base URL of the function app (HTTP routes under /api).')
+output functionAppUrl string = functionApp.outputs.functionAppUrl
+
+@description('Name of the function app (for func azure functionapp publish).')
+output functionAppName string = functionApp.outputs.functionAppName
+
+@description('Name of the key vault holding the app\'s secrets.')
+output keyVaultName string = keyVault.outputs.keyVaultName
+
+@description('Archive storage account and container.')
+output archiveLocation string = '${storage.outputs.storageAccountName}/${storage.outputs.archiveContainerName}'
+
+@description('Host name of the PostgreSQL flexible server; empty when deployPostgres is false.')
+output postgresHost string = deployPostgres ? postgres.outputs.fqdn : ''

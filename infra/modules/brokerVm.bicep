@@ -1,0 +1,141 @@
+// The Mosquitto VM: Ubuntu 24.04, SSH keys only, configured on first boot by ../cloud-init.yaml, whose
+// mosquitto.conf is ../generated/mosquitto.conf (rendered from shared/broker_contract.py by
+// infra/render_broker_conf.py; tests/infra/test_bicep.py keeps the two identical).
+
+@description('Required. Base name of the resources, e.g. "mqtt-saas".')
+param name string
+
+@description('Optional. Location of the resources.')
+param location string = resourceGroup().location
+
+@description('Optional. Tags of the resources.')
+param tags object = {}
+
+@description('Required. Unique suffix for globally unique names (from uniqueString in main.bicep).')
+param resourceToken string
+
+@description('Required. Resource ID of the subnet the VM joins.')
+param subnetId string
+
+@description('Required. Resource ID of the public IP of the broker.')
+param publicIpId string
+
+@description('Required. DNS name of the public IP; it goes into the server certificate.')
+param brokerFqdn string
+
+@description('Optional. VM size. B1s (1 vCPU, 1 GiB) carries one Mosquitto for a small fleet.')
+param vmSize string = 'Standard_B1s'
+
+@description('Optional. Name of the SSH admin user.')
+param adminUsername string = 'azureuser'
+
+@description('Required. SSH public key of the admin user (password login is disabled).')
+@minLength(80)
+param adminSshPublicKey string
+
+@description('Optional. Add an MQTT-over-WebSockets (TLS) listener on 8884.')
+param enableWebsockets bool = false
+
+// One replace per placeholder: pycep (checkov's parser) reads a function call only on one line.
+var cloudInitTemplate = loadTextContent('../cloud-init.yaml')
+var mosquittoConfBase64 = loadFileAsBase64('../generated/mosquitto.conf')
+var cloudInitWithConf = replace(cloudInitTemplate, '__MOSQUITTO_CONF_B64__', mosquittoConfBase64)
+var cloudInitWithFqdn = replace(cloudInitWithConf, '__BROKER_FQDN__', brokerFqdn)
+var cloudInitWithWebsockets = replace(cloudInitWithFqdn, '__ENABLE_WEBSOCKETS__', enableWebsockets ? 'true' : 'false')
+var cloudInit = replace(cloudInitWithWebsockets, '__ADMIN_USERNAME__', adminUsername)
+
+resource networkInterface 'Microsoft.Network/networkInterfaces@2023-11-01' = {
+  name: 'nic-${name}-${resourceToken}'
+  location: location
+  tags: tags
+  properties: {
+    ipConfigurations: [
+      {
+        name: 'ipconfig1'
+        properties: {
+          privateIPAllocationMethod: 'Dynamic'
+          subnet: {
+            id: subnetId
+          }
+          publicIPAddress: {
+            id: publicIpId
+          }
+        }
+      }
+    ]
+  }
+}
+
+resource virtualMachine 'Microsoft.Compute/virtualMachines@2024-03-01' = {
+  #checkov:skip=CKV_AZURE_97:Encryption at host needs the EncryptionAtHost feature registered on the subscription; the OS disk is encrypted at rest by the platform.
+  #checkov:skip=CKV_AZURE_151:Azure Disk Encryption is a Windows/BitLocker check; the Linux OS disk uses platform-managed encryption at rest.
+  #checkov:skip=CKV_AZURE_50:No VM extensions are installed; cloud-init does the setup. The check cannot tell a cloud-init VM from one with extensions.
+  name: 'vm-${name}-${resourceToken}'
+  location: location
+  tags: tags
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    hardwareProfile: {
+      vmSize: vmSize
+    }
+    osProfile: {
+      computerName: 'mqtt-broker'
+      adminUsername: adminUsername
+      customData: base64(cloudInit)
+      linuxConfiguration: {
+        disablePasswordAuthentication: true
+        ssh: {
+          publicKeys: [
+            {
+              path: '/home/${adminUsername}/.ssh/authorized_keys'
+              keyData: adminSshPublicKey
+            }
+          ]
+        }
+        patchSettings: {
+          patchMode: 'ImageDefault'
+        }
+      }
+    }
+    storageProfile: {
+      imageReference: {
+        publisher: 'Canonical'
+        offer: 'ubuntu-24_04-lts'
+        sku: 'server'
+        version: 'latest'
+      }
+      osDisk: {
+        name: 'osdisk-${name}-${resourceToken}'
+        createOption: 'FromImage'
+        diskSizeGB: 30
+        managedDisk: {
+          storageAccountType: 'StandardSSD_LRS'
+        }
+        deleteOption: 'Delete'
+      }
+    }
+    networkProfile: {
+      networkInterfaces: [
+        {
+          id: networkInterface.id
+          properties: {
+            deleteOption: 'Delete'
+          }
+        }
+      ]
+    }
+    diagnosticsProfile: {
+      bootDiagnostics: {
+        enabled: true
+      }
+    }
+  }
+}
+
+@description('Resource ID of the VM (the CPU alert watches it).')
+output vmId string = virtualMachine.id
+
+@description('Object ID of the VM\'s system-assigned identity.')
+output principalId string = virtualMachine.identity.principalId

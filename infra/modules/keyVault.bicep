@@ -1,0 +1,160 @@
+// Key Vault holding every secret the function app reads; the app resolves them through Key Vault references
+// (modules/functionApp.bicep) with its system-assigned identity, authorised by Azure RBAC.
+
+@description('Required. Base name of the resources, e.g. "mqtt-saas".')
+param name string
+
+@description('Optional. Location of the resources.')
+param location string = resourceGroup().location
+
+@description('Optional. Tags of the resources.')
+param tags object = {}
+
+@description('Required. Unique suffix for globally unique names (from uniqueString in main.bicep).')
+param resourceToken string
+
+@description('Required. PostgreSQL URL of the application role (DATABASE_URL).')
+@secure()
+param databaseUrl string
+
+@description('Required. PostgreSQL URL of the drain\'s role (INGEST_DATABASE_URL).')
+@secure()
+param ingestDatabaseUrl string
+
+@description('Required. Broker password of the drain\'s client (MQTT_INGEST_PASSWORD).')
+@secure()
+param mqttIngestPassword string
+
+@description('Required. Broker password of the provisioning client (MQTT_PROVISIONER_PASSWORD).')
+@secure()
+param mqttProvisionerPassword string
+
+@description('Required. Signing key of the admin API\'s access tokens, at least 32 bytes (AUTH_JWT_SECRET).')
+@secure()
+@minLength(32)
+param authJwtSecret string
+
+@description('Required. Name of the archive storage account; its connection string becomes STORAGE_CONNECTION_STRING.')
+param archiveStorageAccountName string
+
+@description('Optional. Expiry of the secrets, as Unix time (seconds). Default: none set (0).')
+param secretExpiry int = 0
+
+// Key vault names: 3-24 letters, digits and hyphens.
+var vaultName = take('kv-${name}-${resourceToken}', 24)
+var secretAttributes = secretExpiry > 0 ? {
+  enabled: true
+  exp: secretExpiry
+} : {
+  enabled: true
+}
+
+resource archiveStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: archiveStorageAccountName
+}
+
+var storageAccountKey = archiveStorage.listKeys().keys[0].value
+var storageConnectionString = 'DefaultEndpointsProtocol=https;AccountName=${archiveStorage.name};AccountKey=${storageAccountKey};EndpointSuffix=${environment().suffixes.storage}'
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_109:The Flex Consumption app has no VNet integration here, so the vault takes requests from the Internet; every read needs an Entra ID token with an RBAC role.
+  #checkov:skip=CKV_AZURE_189:Same reason as CKV_AZURE_109.
+  name: vaultName
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 90
+    enablePurgeProtection: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+  }
+}
+
+resource databaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry); a database URL is rotated with its password, not on a timer.
+  parent: keyVault
+  name: 'database-url'
+  properties: {
+    value: databaseUrl
+    contentType: 'text/plain'
+    attributes: secretAttributes
+  }
+}
+
+resource ingestDatabaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry), see database-url.
+  parent: keyVault
+  name: 'ingest-database-url'
+  properties: {
+    value: ingestDatabaseUrl
+    contentType: 'text/plain'
+    attributes: secretAttributes
+  }
+}
+
+resource mqttIngestPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry), see database-url.
+  parent: keyVault
+  name: 'mqtt-ingest-password'
+  properties: {
+    value: mqttIngestPassword
+    contentType: 'text/plain'
+    attributes: secretAttributes
+  }
+}
+
+resource mqttProvisionerPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry), see database-url.
+  parent: keyVault
+  name: 'mqtt-provisioner-password'
+  properties: {
+    value: mqttProvisionerPassword
+    contentType: 'text/plain'
+    attributes: secretAttributes
+  }
+}
+
+resource storageConnectionStringSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry); the value follows the account key.
+  parent: keyVault
+  name: 'storage-connection-string'
+  properties: {
+    value: storageConnectionString
+    contentType: 'text/plain'
+    attributes: secretAttributes
+  }
+}
+
+resource authJwtSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry); rotating the signing key logs every user out.
+  parent: keyVault
+  name: 'auth-jwt-secret'
+  properties: {
+    value: authJwtSecret
+    contentType: 'text/plain'
+    attributes: secretAttributes
+  }
+}
+
+@description('Name of the key vault.')
+output keyVaultName string = keyVault.name
+
+@description('Secret URIs (without version, so the app picks up rotations) keyed by app setting name.')
+output secretUris object = {
+  DATABASE_URL: databaseUrlSecret.properties.secretUri
+  INGEST_DATABASE_URL: ingestDatabaseUrlSecret.properties.secretUri
+  MQTT_INGEST_PASSWORD: mqttIngestPasswordSecret.properties.secretUri
+  MQTT_PROVISIONER_PASSWORD: mqttProvisionerPasswordSecret.properties.secretUri
+  STORAGE_CONNECTION_STRING: storageConnectionStringSecret.properties.secretUri
+  AUTH_JWT_SECRET: authJwtSecretSecret.properties.secretUri
+}
