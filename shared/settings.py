@@ -57,6 +57,19 @@ class Settings(BaseModel):
     # Blob storage (Azurite locally) for the cold archive.
     storage_connection_string: SecretStr | None = Field(None, alias="STORAGE_CONNECTION_STRING")
 
+    # The admin API's access tokens: HS256 JWTs signed with this secret (at least 32 bytes; the
+    # API refuses to issue or accept tokens while it is shorter), for this issuer and audience.
+    auth_jwt_secret: SecretStr = Field(SecretStr(""), alias="AUTH_JWT_SECRET")
+    auth_jwt_issuer: str = Field("mqtt-saas", alias="AUTH_JWT_ISSUER")
+    auth_jwt_audience: str = Field("mqtt-saas-api", alias="AUTH_JWT_AUDIENCE")
+    auth_access_token_ttl_s: int = Field(900, alias="AUTH_ACCESS_TOKEN_TTL_S", ge=60, le=3600)
+    auth_refresh_token_ttl_s: int = Field(30 * 24 * 3600, alias="AUTH_REFRESH_TOKEN_TTL_S", ge=3600)
+    # Failed logins allowed per window: per (tenant, email, source address), and per source address.
+    # A stranger elsewhere cannot lock a user out: their failures count against their own address.
+    auth_login_window_s: int = Field(900, alias="AUTH_LOGIN_WINDOW_S", ge=60)
+    auth_login_max_failures_per_account: int = Field(5, alias="AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", ge=1)
+    auth_login_max_failures_per_source: int = Field(50, alias="AUTH_LOGIN_MAX_FAILURES_PER_SOURCE", ge=1)
+
 
 def settings_from(environ: dict[str, str]) -> Settings:
     try:

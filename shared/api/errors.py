@@ -1,0 +1,105 @@
+"""The API's errors. Each docstring is the fixed message a client sees (RFC 9457 `detail`);
+shared/api/problems.py is the one place that turns them, and everything else, into responses."""
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """The request could not be completed."""
+
+    status: int = 500
+    title: str = "Internal Server Error"
+    # The problem type is urn:mqtt-saas:problem:<kind> (a name, not a page: nothing to dereference)
+    kind: str = "internal"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:
+        self.detail = detail or (self.__doc__ or "").strip()
+        self.headers = headers or {}
+        super().__init__(self.detail)
+
+
+class BadRequest(ApiError):
+    """The request is malformed."""
+
+    status, title, kind = 400, "Bad Request", "bad-request"
+
+
+class InvalidCursor(BadRequest):
+    """The cursor is not one this API returned; start again without it."""
+
+    kind = "invalid-cursor"
+
+
+class Unauthenticated(ApiError):
+    """Send a valid, unexpired access token as 'Authorization: Bearer <token>'."""
+
+    status, title, kind = 401, "Unauthorized", "unauthenticated"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="mqtt-saas"'})
+
+
+class InvalidCredentials(Unauthenticated):
+    """The tenant, email or password is wrong."""
+
+    kind = "invalid-credentials"
+
+
+class InvalidRefreshToken(Unauthenticated):
+    """The refresh token is unknown, expired or revoked; log in again."""
+
+    kind = "invalid-refresh-token"
+
+
+class Forbidden(ApiError):
+    """Your role does not allow this."""
+
+    status, title, kind = 403, "Forbidden", "forbidden"
+
+
+class NotFound(ApiError):
+    """There is no such resource."""
+
+    status, title, kind = 404, "Not Found", "not-found"
+
+
+class UserNotFound(NotFound):
+    """There is no such user in your tenant."""
+
+
+class Conflict(ApiError):
+    """The request conflicts with the current state."""
+
+    status, title, kind = 409, "Conflict", "conflict"
+
+
+class EmailTaken(Conflict):
+    """A user with this email already exists in your tenant."""
+
+    kind = "email-taken"
+
+
+class LastOwner(Conflict):
+    """A tenant must keep at least one owner: make another user owner first."""
+
+    kind = "last-owner"
+
+
+class TooManyLoginAttempts(ApiError):
+    """Too many failed logins; wait before trying again (see Retry-After)."""
+
+    status, title, kind = 429, "Too Many Requests", "too-many-login-attempts"
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(headers={"Retry-After": str(max(1, retry_after_s))})
+
+
+class ServiceUnavailable(ApiError):
+    """The service cannot reach its database right now; try again shortly."""
+
+    status, title, kind = 503, "Service Unavailable", "unavailable"
+
+
+class NotConfigured(ApiError):
+    """The service is not configured to issue or check tokens; an operator must set AUTH_JWT_SECRET."""
+
+    status, title, kind = 500, "Internal Server Error", "not-configured"
