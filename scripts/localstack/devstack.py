@@ -362,6 +362,11 @@ def settings_values(layout: Layout, postgres: PostgresServer, broker: MosquittoB
     def dsn(role: str) -> str:
         return f"postgresql://{role}:{passwords[role]}@{LOCALHOST}:{postgres.port}/{DATABASE}"
 
+    # The API refuses to sign tokens with the example's placeholder: give the stack a random secret once and keep
+    # it (tokens stay valid across `down`/`up`).
+    if values.get("AUTH_JWT_SECRET", "").startswith("CHANGE-ME"):
+        values["AUTH_JWT_SECRET"] = secrets.token_hex(32)
+
     values.update({
         "FUNCTIONS_WORKER_RUNTIME": "python",
         # The host keeps its timer schedule status in blob storage: Azurite's blob service.
