@@ -80,6 +80,9 @@ param deployPostgres bool = false
 param postgresAdministratorPassword string = ''
 
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, name, location))
+// Key vault names: 3-24 letters, digits and hyphens. Computed here: the broker VM's cloud-init needs the URI.
+var keyVaultName = take('kv-${name}-${resourceToken}', 24)
+var keyVaultUri = 'https://${keyVaultName}${environment().suffixes.keyvaultDns}/'
 
 module network 'modules/network.bicep' = {
   name: 'network-${resourceToken}'
@@ -107,6 +110,7 @@ module brokerVm 'modules/brokerVm.bicep' = {
     adminUsername: adminUsername
     adminSshPublicKey: adminSshPublicKey
     enableWebsockets: enableWebsockets
+    keyVaultUri: keyVaultUri
   }
 }
 
@@ -138,7 +142,8 @@ module keyVault 'modules/keyVault.bicep' = {
     name: name
     location: location
     tags: tags
-    resourceToken: resourceToken
+    vaultName: keyVaultName
+    brokerPrincipalId: brokerVm.outputs.principalId
     databaseUrl: databaseUrl
     ingestDatabaseUrl: ingestDatabaseUrl
     mqttIngestPassword: mqttIngestPassword
@@ -186,7 +191,7 @@ output brokerIpAddress string = network.outputs.brokerIpAddress
 @description('How to get the broker\'s CA certificate: cloud-init generates a private CA on the VM (no public DNS name of our own, so no publicly trusted certificate). Fetch it over SSH from the admin address, then ship it with each device\'s credentials and into the app package at certs/broker-ca.crt (MQTT_CA_FILE).')
 output brokerCaCertificateCommand string = 'scp ${adminUsername}@${network.outputs.brokerFqdn}:ca.crt ./broker-ca.crt'
 
-@description('Where the dynamic-security admin password is: generated on the VM, readable by root only.')
+@description('Where the dynamic-security admin password is: generated on the VM, readable by root only. cloud-init creates the drain\'s and the provisioner\'s clients with the passwords in the key vault.')
 output brokerAdminPasswordLocation string = 'ssh ${adminUsername}@${network.outputs.brokerFqdn} sudo cat /root/mosquitto-admin-password'
 
 @description('HTTPS base URL of the function app (HTTP routes under /api).')

@@ -1,8 +1,10 @@
-"""Renders the broker VM's mosquitto.conf from shared/broker_contract.py into infra/generated/mosquitto.conf.
+"""Renders what the broker VM takes from shared/broker_contract.py into infra/generated/:
+mosquitto.conf (BROKER_SETTINGS with the VM's paths) and dynsec-bootstrap.sh (default ACL access, the
+provisioner's and the drain's roles and clients, as mosquitto_ctrl commands).
 
-Bicep cannot run Python, so the file is generated here and committed; modules/brokerVm.bicep loads it into the
-VM's cloud-init. tests/infra/test_bicep.py fails when the committed file differs from what the contract renders now,
-so a change to BROKER_SETTINGS needs `.venv/bin/python infra/render_broker_conf.py` and a commit of the result.
+Bicep cannot run Python, so the files are generated here and committed; modules/brokerVm.bicep loads them into the
+VM's cloud-init. tests/infra/test_bicep.py fails when a committed file differs from what the contract renders now,
+so a change to the contract needs `.venv/bin/python infra/render_broker_conf.py` and a commit of the result.
 """
 from __future__ import annotations
 
@@ -13,9 +15,24 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from shared.broker_contract import render_mosquitto_conf  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+
+from shared.broker_contract import (  # noqa: E402
+    DEFAULT_ACL_ACCESS,
+    INGEST_CLIENT_ID,
+    INGEST_ROLE,
+    INGEST_USERNAME,
+    PROVISIONER_ROLE,
+    PROVISIONER_USERNAME,
+    Acl,
+    ingest_acls,
+    provisioner_acls,
+    render_mosquitto_conf,
+)
 
 GENERATED_CONF = ROOT / "infra" / "generated" / "mosquitto.conf"
+GENERATED_DYNSEC = ROOT / "infra" / "generated" / "dynsec-bootstrap.sh"
 
 # Where things live on the VM (Ubuntu 24.04, apt's mosquitto 2.0.18). cloud-init writes the certificates and
 # initialises dynamic security at these paths; the rendered file replaces /etc/mosquitto/mosquitto.conf.
@@ -42,10 +59,47 @@ def render_vm_conf() -> str:
     )
 
 
+def _acl_lines(role: str, acls: list[Acl]) -> list[str]:
+    return [f"ctrl addRoleACL {shlex.quote(role)} {acl.acltype} {shlex.quote(acl.topic)} "
+            f"{'allow' if acl.allow else 'deny'} {acl.priority} || true" for acl in acls]
+
+
+def render_dynsec_bootstrap() -> str:
+    """A bash script run on the VM after the broker starts. It expects MQTT_ADMIN_PASSWORD,
+    MQTT_INGEST_PASSWORD and MQTT_PROVISIONER_PASSWORD in the environment. Creating what exists fails
+    and is tolerated (|| true), so a re-run only adds what is missing; it never changes a password."""
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Rendered from shared/broker_contract.py by infra/render_broker_conf.py; edits are lost.",
+        "set -euo pipefail",
+        "# The VM's broker unless told otherwise (the tests point it at their own).",
+        'ctrl() { mosquitto_ctrl -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" '
+        '--cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" '
+        '-P "$MQTT_ADMIN_PASSWORD" dynsec "$@"; }',
+        # mosquitto_ctrl's setDefaultACLAccess changes nothing on 2.0.11 (measured) though it exits 0, so the
+        # default access goes to the control topic as JSON, the way shared/dynsec.py sends it.
+        'mosquitto_pub -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" '
+        '--cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" '
+        '-P "$MQTT_ADMIN_PASSWORD" -q 1 -t \'$CONTROL/dynamic-security/v1\' -m '
+        + shlex.quote(json.dumps({"commands": [{"command": "setDefaultACLAccess", "acls": [
+            {"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACL_ACCESS.items()]}]})),
+        f"ctrl createRole {PROVISIONER_ROLE} || true",
+        *_acl_lines(PROVISIONER_ROLE, provisioner_acls()),
+        f"ctrl createRole {INGEST_ROLE} || true",
+        *_acl_lines(INGEST_ROLE, ingest_acls()),
+        f'ctrl createClient {PROVISIONER_USERNAME} -p "$MQTT_PROVISIONER_PASSWORD" || true',
+        f"ctrl addClientRole {PROVISIONER_USERNAME} {PROVISIONER_ROLE} 0 || true",
+        f'ctrl createClient {INGEST_USERNAME} -c {INGEST_CLIENT_ID} -p "$MQTT_INGEST_PASSWORD" || true',
+        f"ctrl addClientRole {INGEST_USERNAME} {INGEST_ROLE} 0 || true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     GENERATED_CONF.parent.mkdir(parents=True, exist_ok=True)
-    GENERATED_CONF.write_bytes(render_vm_conf().encode("utf-8"))
-    print(f"wrote {GENERATED_CONF.relative_to(ROOT)}")
+    for path, text in ((GENERATED_CONF, render_vm_conf()), (GENERATED_DYNSEC, render_dynsec_bootstrap())):
+        path.write_bytes(text.encode("utf-8"))
+        print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 

@@ -33,6 +33,9 @@ param adminUsername string = 'azureuser'
 @minLength(80)
 param adminSshPublicKey string
 
+@description('Required. URI of the key vault holding mqtt-ingest-password and mqtt-provisioner-password, ending in "/".')
+param keyVaultUri string
+
 @description('Optional. Add an MQTT-over-WebSockets (TLS) listener on 8884.')
 param enableWebsockets bool = false
 
@@ -42,7 +45,10 @@ var mosquittoConfBase64 = loadFileAsBase64('../generated/mosquitto.conf')
 var cloudInitWithConf = replace(cloudInitTemplate, '__MOSQUITTO_CONF_B64__', mosquittoConfBase64)
 var cloudInitWithFqdn = replace(cloudInitWithConf, '__BROKER_FQDN__', brokerFqdn)
 var cloudInitWithWebsockets = replace(cloudInitWithFqdn, '__ENABLE_WEBSOCKETS__', enableWebsockets ? 'true' : 'false')
-var cloudInit = replace(cloudInitWithWebsockets, '__ADMIN_USERNAME__', adminUsername)
+var cloudInitWithAdmin = replace(cloudInitWithWebsockets, '__ADMIN_USERNAME__', adminUsername)
+var dynsecBootstrapBase64 = loadFileAsBase64('../generated/dynsec-bootstrap.sh')
+var cloudInitWithDynsec = replace(cloudInitWithAdmin, '__DYNSEC_BOOTSTRAP_B64__', dynsecBootstrapBase64)
+var cloudInit = replace(cloudInitWithDynsec, '__KEY_VAULT_URI__', keyVaultUri)
 
 resource networkInterface 'Microsoft.Network/networkInterfaces@2023-11-01' = {
   name: 'nic-${name}-${resourceToken}'

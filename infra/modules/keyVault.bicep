@@ -10,8 +10,13 @@ param location string = resourceGroup().location
 @description('Optional. Tags of the resources.')
 param tags object = {}
 
-@description('Required. Unique suffix for globally unique names (from uniqueString in main.bicep).')
-param resourceToken string
+@description('Required. Name of the vault (main.bicep computes it once: the broker VM needs it too).')
+@minLength(3)
+@maxLength(24)
+param vaultName string
+
+@description('Required. Object ID of the broker VM\'s identity; it may read the two broker passwords, nothing else.')
+param brokerPrincipalId string
 
 @description('Required. PostgreSQL URL of the application role (DATABASE_URL).')
 @secure()
@@ -40,8 +45,7 @@ param archiveStorageAccountName string
 @description('Optional. Expiry of the secrets, as Unix time (seconds). Default: none set (0).')
 param secretExpiry int = 0
 
-// Key vault names: 3-24 letters, digits and hyphens.
-var vaultName = take('kv-${name}-${resourceToken}', 24)
+var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 var secretAttributes = secretExpiry > 0 ? {
   enabled: true
   exp: secretExpiry
@@ -143,6 +147,27 @@ resource authJwtSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
     value: authJwtSecret
     contentType: 'text/plain'
     attributes: secretAttributes
+  }
+}
+
+// The broker VM reads the drain's and the provisioner's passwords at first boot to create their clients.
+resource brokerIngestPasswordRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(mqttIngestPasswordSecret.id, brokerPrincipalId, keyVaultSecretsUserRoleId)
+  scope: mqttIngestPasswordSecret
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
+    principalId: brokerPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource brokerProvisionerPasswordRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(mqttProvisionerPasswordSecret.id, brokerPrincipalId, keyVaultSecretsUserRoleId)
+  scope: mqttProvisionerPasswordSecret
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
+    principalId: brokerPrincipalId
+    principalType: 'ServicePrincipal'
   }
 }
 

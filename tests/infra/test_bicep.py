@@ -21,7 +21,7 @@ import pytest
 from pycep import BicepParser
 from pydantic import SecretStr
 
-from infra.render_broker_conf import GENERATED_CONF, render_vm_conf
+from infra.render_broker_conf import GENERATED_CONF, GENERATED_DYNSEC, render_dynsec_bootstrap, render_vm_conf
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,9 +211,15 @@ def cloud_init_as_deployed() -> str:
     assert variables["cloudInitWithConf"]["value"]["function"]["parameters"] == {
         "original_string": "cloudInitTemplate", "old_string": "__MOSQUITTO_CONF_B64__",
         "new_string": "mosquittoConfBase64"}
+    assert variables["dynsecBootstrapBase64"]["value"]["function"] == {
+        "type": "load_file_as_base64", "parameters": {"file_path": "../generated/dynsec-bootstrap.sh"}}
+    assert variables["cloudInitWithDynsec"]["value"]["function"]["parameters"] == {
+        "original_string": "cloudInitWithAdmin", "old_string": "__DYNSEC_BOOTSTRAP_B64__",
+        "new_string": "dynsecBootstrapBase64"}
     template = (MODULES / "../cloud-init.yaml").resolve().read_text()
     conf_b64 = base64.b64encode((MODULES / "../generated/mosquitto.conf").resolve().read_bytes()).decode()
-    return template.replace("__MOSQUITTO_CONF_B64__", conf_b64)
+    dynsec_b64 = base64.b64encode((MODULES / "../generated/dynsec-bootstrap.sh").resolve().read_bytes()).decode()
+    return template.replace("__MOSQUITTO_CONF_B64__", conf_b64).replace("__DYNSEC_BOOTSTRAP_B64__", dynsec_b64)
 
 
 def write_files_entry(cloud_init: str, path: str) -> dict[str, str]:
@@ -248,13 +254,52 @@ def test_cloud_init_installs_exactly_the_contract_conf() -> None:
     assert re.findall(r'"listener \d+[^"]*"', cloud_init) == ['"listener 8884 0.0.0.0"']
 
 
+def test_generated_dynsec_bootstrap_is_what_the_broker_contract_renders() -> None:
+    assert GENERATED_DYNSEC.read_bytes() == render_dynsec_bootstrap().encode("utf-8")
+
+
+def test_cloud_init_runs_the_contract_dynsec_bootstrap() -> None:
+    entry = write_files_entry(cloud_init_as_deployed(), "/opt/mqtt-saas/dynsec-bootstrap.sh")
+    assert entry["encoding"] == "b64"
+    assert base64.b64decode(entry["content"]).decode("utf-8") == render_dynsec_bootstrap()
+    assert "bash /opt/mqtt-saas/dynsec-bootstrap.sh" in cloud_init_as_deployed()
+
+
+def setup_script() -> str:
+    text = (INFRA / "cloud-init.yaml").read_text()
+    body = text.split("  - path: /opt/mqtt-saas/setup-broker.sh\n", 1)[1].split("    content: |\n", 1)[1]
+    body = body.split("\nruncmd:", 1)[0]
+    return "\n".join(line.removeprefix("      ") for line in body.splitlines()) + "\n"
+
+
+@pytest.mark.parametrize("script", ["setup-broker.sh", "dynsec-bootstrap.sh"])
+def test_vm_shell_scripts_are_valid_bash(script: str, tmp_path: Path) -> None:
+    text = setup_script() if script == "setup-broker.sh" else GENERATED_DYNSEC.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    (tmp_path / script).write_text(text)
+    result = subprocess.run(["bash", "-n", str(tmp_path / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_broker_vm_reads_only_the_two_broker_passwords() -> None:
+    kv = module("keyVault")
+    scopes = sorted(resource_config(r)["scope"] for r in kv["resources"].values()
+                    if r["type"] == "Microsoft.Authorization/roleAssignments"
+                    and resource_config(r)["properties"]["principalId"] == "brokerPrincipalId")
+    assert scopes == ["mqttIngestPasswordSecret", "mqttProvisionerPasswordSecret"]
+    assert parse(MAIN)["modules"]["keyVault"]["config"]["params"]["brokerPrincipalId"] == {
+        "operator": {"type": "property_accessor", "operands": {"operand_1": "brokerVm", "operand_2": {
+            "operator": {"type": "property_accessor", "operands": {"operand_1": "outputs", "operand_2": "principalId"}}}}}}
+
+
 def test_cloud_init_hardens_the_vm_and_holds_no_secret() -> None:
     cloud_init = (INFRA / "cloud-init.yaml").read_text()
     for package in ("mosquitto", "ufw", "fail2ban", "unattended-upgrades"):
         assert f"  - {package}\n" in cloud_init
     assert "ufw default deny incoming" in cloud_init and "ufw allow 8883/tcp" in cloud_init
     assert set(re.findall(r"__[A-Z0-9_]+__", cloud_init)) == {
-        "__MOSQUITTO_CONF_B64__", "__BROKER_FQDN__", "__ENABLE_WEBSOCKETS__", "__ADMIN_USERNAME__"}
+        "__MOSQUITTO_CONF_B64__", "__BROKER_FQDN__", "__ENABLE_WEBSOCKETS__", "__ADMIN_USERNAME__",
+        "__DYNSEC_BOOTSTRAP_B64__", "__KEY_VAULT_URI__"}
     replaced = {p["old_string"] for v in module("brokerVm")["variables"].values()
                 if isinstance(v["value"], dict) and (p := v["value"].get("function", {}).get("parameters"))
                 and "old_string" in p}
