@@ -70,7 +70,7 @@ var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb'
 
-var hostStorageName = take('stfn${replace(name, '-', '')}${resourceToken}', 24)
+var hostStorageName = take(toLower('stfn${replace(name, '-', '')}${resourceToken}'), 24)
 var deploymentContainerName = 'app-package-${resourceToken}'
 
 resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {

@@ -27,7 +27,7 @@ param coolAfterDays int = 30
 param archiveAfterDays int = 180
 
 // Storage account names: 3-24 lower-case letters and digits.
-var accountName = take('starc${replace(name, '-', '')}${resourceToken}', 24)
+var accountName = take(toLower('starc${replace(name, '-', '')}${resourceToken}'), 24)
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   #checkov:skip=CKV_AZURE_43:The name is built from the resource token (take(..., 24) of lower-case letters and digits); the check cannot evaluate interpolation.
