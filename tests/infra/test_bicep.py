@@ -447,22 +447,43 @@ def test_every_checkov_skip_is_used(checkov_report: dict[str, Any]) -> None:
     assert inline == skipped
 
 
-def test_custom_check_fails_a_rule_opening_1883(tmp_path: Path) -> None:
-    # GIVEN an NSG with one rule allowing 1883 from a private range (not the Internet, so CKV_AZURE_* pass)
-    rule = (MODULES / "network.bicep").read_text()
-    assert "'8883'" in rule
-    (tmp_path / "bad.bicep").write_text(
+def nsg_template(source: str, ports: str) -> str:
+    return (
         "resource nsg 'Microsoft.Network/networkSecurityGroups@2023-11-01' = {\n  name: 'bad'\n"
-        "  location: 'westeurope'\n  properties: {\n    securityRules: [\n      {\n        name: 'plain-mqtt'\n"
+        "  location: 'westeurope'\n  properties: {\n    securityRules: [\n      {\n        name: 'rule'\n"
         "        properties: {\n          priority: 100\n          direction: 'Inbound'\n          access: 'Allow'\n"
-        "          protocol: 'Tcp'\n          sourceAddressPrefix: '10.0.0.0/8'\n          sourcePortRange: '*'\n"
-        "          destinationAddressPrefix: '*'\n          destinationPortRange: '1880-1890'\n        }\n"
+        f"          protocol: 'Tcp'\n          sourceAddressPrefix: '{source}'\n          sourcePortRange: '*'\n"
+        f"          destinationAddressPrefix: '*'\n          destinationPortRange: '{ports}'\n        }}\n"
         "      }\n    ]\n  }\n}\n")
-    # WHEN checkov scans it with infra/checkov THEN CKV_MQTTSAAS_1 fails it
-    report = run_checkov(tmp_path)
-    assert [c["check_id"] for c in report["results"]["failed_checks"]] == ["CKV_MQTTSAAS_1"]
 
 
-def test_custom_check_passes_the_real_templates(checkov_report: dict[str, Any]) -> None:
-    passed = [c for c in checkov_report["results"]["passed_checks"] if c["check_id"] == "CKV_MQTTSAAS_1"]
+BAD_RULES = [  # (source, destination ports, the checks that must fail)
+    ("10.0.0.0/8", "1880-1890", ["CKV_MQTTSAAS_1"]),           # plain MQTT, even from a private range
+    ("Internet", "22", ["CKV_MQTTSAAS_2"]),                    # checkov's CKV_AZURE_10 passes this one
+    ("0.0.0.0/0", "22", ["CKV_MQTTSAAS_2"]),                   # and this one
+    ("*", "22", ["CKV_AZURE_10", "CKV_MQTTSAAS_2"]),
+    ("203.0.113.7/32", "22", []),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_rules_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One checkov run over one template per BAD_RULES row (nsg0.bicep, nsg1.bicep, ...): a run takes seconds."""
+    directory = tmp_path_factory.mktemp("nsg")
+    for index, (source, ports, _) in enumerate(BAD_RULES):
+        (directory / f"nsg{index}.bicep").write_text(nsg_template(source, ports))
+    return run_checkov(directory)
+
+
+@pytest.mark.parametrize("index", range(len(BAD_RULES)), ids=[f"{s}:{p}" for s, p, _ in BAD_RULES])
+def test_custom_checks_fail_plain_mqtt_and_ssh_from_the_internet(index: int, bad_rules_report: dict[str, Any]) -> None:
+    # GIVEN an NSG with one rule WHEN checkov scans it with infra/checkov THEN exactly these checks fail
+    failed = [c["check_id"] for c in bad_rules_report["results"]["failed_checks"]
+              if Path(c["file_path"]).name == f"nsg{index}.bicep"]
+    assert sorted(failed) == BAD_RULES[index][2]
+
+
+@pytest.mark.parametrize("check_id", ["CKV_MQTTSAAS_1", "CKV_MQTTSAAS_2"])
+def test_custom_checks_pass_the_real_templates(checkov_report: dict[str, Any], check_id: str) -> None:
+    passed = [c for c in checkov_report["results"]["passed_checks"] if c["check_id"] == check_id]
     assert len(passed) == 2, "the NSG and the WebSockets rule"
