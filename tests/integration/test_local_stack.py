@@ -30,6 +30,7 @@ from scripts.localstack import AzuriteServer, Credentials, MosquittoBroker, Post
 from shared.broker_contract import (
     BROKER_SETTINGS,
     DEFAULT_ACL_ACCESS,
+    DRAIN_SUBSCRIPTIONS,
     INGEST_ROLE,
     PROVISIONER_ROLE,
     Acl,
@@ -41,7 +42,7 @@ from shared.exceptions import BrokerUnavailable, DynsecError
 
 TIMEOUT = 15.0
 NOT_AUTHORIZED = 135
-TELEMETRY = "t/+/d/+/telemetry"
+TELEMETRY = next(topic for topic in DRAIN_SUBSCRIPTIONS if topic.endswith("/telemetry"))
 
 
 # -- a small MQTT v5 test client ------------------------------------------------------------------------------------
