@@ -19,15 +19,12 @@ import json  # noqa: E402
 import shlex  # noqa: E402
 
 from shared.broker_contract import (  # noqa: E402
-    DEFAULT_ACL_ACCESS,
     INGEST_CLIENT_ID,
     INGEST_ROLE,
     INGEST_USERNAME,
     PROVISIONER_ROLE,
     PROVISIONER_USERNAME,
-    Acl,
-    ingest_acls,
-    provisioner_acls,
+    policy_commands,
     render_mosquitto_conf,
 )
 
@@ -59,15 +56,11 @@ def render_vm_conf() -> str:
     )
 
 
-def _acl_lines(role: str, acls: list[Acl]) -> list[str]:
-    return [f"ctrl addRoleACL {shlex.quote(role)} {acl.acltype} {shlex.quote(acl.topic)} "
-            f"{'allow' if acl.allow else 'deny'} {acl.priority} || true" for acl in acls]
-
-
 def render_dynsec_bootstrap() -> str:
     """A bash script run on the VM after the broker starts. It expects MQTT_ADMIN_PASSWORD,
     MQTT_INGEST_PASSWORD and MQTT_PROVISIONER_PASSWORD in the environment. Creating what exists fails
-    and is tolerated (|| true), so a re-run only adds what is missing; it never changes a password."""
+    and is tolerated (|| true), so a re-run creates what is missing and resets default access and the roles'
+    ACLs to the contract; it never changes a password."""
     lines = [
         "#!/usr/bin/env bash",
         "# Rendered from shared/broker_contract.py by infra/render_broker_conf.py; edits are lost.",
@@ -76,17 +69,15 @@ def render_dynsec_bootstrap() -> str:
         'ctrl() { mosquitto_ctrl -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" '
         '--cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" '
         '-P "$MQTT_ADMIN_PASSWORD" dynsec "$@"; }',
-        # mosquitto_ctrl's setDefaultACLAccess changes nothing on 2.0.11 (measured) though it exits 0, so the
-        # default access goes to the control topic as JSON, the way shared/dynsec.py sends it.
+        f"ctrl createRole {PROVISIONER_ROLE} || true",
+        f"ctrl createRole {INGEST_ROLE} || true",
+        # Default access and the roles' whole ACL lists (modifyRole replaces them, so a re-run after a contract
+        # change also drops what the contract dropped), as JSON to the control topic, the way shared/dynsec.py
+        # sends them: mosquitto_ctrl's setDefaultACLAccess changes nothing on 2.0.11 (measured) though it exits 0.
         'mosquitto_pub -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" '
         '--cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" '
         '-P "$MQTT_ADMIN_PASSWORD" -q 1 -t \'$CONTROL/dynamic-security/v1\' -m '
-        + shlex.quote(json.dumps({"commands": [{"command": "setDefaultACLAccess", "acls": [
-            {"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACL_ACCESS.items()]}]})),
-        f"ctrl createRole {PROVISIONER_ROLE} || true",
-        *_acl_lines(PROVISIONER_ROLE, provisioner_acls()),
-        f"ctrl createRole {INGEST_ROLE} || true",
-        *_acl_lines(INGEST_ROLE, ingest_acls()),
+        + shlex.quote(json.dumps({"commands": policy_commands()})),
         f'ctrl createClient {PROVISIONER_USERNAME} -p "$MQTT_PROVISIONER_PASSWORD" || true',
         f"ctrl addClientRole {PROVISIONER_USERNAME} {PROVISIONER_ROLE} 0 || true",
         f'ctrl createClient {INGEST_USERNAME} -c {INGEST_CLIENT_ID} -p "$MQTT_INGEST_PASSWORD" || true',

@@ -165,6 +165,20 @@ def ingest_acls() -> list[Acl]:
     ]
 
 
+def policy_commands() -> list[dict[str, object]]:
+    """The dynamic-security commands that make a broker's default access and service roles exactly the
+    contract's: setDefaultACLAccess, and per service role a modifyRole carrying its whole ACL list (which
+    replaces the list, so a right the contract dropped is dropped on the broker too). The roles must exist.
+    The local stack sends them through shared.dynsec, the VM's bootstrap script through mosquitto_pub."""
+    commands: list[dict[str, object]] = [
+        {"command": "setDefaultACLAccess",
+         "acls": [{"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACL_ACCESS.items()]},
+    ]
+    for role, acls in ((PROVISIONER_ROLE, provisioner_acls()), (INGEST_ROLE, ingest_acls())):
+        commands.append({"command": "modifyRole", "rolename": role, "acls": [acl.as_command() for acl in acls]})
+    return commands
+
+
 RETAINED_POLICY = (
     "A device may publish retained messages (a retained birth message and last will are common), "
     "but the broker keeps them only until the next drain run: the drain subscribes with Retain As "

@@ -3,24 +3,9 @@
 set -euo pipefail
 # The VM's broker unless told otherwise (the tests point it at their own).
 ctrl() { mosquitto_ctrl -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" --cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" -P "$MQTT_ADMIN_PASSWORD" dynsec "$@"; }
-mosquitto_pub -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" --cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" -P "$MQTT_ADMIN_PASSWORD" -q 1 -t '$CONTROL/dynamic-security/v1' -m '{"commands": [{"command": "setDefaultACLAccess", "acls": [{"acltype": "publishClientSend", "allow": false}, {"acltype": "publishClientReceive", "allow": false}, {"acltype": "subscribe", "allow": false}, {"acltype": "unsubscribe", "allow": true}]}]}'
 ctrl createRole provisioner || true
-ctrl addRoleACL provisioner publishClientSend '$CONTROL/dynamic-security/#' allow 0 || true
-ctrl addRoleACL provisioner subscribePattern '$CONTROL/dynamic-security/#' allow 0 || true
-ctrl addRoleACL provisioner publishClientReceive '$CONTROL/dynamic-security/#' allow 0 || true
 ctrl createRole ingest || true
-ctrl addRoleACL ingest subscribePattern t/+/d/+/telemetry allow 0 || true
-ctrl addRoleACL ingest publishClientReceive t/+/d/+/telemetry allow 0 || true
-ctrl addRoleACL ingest publishClientSend t/+/d/+/telemetry allow 0 || true
-ctrl addRoleACL ingest subscribePattern t/+/d/+/status allow 0 || true
-ctrl addRoleACL ingest publishClientReceive t/+/d/+/status allow 0 || true
-ctrl addRoleACL ingest publishClientSend t/+/d/+/status allow 0 || true
-ctrl addRoleACL ingest subscribePattern t/+/d/+/+/state allow 0 || true
-ctrl addRoleACL ingest publishClientReceive t/+/d/+/+/state allow 0 || true
-ctrl addRoleACL ingest publishClientSend t/+/d/+/+/state allow 0 || true
-ctrl addRoleACL ingest subscribePattern 'mqtt-saas/drain/#' allow 0 || true
-ctrl addRoleACL ingest publishClientReceive 'mqtt-saas/drain/#' allow 0 || true
-ctrl addRoleACL ingest publishClientSend 'mqtt-saas/drain/#' allow 0 || true
+mosquitto_pub -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" --cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" -P "$MQTT_ADMIN_PASSWORD" -q 1 -t '$CONTROL/dynamic-security/v1' -m '{"commands": [{"command": "setDefaultACLAccess", "acls": [{"acltype": "publishClientSend", "allow": false}, {"acltype": "publishClientReceive", "allow": false}, {"acltype": "subscribe", "allow": false}, {"acltype": "unsubscribe", "allow": true}]}, {"command": "modifyRole", "rolename": "provisioner", "acls": [{"acltype": "publishClientSend", "topic": "$CONTROL/dynamic-security/#", "allow": true, "priority": 0}, {"acltype": "subscribePattern", "topic": "$CONTROL/dynamic-security/#", "allow": true, "priority": 0}, {"acltype": "publishClientReceive", "topic": "$CONTROL/dynamic-security/#", "allow": true, "priority": 0}]}, {"command": "modifyRole", "rolename": "ingest", "acls": [{"acltype": "subscribePattern", "topic": "t/+/d/+/telemetry", "allow": true, "priority": 0}, {"acltype": "publishClientReceive", "topic": "t/+/d/+/telemetry", "allow": true, "priority": 0}, {"acltype": "publishClientSend", "topic": "t/+/d/+/telemetry", "allow": true, "priority": 0}, {"acltype": "subscribePattern", "topic": "t/+/d/+/status", "allow": true, "priority": 0}, {"acltype": "publishClientReceive", "topic": "t/+/d/+/status", "allow": true, "priority": 0}, {"acltype": "publishClientSend", "topic": "t/+/d/+/status", "allow": true, "priority": 0}, {"acltype": "subscribePattern", "topic": "t/+/d/+/+/state", "allow": true, "priority": 0}, {"acltype": "publishClientReceive", "topic": "t/+/d/+/+/state", "allow": true, "priority": 0}, {"acltype": "publishClientSend", "topic": "t/+/d/+/+/state", "allow": true, "priority": 0}, {"acltype": "subscribePattern", "topic": "mqtt-saas/drain/#", "allow": true, "priority": 0}, {"acltype": "publishClientReceive", "topic": "mqtt-saas/drain/#", "allow": true, "priority": 0}, {"acltype": "publishClientSend", "topic": "mqtt-saas/drain/#", "allow": true, "priority": 0}]}]}'
 ctrl createClient mqtt-saas-provisioner -p "$MQTT_PROVISIONER_PASSWORD" || true
 ctrl addClientRole mqtt-saas-provisioner provisioner 0 || true
 ctrl createClient mqtt-saas-ingest -c mqtt-saas-ingest -p "$MQTT_INGEST_PASSWORD" || true

@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from shared.broker_contract import (
-    DEFAULT_ACL_ACCESS,
     INGEST_CLIENT_ID,
     INGEST_ROLE,
     INGEST_USERNAME,
     PROVISIONER_ROLE,
     PROVISIONER_USERNAME,
-    ingest_acls,
-    provisioner_acls,
+    policy_commands,
     render_mosquitto_conf,
 )
 
@@ -231,9 +229,9 @@ class MosquittoBroker:
         admin, provisioner, ingest = self.admin, self.provisioner, self.ingest
         assert self.port is not None
         with DynsecClient(self.host, self.port, str(self.ca_file), admin.username, admin.password) as dynsec:
-            dynsec.set_default_acl_access(DEFAULT_ACL_ACCESS)
-            dynsec.set_role_acls(PROVISIONER_ROLE, provisioner_acls())
-            dynsec.set_role_acls(INGEST_ROLE, ingest_acls())
+            for role in (PROVISIONER_ROLE, INGEST_ROLE):
+                dynsec.ensure_role(role)
+            dynsec.execute(policy_commands())
             dynsec.ensure_client(provisioner.username, provisioner.password, roles=[PROVISIONER_ROLE])
             # Bound to its client id, so nobody else can take over (or kick) the drain's persistent session.
             dynsec.ensure_client(ingest.username, ingest.password, client_id=ingest.client_id, roles=[INGEST_ROLE])
