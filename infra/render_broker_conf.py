@@ -24,6 +24,7 @@ from shared.broker_contract import (  # noqa: E402
     INGEST_USERNAME,
     PROVISIONER_ROLE,
     PROVISIONER_USERNAME,
+    SERVICE_ROLES,
     policy_commands,
     render_mosquitto_conf,
 )
@@ -69,8 +70,7 @@ def render_dynsec_bootstrap() -> str:
         'ctrl() { mosquitto_ctrl -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" '
         '--cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" '
         '-P "$MQTT_ADMIN_PASSWORD" dynsec "$@"; }',
-        f"ctrl createRole {PROVISIONER_ROLE} || true",
-        f"ctrl createRole {INGEST_ROLE} || true",
+        *(f"ctrl createRole {role} || true" for role in SERVICE_ROLES),
         # Default access and the roles' whole ACL lists (modifyRole replaces them, so a re-run after a contract
         # change also drops what the contract dropped), as JSON to the control topic, the way shared/dynsec.py
         # sends them: mosquitto_ctrl's setDefaultACLAccess changes nothing on 2.0.11 (measured) though it exits 0.

@@ -121,15 +121,43 @@ INGEST_ROLE = "ingest"
 PROVISIONER_USERNAME = "mqtt-saas-provisioner"
 INGEST_USERNAME = "mqtt-saas-ingest"
 INGEST_CLIENT_ID = "mqtt-saas-ingest"
+# The admin API's own broker credential: it may publish commands to devices and nothing else (not
+# read telemetry, not administer the broker), so a leak of the API's settings cannot take the broker.
+COMMANDER_ROLE = "commander"
+COMMANDER_USERNAME = "mqtt-saas-commander"
 
 
 def device_role(tenant: str, device: str) -> str:
     return f"device.{validate_tenant(tenant)}.{validate_device(device)}"
 
 
-def device_username(tenant: str, device: str) -> str:
-    """Username and bound client id of a device."""
-    return f"{validate_tenant(tenant)}.{validate_device(device)}"
+# A device has two credential slots, so a password can be rotated with an overlap: a dynsec client
+# has one password (changing it disconnects the client), so the new password goes on the other
+# slot's client while the old one still works, and the old slot is deleted when the overlap ends.
+# Both slots hold the device's one role. Slot "a" keeps the plain name older devices were given.
+CredentialSlot = Literal["a", "b"]
+CREDENTIAL_SLOTS: tuple[CredentialSlot, ...] = ("a", "b")
+
+
+def device_username(tenant: str, device: str, slot: CredentialSlot = "a") -> str:
+    """Username and bound client id of one of a device's credentials."""
+    base = f"{validate_tenant(tenant)}.{validate_device(device)}"
+    if slot not in CREDENTIAL_SLOTS:
+        raise ValueError(f"invalid credential slot {slot!r}")
+    return base if slot == "a" else f"{base}.{slot}"
+
+
+def parse_device_username(username: str) -> tuple[str, str, CredentialSlot] | None:
+    """(tenant, device, slot) of a device credential's username; None for any other client."""
+    parts = username.split(".")
+    if len(parts) == 2:
+        parts.append("a")
+    if len(parts) != 3 or parts[2] not in CREDENTIAL_SLOTS:
+        return None
+    tenant, device, slot = parts
+    if not _TENANT_RE.match(tenant) or not _DEVICE_RE.match(device):
+        return None
+    return tenant, device, "a" if slot == "a" else "b"
 
 
 def device_acls(tenant: str, device: str) -> list[Acl]:
@@ -165,6 +193,19 @@ def ingest_acls() -> list[Acl]:
     ]
 
 
+def commander_acls() -> list[Acl]:
+    """Publish to any device's command topic (the pattern matches exactly t/{tenant}/d/{device}/cmd),
+    nothing else: no subscribe, no receive."""
+    return [Acl("publishClientSend", f"t/+/d/+/{COMMAND_FORM}")]
+
+
+SERVICE_ROLES: dict[str, list[Acl]] = {
+    PROVISIONER_ROLE: provisioner_acls(),
+    INGEST_ROLE: ingest_acls(),
+    COMMANDER_ROLE: commander_acls(),
+}
+
+
 def policy_commands() -> list[dict[str, object]]:
     """The dynamic-security commands that make a broker's default access and service roles exactly the
     contract's: setDefaultACLAccess, and per service role a modifyRole carrying its whole ACL list (which
@@ -174,7 +215,7 @@ def policy_commands() -> list[dict[str, object]]:
         {"command": "setDefaultACLAccess",
          "acls": [{"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACL_ACCESS.items()]},
     ]
-    for role, acls in ((PROVISIONER_ROLE, provisioner_acls()), (INGEST_ROLE, ingest_acls())):
+    for role, acls in SERVICE_ROLES.items():
         commands.append({"command": "modifyRole", "rolename": role, "acls": [acl.as_command() for acl in acls]})
     return commands
 

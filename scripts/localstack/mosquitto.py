@@ -20,6 +20,7 @@ from shared.broker_contract import (
     INGEST_USERNAME,
     PROVISIONER_ROLE,
     PROVISIONER_USERNAME,
+    SERVICE_ROLES,
     policy_commands,
     render_mosquitto_conf,
 )
@@ -229,7 +230,7 @@ class MosquittoBroker:
         admin, provisioner, ingest = self.admin, self.provisioner, self.ingest
         assert self.port is not None
         with DynsecClient(self.host, self.port, str(self.ca_file), admin.username, admin.password) as dynsec:
-            for role in (PROVISIONER_ROLE, INGEST_ROLE):
+            for role in SERVICE_ROLES:
                 dynsec.ensure_role(role)
             dynsec.execute(policy_commands())
             dynsec.ensure_client(provisioner.username, provisioner.password, roles=[PROVISIONER_ROLE])

@@ -1,5 +1,6 @@
-"""The FastAPI app and its routes, all under /api. Routes are thin: they verify the token, call
-one function in shared/api/, and shape the result; shared/api/problems.py maps every error.
+"""The FastAPI app: auth and user routes here, the rest in shared/api/routes_*.py. Routes are
+thin: they verify the token, call one function in shared/api/, and shape the result;
+shared/api/problems.py maps every error.
 
 Route functions are plain `def`: FastAPI runs them in its thread pool, where the blocking psycopg
 pool and argon2 belong.
@@ -7,13 +8,12 @@ pool and argon2 belong.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, FastAPI, Query, Response, status
 
-from shared.api import auth, users
-from shared.api.errors import Unauthenticated
+from shared.api import auth, routes_commands, routes_devices, routes_reads, routes_tenancy, users
+from shared.api.deps import PREFIX, Caller, Config, Pool, Source, problems
 from shared.api.models import (
     ChangeRoleRequest,
     CreatedUser,
@@ -25,52 +25,7 @@ from shared.api.models import (
 )
 from shared.api.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.api.passwords import generate_password
-from shared.api.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
-from shared.api.tokens import Principal, verify_access_token
-from shared.db import DictPool, get_pool
-from shared.settings import Settings, get_settings
-
-PREFIX = "/api"
-
-_bearer = HTTPBearer(auto_error=False, description="An access token from POST /api/auth/login.")
-
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in statuses}
-
-
-def pool() -> DictPool:
-    return get_pool()
-
-
-def settings() -> Settings:
-    return get_settings()
-
-
-def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-              config: Annotated[Settings, Depends(settings)]) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthenticated()
-    return verify_access_token(config, credentials.credentials)
-
-
-def source_address(request: Request) -> str:
-    """The client's address as the platform's front end saw it: the last X-Forwarded-For entry
-    (the one our own front end appended; earlier entries are whatever the client sent), without a
-    port. Locally there is none, and every request counts as one source."""
-    forwarded = request.headers.get("x-forwarded-for", "")
-    last = forwarded.rsplit(",", 1)[-1].strip()
-    if last:
-        if last.startswith("["):  # [v6]:port
-            return last[1:].split("]", 1)[0]
-        return last.rsplit(":", 1)[0] if last.count(":") == 1 else last
-    return request.client.host if request.client else "unknown"
-
-
-Pool = Annotated[DictPool, Depends(pool)]
-Config = Annotated[Settings, Depends(settings)]
-Caller = Annotated[Principal, Depends(principal)]
-Source = Annotated[str, Depends(source_address)]
+from shared.api.problems import install_problem_handlers
 
 router = APIRouter(prefix=PREFIX)
 
@@ -79,32 +34,32 @@ def _tokens(pair: auth.TokenPair) -> TokenResponse:
     return TokenResponse(access_token=pair.access_token, expires_in=pair.expires_in, refresh_token=pair.refresh_token)
 
 
-@router.post("/auth/login", tags=["auth"], responses=_problems(401, 422, 429))
+@router.post("/auth/login", tags=["auth"], responses=problems(401, 422, 429))
 def login(body: LoginRequest, db: Pool, config: Config, source: Source) -> TokenResponse:
     """Exchanges tenant, email and password for an access token and a refresh token."""
     return _tokens(auth.login(db, config, body.tenant, body.email, body.password, source))
 
 
-@router.post("/auth/refresh", tags=["auth"], responses=_problems(401, 422))
+@router.post("/auth/refresh", tags=["auth"], responses=problems(401, 422))
 def refresh(body: RefreshRequest, db: Pool, config: Config) -> TokenResponse:
     """Exchanges a refresh token for a new pair; the one sent is revoked."""
     return _tokens(auth.refresh(db, config, body.refresh_token))
 
 
-@router.post("/auth/logout", tags=["auth"], status_code=status.HTTP_204_NO_CONTENT, responses=_problems(422))
+@router.post("/auth/logout", tags=["auth"], status_code=status.HTTP_204_NO_CONTENT, responses=problems(422))
 def logout(body: RefreshRequest, db: Pool, source: Source) -> Response:
     """Revokes the refresh token (unknown or revoked ones too: logging out twice is fine)."""
     auth.logout(db, body.refresh_token, source)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/me", tags=["users"], responses=_problems(401))
+@router.get("/me", tags=["users"], responses=problems(401))
 def me(db: Pool, caller: Caller) -> User:
     """The user the access token belongs to, with their current role."""
     return User.model_validate(users.me(db, caller))
 
 
-@router.get("/users", tags=["users"], responses=_problems(400, 401, 403, 422))
+@router.get("/users", tags=["users"], responses=problems(400, 401, 403, 422))
 def list_users(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max_length=200)] = None,
                limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> Page[User]:
     """The tenant's users, oldest first, a page at a time (owners only)."""
@@ -112,7 +67,7 @@ def list_users(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max
     return Page[User](items=[User.model_validate(row) for row in rows], next_cursor=next_cursor)
 
 
-@router.post("/users", tags=["users"], status_code=status.HTTP_201_CREATED, responses=_problems(401, 403, 409, 422))
+@router.post("/users", tags=["users"], status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 409, 422))
 def create_user(body: CreateUserRequest, db: Pool, caller: Caller, source: Source) -> CreatedUser:
     """Adds a user to the tenant (owners only); without a password, one is generated and returned once."""
     password = body.password or generate_password()
@@ -120,20 +75,20 @@ def create_user(body: CreateUserRequest, db: Pool, caller: Caller, source: Sourc
     return CreatedUser.model_validate({**row, "password": None if body.password else password})
 
 
-@router.get("/users/{user_id}", tags=["users"], responses=_problems(401, 403, 404, 422))
+@router.get("/users/{user_id}", tags=["users"], responses=problems(401, 403, 404, 422))
 def get_user(user_id: uuid.UUID, db: Pool, caller: Caller) -> User:
     """One user of the tenant (owners only)."""
     return User.model_validate(users.get_user(db, caller, user_id))
 
 
-@router.patch("/users/{user_id}", tags=["users"], responses=_problems(401, 403, 404, 409, 422))
+@router.patch("/users/{user_id}", tags=["users"], responses=problems(401, 403, 404, 409, 422))
 def change_role(user_id: uuid.UUID, body: ChangeRoleRequest, db: Pool, caller: Caller, source: Source) -> User:
     """Changes a user's role (owners only); the last owner cannot be demoted."""
     return User.model_validate(users.change_role(db, caller, user_id, body.role, source))
 
 
 @router.delete("/users/{user_id}", tags=["users"], status_code=status.HTTP_204_NO_CONTENT,
-               responses=_problems(401, 403, 404, 409, 422))
+               responses=problems(401, 403, 404, 409, 422))
 def delete_user(user_id: uuid.UUID, db: Pool, caller: Caller, source: Source) -> Response:
     """Removes a user (owners only); the last owner cannot be removed."""
     users.delete_user(db, caller, user_id, source)
@@ -149,6 +104,8 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.include_router(router)
+    for module in (routes_devices, routes_commands, routes_reads, routes_tenancy):
+        app.include_router(module.router)
     install_problem_handlers(app)
     return app
 

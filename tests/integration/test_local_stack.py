@@ -34,7 +34,6 @@ from shared.broker_contract import (
     INGEST_ROLE,
     PROVISIONER_ROLE,
     Acl,
-    ingest_acls,
     provisioner_acls,
 )
 from shared.dynsec import DynsecClient, device_username, generate_password
@@ -422,7 +421,7 @@ def acl_rows(acls: list[Acl] | list[dict]) -> list[tuple]:
     return sorted((c["acltype"], c["topic"], c["allow"], c["priority"]) for c in commands)
 
 
-SERVICE_ROLES = {PROVISIONER_ROLE: provisioner_acls(), INGEST_ROLE: ingest_acls()}
+from shared.broker_contract import SERVICE_ROLES  # noqa: E402
 
 
 def test_rendered_mosquitto_conf_holds_every_broker_setting(mosquitto_broker: MosquittoBroker) -> None:

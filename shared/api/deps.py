@@ -1,0 +1,57 @@
+"""What every route module shares: the /api prefix, the request dependencies (pool, settings,
+verified caller, source address) and the problem responses routes declare for the OpenAPI document.
+Route modules (shared/api/routes_*.py) import from here, and app.py includes their routers."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from shared.api.errors import Unauthenticated
+from shared.api.problems import PROBLEM_MEDIA_TYPE, Problem
+from shared.api.tokens import Principal, verify_access_token
+from shared.db import DictPool, get_pool
+from shared.settings import Settings, get_settings
+
+PREFIX = "/api"
+
+_bearer = HTTPBearer(auto_error=False, description="An access token from POST /api/auth/login.")
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in statuses}
+
+
+def pool() -> DictPool:
+    return get_pool()
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+              config: Annotated[Settings, Depends(settings)]) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated()
+    return verify_access_token(config, credentials.credentials)
+
+
+def source_address(request: Request) -> str:
+    """The client's address as the platform's front end saw it: the last X-Forwarded-For entry
+    (the one our own front end appended; earlier entries are whatever the client sent), without a
+    port. Locally there is none, and every request counts as one source."""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    last = forwarded.rsplit(",", 1)[-1].strip()
+    if last:
+        if last.startswith("["):  # [v6]:port
+            return last[1:].split("]", 1)[0]
+        return last.rsplit(":", 1)[0] if last.count(":") == 1 else last
+    return request.client.host if request.client else "unknown"
+
+
+Pool = Annotated[DictPool, Depends(pool)]
+Config = Annotated[Settings, Depends(settings)]
+Caller = Annotated[Principal, Depends(principal)]
+Source = Annotated[str, Depends(source_address)]
