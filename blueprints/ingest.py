@@ -2,6 +2,7 @@
 import azure.functions as func
 
 from shared.mqtt_drain import drain_once
+from shared.observability import timer_run
 from shared.settings import get_settings
 
 bp = func.Blueprint()
@@ -11,4 +12,6 @@ bp = func.Blueprint()
 def mqtt_ingest(timer: func.TimerRequest) -> None:
     # drain_once logs its own summary line and records the run; a failure raises so the
     # invocation shows as failed in Application Insights, and nothing unacked is lost.
-    drain_once(get_settings())
+    settings = get_settings()
+    with timer_run("mqtt_ingest", settings):
+        drain_once(settings)

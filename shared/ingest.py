@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +103,10 @@ class BatchOutcome:
     duplicates: int = 0
     dead_lettered: int = 0
     max_lag_ms: int | None = None
+    # For the metrics (shared/observability.py): messages that gave readings, per tenant slug
+    # (redelivered duplicates included), and dead letters per reason.
+    messages_by_tenant: Counter[str] = field(default_factory=Counter)
+    dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: BatchOutcome) -> None:
         self.messages += other.messages
@@ -109,6 +114,8 @@ class BatchOutcome:
         self.accepted += other.accepted
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
+        self.messages_by_tenant.update(other.messages_by_tenant)
+        self.dead_letters_by_reason.update(other.dead_letters_by_reason)
         if other.max_lag_ms is not None:
             self.max_lag_ms = max(self.max_lag_ms or 0, other.max_lag_ms)
 
@@ -313,19 +320,22 @@ class IngestStore:
             self._session.rollback()
             log.warning("batch refused by the database (%s); isolating the message", type(exc).__name__)
             return self._write_isolating(messages, batch)
-        return self._outcome(len(messages), batch, accepted)
+        return self._outcome(messages, batch, accepted)
 
-    def _outcome(self, messages: int, batch: PreparedBatch, accepted: int) -> BatchOutcome:
+    def _outcome(self, messages: Sequence[InboundMessage], batch: PreparedBatch, accepted: int) -> BatchOutcome:
         lag = None
         if batch.oldest_ts_us is not None:
             lag = max(0, (time.time_ns() // 1000 - batch.oldest_ts_us) // 1000)
         return BatchOutcome(
-            messages=messages,
+            messages=len(messages),
             readings=batch.readings,
             accepted=accepted,
             duplicates=batch.readings - accepted,
             dead_lettered=len(batch.dead_letters),
             max_lag_ms=lag,
+            # topics of spans were validated: t/{tenant}/d/{device}/...
+            messages_by_tenant=Counter(messages[index].topic.split("/", 2)[1] for index, _, _ in batch.spans),
+            dead_letters_by_reason=Counter(dead.reason for dead in batch.dead_letters),
         )
 
     def _write(self, lines: list[str], dead_letters: list[DeadLetter], presence: Presence) -> int:
@@ -355,7 +365,7 @@ class IngestStore:
 
     def _write_isolating(self, messages: Sequence[InboundMessage], batch: PreparedBatch) -> BatchOutcome:
         """Writes message by message: the ones the database refuses become dead letters."""
-        total = self._outcome(len(messages), PreparedBatch(dead_letters=batch.dead_letters), 0)
+        total = self._outcome(messages, PreparedBatch(dead_letters=batch.dead_letters), 0)
         self._write([], batch.dead_letters, {})
         for index, start, end in batch.spans:
             lines = batch.copy_lines[start:end]
@@ -367,8 +377,10 @@ class IngestStore:
                 refused = DeadLetter(message.topic, "storage_rejected", str(exc).splitlines()[0][:500], message.payload)
                 self._write([], [refused], {})
                 total.dead_lettered += 1
+                total.dead_letters_by_reason[refused.reason] += 1
                 continue
             total.readings += len(lines)
+            total.messages_by_tenant[messages[index].topic.split("/", 2)[1]] += 1
         total.duplicates = total.readings - total.accepted
         self._write([], [], batch.presence)
         return total

@@ -24,12 +24,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 import psycopg
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from shared import observability
 from shared.ingest import (
     BatchOutcome,
     DeviceDirectory,
@@ -78,7 +79,9 @@ class DrainReport:
         return {"status": self.status, "ended_by": self.ended_by, "run_id": self.run_id, "batches": self.batches,
                 "duration_s": round(self.duration_s, 3), "setup_s": round(self.setup_s, 3),
                 "active_s": round(self.active_s, 3), "fast_path_messages": self.fast_path_messages,
-                "error": self.error, **asdict(self.outcome)}
+                "error": self.error,
+                # not asdict(): it rebuilds a Counter from its items, counting (key, value) pairs
+                **{f.name: getattr(self.outcome, f.name) for f in fields(self.outcome)}}
 
 
 def drain_once(settings: Settings) -> DrainReport:
@@ -339,6 +342,17 @@ def _finish(store: IngestStore, report: DrainReport) -> None:
         log.warning("could not record the end of ingest run %s: %s", report.run_id, exc)
 
 
+def record_drain_metrics(report: DrainReport) -> None:
+    """The run's figures as metrics (shared/observability.py); the summary line keeps the detail."""
+    outcome = report.outcome
+    observability.BACKLOG_SIZE.record(outcome.messages)
+    if outcome.max_lag_ms is not None:
+        observability.INGEST_LAG.record(outcome.max_lag_ms)
+    observability.record_counts(observability.INGEST_MESSAGES, outcome.messages_by_tenant, "tenant")
+    observability.record_counts(observability.PARSE_ERRORS, outcome.dead_letters_by_reason, "reason")
+
+
 def _log_summary(report: DrainReport, started: float) -> None:
     report.duration_s = time.monotonic() - started
     log.info("ingest.summary %s", json.dumps(report.summary(), sort_keys=True))
+    record_drain_metrics(report)

@@ -57,6 +57,14 @@ class Settings(BaseModel):
     # Blob storage (Azurite locally) for the cold archive.
     storage_connection_string: SecretStr | None = Field(None, alias="STORAGE_CONNECTION_STRING")
 
+    # Application Insights: set in Azure (Bicep); unset locally, where metrics are recorded and not exported.
+    # Not a secret: the component refuses ingestion keys (local auth off), the managed identity is what counts.
+    applicationinsights_connection_string: str | None = Field(None, alias="APPLICATIONINSIGHTS_CONNECTION_STRING")
+    # "Authorization=AAD" (optionally ";ClientId=<user-assigned identity>"): ingestion with the app's
+    # managed identity, as the host does; the component refuses instrumentation keys.
+    applicationinsights_authentication_string: str | None = Field(
+        None, alias="APPLICATIONINSIGHTS_AUTHENTICATION_STRING")
+
     # The admin API's access tokens: HS256 JWTs signed with this secret (at least 32 bytes; the
     # API refuses to issue or accept tokens while it is shorter), for this issuer and audience.
     auth_jwt_secret: SecretStr = Field(SecretStr(""), alias="AUTH_JWT_SECRET")
