@@ -60,6 +60,11 @@ ARCHIVE_ROWS = _meter.create_counter(
 RUN_DURATION = _meter.create_histogram(
     "timer_run_duration_ms", unit="ms", description="One timer run, per function: what Flex Consumption bills")
 
+METRIC_NAMES = frozenset({
+    "ingest_messages_total", "ingest_lag_ms", "parse_error_total", "backlog_size", "quota_usage_percent",
+    "alert_evaluation_duration_ms", "archive_rows_total", "timer_run_duration_ms",
+})
+
 _configured = False
 _lock = threading.Lock()
 

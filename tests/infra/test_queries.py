@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shared.mqtt_drain import DrainReport, _log_summary
+from shared.observability import METRIC_NAMES
 
 QUERIES = Path(__file__).resolve().parents[2] / "infra" / "queries"
 KQL_FILES = sorted(QUERIES.glob("*.kql"))
@@ -36,7 +37,8 @@ def _summary_keys() -> set[str]:
 def test_there_are_queries() -> None:
     names = {p.stem for p in KQL_FILES}
     assert {"ingest_per_minute", "drain_runs", "lag_percentiles", "drain_failing_or_absent",
-            "dead_letters_per_run", "function_failures"} <= names
+            "dead_letters_per_run", "function_failures", "ingest_per_tenant", "dead_letters_by_reason",
+            "top_tenants", "broker_connection_failures", "quota_usage"} <= names
 
 
 @pytest.mark.parametrize("path", KQL_FILES, ids=lambda p: p.name)
@@ -81,3 +83,24 @@ def test_queries_filter_on_the_prefix_the_drain_logs(caplog: pytest.LogCaptureFi
 def test_the_field_pattern_catches_a_renamed_field() -> None:
     code = _code(f'traces\n| extend {PARSE}\n| project x = toint(d.message_count), y = d["ended"]  // d.nope\n')
     assert {a or b for a, b in FIELD.findall(code)} - _summary_keys() == {"message_count", "ended"}
+
+
+METRIC_NAME = re.compile(r'name\s*(?:==|=~|in\s*\()\s*"([^"]+)"')
+
+
+@pytest.mark.parametrize("path", KQL_FILES, ids=lambda p: p.name)
+def test_metric_names_are_ones_the_code_records(path: Path) -> None:
+    code = _code(path.read_text(encoding="utf-8"))
+    if "customMetrics" not in code:
+        return
+    names = set(METRIC_NAME.findall(code))
+    assert names, "a customMetrics query filters on a metric name"
+    assert names <= METRIC_NAMES, f"not recorded by shared/observability.py: {sorted(names - METRIC_NAMES)}"
+
+
+def test_metric_names_match_the_instruments() -> None:
+    from shared import observability
+
+    instruments = {value._name for value in vars(observability).values() if hasattr(value, "_name")
+                   and type(value).__name__.endswith(("Counter", "Histogram", "Gauge"))}
+    assert instruments == METRIC_NAMES
