@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
+from shared.observability import event
 from shared.payloads import (
     Limits,
     Reading,
@@ -318,7 +319,8 @@ class IngestStore:
             if isinstance(exc, psycopg.errors.InsufficientPrivilege):
                 raise
             self._session.rollback()
-            log.warning("batch refused by the database (%s); isolating the message", type(exc).__name__)
+            event(log, "ingest.batch_refused", {"error": type(exc).__name__, "messages": len(messages)},
+                  logging.WARNING)
             return self._write_isolating(messages, batch)
         return self._outcome(messages, batch, accepted)
 

@@ -98,9 +98,10 @@ def drain_once(settings: Settings) -> DrainReport:
     try:
         store.ensure_partitions(settings.ingest_max_past_days + 1)
         report.run_id = store.start_run()
-        connection = DrainConnection(settings)
-        report.setup_s = time.monotonic() - started
-        _drain(settings, store, connection, report, started)
+        with observability.bound(run_id=report.run_id):
+            connection = DrainConnection(settings)
+            report.setup_s = time.monotonic() - started
+            _drain(settings, store, connection, report, started)
     except Exception as exc:
         report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"[:1000]
         raise
@@ -121,7 +122,8 @@ def _retry_database(settings: Settings, what: str) -> Callable[[Callable[[], _R]
 
     def log_retry(state: RetryCallState) -> None:
         # before_sleep follows a failed attempt: its outcome is set.
-        log.warning("%s failed (%s); retrying", what, state.outcome.exception() if state.outcome else None)
+        error = state.outcome.exception() if state.outcome else None
+        observability.event(log, "ingest.retry", {"what": what, "error": str(error)[:300]}, logging.WARNING)
 
     return retry(
         retry=retry_if_exception_type(psycopg.OperationalError),
@@ -339,7 +341,8 @@ def _finish(store: IngestStore, report: DrainReport) -> None:
             store.conn.rollback()
             store.finish_run(report.run_id, report.status, report.outcome, report.batches, report.error)
     except psycopg.Error as exc:
-        log.warning("could not record the end of ingest run %s: %s", report.run_id, exc)
+        observability.event(log, "ingest.run_not_recorded", {"run_id": report.run_id, "error": type(exc).__name__},
+                            logging.WARNING)
 
 
 def record_drain_metrics(report: DrainReport) -> None:

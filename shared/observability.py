@@ -19,12 +19,14 @@ second a run lasts is billed.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
@@ -124,10 +126,27 @@ def flush(timeout_ms: int = FLUSH_TIMEOUT_MS) -> bool:
         return False
 
 
-def event(logger: logging.Logger, name: str, fields: Mapping[str, Any], level: int = logging.INFO) -> None:
-    """Writes `<name> <JSON>`: one line KQL can parse_json() (see infra/queries). Field names
-    tenant_id, device_id and run_id are used for those ids everywhere."""
-    logger.log(level, "%s %s", name, json.dumps(fields, sort_keys=True, default=str, separators=(",", ":")))
+_bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "observability_fields", default=MappingProxyType({}))
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Fields every event() line inside the block carries (a drain run's run_id, a request's
+    tenant_id), so a line deep in the code need not be handed them."""
+    token = _bound.set({**_bound.get(), **fields})
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+def event(logger: logging.Logger, name: str, fields: Mapping[str, Any] | None = None,
+          level: int = logging.INFO) -> None:
+    """Writes `<name> <JSON>`: one line KQL can parse_json() (see infra/queries), with the bound
+    fields. The names tenant_id, device_id and run_id are used for those ids everywhere."""
+    merged = {**_bound.get(), **(fields or {})}
+    logger.log(level, "%s %s", name, json.dumps(merged, sort_keys=True, default=str, separators=(",", ":")))
 
 
 def record_counts(counter: metrics.Counter, counts: Mapping[str, int], attribute: str) -> None:

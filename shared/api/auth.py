@@ -21,6 +21,7 @@ from shared.api.errors import InvalidCredentials, InvalidRefreshToken, TooManyLo
 from shared.api.passwords import hash_password, needs_rehash, verify_password
 from shared.api.tokens import issue_access_token, new_refresh_token, parse_refresh_token
 from shared.db import DictConnection, DictPool, tenant_transaction
+from shared.observability import event
 from shared.settings import Settings
 from shared.sql import QUERIES
 
@@ -83,7 +84,7 @@ def login(pool: DictPool, settings: Settings, tenant_slug: str, email: str, pass
             conn.execute(QUERIES["count_login_failure"],
                          {"keys": [source_key, account_key], "window_s": settings.auth_login_window_s})
             conn.execute(QUERIES["prune_login_failures"], {"window_s": settings.auth_login_window_s})
-        log.info("api: login refused", extra={"tenant_slug": tenant_slug})
+        event(log, "api.login_refused", {"tenant_slug": tenant_slug, "source": source})
         raise InvalidCredentials()
     user_id, tenant_id = found["user_id"], found["tenant_id"]
     with pool.connection() as conn:
@@ -114,7 +115,7 @@ def refresh(pool: DictPool, settings: Settings, token: str) -> TokenPair:
             conn.execute(QUERIES["revoke_refresh_token"], {"tenant_id": tenant_id, "token_hash": digest})
             return _issue(conn, settings, row["user_id"], tenant_id)
     if reused_by is not None:
-        log.warning("api: revoked refresh token presented again", extra={"tenant_id": str(tenant_id)})
+        event(log, "api.refresh_token_reused", {"tenant_id": tenant_id, "user_id": reused_by}, logging.WARNING)
     raise InvalidRefreshToken()
 
 

@@ -89,3 +89,16 @@ def test_event_lines_are_name_then_json(caplog):
     with caplog.at_level(logging.INFO, logger="tests.observability"):
         observability.event(logger, "device.sync", {"tenant_id": "t1", "device_id": 7, "run_id": None})
     assert caplog.messages == ['device.sync {"device_id":7,"run_id":null,"tenant_id":"t1"}']
+
+
+def test_bound_fields_reach_every_event_line_inside_the_block(caplog):
+    logger = logging.getLogger("tests.observability")
+    with caplog.at_level(logging.INFO, logger="tests.observability"):
+        with observability.bound(run_id=42, tenant_id="t9"):
+            observability.event(logger, "inner", {"device_id": 3})
+            with observability.bound(device_id=4):
+                observability.event(logger, "nested")
+        observability.event(logger, "outside")
+    assert caplog.messages == ['inner {"device_id":3,"run_id":42,"tenant_id":"t9"}',
+                               'nested {"device_id":4,"run_id":42,"tenant_id":"t9"}',
+                               'outside {}']
