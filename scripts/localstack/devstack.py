@@ -69,6 +69,7 @@ PREFERRED_PORTS = {"postgres": 55432, "mosquitto": 18883, "azurite": 10010, "fun
 DATABASE = "mqtt_saas"
 APP_ROLE, INGEST_ROLE = "mqtt_saas_app", "mqtt_saas_ingest"
 DEMO_TENANT, DEMO_TENANT_NAME, DEMO_PLAN, DEMO_DEVICE = "demo", "Demo Factory", "starter", "press-01"
+DEMO_OWNER_EMAIL = "owner@demo.example"
 SIMULATOR_INTERVAL_S = 2
 
 # Local drain timing: a run every 10 s that ends before the next tick and as soon as the simulator pauses.
@@ -82,7 +83,8 @@ STOP_TIMEOUT_S = 20.0
 # simulator say "offline" and Mosquitto save its sessions; SIGINT is PostgreSQL's fast shutdown.
 COMPONENTS = ("simulator", "functions", "azurite", "mosquitto", "postgres")
 STOP_SIGNALS = {"postgres": signal.SIGINT}
-SECRETS = ("db-app", "db-ingest", "db-superuser", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest", "demo-device")
+SECRETS = ("db-app", "db-ingest", "db-superuser", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest", "demo-device",
+           "demo-owner")
 
 
 class DevError(Exception):
@@ -107,6 +109,7 @@ class Layout:
         self.lock_file = self.dir / ".lock"
         self.passwords_file = self.dir / "db-passwords.json"
         self.device_file = self.dir / "demo-device.json"
+        self.owner_file = self.dir / "demo-owner.json"
         self.functions_log = self.dir / "functions.log"
         self.simulator_log = self.dir / "simulator.log"
         self.postgres_dir = self.dir / "postgres"
@@ -283,6 +286,7 @@ def bring_up(layout: Layout, state: State, free_ports: bool, ingest_schedule: st
         values = settings_values(layout, postgres, broker, azurite, passwords, ports["functions"], ingest_schedule)
         settings = load_settings(values)
         credential, tenant_id = ensure_demo_device(layout, postgres, settings)
+        ensure_demo_owner(layout, settings, tenant_id)
         state.data["demo"] = {"tenant_id": tenant_id, "tenant": credential["tenant"], "device": credential["device"],
                               "username": credential["username"], "client_id": credential["client_id"]}
         write_settings(layout, values, ports["functions"])
@@ -461,6 +465,31 @@ def ensure_demo_device(layout: Layout, postgres: PostgresServer, settings: Any) 
     return stored, str(tenant["id"])
 
 
+def ensure_demo_owner(layout: Layout, settings: Any, tenant_id: str) -> None:
+    """The demo tenant's owner, to log in to the API with; the password is kept in demo-owner.json
+    (`scripts/dev secret demo-owner`). A user whose password file is gone gets a new password."""
+    from shared.api.passwords import generate_password, hash_password
+    from shared.db import create_pool, tenant_transaction
+
+    stored = load_json(layout.owner_file) or {}
+    with create_pool(settings) as pool, tenant_transaction(pool, tenant_id) as conn:
+        row = conn.execute("SELECT id FROM users WHERE tenant_id = %s AND email = %s",
+                           (tenant_id, DEMO_OWNER_EMAIL)).fetchone()
+        if row is not None and stored.get("email") == DEMO_OWNER_EMAIL and stored.get("password"):
+            return
+        password = generate_password()
+        if row is None:
+            conn.execute("INSERT INTO users (tenant_id, email, role, password_hash) VALUES (%s, %s, 'owner', %s)",
+                         (tenant_id, DEMO_OWNER_EMAIL, hash_password(password)))
+            say(f"created the demo tenant's owner {DEMO_OWNER_EMAIL}")
+        else:
+            conn.execute("UPDATE users SET password_hash = %s WHERE tenant_id = %s AND id = %s",
+                         (hash_password(password), tenant_id, row["id"]))
+            say(f"gave {DEMO_OWNER_EMAIL} a new password")
+    write_private(layout.owner_file, json.dumps({"tenant": DEMO_TENANT, "email": DEMO_OWNER_EMAIL,
+                                                 "password": password}, indent=2) + "\n")
+
+
 def prime_drain_session(values: Mapping[str, str]) -> None:
     """Creates the drain's persistent session and subscriptions, so readings published before the first timer
     tick wait on the broker instead of being dropped (kept as it is on later `up`s)."""
@@ -613,6 +642,8 @@ def secret(layout: Layout, name: str) -> int:
         value = password_file.read_text().strip() if password_file.exists() else None
     elif name == "demo-device":
         value = (load_json(layout.device_file) or {}).get("password")
+    elif name == "demo-owner":
+        value = (load_json(layout.owner_file) or {}).get("password")
     else:
         credentials = load_json(layout.mosquitto_dir / "credentials.json") or {}
         value = credentials.get(name.removeprefix("mqtt-"), {}).get("password")
@@ -648,6 +679,13 @@ def print_info(state: State) -> None:
         "",
         "Health:",
         f"  curl -s {health_url(ports['functions'])}",
+        f"The API as the demo tenant's owner ({DEMO_OWNER_EMAIL}; README \"HTTP API\" has more):",
+        f"  TOKEN=$(curl -s -X POST http://{LOCALHOST}:{ports['functions']}/api/auth/login "
+        "-H 'content-type: application/json' "
+        f"-d \"{{\\\"tenant\\\":\\\"{DEMO_TENANT}\\\",\\\"email\\\":\\\"{DEMO_OWNER_EMAIL}\\\","
+        f"\\\"password\\\":\\\"$({layout.dev_command('secret', 'demo-owner')})\\\"}}\" "
+        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+        f"  curl -s http://{LOCALHOST}:{ports['functions']}/api/me -H \"authorization: Bearer $TOKEN\"",
         f"Database as the app role (row-level security: it sees only the tenant in app.tenant_id, here {tenant!r}):",
         f"  PGPASSWORD=\"$({app_password})\" PGOPTIONS='-c app.tenant_id={demo.get('tenant_id', '?')}' "
         f"psql -h {LOCALHOST} -p {ports['postgres']} -U {APP_ROLE} {DATABASE} -c {shlex.quote(query)}",

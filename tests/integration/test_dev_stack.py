@@ -60,6 +60,18 @@ def readings(dsn: str) -> list[tuple]:
             WHERE n.slug = 'demo' AND d.name = 'press-01'""").fetchall()
 
 
+def api_login(port: int, tenant: str, email: str, password: str) -> str:
+    """Logs in over HTTP and returns the role GET /api/me reports."""
+    base = f"http://127.0.0.1:{port}/api"
+    body = json.dumps({"tenant": tenant, "email": email, "password": password}).encode()
+    login = urllib.request.Request(f"{base}/auth/login", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(login, timeout=10) as response:
+        token = json.load(response)["access_token"]
+    me = urllib.request.Request(f"{base}/me", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(me, timeout=10) as response:
+        return str(json.load(response)["role"])
+
+
 def test_dev_up_runs_the_stack_until_down_stops_every_process(tmp_path_factory):
     # GIVEN a state folder of the test's own (short, for PostgreSQL's socket path) and the developer's settings file
     state_dir = tmp_path_factory.mktemp("dev")
@@ -89,6 +101,11 @@ def test_dev_up_runs_the_stack_until_down_stops_every_process(tmp_path_factory):
 
         # AND the health endpoint answers 200
         eventually(lambda: health(state["ports"]["functions"]) == 200, 30, "GET /api/health == 200")
+
+        # AND the demo tenant's owner logs in to the API with the password `scripts/dev secret demo-owner` prints
+        assert (state_dir / "demo-owner.json").stat().st_mode & 0o077 == 0
+        owner_password = dev("secret", "demo-owner", "--dir", str(state_dir), timeout=30).stdout.strip()
+        assert api_login(state["ports"]["functions"], "demo", "owner@demo.example", owner_password) == "owner"
 
         # AND the simulator's readings reach PostgreSQL through the timer-driven drain (the drain run `up` makes
         # itself happens before the simulator starts), every metric with its type
