@@ -78,6 +78,21 @@ class Settings(BaseModel):
     auth_login_max_failures_per_account: int = Field(5, alias="AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT", ge=1)
     auth_login_max_failures_per_source: int = Field(50, alias="AUTH_LOGIN_MAX_FAILURES_PER_SOURCE", ge=1)
 
+    # --- auth: an external identity provider (e.g. Supabase Auth); off while the issuer is empty.
+    # Its tokens are checked against this issuer and audience, with either a shared HS256 secret or
+    # the provider's JWKS (RS256/ES256; keys cached, fetched with a timeout), never both. The tenant
+    # (slug or id) and an optional role come from claims (dotted paths); the user is one of ours,
+    # found by subject or, until it is linked, by email: our stored role wins, the claim only narrows.
+    auth_external_issuer: str = Field("", alias="AUTH_EXTERNAL_ISSUER")
+    auth_external_audience: str = Field("", alias="AUTH_EXTERNAL_AUDIENCE")
+    auth_external_secret: SecretStr = Field(SecretStr(""), alias="AUTH_EXTERNAL_SECRET")
+    auth_external_jwks_url: str = Field("", alias="AUTH_EXTERNAL_JWKS_URL")
+    auth_external_jwks_timeout_s: float = Field(5.0, alias="AUTH_EXTERNAL_JWKS_TIMEOUT_S", gt=0, le=30)
+    auth_external_jwks_cache_s: int = Field(300, alias="AUTH_EXTERNAL_JWKS_CACHE_S", ge=0)
+    auth_external_tenant_claim: str = Field("app_metadata.tenant", alias="AUTH_EXTERNAL_TENANT_CLAIM")
+    auth_external_role_claim: str = Field("app_metadata.role", alias="AUTH_EXTERNAL_ROLE_CLAIM")
+    auth_external_email_claim: str = Field("email", alias="AUTH_EXTERNAL_EMAIL_CLAIM")
+
 
 def settings_from(environ: dict[str, str]) -> Settings:
     try:
