@@ -103,3 +103,15 @@ class NotConfigured(ApiError):
     """The service is not configured to issue or check tokens; an operator must set AUTH_JWT_SECRET."""
 
     status, title, kind = 500, "Internal Server Error", "not-configured"
+
+
+class ExternalAuthNotConfigured(ApiError):
+    """The external identity provider is misconfigured; an operator must check the AUTH_EXTERNAL_* settings."""
+
+    status, title, kind = 500, "Internal Server Error", "external-auth-not-configured"
+
+
+class IdentityProviderUnavailable(ApiError):
+    """The identity provider's signing keys cannot be fetched right now; try again shortly."""
+
+    status, title, kind = 503, "Service Unavailable", "identity-provider-unavailable"
