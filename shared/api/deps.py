@@ -9,8 +9,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.api.errors import Unauthenticated
+from shared.api.external_identity import authenticate
 from shared.api.problems import PROBLEM_MEDIA_TYPE, Problem
-from shared.api.tokens import Principal, verify_access_token
+from shared.api.tokens import Principal
 from shared.db import DictPool, get_pool
 from shared.settings import Settings, get_settings
 
@@ -31,13 +32,6 @@ def settings() -> Settings:
     return get_settings()
 
 
-def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-              config: Annotated[Settings, Depends(settings)]) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise Unauthenticated()
-    return verify_access_token(config, credentials.credentials)
-
-
 def source_address(request: Request) -> str:
     """The client's address as the platform's front end saw it: the last X-Forwarded-For entry
     (the one our own front end appended; earlier entries are whatever the client sent), without a
@@ -49,6 +43,15 @@ def source_address(request: Request) -> str:
             return last[1:].split("]", 1)[0]
         return last.rsplit(":", 1)[0] if last.count(":") == 1 else last
     return request.client.host if request.client else "unknown"
+
+
+def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+              config: Annotated[Settings, Depends(settings)], db: Annotated[DictPool, Depends(pool)],
+              source: Annotated[str, Depends(source_address)]) -> Principal:
+    """The verified caller: our own access token, or an external provider's mapped to our user."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthenticated()
+    return authenticate(db, config, credentials.credentials, source)
 
 
 Pool = Annotated[DictPool, Depends(pool)]
