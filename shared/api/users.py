@@ -15,7 +15,7 @@ from shared.api.auth import audit
 from shared.api.errors import EmailTaken, Forbidden, LastOwner, Unauthenticated, UserNotFound
 from shared.api.pagination import decode_cursor, page_of
 from shared.api.passwords import hash_password
-from shared.api.tokens import Principal
+from shared.api.tokens import Principal, effective_role
 from shared.db import DictConnection, DictPool, tenant_transaction
 from shared.sql import QUERIES, one_row
 
@@ -26,6 +26,8 @@ def _acting_user(conn: DictConnection, principal: Principal, *allowed_roles: str
     row = conn.execute(QUERIES["get_user"], {"tenant_id": principal.tenant_id, "user_id": principal.user_id}).fetchone()
     if row is None:
         raise Unauthenticated()
+    # An external token's role claim narrows the stored role for this request (never raises it).
+    row = {**row, "role": effective_role(row["role"], principal)}
     if allowed_roles and row["role"] not in allowed_roles:
         raise Forbidden()
     return row
