@@ -101,3 +101,20 @@ def token_for(user: dict[str, Any]) -> str:
     reply = login(user)
     assert reply.status == 200, reply.body
     return reply.json["access_token"]
+
+
+def mint_token(user: dict[str, Any]) -> str:
+    """An access token as login would issue it, without login's argon2 work, throttle or audit row
+    (for tests that need many callers; export_api_settings first)."""
+    from shared.api.tokens import issue_access_token
+    from shared.settings import get_settings
+
+    return issue_access_token(get_settings(), user["id"], user["tenant"]["id"])
+
+
+ROLES = ("owner", "staff", "viewer")
+
+
+def users_of_each_role(pool, tenant: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One user per role in tenant, each with a minted access token under "token"."""
+    return {role: {**(user := new_user(pool, tenant, role)), "token": mint_token(user)} for role in ROLES}
