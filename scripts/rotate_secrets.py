@@ -12,7 +12,9 @@ Order, for every kind:
   2 Key Vault: a new version of the secret (the app's references name no version, so they follow the latest; the app
     does not re-read it yet, so nothing breaks here)
   3 the target: ALTER ROLE ... PASSWORD (database; open connections stay authenticated, only new ones need the new
-    password) or dynsec setClientPassword (broker; connected clients stay connected). Nothing for the JWT secret.
+    password) or dynsec setClientPassword (broker; it disconnects the client's live connection, so a drain run in
+    progress ends as connection_lost and its unacknowledged messages wait for the next run). Nothing for the JWT
+    secret.
   4 the app re-reads its Key Vault references (a change of app configuration forces that at once, instead of within
     24 hours: "Use Key Vault references as app settings", section Rotation) and restarts.
 Between 3 and 4 (about a minute) new connections of the old app instance are refused: a drain run that fails then
