@@ -21,7 +21,10 @@ _bearer = HTTPBearer(auto_error=False, description="An access token from POST /a
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in statuses}
+    """The problem responses a route declares. A route that validates input (422) also declares 400:
+    FastAPI answers a body it cannot even decode (not UTF-8) with 400 before any validation."""
+    codes = sorted({*statuses, 400} if 422 in statuses else set(statuses))
+    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in codes}
 
 
 def pool() -> DictPool:

@@ -1,0 +1,93 @@
+"""schemathesis against the app's own /api/openapi.json, in process (ASGI), against a real database:
+for each role (owner, staff, viewer, and no token), every operation gets a bounded number of
+generated requests (valid ones with random ids, valid ones aimed at real objects of the caller's
+tenant, and invalid ones), and every answer must be no 5xx and conform to the document: a
+documented status, the documented content type, and a body and headers matching its schema.
+
+Failures are collected per operation, so one run names every operation that breaks the document.
+The number of cases run per role is printed (`pytest -s` shows it)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from shared.api.app import api
+from tests.support.api import close_api_pool, export_api_settings, new_tenant, new_user, users_of_each_role
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          response_headers_conformance]
+# Per operation and role: enough to hit each documented branch, small enough for ~1 minute in all.
+POSITIVE_EXAMPLES = 8
+REAL_ID_EXAMPLES = 4
+NEGATIVE_EXAMPLES = 4
+
+schema = schemathesis.openapi.from_asgi("/api/openapi.json", api)
+
+
+@pytest.fixture
+def tenant_world(monkeypatch, database, app_pool) -> Any:
+    """A tenant with a user of each role (the callers), and real objects for path parameters."""
+    export_api_settings(monkeypatch, database)
+    tenant = new_tenant(app_pool)
+    users = users_of_each_role(app_pool, tenant)
+    targets = {"user_id": lambda: str(new_user(app_pool, tenant, "viewer")["id"])}
+    yield users, targets
+    close_api_pool()
+
+
+def _run(operation: Any, strategy: Any, examples: int, headers: dict[str, str], counter: list[int]) -> None:
+    @given(case=strategy)
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    def one(case: Any) -> None:
+        counter[0] += 1
+        case.call_and_validate(headers=headers, checks=CHECKS)
+
+    one()
+
+
+@pytest.mark.parametrize("role", ["owner", "staff", "viewer", "anonymous"])
+def test_api_conforms_to_its_openapi_document(tenant_world, role, capsys):
+    users, targets = tenant_world
+    headers = {} if role == "anonymous" else {"Authorization": f"Bearer {users[role]['token']}"}
+    counter = [0]
+    failures: dict[str, str] = {}
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert operations
+    for operation in operations:
+        label = f"{operation.method.upper()} {operation.path}"
+        path_names = [p.name for p in operation.path_parameters]
+        real: dict[str, Callable[[], str]] = {name: targets[name] for name in path_names if name in targets}
+        plans = [(operation.as_strategy(GenerationMode.POSITIVE), POSITIVE_EXAMPLES),
+                 (operation.as_strategy(GenerationMode.NEGATIVE), NEGATIVE_EXAMPLES)]
+        if real and len(real) == len(path_names):
+            plans.append((operation.as_strategy(GenerationMode.POSITIVE,
+                                                path_parameters={n: make() for n, make in real.items()}),
+                          REAL_ID_EXAMPLES))
+        for strategy, examples in plans:
+            try:
+                _run(operation, strategy, examples, headers, counter)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 (schemathesis raises exception groups; reported below)
+                failures.setdefault(label, f"{type(exc).__name__}: {str(exc)[:1500]}")
+    with capsys.disabled():
+        print(f"\nschemathesis role={role} operations={len(operations)} cases={counter[0]}")
+    assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in sorted(failures.items()))
+
+
+def test_the_document_is_loaded_from_the_app():
+    assert {f"{r.ok().method.upper()} {r.ok().path}" for r in schema.get_all_operations()} >= {
+        "POST /api/auth/login", "GET /api/me", "GET /api/users"}
