@@ -10,13 +10,13 @@ does not inflate it). Every device has its own TLS connection; publishers run in
 ~200 bytes of telemetry JSON (9 metrics), QoS 1, MQTT v5.
   in, no subscriber  devices publish --messages; nobody subscribes (the broker parses, authorizes, acks, drops)
   in, queued         the drain's persistent session exists but is offline (as between two timer runs): each message
-                     is also queued for it
+                     is also queued for it; the broker's RSS growth per queued message is printed too
   out                the drain's own MQTT client (DrainConnection, as in a run) takes that backlog and acks it
   live               the drain connected while devices publish: in and out at once
   handshake          --handshakes loops of TCP + TLS + MQTT CONNECT/CONNACK + DISCONNECT with one device credential
   idle               the devices' connections held open for --idle-s seconds (keepalive 60 s)
 The last line is machine-readable:
-broker_bench in_us=... queued_in_us=... out_us=... live_us=... handshake_ms=... idle_cpu_pct=...
+broker_bench in_us=... queued_in_us=... queued_bytes=... out_us=... live_us=... idle_cpu_pct=... handshake_ms=...
 """
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ def broker_cpu_s(pid: int) -> float:
     # Fields after the command name: state is 0, utime and stime are 11 and 12 (clock ticks).
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_rss_kb(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0])
 
 
 def machine_busy_s() -> float:
@@ -232,9 +236,16 @@ def main() -> None:
                 results["in_us"] = report("in, no subscriber", in_phase, n, "µs/msg", 1e6)
 
                 prepare_session(settings)
+                rss_before = broker_rss_kb(broker.pid)
                 with Phase(broker.pid) as queued:
                     workers.publish(n, n)
                 results["queued_in_us"] = report("in, queued", queued, n, "µs/msg", 1e6)
+                # Mosquitto holds every queued message in memory (persistence is a snapshot of it): what a backlog
+                # costs in RAM decides how long a drain outage a small VM survives.
+                rss_after = broker_rss_kb(broker.pid)
+                results["queued_bytes"] = (rss_after - rss_before) * 1024 / n
+                print(f"{'queued backlog':<18} broker RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB"
+                      f" for {n:,} queued messages -> {results['queued_bytes']:.0f} bytes/msg", flush=True)
 
                 with Phase(broker.pid) as out:
                     received = drain_backlog(DrainConnection(settings), settings.ingest_batch_size)

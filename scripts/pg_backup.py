@@ -2,7 +2,7 @@
 """Backs up the PostgreSQL database to Blob Storage: a pg_dump custom-format file and a manifest of exact row counts.
 
     .venv/bin/python scripts/pg_backup.py [--database-url URL] [--container backups] [--prefix pg/]
-        URL defaults to $DATABASE_ADMIN_URL: a role that is superuser or BYPASSRLS (every tenant table FORCEs
+        URL defaults to $ADMIN_DATABASE_URL: a role that is superuser or BYPASSRLS (every tenant table FORCEs
         row-level security, so any other role dumps and counts nothing, or fails)
         storage: $STORAGE_CONNECTION_STRING (Azurite locally, or an account key), else --account-url with the
         caller's Azure identity (DefaultAzureCredential: az login, or a managed identity)
@@ -177,11 +177,11 @@ def container_from(args: argparse.Namespace, env: Mapping[str, str]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_ADMIN_URL"))
+    parser.add_argument("--database-url", default=os.environ.get("ADMIN_DATABASE_URL"))
     storage_args(parser)
     args = parser.parse_args(argv)
     if not args.database_url:
-        parser.error("no database: pass --database-url or set DATABASE_ADMIN_URL")
+        parser.error("no database: pass --database-url or set ADMIN_DATABASE_URL")
     try:
         done = backup(args.database_url, container_from(args, os.environ), args.prefix)
     except BackupError as error:

@@ -2,7 +2,7 @@
 """Restore drill: restores a backup from Blob Storage into a scratch database and checks its row counts per table.
 
     .venv/bin/python scripts/pg_restore_drill.py [--database-url URL] [--backup pg/<db>/<stamp>.json] [--keep]
-        URL defaults to $DATABASE_ADMIN_URL (needs CREATEDB, and superuser or BYPASSRLS to count every tenant's rows);
+        URL defaults to $ADMIN_DATABASE_URL (needs CREATEDB, and superuser or BYPASSRLS to count every tenant's rows);
         storage options as scripts/pg_backup.py
 
 Takes the newest complete backup of the URL's database (one whose manifest exists) unless --backup names one,
@@ -121,13 +121,13 @@ def print_result(result: DrillResult) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_ADMIN_URL"))
+    parser.add_argument("--database-url", default=os.environ.get("ADMIN_DATABASE_URL"))
     parser.add_argument("--backup", help="the manifest blob (.json) to restore; default: the newest")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database for inspection")
     storage_args(parser)
     args = parser.parse_args(argv)
     if not args.database_url:
-        parser.error("no database: pass --database-url or set DATABASE_ADMIN_URL")
+        parser.error("no database: pass --database-url or set ADMIN_DATABASE_URL")
     try:
         result = drill(args.database_url, container_from(args, os.environ), args.backup, args.prefix, args.keep)
     except BackupError as error:

@@ -21,7 +21,7 @@ Between 3 and 4 (about a minute) new connections of the old app instance are ref
 leaves its messages on the broker for the next run, an API call gets 503 and can be retried. The JWT secret has no
 step 3: after 4 every access token signed with the old secret is refused, and clients log in again or refresh.
 
-Needs: DATABASE_ADMIN_URL (db-role: the owner that may ALTER ROLE), MQTT_PROVISIONER_PASSWORD (broker-client: the
+Needs: ADMIN_DATABASE_URL (db-role: the owner that may ALTER ROLE), MQTT_PROVISIONER_PASSWORD (broker-client: the
 provisioner's current password; it may change any client's password, its own included).
 The broker VM reads the two service passwords from Key Vault only at first boot, so nothing there needs updating.
 """
@@ -126,7 +126,7 @@ def rotate_db_role(azure: Azure, role: str, admin_url: str | None) -> None:
     print(f"[3/4] PostgreSQL: ALTER ROLE {role} PASSWORD ***")
     if not azure.dry_run:
         if not admin_url:
-            raise SystemExit("DATABASE_ADMIN_URL is not set; Key Vault already has the new value: set it and run "
+            raise SystemExit("ADMIN_DATABASE_URL is not set; Key Vault already has the new value: set it and run "
                              "this step again with the same password, or rotate again")
         set_role_password(admin_url, role, password)
 
@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.kind == "db-role":
         if args.name not in DB_ROLES:
             parser.error(f"db-role needs one of {', '.join(DB_ROLES)}")
-        rotate_db_role(azure, args.name, os.environ.get("DATABASE_ADMIN_URL"))
+        rotate_db_role(azure, args.name, os.environ.get("ADMIN_DATABASE_URL"))
     elif args.kind == "broker-client":
         if args.name not in BROKER_CLIENTS:
             parser.error(f"broker-client needs one of {', '.join(BROKER_CLIENTS)}")

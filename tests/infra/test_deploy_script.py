@@ -18,7 +18,7 @@ SECRET_VALUES = {
     "MQTT_PROVISIONER_PASSWORD": "broker-provisioner-secret-8888",
     "AUTH_JWT_SECRET": "f" * 64,
     "ADMIN_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyForTestsOnly ops@test",
-    "DATABASE_ADMIN_URL": "postgresql://owner:owner-secret-7777@db.example.net:5432/mqtt_saas",
+    "ADMIN_DATABASE_URL": "postgresql://owner:owner-secret-7777@db.example.net:5432/mqtt_saas",
     "SMOKE_TENANT": "acme",
     "SMOKE_EMAIL": "owner@acme.test",
     "SMOKE_PASSWORD": "smoke-secret-6666",
@@ -98,7 +98,7 @@ def test_deploy_refuses_the_examples_placeholder_values(tmp_path: Path) -> None:
     assert "parameter alertEmail still holds the example value 'ops@example.com'" in done.stderr
 
 
-@pytest.mark.parametrize("missing", ["DATABASE_ADMIN_URL", "SMOKE_PASSWORD", "ADMIN_SSH_PUBLIC_KEY"])
+@pytest.mark.parametrize("missing", ["ADMIN_DATABASE_URL", "SMOKE_PASSWORD", "ADMIN_SSH_PUBLIC_KEY"])
 def test_deploy_refuses_without_what_the_later_steps_need(tmp_path: Path, missing: str) -> None:
     env = {k: v for k, v in SECRET_VALUES.items() if k != missing}
     done = run_deploy(tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"), env)

@@ -129,7 +129,7 @@ def test_backup_refuses_a_role_that_row_level_security_blinds(database, containe
 def test_backup_and_drill_commands_end_with_their_summary_lines(database, azurite_server) -> None:
     # GIVEN a seeded database and storage given as the app's STORAGE_CONNECTION_STRING
     seed(database, tenants=1, devices=1, readings=20)
-    env = {**os.environ, "DATABASE_ADMIN_URL": database.owner_dsn,
+    env = {**os.environ, "ADMIN_DATABASE_URL": database.owner_dsn,
            "STORAGE_CONNECTION_STRING": azurite_server.connection_string}
     container = f"backups-{uuid.uuid4().hex[:8]}"
     # WHEN the two commands run as an operator runs them
