@@ -129,12 +129,14 @@ _jwks_lock = threading.Lock()
 
 
 def _jwks_client(settings: Settings) -> jwt.PyJWKClient:
-    """One client per process and configuration, so its key cache outlives a request."""
+    """One client per process and configuration, so its cached key set outlives a request. Keys
+    come only from that set (no per-kid cache, which would keep a key for the process's life), so
+    a key the provider withdraws stops working within AUTH_EXTERNAL_JWKS_CACHE_S."""
     key = (settings.auth_external_jwks_url, settings.auth_external_jwks_timeout_s, settings.auth_external_jwks_cache_s)
     with _jwks_lock:
         client = _jwks_clients.get(key)
         if client is None:
-            client = jwt.PyJWKClient(settings.auth_external_jwks_url, cache_keys=True,
+            client = jwt.PyJWKClient(settings.auth_external_jwks_url, cache_keys=False,
                                      lifespan=max(settings.auth_external_jwks_cache_s, 1),
                                      cache_jwk_set=settings.auth_external_jwks_cache_s > 0,
                                      timeout=settings.auth_external_jwks_timeout_s)

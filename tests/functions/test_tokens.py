@@ -32,7 +32,7 @@ from tests.support.api import (
     new_user,
     token_for,
 )
-from tests.support.waiting import query
+from tests.support.waiting import query, wait_for
 
 OUR_ISSUER = "mqtt-saas-test"
 OUR_AUDIENCE = "mqtt-saas-api"
@@ -355,6 +355,22 @@ def test_jwks_rs256_and_es256_tokens_are_accepted_and_the_key_set_is_cached(jwks
         reply = me(token)
         assert reply.status == 200 and reply.json["id"] == str(owner["id"]), reply.body
     assert jwks.fetches == 1
+
+
+def test_a_key_the_provider_withdraws_stops_working_within_the_cache_lifetime(monkeypatch, database, owner, jwks):
+    # GIVEN a JWKS cached for 1 s, and a token signed with its RSA key that is accepted
+    export_api_settings(monkeypatch, database, AUTH_EXTERNAL_ISSUER=EXT_ISSUER, AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
+                        AUTH_EXTERNAL_JWKS_URL=jwks.url, AUTH_EXTERNAL_JWKS_CACHE_S="1")
+    try:
+        token = jwt.encode(theirs(owner, "subject-rotated"), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
+        assert me(token).status == 200
+        # WHEN the provider withdraws that key
+        document = json.loads(jwks.document)
+        jwks.document = json.dumps({"keys": [k for k in document["keys"] if k["kid"] != "rsa-1"]}).encode()
+        # THEN the token is refused once the cached set expires
+        wait_for(lambda: me(token).status == 401, timeout=10, what="the withdrawn key to be refused")
+    finally:
+        close_api_pool()
 
 
 JWKS_BAD = ["forged_signature", "hs256_with_public_key", "hs256_with_shared_secret", "alg_none", "unknown_kid",
