@@ -115,3 +115,21 @@ class IdentityProviderUnavailable(ApiError):
     """The identity provider's signing keys cannot be fetched right now; try again shortly."""
 
     status, title, kind = 503, "Service Unavailable", "identity-provider-unavailable"
+
+
+# --- devices (issue 12 §3)
+
+class DeviceNotFound(NotFound):
+    """There is no such device in your tenant."""
+
+
+class DeviceNameTaken(Conflict):
+    """A device with this name already exists in your tenant."""
+
+    kind = "device-name-taken"
+
+
+class InvalidCsv(ApiError):
+    """The CSV is not valid: see the line named."""
+
+    status, title, kind = 422, "Unprocessable Content", "invalid-csv"
