@@ -4,6 +4,7 @@ import logging
 import azure.functions as func
 
 from blueprints.api import bp as api_bp
+from blueprints.broker_sync import bp as broker_sync_bp
 from blueprints.health import bp as health_bp
 from blueprints.ingest import bp as ingest_bp
 
@@ -14,3 +15,4 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingest_bp)
 app.register_functions(health_bp)
 app.register_functions(api_bp)
+app.register_functions(broker_sync_bp)
