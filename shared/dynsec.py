@@ -284,6 +284,37 @@ class DynsecClient:
         )
         log.info("device deprovisioned", extra={"tenant_slug": tenant, "device_name": device})
 
+    def execute_tolerating(self, commands: list[dict[str, Any]], tolerated: Collection[str]) -> list[dict[str, Any]]:
+        """execute(), treating the plugin's error texts in ``tolerated`` as success (for idempotent replays)."""
+        return self._execute(commands, tolerated)
+
+    def list_clients(self) -> list[dict[str, Any]]:
+        """Every client with its details (username, clientid, roles, disabled when it is)."""
+        (response,) = self.execute([{"command": "listClients", "verbose": True}])
+        clients: list[dict[str, Any]] = response.get("data", {}).get("clients", [])
+        return clients
+
+    def list_roles(self) -> list[dict[str, Any]]:
+        """Every role with its ACLs."""
+        (response,) = self.execute([{"command": "listRoles", "verbose": True}])
+        roles: list[dict[str, Any]] = response.get("data", {}).get("roles", [])
+        return roles
+
+    def put_device_client(self, username: str, password: str, role: str) -> None:
+        """Make the device client ``username`` exist with this password, bound client id and only ``role``,
+        whether or not it existed (a replayed or repeated command ends in the same state)."""
+        _require_password(password)
+        self._execute(
+            [
+                _create_client(username, password, client_id=username, roles=[role]),
+                {"command": "setClientPassword", "username": username, "password": password},
+                {"command": "setClientId", "username": username, "clientid": username},
+                {"command": "modifyClient", "username": username,
+                 "roles": [{"rolename": role, "priority": 0}]},
+            ],
+            tolerated=(CLIENT_EXISTS,),
+        )
+
     # -- paho callbacks (network thread) and waiting ---------------------------------------------------------------
 
     def _on_connect(

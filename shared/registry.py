@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
+from shared.broker_contract import device_username
 from shared.db import DictPool, tenant_transaction
 from shared.dynsec import DynsecClient, generate_password
 from shared.sql import QUERIES, one_row
@@ -56,8 +59,17 @@ def set_device_enabled(pool: DictPool, tenant_id: str, name: str, enabled: bool)
 
 
 def provision_device(pool: DictPool, dynsec: DynsecClient, tenant: Mapping[str, Any], name: str) -> DeviceCredential:
-    """Creates the device row, then its broker credential; returns the one-time password."""
-    create_device(pool, str(tenant["id"]), name)
+    """Creates the device row and its credential row (slot a), then its broker credential directly
+    (no outbox: for the local stack and tests, which hold a DynsecClient); returns the one-time
+    password. The credential row keeps the broker_sync reconciliation from deleting the client
+    as unknown."""
+    tenant_id = str(tenant["id"])
+    username = device_username(tenant["slug"], name)
+    with tenant_transaction(pool, tenant_id) as conn:
+        device = one_row(conn.execute(
+            QUERIES["insert_device"], {"tenant_id": tenant_id, "name": name, "display_name": None}), "insert_device")
+        conn.execute(QUERIES["insert_credentials"], {"tenant_id": tenant_id, "rows": Jsonb([
+            {"device_id": device["id"], "slot": "a", "username": username}])})
     password = generate_password()
     username = dynsec.provision_device(tenant["slug"], name, password)
     return DeviceCredential(tenant["slug"], name, username, username, password)

@@ -1,0 +1,18 @@
+"""broker_sync: applies the device-credential outbox to the broker, then reconciles drift, every minute."""
+import azure.functions as func
+
+from shared.credentials import run_broker_sync
+from shared.db import get_pool
+from shared.observability import timer_run
+from shared.settings import get_settings
+
+bp = func.Blueprint()
+
+
+# A literal schedule rather than an app setting: a %SETTING% the host cannot resolve stops the whole
+# app from indexing, and every minute is what the outbox's retry promise is written against.
+@bp.timer_trigger(arg_name="timer", schedule="0 */1 * * * *", run_on_startup=False, use_monitor=False)
+def broker_sync(timer: func.TimerRequest) -> None:
+    settings = get_settings()
+    with timer_run("broker_sync", settings):
+        run_broker_sync(get_pool(), settings)
