@@ -93,6 +93,15 @@ class Settings(BaseModel):
     auth_external_role_claim: str = Field("app_metadata.role", alias="AUTH_EXTERNAL_ROLE_CLAIM")
     auth_external_email_claim: str = Field("email", alias="AUTH_EXTERNAL_EMAIL_CLAIM")
 
+    # --- commands to devices (issue 12 §4): the API's own broker credential, which may only publish
+    # to devices' command topics (the broker contract's commander role), never the provisioner's.
+    mqtt_commander_username: str = Field("mqtt-saas-commander", alias="MQTT_COMMANDER_USERNAME")
+    mqtt_commander_password: SecretStr = Field(SecretStr(""), alias="MQTT_COMMANDER_PASSWORD")
+    # How long a command waits for the broker (connect, PUBACK) before it is recorded as failed.
+    mqtt_command_timeout_s: float = Field(5.0, alias="MQTT_COMMAND_TIMEOUT_S", gt=0, le=30)
+    # A command queued for an offline device (persistent session) is dropped by the broker after this.
+    mqtt_command_expiry_s: int = Field(3600, alias="MQTT_COMMAND_EXPIRY_S", ge=1)
+
 
 def settings_from(environ: dict[str, str]) -> Settings:
     try:
