@@ -83,8 +83,8 @@ STOP_TIMEOUT_S = 20.0
 # simulator say "offline" and Mosquitto save its sessions; SIGINT is PostgreSQL's fast shutdown.
 COMPONENTS = ("simulator", "functions", "azurite", "mosquitto", "postgres")
 STOP_SIGNALS = {"postgres": signal.SIGINT}
-SECRETS = ("db-app", "db-ingest", "db-superuser", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest", "demo-device",
-           "demo-owner")
+SECRETS = ("db-app", "db-ingest", "db-superuser", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest", "mqtt-commander",
+           "demo-device", "demo-owner")
 
 
 class DevError(Exception):
@@ -385,6 +385,8 @@ def settings_values(layout: Layout, postgres: PostgresServer, broker: MosquittoB
         "MQTT_INGEST_CLIENT_ID": broker.ingest.client_id or broker.ingest.username,
         "MQTT_PROVISIONER_USERNAME": broker.provisioner.username,
         "MQTT_PROVISIONER_PASSWORD": broker.provisioner.password,
+        "MQTT_COMMANDER_USERNAME": broker.commander.username,
+        "MQTT_COMMANDER_PASSWORD": broker.commander.password,
         "INGEST_SCHEDULE": ingest_schedule,
         "INGEST_TIME_BUDGET_S": LOCAL_INGEST_TIME_BUDGET_S,
         "INGEST_IDLE_EXIT_S": LOCAL_INGEST_IDLE_EXIT_S,

@@ -1,4 +1,4 @@
-"""A private Mosquitto: TLS with a local CA, dynamic security with an admin and the two service clients."""
+"""A private Mosquitto: TLS with a local CA, dynamic security with an admin and the service clients."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.broker_contract import (
+    COMMANDER_ROLE,
+    COMMANDER_USERNAME,
     INGEST_CLIENT_ID,
     INGEST_ROLE,
     INGEST_USERNAME,
@@ -64,8 +66,8 @@ class MosquittoBroker:
 
     First start: a local CA and server certificate, and the dynsec file with an ``admin`` client. Every start then
     applies the contract over the dynsec API as that admin: default ACL access, the service roles' ACLs, and the
-    provisioner and ingest clients. Their random passwords are kept in credentials.json (0600), so later starts, in
-    this or another process, reuse port-independent state: certs, dynsec, sessions.
+    provisioner, ingest and commander clients. Their random passwords are kept in credentials.json (0600), so later
+    starts, in this or another process, reuse port-independent state: certs, dynsec, sessions.
     """
 
     def __init__(self, base_dir: str | os.PathLike[str], port: int | None = None) -> None:
@@ -101,6 +103,10 @@ class MosquittoBroker:
     @property
     def ingest(self) -> Credentials:
         return self._credential("ingest")
+
+    @property
+    def commander(self) -> Credentials:
+        return self._credential("commander")
 
     def _credential(self, name: str) -> Credentials:
         if not self._credentials:
@@ -211,15 +217,20 @@ class MosquittoBroker:
 
     def _load_or_create_credentials(self) -> dict[str, Any]:
         self.base_dir.mkdir(parents=True, exist_ok=True)
-        if self.credentials_file.exists():
-            loaded: dict[str, Any] = json.loads(self.credentials_file.read_text())
-            return loaded
-        credentials: dict[str, Any] = {
-            "admin": asdict(Credentials("admin", secrets.token_hex(32))),
-            "provisioner": asdict(Credentials(PROVISIONER_USERNAME, secrets.token_hex(32))),
-            "ingest": asdict(Credentials(INGEST_USERNAME, secrets.token_hex(32), INGEST_CLIENT_ID)),
+        wanted: dict[str, Credentials] = {
+            "admin": Credentials("admin", secrets.token_hex(32)),
+            "provisioner": Credentials(PROVISIONER_USERNAME, secrets.token_hex(32)),
+            "ingest": Credentials(INGEST_USERNAME, secrets.token_hex(32), INGEST_CLIENT_ID),
+            "commander": Credentials(COMMANDER_USERNAME, secrets.token_hex(32)),
         }
-        write_private(self.credentials_file, json.dumps(credentials, indent=2))
+        credentials: dict[str, Any] = {}
+        if self.credentials_file.exists():
+            credentials = json.loads(self.credentials_file.read_text())
+        # A stack made before a service client existed gets that client's password added, the others kept.
+        missing = {name: asdict(value) for name, value in wanted.items() if name not in credentials}
+        if missing:
+            credentials.update(missing)
+            write_private(self.credentials_file, json.dumps(credentials, indent=2))
         return credentials
 
     def _apply_broker_contract(self) -> None:
@@ -227,7 +238,7 @@ class MosquittoBroker:
         default access and service rights. Each step leaves what is already right as it is."""
         from shared.dynsec import DynsecClient  # paho-mqtt: `scripts/dev down` and friends must not need it
 
-        admin, provisioner, ingest = self.admin, self.provisioner, self.ingest
+        admin, provisioner, ingest, commander = self.admin, self.provisioner, self.ingest, self.commander
         assert self.port is not None
         with DynsecClient(self.host, self.port, str(self.ca_file), admin.username, admin.password) as dynsec:
             for role in SERVICE_ROLES:
@@ -236,3 +247,5 @@ class MosquittoBroker:
             dynsec.ensure_client(provisioner.username, provisioner.password, roles=[PROVISIONER_ROLE])
             # Bound to its client id, so nobody else can take over (or kick) the drain's persistent session.
             dynsec.ensure_client(ingest.username, ingest.password, client_id=ingest.client_id, roles=[INGEST_ROLE])
+            # Not bound to a client id: every app instance keeps its own connection (random ids).
+            dynsec.ensure_client(commander.username, commander.password, roles=[COMMANDER_ROLE])
