@@ -93,6 +93,25 @@ class Settings(BaseModel):
     auth_external_role_claim: str = Field("app_metadata.role", alias="AUTH_EXTERNAL_ROLE_CLAIM")
     auth_external_email_claim: str = Field("email", alias="AUTH_EXTERNAL_EMAIL_CLAIM")
 
+    # --- archive (issue 14): rollups, retention and the blob archive, run by the maintenance timers
+    # as their own role (reads and deletes every tenant's telemetry through narrow policies; owns nothing).
+    maintenance_database_url: SecretStr | None = Field(None, alias="MAINTENANCE_DATABASE_URL")
+    rollup_schedule: str = Field("0 */5 * * * *", alias="ROLLUP_SCHEDULE")
+    rollup_time_budget_s: float = Field(240.0, alias="ROLLUP_TIME_BUDGET_S", gt=0)
+    # Rows younger than this are left for the next run: a drain transaction still open could yet
+    # commit rows with received_at (its start time) below the watermark.
+    rollup_lag_s: int = Field(120, alias="ROLLUP_LAG_S", ge=0)
+    rollup_chunk_s: int = Field(900, alias="ROLLUP_CHUNK_S", ge=1)
+    rollup_1m_retention_days: int = Field(400, alias="ROLLUP_1M_RETENTION_DAYS", ge=1)
+    rollup_1h_retention_days: int = Field(3650, alias="ROLLUP_1H_RETENTION_DAYS", ge=1)
+    archive_schedule: str = Field("0 15 * * * *", alias="ARCHIVE_SCHEDULE")
+    archive_time_budget_s: float = Field(480.0, alias="ARCHIVE_TIME_BUDGET_S", gt=0)
+    archive_container: str = Field("telemetry-archive", alias="ARCHIVE_CONTAINER")
+    partition_ahead_days: int = Field(7, alias="PARTITION_AHEAD_DAYS", ge=1, le=60)
+    # In Azure: the account's blob endpoint, reached with the managed identity (no key anywhere).
+    # Locally STORAGE_CONNECTION_STRING (Azurite) wins when set.
+    storage_account_url: str | None = Field(None, alias="STORAGE_ACCOUNT_URL")
+
     # --- commands to devices (issue 12 §4): the API's own broker credential, which may only publish
     # to devices' command topics (the broker contract's commander role), never the provisioner's.
     mqtt_commander_username: str = Field("mqtt-saas-commander", alias="MQTT_COMMANDER_USERNAME")
