@@ -1,0 +1,31 @@
+"""The dashboard: GET /api/dashboard/ serves the page and its files (shared/dashboard.py), on the
+API's own origin. Anonymous like the page itself: everything it shows comes from the API, which
+checks the bearer token on every call."""
+import azure.functions as func
+
+from shared import dashboard
+from shared.settings import get_settings
+
+bp = func.Blueprint()
+
+
+def _reply(asset: dashboard.Asset | None) -> func.HttpResponse:
+    if asset is None:
+        return func.HttpResponse("not found", status_code=404, mimetype="text/plain",
+                                 headers=dict(dashboard.SECURITY_HEADERS))
+    return func.HttpResponse(asset.body, status_code=200, headers={**asset.headers, "Content-Type": asset.content_type})
+
+
+@bp.route(route="dashboard/{*path}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
+    path = req.route_params.get("path") or ""
+    if not path and not req.url.split("?", 1)[0].endswith("/"):
+        # The page's files are relative to it: /api/dashboard must become /api/dashboard/.
+        return func.HttpResponse(status_code=308, headers={"Location": "/api/dashboard/"})
+    if path == "config.json":
+        settings = get_settings()
+        ca_available = dashboard.broker_ca(settings.mqtt_ca_file) is not None
+        return _reply(dashboard.page_config(settings.ingest_schedule, ca_available))
+    if path == "broker-ca.pem":
+        return _reply(dashboard.broker_ca(get_settings().mqtt_ca_file))
+    return _reply(dashboard.find_asset(path))
