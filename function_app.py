@@ -5,6 +5,7 @@ import azure.functions as func
 
 from blueprints.api import bp as api_bp
 from blueprints.broker_sync import bp as broker_sync_bp
+from blueprints.dashboard import bp as dashboard_bp
 from blueprints.health import bp as health_bp
 from blueprints.ingest import bp as ingest_bp
 
@@ -16,3 +17,4 @@ app.register_functions(ingest_bp)
 app.register_functions(health_bp)
 app.register_functions(api_bp)
 app.register_functions(broker_sync_bp)
+app.register_functions(dashboard_bp)
