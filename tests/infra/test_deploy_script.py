@@ -3,6 +3,7 @@ prints every step without calling a tool. Runs the script as an operator would, 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,8 +133,7 @@ def test_deploy_dry_run_prints_every_step_calls_nothing_and_shows_no_secret(tmp_
             assert value not in done.stdout + done.stderr, name
 
 
-def test_deploy_knows_every_required_parameter_of_the_template() -> None:
-    # A new Required parameter in main.bicep must be either in the parameters file or a secret deploy exports.
+def load_deploy_module():
     import importlib.machinery
     import importlib.util
 
@@ -146,7 +146,35 @@ def test_deploy_knows_every_required_parameter_of_the_template() -> None:
         loader.exec_module(module)
     finally:
         del sys.modules["deploy_script"]
+    return module
+
+
+def test_deploy_knows_every_required_parameter_of_the_template() -> None:
+    # A new Required parameter in main.bicep must be either in the parameters file or a secret deploy exports.
+    module = load_deploy_module()
     required = module.required_parameters()
     assert {"adminSourceCidr", "adminSshPublicKey", "alertEmail", "databaseUrl", "authJwtSecret"} <= set(required)
     in_file = set(json.loads((REPO / "infra" / "main.parameters.json").read_text())["parameters"])
     assert set(required) - in_file <= set(module.SECURE_FROM_ENV)
+
+
+def test_the_published_package_holds_the_app_and_nothing_else(tmp_path: Path) -> None:
+    # GIVEN the package deploy publishes, staged with a CA file
+    module = load_deploy_module()
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    package = tmp_path / "package"
+    module.stage_package(package, ca)
+    # THEN it holds the app, its SQL and the CA where MQTT_CA_FILE points, and none of the local state
+    assert sorted(p.name for p in package.iterdir()) == sorted(
+        ["blueprints", "certs", "function_app.py", "host.json", "requirements.txt", "shared", "sql"])
+    assert (package / "certs" / "broker-ca.crt").read_text() == ca.read_text()
+    assert (package / "sql" / "migrations" / "0001_roles_and_tenancy.sql").exists()
+    assert not list(package.rglob("__pycache__"))
+    # AND the app imports from it alone (nothing it needs lives in scripts/ or tests/), with its functions registered
+    done = subprocess.run([sys.executable, "-P", "-c",
+                           "import function_app; print(len(function_app.app.get_functions()))"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(package)})
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip().splitlines()[-1]) >= 4
