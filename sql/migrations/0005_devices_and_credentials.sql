@@ -36,6 +36,11 @@ CREATE TABLE device_credentials (
     PRIMARY KEY (tenant_id, device_id, slot),
     FOREIGN KEY (tenant_id, device_id) REFERENCES devices (tenant_id, id) ON DELETE CASCADE
 );
+-- Devices provisioned before this migration (shared/registry.py) hold a slot-a client: record it,
+-- or the reconciliation would take it for a stranger and delete it.
+INSERT INTO device_credentials (tenant_id, device_id, slot, username)
+SELECT d.tenant_id, d.id, 'a', t.slug || '.' || d.name
+FROM devices d JOIN tenants t ON t.id = d.tenant_id;
 CREATE INDEX device_credentials_expiring ON device_credentials (expires_at) WHERE expires_at IS NOT NULL;
 
 -- Broker commands waiting to be applied, in id order per device_key (the device's slot-a
