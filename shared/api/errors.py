@@ -133,3 +133,32 @@ class InvalidCsv(ApiError):
     """The CSV is not valid: see the line named."""
 
     status, title, kind = 422, "Unprocessable Content", "invalid-csv"
+
+
+# --- commands to devices (issue 12 §4)
+
+class DeviceDisabled(Conflict):
+    """The device is disabled: it cannot connect to receive a command. Enable it first."""
+
+    kind = "device-disabled"
+
+
+class CommandTooLarge(ApiError):
+    """The command's args are too large (at most 4096 bytes as JSON)."""
+
+    status, title, kind = 422, "Unprocessable Content", "command-too-large"
+
+
+class CommandNotDelivered(ApiError):
+    """The broker cannot be reached: the command was recorded as failed and not sent; try again shortly."""
+
+    status, title, kind = 503, "Service Unavailable", "command-not-delivered"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "5"})
+
+
+class CommandRefused(ApiError):
+    """The broker refused the command: it was recorded as failed; an operator must check the commander credential."""
+
+    status, title, kind = 503, "Service Unavailable", "command-refused"
