@@ -1,0 +1,294 @@
+"""Commands to devices: record a command, publish it to the device's command topic, list them.
+
+A command is recorded ('pending') and audited in one transaction before it is published, so a device never
+gets a command the database does not know of; the publish outcome is then recorded: 'sent' once the broker
+acknowledged it (QoS 1, PUBACK < 128), 'failed' when the broker was unreachable or refused it. The API
+publishes with its own broker credential (the contract's commander role: publish to command topics, nothing
+else), never the provisioner's, which owns the broker.
+
+The message (JSON) carries the command id, also as MQTT v5 correlation data; a device acknowledges by sending
+a reading of metric ``cmd_ack`` = the id (and optionally ``cmd_result``) in its telemetry, since its ACL lets
+it publish readings only. Listing a device's commands marks those the drain has stored an ack for.
+
+One broker connection is kept per process (created on first use, replaced when it drops): measured with
+scripts/bench_commands.py, a fresh TLS connection per command costs several times the publish itself.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from psycopg.types.json import Jsonb
+from pydantic import SecretStr
+
+from shared.api.auth import audit
+from shared.api.errors import CommandNotDelivered, CommandRefused, CommandTooLarge, DeviceDisabled, DeviceNotFound
+from shared.api.pagination import decode_cursor, page_of
+from shared.api.tokens import Principal
+from shared.api.users import _acting_user
+from shared.broker_contract import command_topic, device_prefix
+from shared.db import DictConnection, DictPool, tenant_transaction
+from shared.exceptions import BrokerUnavailable
+from shared.settings import Settings
+from shared.sql import QUERIES, one_row
+
+log = logging.getLogger(__name__)
+
+# A command is a small instruction, not a file transfer: well under a constrained device's buffer.
+MAX_ARGS_BYTES = 4096
+ACK_METRIC, RESULT_METRIC = "cmd_ack", "cmd_result"
+
+
+class PublishRefused(Exception):
+    """The broker answered the publish with a failure reason code (e.g. 135, not authorized)."""
+
+    def __init__(self, reason: ReasonCode) -> None:
+        self.reason = reason
+        super().__init__(f"broker refused the publish: {reason.getName()} ({reason.value})")
+
+
+class CommanderConnection:
+    """One MQTT v5 connection over verified TLS with the commander credential; publish() is QoS 1 and waits for
+    the PUBACK. Safe to share between threads (paho serialises writes; each publish waits for its own mid)."""
+
+    def __init__(self, host: str, port: int, ca_file: str | None, username: str, password: SecretStr,
+                 timeout: float) -> None:
+        self.key = (host, port, ca_file, username, password.get_secret_value())
+        self.host, self.port, self.ca_file, self.username = host, port, ca_file, username
+        self._password = password
+        self.timeout = timeout
+        self._cond = threading.Condition()
+        self._client: Client | None = None
+        self._connack: ReasonCode | None = None
+        self._connected = False
+        self._pubacks: dict[int, ReasonCode] = {}
+
+    def __repr__(self) -> str:
+        return f"CommanderConnection({self.host}:{self.port}, username={self.username!r})"
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._connected
+
+    def connect(self) -> None:
+        # Not bound to a client id: each process has its own, so instances never kick each other off.
+        client = Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                        client_id=f"mqtt-saas-commander-{secrets.token_hex(6)}",
+                        protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
+        client.tls_set(ca_certs=self.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        client.username_pw_set(self.username, self._password.get_secret_value())
+        client.connect_timeout = self.timeout
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        deadline = time.monotonic() + self.timeout
+        self._connack, self._connected = None, False
+        try:
+            client.connect(self.host, self.port, keepalive=60, clean_start=True)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerUnavailable(f"cannot connect to MQTT broker {self.host}:{self.port}: {exc}") from exc
+        self._client = client
+        client.loop_start()
+        try:
+            self._wait(lambda: self._connack is not None, deadline, "CONNACK")
+            assert self._connack is not None
+            if self._connack.is_failure:
+                raise BrokerUnavailable(f"MQTT broker refused the connection: {self._connack.getName()}")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        self._connected = False
+        if client is None:
+            return
+        client.disconnect()
+        client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, properties: Properties) -> None:
+        """QoS 1; returns once the broker acknowledged it. BrokerUnavailable if it cannot tell in time
+        (the connection is then dropped, the next publish opens another); PublishRefused on PUBACK >= 128."""
+        client = self._client
+        if client is None or not self._connected:
+            raise BrokerUnavailable("not connected")
+        deadline = time.monotonic() + self.timeout
+        info = client.publish(topic, payload, qos=1, properties=properties)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.close()
+            raise BrokerUnavailable(f"publish not queued: {info.rc}")
+        try:
+            self._wait(lambda: info.mid in self._pubacks or not self._connected, deadline, "PUBACK")
+        except BrokerUnavailable:
+            self.close()
+            raise
+        with self._cond:
+            reason = self._pubacks.pop(info.mid, None)
+        if reason is None:
+            self.close()
+            raise BrokerUnavailable("connection lost before the PUBACK")
+        if reason.is_failure:
+            raise PublishRefused(reason)
+
+    def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
+        with self._cond:
+            while not ready():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerUnavailable(f"no {what} from the MQTT broker within {self.timeout:g}s")
+                self._cond.wait(remaining)
+
+    def _on_connect(self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        with self._cond:
+            self._connack, self._connected = reason, not reason.is_failure
+            self._cond.notify_all()
+
+    def _on_disconnect(self, client: Client, userdata: Any, flags: DisconnectFlags, reason: ReasonCode,
+                       properties: Properties | None) -> None:
+        with self._cond:
+            self._connected = False
+            self._connack = self._connack or reason
+            self._cond.notify_all()
+
+    def _on_publish(self, client: Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        with self._cond:
+            self._pubacks[mid] = reason
+            self._cond.notify_all()
+
+
+_connection: CommanderConnection | None = None
+_connection_lock = threading.Lock()
+
+
+def commander_connection(settings: Settings) -> CommanderConnection:
+    """The process's connection, (re)connected if needed; a new one if the settings changed."""
+    global _connection
+    wanted = CommanderConnection(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
+                                 settings.mqtt_commander_username, settings.mqtt_commander_password,
+                                 settings.mqtt_command_timeout_s)
+    with _connection_lock:
+        if _connection is not None and (_connection.key != wanted.key or not _connection.connected):
+            _connection.close()
+            _connection = None
+        if _connection is None:
+            wanted.connect()
+            _connection = wanted
+        return _connection
+
+
+def close_commander_connection() -> None:
+    global _connection
+    with _connection_lock:
+        if _connection is not None:
+            _connection.close()
+            _connection = None
+
+
+def command_message(command: dict[str, Any], tenant: str, device: str,
+                    expiry_s: int) -> tuple[bytes, Properties]:
+    """The payload a device receives, and its MQTT v5 properties (correlation data = the command id; the
+    response topic names where the ack goes: the device's telemetry, as a cmd_ack reading)."""
+    sent_at = command["created_at"]
+    payload = json.dumps({
+        "id": str(command["id"]), "name": command["name"], "args": command["args"],
+        "sent_at": int(sent_at.timestamp() * 1000),
+        "ack": {"topic": f"{device_prefix(tenant, device)}/telemetry", "metric": ACK_METRIC},
+    }, separators=(",", ":")).encode()
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.ContentType = "application/json"
+    properties.CorrelationData = str(command["id"]).encode()
+    properties.ResponseTopic = f"{device_prefix(tenant, device)}/telemetry"
+    properties.MessageExpiryInterval = expiry_s
+    return payload, properties
+
+
+def send_command(pool: DictPool, settings: Settings, principal: Principal, device_id: int, name: str,
+                 args: dict[str, Any], source: str) -> dict[str, Any]:
+    """Records, audits and publishes one command (staff, owners); the command as recorded after the publish.
+    Raises CommandNotDelivered/CommandRefused (after recording the failure) when the broker did not take it."""
+    if len(json.dumps(args, separators=(",", ":")).encode()) > MAX_ARGS_BYTES:
+        raise CommandTooLarge()
+    with tenant_transaction(pool, str(principal.tenant_id)) as conn:
+        _acting_user(conn, principal, "owner", "staff")
+        target = conn.execute(QUERIES["command_target"], {"tenant_id": principal.tenant_id,
+                                                          "device_id": device_id}).fetchone()
+        if target is None:
+            raise DeviceNotFound()
+        # 409, not 422: the request is well-formed, the device's state is what stands in the way (and a
+        # disabled device cannot connect to read it).
+        if not target["enabled"]:
+            raise DeviceDisabled()
+        command = one_row(conn.execute(QUERIES["insert_command"], {
+            "tenant_id": principal.tenant_id, "device_id": device_id, "name": name, "args": Jsonb(args),
+            "sent_by": principal.user_id}), "insert_command")
+        audit(conn, principal.tenant_id, principal.user_id, "device.command", "device", str(device_id), source,
+              {"command_id": str(command["id"]), "name": name})
+    payload, properties = command_message(command, target["tenant_slug"], target["name"],
+                                          settings.mqtt_command_expiry_s)
+    topic = command_topic(target["tenant_slug"], target["name"])
+    failure: str | None = None
+    try:
+        _publish(settings, topic, payload, properties)
+    except BrokerUnavailable as exc:
+        failure = "broker_unreachable"
+        log.warning("command not delivered: %s", exc, extra={"tenant_id": str(principal.tenant_id),
+                                                               "device_id": device_id})
+    except PublishRefused as exc:
+        failure = "broker_refused"
+        log.error("command refused by the broker: %s", exc, extra={"tenant_id": str(principal.tenant_id),
+                                                                   "device_id": device_id})
+    with tenant_transaction(pool, str(principal.tenant_id)) as conn:
+        recorded = _set_outcome(conn, principal.tenant_id, command["id"], failure)
+    if failure == "broker_unreachable":
+        raise CommandNotDelivered()
+    if failure == "broker_refused":
+        raise CommandRefused()
+    return recorded
+
+
+def _publish(settings: Settings, topic: str, payload: bytes, properties: Properties) -> None:
+    connection = commander_connection(settings)
+    try:
+        connection.publish(topic, payload, properties)
+    except BrokerUnavailable:
+        # A kept connection that died since the last command (a broker restart) may be found dead only now:
+        # one try on a fresh connection. Should the first copy have reached the broker after all, the device
+        # sees the command twice, with the same id to ignore it by.
+        commander_connection(settings).publish(topic, payload, properties)
+
+
+def _set_outcome(conn: DictConnection, tenant_id: uuid.UUID, command_id: uuid.UUID,
+                 failure: str | None) -> dict[str, Any]:
+    return one_row(conn.execute(QUERIES["set_command_outcome"], {
+        "tenant_id": tenant_id, "id": command_id, "status": "failed" if failure else "sent", "failure": failure,
+    }), "set_command_outcome")
+
+
+def list_commands(pool: DictPool, principal: Principal, device_id: int, cursor: str | None,
+                  limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the device's commands, newest first (every role may read)."""
+    after_created_at, after_id = decode_cursor(cursor)
+    with tenant_transaction(pool, str(principal.tenant_id)) as conn:
+        _acting_user(conn, principal)
+        params = {"tenant_id": principal.tenant_id, "device_id": device_id}
+        if conn.execute(QUERIES["command_target"], params).fetchone() is None:
+            raise DeviceNotFound()
+        conn.execute(QUERIES["acknowledge_commands"], params)
+        rows = conn.execute(QUERIES["list_commands"], {
+            **params, "after_created_at": after_created_at, "after_id": after_id, "limit": limit + 1,
+        }).fetchall()
+    return page_of(rows, limit)
