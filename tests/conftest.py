@@ -44,12 +44,12 @@ class Database:
 
 @pytest.fixture(scope="session")
 def role_passwords(postgres_server) -> dict[str, str]:
-    """Login passwords for the two application roles the migrations create (cluster-wide)."""
+    """Login passwords for the application roles the migrations create (cluster-wide)."""
     with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
         conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
     apply_migrations(postgres_server.superuser_dsn(TEMPLATE_DB))
-    passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest")}
+    passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest", "mqtt_saas_maintenance")}
     with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
         for role, password in passwords.items():
             conn.execute(f"ALTER ROLE {role} LOGIN PASSWORD '{password}'")
