@@ -39,6 +39,7 @@ MAX_TAGS = 20
 CSV_COLUMNS = ("name", "display_name", "type", "location", "tags")
 _NAME_RE = re.compile(DEVICE_NAME_PATTERN)
 _TAG_RE = re.compile(TAG_PATTERN)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ def _fields(record: dict[str, str | None], line: int) -> DeviceFields:
         value = record.get(column)
         if value is not None and len(value) > limit:
             raise InvalidCsv(f"Line {line}: {column} is longer than {limit} characters.")
+        if value is not None and _CONTROL_RE.search(value):
+            raise InvalidCsv(f"Line {line}: {column} contains a control character.")
     tags = tuple(tag.strip() for tag in (record.get("tags") or "").split(";") if tag.strip())
     if len(tags) > MAX_TAGS or any(not _TAG_RE.match(tag) for tag in tags):
         raise InvalidCsv(f"Line {line}: tags are up to {MAX_TAGS} values separated by ';', each matching "

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +20,10 @@ router = APIRouter(prefix=PREFIX, tags=["devices"])
 
 DeviceStatus = Literal["online", "offline", "never_seen", "disabled"]
 Tag = Annotated[str, Field(pattern=devices.TAG_PATTERN)]
+# PostgreSQL text cannot hold NUL, and control characters have no place in a label.
+PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
+# A bigint: anything larger cannot be a device id (and would reach the database as an error).
+DeviceId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class _Body(BaseModel):
@@ -29,16 +33,18 @@ class _Body(BaseModel):
 class CreateDeviceRequest(_Body):
     name: str = Field(pattern=DEVICE_NAME_PATTERN, description="Unique in the tenant; the device's id in its topics.",
                       examples=["press-01"])
-    display_name: str | None = Field(None, min_length=1, max_length=200)
-    type: str | None = Field(None, min_length=1, max_length=100)
-    location: str | None = Field(None, min_length=1, max_length=200)
+    display_name: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT)
+    type: str | None = Field(None, min_length=1, max_length=100, pattern=PLAIN_TEXT)
+    location: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT)
     tags: list[Tag] = Field(default_factory=list, max_length=devices.MAX_TAGS)
 
 
 class UpdateDeviceRequest(_Body):
-    display_name: str | None = Field(None, min_length=1, max_length=200, description="null clears it.")
-    type: str | None = Field(None, min_length=1, max_length=100, description="null clears it.")
-    location: str | None = Field(None, min_length=1, max_length=200, description="null clears it.")
+    display_name: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT,
+                                     description="null clears it.")
+    type: str | None = Field(None, min_length=1, max_length=100, pattern=PLAIN_TEXT, description="null clears it.")
+    location: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT,
+                                 description="null clears it.")
     tags: list[Tag] | None = Field(None, max_length=devices.MAX_TAGS, description="Replaces the tags; null clears.")
 
 
@@ -130,8 +136,9 @@ async def bulk_create(request: Request, db: Pool, config: Config, caller: Caller
 def list_devices(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max_length=200)] = None,
                  limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
                  status: Annotated[DeviceStatus | None, Query()] = None,
-                 name_prefix: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-                 name_contains: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+                 name_prefix: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+                                        ] = None,
+                 name_contains: Annotated[str | None, Query(min_length=1, max_length=200, pattern=PLAIN_TEXT)] = None,
                  tag: Annotated[Tag | None, Query()] = None) -> Page[Device]:
     """The tenant's devices in creation order, a page at a time, optionally filtered (every role)."""
     rows, next_cursor = devices.list_devices(db, caller, cursor=cursor, limit=limit, status=status,
@@ -140,39 +147,39 @@ def list_devices(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(m
 
 
 @router.get("/devices/{device_id}", responses=problems(401, 404, 422))
-def get_device(device_id: int, db: Pool, caller: Caller) -> Device:
+def get_device(device_id: DeviceId, db: Pool, caller: Caller) -> Device:
     """One device of the tenant (every role)."""
     return Device.model_validate(devices.get_device(db, caller, device_id))
 
 
 @router.patch("/devices/{device_id}", responses=problems(401, 403, 404, 422))
-def update_device(device_id: int, body: UpdateDeviceRequest, db: Pool, caller: Caller, source: Source) -> Device:
+def update_device(device_id: DeviceId, body: UpdateDeviceRequest, db: Pool, caller: Caller, source: Source) -> Device:
     """Changes display name, type, location or tags (staff, owners); only the fields sent change."""
     changes = body.model_dump(include=body.model_fields_set)
     return Device.model_validate(devices.update_device(db, caller, device_id, changes, source))
 
 
 @router.post("/devices/{device_id}/disable", responses=problems(401, 403, 404, 422))
-def disable_device(device_id: int, db: Pool, config: Config, caller: Caller, source: Source) -> Device:
+def disable_device(device_id: DeviceId, db: Pool, config: Config, caller: Caller, source: Source) -> Device:
     """Disconnects the device at once and refuses its reconnections until enabled (staff, owners)."""
     return Device.model_validate(devices.set_enabled(db, config, caller, device_id, False, source))
 
 
 @router.post("/devices/{device_id}/enable", responses=problems(401, 403, 404, 422))
-def enable_device(device_id: int, db: Pool, config: Config, caller: Caller, source: Source) -> Device:
+def enable_device(device_id: DeviceId, db: Pool, config: Config, caller: Caller, source: Source) -> Device:
     """Lets the device connect again with its credential (staff, owners)."""
     return Device.model_validate(devices.set_enabled(db, config, caller, device_id, True, source))
 
 
 @router.delete("/devices/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(401, 403, 404, 422))
-def delete_device(device_id: int, db: Pool, config: Config, caller: Caller, source: Source) -> Response:
+def delete_device(device_id: DeviceId, db: Pool, config: Config, caller: Caller, source: Source) -> Response:
     """Deletes the device and its broker credentials, disconnecting it (staff, owners); telemetry stays."""
     devices.delete_device(db, config, caller, device_id, source)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/devices/{device_id}/credentials/rotate", responses=problems(401, 403, 404, 422))
-def rotate_credential(device_id: int, db: Pool, config: Config, caller: Caller, source: Source,
+def rotate_credential(device_id: DeviceId, db: Pool, config: Config, caller: Caller, source: Source,
                       body: Annotated[RotateRequest | None, Body()] = None) -> RotatedCredential:
     """Issues a new password (shown once) on the device's other credential; the old one works for
     overlap_s more seconds (staff, owners)."""
@@ -183,6 +190,6 @@ def rotate_credential(device_id: int, db: Pool, config: Config, caller: Caller, 
 
 
 @router.post("/devices/{device_id}/credentials/revoke", responses=problems(401, 403, 404, 422))
-def revoke_credentials(device_id: int, db: Pool, config: Config, caller: Caller, source: Source) -> Device:
+def revoke_credentials(device_id: DeviceId, db: Pool, config: Config, caller: Caller, source: Source) -> Device:
     """Deletes both broker credentials, disconnecting the device; a rotation issues a new one (staff, owners)."""
     return Device.model_validate(devices.revoke_credentials(db, config, caller, device_id, source))
