@@ -162,3 +162,17 @@ class CommandRefused(ApiError):
     """The broker refused the command: it was recorded as failed; an operator must check the commander credential."""
 
     status, title, kind = 503, "Service Unavailable", "command-refused"
+
+
+# --- reads for dashboards (issue 12 §5)
+
+class InvalidRange(ApiError):
+    """The time range is not valid: 'from' must be before 'to', within the maximum span."""
+
+    status, title, kind = 422, "Unprocessable Content", "invalid-range"
+
+
+class MetricNotNumeric(ApiError):
+    """This metric's values are booleans or text: a series averages numbers only; GET .../latest shows them."""
+
+    status, title, kind = 422, "Unprocessable Content", "metric-not-numeric"
