@@ -1,0 +1,77 @@
+-- lock_rollup_state --
+-- The job's watermark, locked for this transaction; no row when another run holds it, so two
+-- overlapping timer runs never roll up the same window twice at once.
+SELECT watermark, now() AS now FROM rollup_state WHERE name = %(name)s FOR UPDATE SKIP LOCKED;
+
+-- first_received_at --
+-- Where a job that has never run starts: just before the oldest row.
+SELECT min(received_at) - interval '1 microsecond' AS watermark FROM telemetry;
+
+-- advance_rollup_state --
+-- Moves the watermark in the transaction that wrote the rollups up to it.
+UPDATE rollup_state SET watermark = %(watermark)s, updated_at = now() WHERE name = %(name)s;
+
+-- rollup_minutes --
+-- Recomputes from raw every minute bucket that got a numeric row with received_at in
+-- (from, to], whatever its ts (late data), and upserts it: a re-run writes the same values.
+-- min_ts prunes partitions: the drain accepts no reading older than its INGEST_MAX_PAST_DAYS.
+WITH touched AS (
+    SELECT DISTINCT tenant_id, device_id, metric, date_trunc('minute', ts) AS bucket
+    FROM telemetry
+    WHERE received_at > %(from)s AND received_at <= %(to)s AND ts >= %(min_ts)s AND value IS NOT NULL
+)
+INSERT INTO telemetry_rollup_1m AS r (tenant_id, device_id, metric, bucket, count, sum, min, max, last, last_ts, last_seq)
+SELECT k.tenant_id, k.device_id, k.metric, k.bucket, count(*), sum(t.value), min(t.value), max(t.value),
+       (array_agg(t.value ORDER BY t.ts DESC, t.seq DESC))[1],
+       max(t.ts),
+       (array_agg(t.seq ORDER BY t.ts DESC, t.seq DESC))[1]
+FROM touched k
+JOIN telemetry t ON t.tenant_id = k.tenant_id AND t.device_id = k.device_id AND t.metric = k.metric
+                AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
+WHERE t.value IS NOT NULL
+GROUP BY k.tenant_id, k.device_id, k.metric, k.bucket
+ON CONFLICT (tenant_id, device_id, metric, bucket) DO UPDATE
+SET count = EXCLUDED.count, sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max,
+    last = EXCLUDED.last, last_ts = EXCLUDED.last_ts, last_seq = EXCLUDED.last_seq
+RETURNING date_trunc('hour', r.bucket) AS hour, r.tenant_id, r.device_id, r.metric;
+
+-- rollup_hours --
+-- Recomputes the given hour buckets from their minute buckets (which outlive the raw rows).
+WITH touched AS (
+    SELECT DISTINCT * FROM unnest(%(tenant_ids)s::uuid[], %(device_ids)s::bigint[], %(metrics)s::text[],
+                                  %(hours)s::timestamptz[]) AS k (tenant_id, device_id, metric, bucket)
+)
+INSERT INTO telemetry_rollup_1h (tenant_id, device_id, metric, bucket, count, sum, min, max, last, last_ts, last_seq)
+SELECT k.tenant_id, k.device_id, k.metric, k.bucket, sum(m.count), sum(m.sum), min(m.min), max(m.max),
+       (array_agg(m.last ORDER BY m.last_ts DESC, m.last_seq DESC))[1],
+       max(m.last_ts),
+       (array_agg(m.last_seq ORDER BY m.last_ts DESC, m.last_seq DESC))[1]
+FROM touched k
+JOIN telemetry_rollup_1m m ON m.tenant_id = k.tenant_id AND m.device_id = k.device_id AND m.metric = k.metric
+                          AND m.bucket >= k.bucket AND m.bucket < k.bucket + interval '1 hour'
+GROUP BY k.tenant_id, k.device_id, k.metric, k.bucket
+ON CONFLICT (tenant_id, device_id, metric, bucket) DO UPDATE
+SET count = EXCLUDED.count, sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max,
+    last = EXCLUDED.last, last_ts = EXCLUDED.last_ts, last_seq = EXCLUDED.last_seq;
+
+-- delete_old_rollups_1m --
+-- Minute rollups past their retention (a setting; they outlive the raw rows).
+DELETE FROM telemetry_rollup_1m WHERE bucket < %(before)s;
+
+-- delete_old_rollups_1h --
+-- Hour rollups past their retention.
+DELETE FROM telemetry_rollup_1h WHERE bucket < %(before)s;
+
+-- series_1m --
+-- One device's metric per minute over [from, to), for the series read (RLS scopes the tenant).
+SELECT bucket, count, sum, min, max, avg, last FROM telemetry_rollup_1m
+WHERE tenant_id = current_tenant_id() AND device_id = %(device_id)s AND metric = %(metric)s
+  AND bucket >= %(from)s AND bucket < %(to)s
+ORDER BY bucket;
+
+-- series_1h --
+-- One device's metric per hour over [from, to).
+SELECT bucket, count, sum, min, max, avg, last FROM telemetry_rollup_1h
+WHERE tenant_id = current_tenant_id() AND device_id = %(device_id)s AND metric = %(metric)s
+  AND bucket >= %(from)s AND bucket < %(to)s
+ORDER BY bucket;
