@@ -41,8 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-DB_ROLES = {"mqtt_saas_app": "database-url", "mqtt_saas_ingest": "ingest-database-url"}
-BROKER_CLIENTS = {"mqtt-saas-ingest": "mqtt-ingest-password", "mqtt-saas-provisioner": "mqtt-provisioner-password"}
+# Key Vault secret names as infra/modules/keyVault.bicep names them (the maintenance and commander ones follow the
+# same pattern for the secrets issues 12 and 14 add).
+DB_ROLES = {"mqtt_saas_app": "database-url", "mqtt_saas_ingest": "ingest-database-url",
+            "mqtt_saas_maintenance": "maintenance-database-url"}
+BROKER_CLIENTS = {"mqtt-saas-ingest": "mqtt-ingest-password", "mqtt-saas-provisioner": "mqtt-provisioner-password",
+                  "mqtt-saas-commander": "mqtt-commander-password"}
 JWT_SECRET_NAME = "auth-jwt-secret"
 ROTATED_MARKER = "SECRETS_ROTATED_AT"
 
