@@ -9,6 +9,13 @@ a retained ``online`` there on every connect. Every ``--interval`` seconds it pu
 ``{"ts": epoch ms, "seq": n, "metrics": {...}}`` at QoS 1 to ``.../telemetry`` and waits for its PUBACK before the
 next one. paho reconnects on its own when the broker goes away. SIGTERM or SIGINT (and the end of ``--count``)
 publish ``offline`` and disconnect cleanly, so the will is not sent as well.
+
+It obeys one command, sent through the API (POST /api/devices/{id}/commands) to ``t/{tenant}/d/{device}/cmd``,
+which it subscribes to on every connect: ``set_point`` ``{"value": rpm}`` sets the spindle speed it runs at in
+auto mode (0 to 30000; manual runs at half). From the first such command on, every reading reports ``set_point``;
+and the next telemetry message after a command carries its ack as an extra record, ``{"cmd_ack": <command id>,
+"cmd_result": "applied"}`` (or why it was rejected), which the drain stores like any reading and the API shows as
+the command's ack.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import ssl
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,7 @@ log = logging.getLogger("simulator")
 
 ACK_TIMEOUT_S = 10.0
 OFFLINE_ACK_TIMEOUT_S = 5.0
+MAX_SET_POINT_RPM = 30000.0
 
 
 def load_credential(path: Path) -> DeviceCredential:
@@ -55,6 +64,8 @@ class Machine:
         self.mode = "auto"
         self.temperature = 45.0
         self.rpm = 12000.0
+        self.set_point = 12000.0  # spindle speed in auto mode; the set_point command changes it
+        self.set_point_commanded = False
         self.door_open = False
 
     def step(self) -> dict[str, Any]:
@@ -63,18 +74,33 @@ class Machine:
             self.mode = rng.choices(self.MODES, weights=(70, 15, 10, 5))[0]
         # The door opens only when the spindle may stop (not in auto), and closes again soon.
         self.door_open = self.mode != "auto" and (rng.random() < 0.3 if not self.door_open else rng.random() < 0.7)
-        target_rpm = {"auto": 12000.0, "manual": 6000.0}.get(self.mode, 0.0) if not self.door_open else 0.0
+        target_rpm = ({"auto": self.set_point, "manual": self.set_point / 2}.get(self.mode, 0.0)
+                      if not self.door_open else 0.0)
         self.rpm += (target_rpm - self.rpm) * 0.5 + (rng.gauss(0, 40) if target_rpm else 0.0)
         self.rpm = max(0.0, self.rpm)
         # Heats up with the spindle, cools towards the hall's 22 C when it stands still.
         target_temp = 22.0 + self.rpm / 12000.0 * 48.0
         self.temperature += (target_temp - self.temperature) * 0.05 + rng.gauss(0, 0.3)
-        return {
+        metrics: dict[str, Any] = {
             "temperature": round(self.temperature, 2),
             "spindle_rpm": int(round(self.rpm)),
             "door_open": self.door_open,
             "mode": self.mode,
         }
+        if self.set_point_commanded:  # the factory default is not news; a commanded one is reported from then on
+            metrics["set_point"] = self.set_point
+        return metrics
+
+
+def apply_command(machine: Machine, name: object, args: object) -> str:
+    """Carries out one command on the machine; the result it reports with its ack."""
+    if name != "set_point":
+        return f"rejected: unknown command {str(name)[:64]!r}"
+    value = args.get("value") if isinstance(args, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SET_POINT_RPM:
+        return f"rejected: value must be a number from 0 to {MAX_SET_POINT_RPM:g}"
+    machine.set_point, machine.set_point_commanded = float(value), True
+    return "applied"
 
 
 class Simulator:
@@ -83,6 +109,12 @@ class Simulator:
         self.host, self.port = host, port
         self.status_topic = f"{credential.topic_prefix}/status"
         self.telemetry_topic = f"{credential.topic_prefix}/telemetry"
+        self.command_topic = f"{credential.topic_prefix}/cmd"
+        self.machine: Machine | None = None
+        # Acks for commands carried out since the last reading: (command id, result, ts ms). Guarded by _cond.
+        self._pending_acks: list[tuple[str, str, int]] = []
+        # The broker may deliver a QoS 1 command twice: the id says it is the same one.
+        self._seen_commands: deque[str] = deque(maxlen=256)
         self.stop = threading.Event()
         self._cond = threading.Condition()
         self._acks: dict[int, Any] = {}
@@ -100,6 +132,7 @@ class Simulator:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
 
     # -- paho callbacks (network thread) ---------------------------------------------------------------------------
 
@@ -110,6 +143,8 @@ class Simulator:
             return
         log.info("connected to %s:%s as %s", self.host, self.port, self.credential.username)
         info = client.publish(self.status_topic, "online", qos=1, retain=True)
+        # A clean start has no subscriptions: ask again on every connect.
+        client.subscribe(self.command_topic, qos=1)
         with self._cond:
             self._unawaited.add(info.mid)
             self._connected = True
@@ -131,6 +166,21 @@ class Simulator:
                 return
             self._acks[mid] = reason_code
             self._cond.notify_all()
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            command = json.loads(message.payload)
+            command_id = str(command["id"])
+        except (ValueError, KeyError, TypeError):
+            log.error("ignored a command that is not JSON with an id on %s", message.topic)
+            return
+        with self._cond:
+            if command_id in self._seen_commands or self.machine is None:
+                return
+            self._seen_commands.append(command_id)
+            result = apply_command(self.machine, command.get("name"), command.get("args"))
+            self._pending_acks.append((command_id, result, int(time.time() * 1000)))
+        log.info("command %s %s: %s", command.get("name"), command_id, result)
 
     # -- main thread -----------------------------------------------------------------------------------------------
 
@@ -161,9 +211,10 @@ class Simulator:
         return True
 
     def run(self, interval: float, count: int | None, rng: random.Random) -> int:
-        machine = Machine(rng)
+        machine = self.machine = Machine(rng)
         properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = 0  # a device that publishes only needs no session on the broker
+        # No session kept on the broker: a command sent while the simulator is offline is not queued for it.
+        properties.SessionExpiryInterval = 0
         self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True, properties=properties)
         self.client.loop_start()  # retries the first connection too, then reconnects on loss
         sent = 0
@@ -174,12 +225,22 @@ class Simulator:
                 if not self._wait(lambda: self._connected, 3600):
                     continue
                 seq += 1
-                reading = {"ts": int(time.time() * 1000), "seq": seq, "metrics": machine.step()}
-                if self._publish_acked(self.telemetry_topic, json.dumps(reading), False, ACK_TIMEOUT_S):
+                with self._cond:
+                    reading = {"ts": int(time.time() * 1000), "seq": seq, "metrics": machine.step()}
+                    acks, self._pending_acks = self._pending_acks, []
+                records = [reading]
+                for command_id, result, ts in acks:
+                    seq += 1
+                    records.append({"ts": ts, "seq": seq, "metrics": {"cmd_ack": command_id, "cmd_result": result}})
+                payload = json.dumps(records if acks else reading)
+                if self._publish_acked(self.telemetry_topic, payload, False, ACK_TIMEOUT_S):
                     sent += 1
-                    log.info("seq %d acknowledged: %s", seq, json.dumps(reading["metrics"], sort_keys=True))
-                elif not self.stop.is_set():
-                    log.warning("seq %d not acknowledged within %.0f s", seq, ACK_TIMEOUT_S)
+                    log.info("seq %d acknowledged: %s", reading["seq"], json.dumps(reading["metrics"], sort_keys=True))
+                else:
+                    with self._cond:  # not delivered: the acks go with the next reading
+                        self._pending_acks[:0] = acks
+                    if not self.stop.is_set():
+                        log.warning("seq %d not acknowledged within %.0f s", reading["seq"], ACK_TIMEOUT_S)
                 next_at = max(next_at + interval, time.monotonic())
                 self.stop.wait(next_at - time.monotonic())
         finally:
