@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     except BackupError as error:
         print(f"pg_backup: {error}", file=sys.stderr)
         return 2
+    except subprocess.CalledProcessError as error:
+        # pg_dump has said why on stderr (a server newer than this pg_dump, a lost connection): nothing was uploaded.
+        print(f"pg_backup: pg_dump failed ({error.returncode}); nothing was uploaded", file=sys.stderr)
+        return 1
     manifest = done.manifest
     print(f"pg_backup blob={done.dump_blob} bytes={manifest['bytes']} tables={len(manifest['row_counts'])} "
           f"rows={sum(manifest['row_counts'].values())}")
