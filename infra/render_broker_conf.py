@@ -1,6 +1,6 @@
 """Renders what the broker VM takes from shared/broker_contract.py into infra/generated/:
 mosquitto.conf (BROKER_SETTINGS with the VM's paths) and dynsec-bootstrap.sh (default ACL access, the
-provisioner's and the drain's roles and clients, as mosquitto_ctrl commands).
+provisioner's, the drain's and the API commander's roles and clients, as mosquitto_ctrl commands).
 
 Bicep cannot run Python, so the files are generated here and committed; modules/brokerVm.bicep loads them into the
 VM's cloud-init. tests/infra/test_bicep.py fails when a committed file differs from what the contract renders now,
@@ -19,6 +19,8 @@ import json  # noqa: E402
 import shlex  # noqa: E402
 
 from shared.broker_contract import (  # noqa: E402
+    COMMANDER_ROLE,
+    COMMANDER_USERNAME,
     INGEST_CLIENT_ID,
     INGEST_ROLE,
     INGEST_USERNAME,
@@ -59,9 +61,9 @@ def render_vm_conf() -> str:
 
 def render_dynsec_bootstrap() -> str:
     """A bash script run on the VM after the broker starts. It expects MQTT_ADMIN_PASSWORD,
-    MQTT_INGEST_PASSWORD and MQTT_PROVISIONER_PASSWORD in the environment. Creating what exists fails
-    and is tolerated (|| true), so a re-run creates what is missing and resets default access and the roles'
-    ACLs to the contract; it never changes a password."""
+    MQTT_INGEST_PASSWORD, MQTT_PROVISIONER_PASSWORD and MQTT_COMMANDER_PASSWORD in the environment. Creating
+    what exists fails and is tolerated (|| true), so a re-run creates what is missing and resets default access
+    and the roles' ACLs to the contract; it never changes a password."""
     lines = [
         "#!/usr/bin/env bash",
         "# Rendered from shared/broker_contract.py by infra/render_broker_conf.py; edits are lost.",
@@ -82,6 +84,9 @@ def render_dynsec_bootstrap() -> str:
         f"ctrl addClientRole {PROVISIONER_USERNAME} {PROVISIONER_ROLE} 0 || true",
         f'ctrl createClient {INGEST_USERNAME} -c {INGEST_CLIENT_ID} -p "$MQTT_INGEST_PASSWORD" || true',
         f"ctrl addClientRole {INGEST_USERNAME} {INGEST_ROLE} 0 || true",
+        # Not bound to a client id: each app instance connects with its own.
+        f'ctrl createClient {COMMANDER_USERNAME} -p "$MQTT_COMMANDER_PASSWORD" || true',
+        f"ctrl addClientRole {COMMANDER_USERNAME} {COMMANDER_ROLE} 0 || true",
     ]
     return "\n".join(lines) + "\n"
 

@@ -11,3 +11,5 @@ ctrl createClient mqtt-saas-provisioner -p "$MQTT_PROVISIONER_PASSWORD" || true
 ctrl addClientRole mqtt-saas-provisioner provisioner 0 || true
 ctrl createClient mqtt-saas-ingest -c mqtt-saas-ingest -p "$MQTT_INGEST_PASSWORD" || true
 ctrl addClientRole mqtt-saas-ingest ingest 0 || true
+ctrl createClient mqtt-saas-commander -p "$MQTT_COMMANDER_PASSWORD" || true
+ctrl addClientRole mqtt-saas-commander commander 0 || true

@@ -21,12 +21,15 @@ from scripts.localstack import MosquittoBroker
 from scripts.localstack.mosquitto import dynsec_plugin_path
 from scripts.localstack.process import LOCALHOST, free_port
 from shared.broker_contract import (
+    COMMANDER_ROLE,
+    COMMANDER_USERNAME,
     DEFAULT_ACL_ACCESS,
     INGEST_CLIENT_ID,
     INGEST_ROLE,
     INGEST_USERNAME,
     PROVISIONER_ROLE,
     PROVISIONER_USERNAME,
+    commander_acls,
     ingest_acls,
     provisioner_acls,
     render_mosquitto_conf,
@@ -72,10 +75,12 @@ class FreshBroker:
             self.process.kill()
             self.process.wait()
 
-    def bootstrap(self, ingest_password: str, provisioner_password: str) -> subprocess.CompletedProcess[str]:
+    def bootstrap(self, ingest_password: str, provisioner_password: str,
+                  commander_password: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "MQTT_CTRL_HOST": LOCALHOST, "MQTT_CTRL_PORT": str(self.port),
                "MQTT_CTRL_CAFILE": str(self.ca_file), "MQTT_ADMIN_PASSWORD": self.admin_password,
-               "MQTT_INGEST_PASSWORD": ingest_password, "MQTT_PROVISIONER_PASSWORD": provisioner_password}
+               "MQTT_INGEST_PASSWORD": ingest_password, "MQTT_PROVISIONER_PASSWORD": provisioner_password,
+               "MQTT_COMMANDER_PASSWORD": commander_password}
         return subprocess.run(["bash", str(GENERATED_DYNSEC)], env=env, capture_output=True, text=True, timeout=120)
 
     def dynsec(self) -> DynsecClient:
@@ -120,11 +125,11 @@ def canonical(acls: list[dict[str, object]]) -> list[tuple[object, ...]]:
 
 def test_bootstrap_gives_a_fresh_broker_the_contracts_roles_clients_and_default_access(
         fresh_broker: FreshBroker) -> None:
-    ingest_password, provisioner_password = secrets.token_hex(16), secrets.token_hex(16)
+    ingest_password, provisioner_password, commander_password = (secrets.token_hex(16) for _ in range(3))
     # WHEN the VM's bootstrap runs, twice (cloud-init may run it again on a re-provisioned VM), and between the
     # two runs the ingest role gained a right the contract does not give (an older contract, or a hand edit)
     for run in range(2):
-        result = fresh_broker.bootstrap(ingest_password, provisioner_password)
+        result = fresh_broker.bootstrap(ingest_password, provisioner_password, commander_password)
         assert result.returncode == 0, result.stdout + result.stderr
         if run == 0:
             with fresh_broker.dynsec() as dynsec:
@@ -140,7 +145,14 @@ def test_bootstrap_gives_a_fresh_broker_the_contracts_roles_clients_and_default_
         assert ingest["clientid"] == INGEST_CLIENT_ID
         assert [r["rolename"] for r in ingest["roles"]] == [INGEST_ROLE]
         assert [r["rolename"] for r in dynsec.get_client(PROVISIONER_USERNAME)["roles"]] == [PROVISIONER_ROLE]
-    # AND the two service clients log in with the passwords from Key Vault; the drain only with its client id
+        assert canonical(dynsec.get_role_acls(COMMANDER_ROLE)) == canonical(
+            [a.as_command() for a in commander_acls()])
+        commander = dynsec.get_client(COMMANDER_USERNAME)
+        assert [r["rolename"] for r in commander["roles"]] == [COMMANDER_ROLE]
+        assert not commander.get("clientid")  # every app instance connects with a client id of its own
+    # AND the service clients log in with the passwords from Key Vault; the drain only with its client id
     assert connects(fresh_broker, INGEST_USERNAME, ingest_password, INGEST_CLIENT_ID)
     assert not connects(fresh_broker, INGEST_USERNAME, ingest_password, "someone-else")
     assert connects(fresh_broker, PROVISIONER_USERNAME, provisioner_password, "provisioner-1")
+    assert connects(fresh_broker, COMMANDER_USERNAME, commander_password, "mqtt-saas-commander-a1")
+    assert connects(fresh_broker, COMMANDER_USERNAME, commander_password, "mqtt-saas-commander-b2")
