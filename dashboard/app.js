@@ -1,0 +1,112 @@
+// The dashboard's entry: sign-in, the hash router, the header and the auto-refresh at the drain's
+// cadence. Views live in views/*.js; each renders into <main> and may return {refresh, dispose}.
+import { ApiError, api, loadOperations, logout, offers, resume, setSignedOutHandler } from './api.js';
+import { h, replace } from './dom.js';
+import { LOCALES, pickLocale, setLocale, t } from './i18n.js';
+import { renderLogin } from './views/login.js';
+import { renderFleet } from './views/fleet.js';
+import { renderDevice } from './views/device.js';
+import { renderUsers } from './views/users.js';
+import { renderIngest } from './views/ingest.js';
+
+const main = document.getElementById('main');
+const nav = document.getElementById('nav');
+const who = document.getElementById('who');
+const signOutButton = document.getElementById('signout');
+const langSelect = document.getElementById('lang');
+
+const ctx = {
+  me: null,
+  config: { refresh_s: 60, ca_url: null },
+  main,
+  can(...roles) { return this.me !== null && roles.includes(this.me.role); },
+  go(hash) { if (location.hash === hash) route(); else location.hash = hash; },
+};
+
+let current = null;
+let timer = null;
+
+function navLinks() {
+  const links = [['#/fleet', 'nav_fleet']];
+  if (ctx.can('owner', 'staff')) links.push(['#/ingest', 'nav_ingest']);
+  if (ctx.can('owner')) links.push(['#/users', 'nav_users']);
+  const here = location.hash.split('/').slice(0, 2).join('/');
+  replace(nav, links.map(([href, key]) => h('a', { href, 'aria-current': here === href ? 'page' : null, text: t(key) })));
+}
+
+function showHeader() {
+  const signedIn = ctx.me !== null;
+  nav.hidden = !signedIn;
+  signOutButton.hidden = !signedIn;
+  who.textContent = signedIn ? `${ctx.me.email} · ${t(`role_${ctx.me.role}`)}` : '';
+  if (signedIn) navLinks();
+}
+
+async function route() {
+  if (current && current.dispose) current.dispose();
+  current = null;
+  if (ctx.me === null) {
+    showHeader();
+    renderLogin(ctx, signedIn);
+    return;
+  }
+  showHeader();
+  const [, view, id] = location.hash.split('/');
+  try {
+    if (view === 'device' && id) current = await renderDevice(ctx, id);
+    else if (view === 'users' && ctx.can('owner')) current = await renderUsers(ctx);
+    else if (view === 'ingest' && ctx.can('owner', 'staff')) current = await renderIngest(ctx);
+    else current = await renderFleet(ctx);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return;
+    replace(main, h('p', { class: 'error', role: 'alert', text: error.message || t('error_generic') }));
+  }
+}
+
+async function signedIn() {
+  ctx.me = await api('GET', '/api/me');
+  if (!location.hash || location.hash === '#/login') location.hash = '#/fleet';
+  else route();
+}
+
+function signedOutView() {
+  ctx.me = null;
+  route();
+}
+
+function scheduleRefresh() {
+  clearInterval(timer);
+  timer = setInterval(() => {
+    if (document.visibilityState === 'visible' && current && current.refresh) {
+      current.refresh().catch(() => { /* the view shows its own error; try again next tick */ });
+    }
+  }, Math.max(1, ctx.config.refresh_s) * 1000);
+}
+
+async function start() {
+  await setLocale(pickLocale());
+  langSelect.value = document.documentElement.lang;
+  langSelect.addEventListener('change', async () => {
+    await setLocale(langSelect.value, true);
+    route();
+  });
+  signOutButton.addEventListener('click', async () => {
+    await logout();
+    signedOutView();
+  });
+  setSignedOutHandler(signedOutView);
+  window.addEventListener('hashchange', route);
+  try {
+    const response = await fetch('config.json', { cache: 'no-cache' });
+    if (response.ok) ctx.config = { ...ctx.config, ...(await response.json()) };
+  } catch { /* defaults */ }
+  scheduleRefresh();
+  await loadOperations().catch(() => null);
+  if (await resume()) {
+    try { await signedIn(); return; } catch { /* fall through to the sign-in form */ }
+  }
+  route();
+}
+
+export { ctx, offers, LOCALES };
+start();
