@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
+from shared.metering import MessageMeter, counted, current_hour, usage_params
 from shared.observability import event
 from shared.payloads import (
     Limits,
@@ -38,6 +39,7 @@ from shared.sql import QUERIES, one_row
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_PAYLOAD_CAP = 8192
+UNIT_MAX_CHARS = 32  # device_metrics.unit's CHECK; a longer unit is cut, not a reason to lose the reading
 _MAX_DOUBLE = 1.7976931348623157e308
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -90,6 +92,10 @@ class PreparedBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     presence: Presence = field(default_factory=dict)
     oldest_ts_us: int | None = None
+    # Written with the batch (record_batch_metadata): the unit a /state payload gave per
+    # (tenant_id, device_id, metric), and per tenant_id [messages stored, readings, dead letters].
+    units: dict[tuple[str, int, str], str] = field(default_factory=dict)
+    tenant_counts: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def readings(self) -> int:
@@ -228,12 +234,19 @@ def prepare_batch(
             start = len(lines)
             lines.extend(message_lines)
             batch.spans.append((index, start, len(lines)))
+            counts = batch.tenant_counts.setdefault(device.tenant_id, [0, 0, 0])
+            counts[0] += 1
+            counts[1] += len(message_lines)
+            if topic.kind == "state" and (unit := state.get("unit")):
+                batch.units[(device.tenant_id, device.device_id, topic.entity)] = unit[:UNIT_MAX_CHARS]  # type: ignore[index]
             # Validation lets no message through without a reading, so newest is set.
             _note_presence(batch.presence, key, min(newest, now_us), "online")  # type: ignore[type-var, arg-type]
         except Rejected as rejection:
             batch.dead_letters.append(
                 DeadLetter(message.topic, rejection.reason, rejection.detail, message.payload, device)
             )
+            if device is not None:
+                batch.tenant_counts.setdefault(device.tenant_id, [0, 0, 0])[2] += 1
     batch.oldest_ts_us = oldest
     return batch
 
@@ -283,6 +296,9 @@ class IngestStore:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self.conn: psycopg.Connection[TupleRow] | None = None
+        # The plans' messages per hour (shared/metering.py), counted for this run.
+        self.meter = MessageMeter()
+        self._hour = current_hour()
 
     @property
     def _session(self) -> psycopg.Connection[TupleRow]:
@@ -312,16 +328,22 @@ class IngestStore:
                 self.conn = None
 
     def write(self, messages: Sequence[InboundMessage], batch: PreparedBatch) -> BatchOutcome:
-        """Stores a prepared batch in one transaction and commits; returns what it stored."""
+        """Stores a prepared batch in one transaction and commits; returns what it stored.
+        Messages over their tenant's hourly quota become `quota` dead letters first."""
+        self._hour = current_hour()
+        batch = self.meter.meter(self._session, messages, batch, self._hour)
         try:
-            accepted = self._write(batch.copy_lines, batch.dead_letters, batch.presence)
+            accepted = self._write(batch.copy_lines, batch.dead_letters, batch.presence, batch)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError, psycopg.errors.ProgrammingError) as exc:
             if isinstance(exc, psycopg.errors.InsufficientPrivilege):
                 raise
             self._session.rollback()
             event(log, "ingest.batch_refused", {"error": type(exc).__name__, "messages": len(messages)},
                   logging.WARNING)
-            return self._write_isolating(messages, batch)
+            outcome = self._write_isolating(messages, batch)
+            self.meter.committed(counted(batch), self._hour)
+            return outcome
+        self.meter.committed(counted(batch), self._hour)
         return self._outcome(messages, batch, accepted)
 
     def _outcome(self, messages: Sequence[InboundMessage], batch: PreparedBatch, accepted: int) -> BatchOutcome:
@@ -340,7 +362,8 @@ class IngestStore:
             dead_letters_by_reason=Counter(dead.reason for dead in batch.dead_letters),
         )
 
-    def _write(self, lines: list[str], dead_letters: list[DeadLetter], presence: Presence) -> int:
+    def _write(self, lines: list[str], dead_letters: list[DeadLetter], presence: Presence,
+               metadata: PreparedBatch | None = None) -> int:
         conn = self._session
         accepted = 0
         with conn.cursor() as cur:
@@ -349,6 +372,13 @@ class IngestStore:
                     copy.write("".join(lines))
                 cur.execute(QUERIES["insert_from_staging"])
                 accepted = cur.rowcount
+            if metadata is not None:
+                if lines:
+                    cur.execute(QUERIES["merge_device_metrics"], _unit_params(metadata))
+                if metadata.tenant_counts:
+                    cur.execute(QUERIES["count_ingest_minute"], _count_params(metadata))
+                if (usage := usage_params(metadata, self._hour)) is not None:
+                    cur.execute(QUERIES["count_usage"], usage)
             if dead_letters:
                 cur.executemany(QUERIES["insert_dead_letter"], [_dead_letter_params(d) for d in dead_letters])
             if presence:
@@ -372,7 +402,7 @@ class IngestStore:
         for index, start, end in batch.spans:
             lines = batch.copy_lines[start:end]
             try:
-                total.accepted += self._write(lines, [], {})
+                total.accepted += self._write(lines, [], {}, PreparedBatch(units=batch.units))
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
                 self._session.rollback()
                 message = messages[index]
@@ -384,7 +414,8 @@ class IngestStore:
             total.readings += len(lines)
             total.messages_by_tenant[messages[index].topic.split("/", 2)[1]] += 1
         total.duplicates = total.readings - total.accepted
-        self._write([], [], batch.presence)
+        # The counts count a refused message as stored too: close enough for a per-minute chart.
+        self._write([], [], batch.presence, PreparedBatch(tenant_counts=batch.tenant_counts))
         return total
 
     def ensure_partitions(self, past_days: int, future_days: int = 3) -> int:
@@ -434,6 +465,26 @@ def _dead_letter_params(dead: DeadLetter) -> dict[str, Any]:
         "detail": dead.detail[:1000],
         "payload": dead.payload[:DEAD_LETTER_PAYLOAD_CAP],
         "payload_bytes": len(dead.payload),
+    }
+
+
+def _unit_params(metadata: PreparedBatch) -> dict[str, Any]:
+    units = list(metadata.units.items())
+    return {
+        "unit_tenant_ids": [key[0] for key, _ in units],
+        "unit_device_ids": [key[1] for key, _ in units],
+        "unit_metrics": [key[2] for key, _ in units],
+        "units": [unit for _, unit in units],
+    }
+
+
+def _count_params(metadata: PreparedBatch) -> dict[str, Any]:
+    counts = list(metadata.tenant_counts.items())
+    return {
+        "tenant_ids": [tenant for tenant, _ in counts],
+        "messages": [c[0] for _, c in counts],
+        "readings": [c[1] for _, c in counts],
+        "dead_lettered": [c[2] for _, c in counts],
     }
 
 

@@ -57,3 +57,41 @@ SET finished_at = now(), status = %(status)s, messages = %(messages)s, readings 
     accepted = %(accepted)s, duplicates = %(duplicates)s, dead_lettered = %(dead_lettered)s,
     batches = %(batches)s, max_lag_ms = %(max_lag_ms)s, error = %(error)s
 WHERE id = %(run_id)s
+
+-- merge_device_metrics --
+-- Once per batch, in its transaction: the distinct metrics of the staged readings, each with its
+-- newest reading and the unit a /state payload of the batch gave (shared/api/reads.py reads
+-- them). last_* only move forward: a reading that is not newer changes nothing, so an old
+-- redelivered /state cannot bring back an old unit. MERGE rather than ON CONFLICT because an
+-- upsert's excluded.* needs SELECT on those columns: the drain may compare last_ts/last_seq and
+-- the unit, never read a stored value. (Only one drain writes at a time: the run lock.)
+MERGE INTO device_metrics AS m
+USING (
+    SELECT n.tenant_id, n.device_id, n.metric, u.unit, timestamptz 'epoch' + n.ts_us * interval '1 microsecond' AS ts,
+           n.seq, n.value, n.value_bool, n.value_text
+    FROM (SELECT DISTINCT ON (tenant_id, device_id, metric)
+                 tenant_id, device_id, metric, ts_us, seq, value, value_bool, value_text
+          FROM ingest_staging
+          ORDER BY tenant_id, device_id, metric, ts_us DESC, seq DESC) AS n
+    LEFT JOIN unnest(%(unit_tenant_ids)s::uuid[], %(unit_device_ids)s::bigint[], %(unit_metrics)s::text[],
+                     %(units)s::text[]) AS u (tenant_id, device_id, metric, unit)
+           ON u.tenant_id = n.tenant_id AND u.device_id = n.device_id AND u.metric = n.metric
+) AS s
+ON m.tenant_id = s.tenant_id AND m.device_id = s.device_id AND m.metric = s.metric
+WHEN MATCHED AND (s.ts, s.seq) >= (m.last_ts, m.last_seq) THEN
+    UPDATE SET unit = coalesce(s.unit, m.unit), last_ts = s.ts, last_seq = s.seq, last_value = s.value,
+               last_value_bool = s.value_bool, last_value_text = s.value_text, updated_at = now()
+WHEN NOT MATCHED THEN
+    INSERT (tenant_id, device_id, metric, unit, last_ts, last_seq, last_value, last_value_bool, last_value_text)
+    VALUES (s.tenant_id, s.device_id, s.metric, s.unit, s.ts, s.seq, s.value, s.value_bool, s.value_text)
+
+-- count_ingest_minute --
+-- Per tenant, messages and readings the batch stored and its dead letters, in this minute.
+INSERT INTO ingest_minute_counts AS c (tenant_id, minute, messages, readings, dead_lettered)
+SELECT v.tenant_id, date_trunc('minute', now()), v.messages, v.readings, v.dead_lettered
+FROM unnest(%(tenant_ids)s::uuid[], %(messages)s::bigint[], %(readings)s::bigint[],
+            %(dead_lettered)s::bigint[]) AS v (tenant_id, messages, readings, dead_lettered)
+ORDER BY v.tenant_id
+ON CONFLICT (tenant_id, minute) DO UPDATE
+SET messages = c.messages + excluded.messages, readings = c.readings + excluded.readings,
+    dead_lettered = c.dead_lettered + excluded.dead_lettered
