@@ -53,7 +53,10 @@ def roll_up(
             if state is None:
                 report.busy = True
                 break
-            upper = (now or state["now"]) - timedelta(seconds=lag_s)
+            if now is None:
+                # Fixed for the run: chasing a moving now() would never catch up.
+                now = state["now"]
+            upper = now - timedelta(seconds=lag_s)
             watermark = state["watermark"]
             if watermark is None:
                 watermark = one_row(conn.execute(QUERIES["first_received_at"]), "first_received_at")["watermark"]

@@ -1,0 +1,163 @@
+"""1-minute and 1-hour rollups against real PostgreSQL (shared/rollups.py): equal to a from-scratch
+aggregation of the raw rows, late data included, idempotent, resumable."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from shared.db import tenant_transaction
+from shared.retention import maintenance_connection
+from shared.rollups import JOB, read_series, resolution_for, roll_up
+from shared.settings import Settings, settings_from
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+FROM_SCRATCH = """
+SELECT tenant_id, device_id, metric, date_trunc(%(unit)s, ts) AS bucket, count(*) AS count, sum(value) AS sum,
+       min(value) AS min, max(value) AS max, sum(value) / count(*) AS avg,
+       (array_agg(value ORDER BY ts DESC, seq DESC))[1] AS last
+FROM telemetry WHERE value IS NOT NULL
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+"""
+ROLLED = """
+SELECT tenant_id, device_id, metric, bucket, count, sum, min, max, avg, last FROM {table} ORDER BY 1, 2, 3, 4
+"""
+
+
+@pytest.fixture
+def maintenance_settings(database, role_passwords, postgres_server) -> Settings:
+    dsn = (f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}"
+           f"@127.0.0.1:{postgres_server.port}/{database.name}")
+    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
+                          "MAINTENANCE_DATABASE_URL": dsn})
+
+
+@pytest.fixture
+def owner(database):
+    with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
+        yield conn
+
+
+def make_device(owner) -> tuple[uuid.UUID, int]:
+    tenant_id = owner.execute("INSERT INTO tenants (slug, name) VALUES (%s, 'T') RETURNING id",
+                              (f"t-{uuid.uuid4().hex[:10]}",)).fetchone()[0]
+    device_id = owner.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'd') RETURNING id",
+                              (tenant_id,)).fetchone()[0]
+    return tenant_id, device_id
+
+
+def insert(owner, rows: list[tuple]) -> None:
+    """rows: (tenant_id, device_id, metric, ts, seq, value, value_bool, received_at)."""
+    with owner.cursor().copy("COPY telemetry (tenant_id, device_id, metric, ts, seq, value, value_bool, received_at)"
+                             " FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def readings(tenant_id, device_id, start: datetime, count: int, received_at: datetime, step_s: int = 17,
+             metric: str = "temp") -> list[tuple]:
+    # Quarter steps are exact in binary, so sums agree whatever order PostgreSQL adds them in.
+    return [(tenant_id, device_id, metric, start + timedelta(seconds=step_s * i), i % 2, (i % 40) / 4 - 3, None,
+             received_at) for i in range(count)]
+
+
+def run(settings: Settings, **overrides):
+    options = {"lag_s": 60, "chunk_s": 900, "max_past_days": 30, "time_budget_s": 60.0}
+    options.update(overrides)
+    with maintenance_connection(settings) as conn:
+        return roll_up(conn, **options)
+
+
+def assert_equal_to_scratch(owner) -> None:
+    for unit, table in (("minute", "telemetry_rollup_1m"), ("hour", "telemetry_rollup_1h")):
+        expected = owner.execute(FROM_SCRATCH, {"unit": unit}).fetchall()
+        assert owner.execute(ROLLED.format(table=table)).fetchall() == expected, table
+
+
+def test_rollups_equal_a_from_scratch_aggregation_including_late_data(maintenance_settings, owner):
+    # GIVEN two tenants' numeric readings (and a boolean, which rollups ignore) received an hour ago
+    (t1, d1), (t2, d2) = make_device(owner), make_device(owner)
+    an_hour_ago = NOW - timedelta(hours=1)
+    base = (NOW - timedelta(hours=3)).replace(minute=0, second=0)
+    insert(owner, readings(t1, d1, base, 400, an_hour_ago) + readings(t2, d2, base, 300, an_hour_ago, step_s=29)
+           + readings(t1, d1, base, 50, an_hour_ago, metric="rpm")
+           + [(t1, d1, "door", base, 0, None, True, an_hour_ago)])
+
+    # WHEN the rollup runs THEN it has caught up and equals the raw aggregation
+    report = run(maintenance_settings)
+    assert report.caught_up and report.chunks >= 1
+    assert_equal_to_scratch(owner)
+
+    # WHEN a device's backlog arrives late: old timestamps (2 days back, and inside buckets already
+    # rolled up), received now, and the next run comes past the lag
+    arrived = datetime.now(UTC)
+    insert(owner, readings(t1, d1, NOW - timedelta(days=2), 120, arrived)
+           + readings(t1, d1, base + timedelta(seconds=3), 30, arrived, step_s=41))
+    assert run(maintenance_settings, now=arrived + timedelta(minutes=2)).minute_buckets > 0
+
+    # THEN the old buckets are corrected and the new old ones exist, equal to scratch again
+    assert_equal_to_scratch(owner)
+    # AND a re-run from the start rewrites the same values (idempotent upserts)
+    owner.execute("UPDATE rollup_state SET watermark = NULL WHERE name = %s", (JOB,))
+    run(maintenance_settings, chunk_s=600, now=arrived + timedelta(minutes=2))
+    assert_equal_to_scratch(owner)
+
+
+def test_rows_inside_the_lag_wait_for_the_next_run(maintenance_settings, owner):
+    # GIVEN readings received just now (a drain transaction could still be committing rows as old)
+    tenant_id, device_id = make_device(owner)
+    insert(owner, readings(tenant_id, device_id, NOW - timedelta(minutes=30), 10, NOW - timedelta(seconds=10)))
+
+    # WHEN the rollup runs with a 60 s lag THEN it leaves them
+    assert run(maintenance_settings).caught_up
+    assert owner.execute("SELECT count(*) FROM telemetry_rollup_1m").fetchone()[0] == 0
+    # AND a later run (now 2 minutes on) takes them
+    with maintenance_connection(maintenance_settings) as conn:
+        roll_up(conn, lag_s=60, chunk_s=900, max_past_days=30, time_budget_s=60, now=NOW + timedelta(minutes=2))
+    assert_equal_to_scratch(owner)
+
+
+def test_rollup_stops_within_budget_and_resumes(maintenance_settings, owner):
+    # GIVEN a day of arrivals and a budget too small for a chunk
+    tenant_id, device_id = make_device(owner)
+    for hours_ago in range(24, 0, -1):
+        received = NOW - timedelta(hours=hours_ago)
+        insert(owner, readings(tenant_id, device_id, received - timedelta(minutes=2), 5, received))
+    first = run(maintenance_settings, time_budget_s=1e-9)
+    assert first.chunks == 0 and not first.caught_up
+
+    # WHEN it runs with 1-hour chunks THEN it walks to the end and equals scratch
+    report = run(maintenance_settings, chunk_s=3600)
+    assert report.caught_up and report.chunks >= 24
+    assert_equal_to_scratch(owner)
+
+
+def test_overlapping_runs_do_not_both_roll_up(maintenance_settings, owner):
+    tenant_id, device_id = make_device(owner)
+    insert(owner, readings(tenant_id, device_id, NOW - timedelta(hours=2), 10, NOW - timedelta(hours=1)))
+    # GIVEN another run holding the watermark
+    with maintenance_connection(maintenance_settings) as holder, holder.transaction():
+        holder.execute("SELECT 1 FROM rollup_state WHERE name = %s FOR UPDATE", (JOB,))
+        # WHEN a second run starts THEN it steps aside
+        assert run(maintenance_settings).busy
+    assert run(maintenance_settings).caught_up
+    assert_equal_to_scratch(owner)
+
+
+def test_tenant_reads_only_its_own_rollups(maintenance_settings, owner, app_pool):
+    (t1, d1), (t2, d2) = make_device(owner), make_device(owner)
+    base = (NOW - timedelta(hours=3)).replace(minute=0, second=0)
+    insert(owner, readings(t1, d1, base, 100, NOW - timedelta(hours=1))
+           + readings(t2, d2, base, 100, NOW - timedelta(hours=1)))
+    run(maintenance_settings)
+    with tenant_transaction(app_pool, str(t1)) as conn:
+        assert {r["tenant_id"] for r in conn.execute("SELECT tenant_id FROM telemetry_rollup_1m")} == {t1}
+        assert read_series(conn, "1m", d2, "temp", base, NOW) == []
+        hours = read_series(conn, "1h", d1, "temp", base, NOW)
+        assert sum(r["count"] for r in hours) == 100
+    assert resolution_for(timedelta(hours=1)) == "raw"
+    assert resolution_for(timedelta(days=2)) == "1m"
+    assert resolution_for(timedelta(days=30)) == "1h"
