@@ -45,6 +45,7 @@ def main() -> None:
         env = stack.create_app_database("bench") | {"AUTH_JWT_SECRET": uuid.uuid4().hex * 2}
         os.environ.update(env)
         from function_app import app
+        from shared.api.passwords import hash_password
         from shared.api.tokens import issue_access_token
         from shared.db import get_pool, tenant_transaction
         from shared.registry import create_tenant
@@ -56,8 +57,8 @@ def main() -> None:
         tenant = create_tenant(pool, "bench", "Bench Works", "industrial")
         with tenant_transaction(pool, str(tenant["id"])) as conn:
             user = conn.execute("INSERT INTO users (tenant_id, email, role, password_hash) "
-                                "VALUES (%s, 'owner@bench.example', 'owner', 'x') RETURNING id",
-                                (tenant["id"],)).fetchone()
+                                "VALUES (%s, 'owner@bench.example', 'owner', %s) RETURNING id",
+                                (tenant["id"], hash_password(uuid.uuid4().hex))).fetchone()
         assert user is not None
         token = issue_access_token(get_settings(), user["id"], tenant["id"])
 

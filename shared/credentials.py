@@ -35,7 +35,7 @@ from shared.broker_contract import (
     parse_device_username,
 )
 from shared.db import DictConnection, DictPool
-from shared.dynsec import CLIENT_NOT_FOUND, ROLE_EXISTS, ROLE_NOT_FOUND, DynsecClient
+from shared.dynsec import CLIENT_NOT_FOUND, ROLE_NOT_FOUND, DynsecClient
 from shared.exceptions import BrokerUnavailable, DynsecError
 from shared.settings import Settings
 from shared.sql import QUERIES, one_row
@@ -209,12 +209,7 @@ def _apply(settings: Settings, dynsec: DynsecClient, row: Mapping[str, Any], rep
 
 
 def _put_role(dynsec: DynsecClient, role: str, acls: list[Acl]) -> None:
-    """The role exists with exactly the contract's ACLs (modifyRole replaces the whole list)."""
-    commands = [acl.as_command() for acl in acls]
-    dynsec.execute_tolerating([
-        {"command": "createRole", "rolename": role, "acls": commands},
-        {"command": "modifyRole", "rolename": role, "acls": commands},
-    ], (ROLE_EXISTS,))
+    dynsec.put_role(role, acls)
 
 
 def try_sync_now(pool: DictPool, settings: Settings, device_keys: Collection[str]) -> SyncReport:

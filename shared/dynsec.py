@@ -304,16 +304,25 @@ class DynsecClient:
         """Make the device client ``username`` exist with this password, bound client id and only ``role``,
         whether or not it existed (a replayed or repeated command ends in the same state)."""
         _require_password(password)
-        self._execute(
-            [
-                _create_client(username, password, client_id=username, roles=[role]),
-                {"command": "setClientPassword", "username": username, "password": password},
-                {"command": "setClientId", "username": username, "clientid": username},
-                {"command": "modifyClient", "username": username,
-                 "roles": [{"rolename": role, "priority": 0}]},
-            ],
-            tolerated=(CLIENT_EXISTS,),
-        )
+        (created,) = self._execute([_create_client(username, password, client_id=username, roles=[role])],
+                                   tolerated=(CLIENT_EXISTS,))
+        if "error" not in created:
+            return
+        # Only when it existed: the plugin rewrites its whole config file after every change, so a
+        # new client costs one command, not four.
+        self.execute([
+            {"command": "setClientPassword", "username": username, "password": password},
+            {"command": "setClientId", "username": username, "clientid": username},
+            {"command": "modifyClient", "username": username, "roles": [{"rolename": role, "priority": 0}]},
+        ])
+
+    def put_role(self, name: str, acls: Iterable[Acl]) -> None:
+        """Make the role exist with exactly ``acls`` (modifyRole, which replaces the list, only when it existed)."""
+        commands = [acl.as_command() for acl in acls]
+        (created,) = self._execute([{"command": "createRole", "rolename": name, "acls": commands}],
+                                   tolerated=(ROLE_EXISTS,))
+        if "error" in created:
+            self.execute([{"command": "modifyRole", "rolename": name, "acls": commands}])
 
     # -- paho callbacks (network thread) and waiting ---------------------------------------------------------------
 
