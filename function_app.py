@@ -8,6 +8,7 @@ from blueprints.broker_sync import bp as broker_sync_bp
 from blueprints.dashboard import bp as dashboard_bp
 from blueprints.health import bp as health_bp
 from blueprints.ingest import bp as ingest_bp
+from blueprints.maintenance import bp as maintenance_bp
 
 # The Azure SDK logs every HTTP request at INFO; keep our own lines readable.
 logging.getLogger("azure").setLevel(logging.WARNING)
@@ -18,3 +19,4 @@ app.register_functions(health_bp)
 app.register_functions(api_bp)
 app.register_functions(broker_sync_bp)
 app.register_functions(dashboard_bp)
+app.register_functions(maintenance_bp)
