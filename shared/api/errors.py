@@ -176,3 +176,21 @@ class MetricNotNumeric(ApiError):
     """This metric's values are booleans or text: a series averages numbers only; GET .../latest shows them."""
 
     status, title, kind = 422, "Unprocessable Content", "metric-not-numeric"
+
+
+# --- plans, quotas, audit and the platform operator (issue 12 §2, §6, §7)
+
+class PlanLimitReached(ApiError):
+    """Your plan's limit is reached: remove something or ask for a bigger plan (GET /api/usage shows each quota)."""
+
+    status, title, kind = 402, "Payment Required", "plan-limit-reached"
+
+
+class TenantNotFound(NotFound):
+    """There is no such tenant."""
+
+
+class TenantSlugTaken(Conflict):
+    """A tenant with this slug already exists."""
+
+    kind = "tenant-slug-taken"
