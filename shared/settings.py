@@ -121,6 +121,11 @@ class Settings(BaseModel):
     # A command queued for an offline device (persistent session) is dropped by the broker after this.
     mqtt_command_expiry_s: int = Field(3600, alias="MQTT_COMMAND_EXPIRY_S", ge=1)
 
+    # --- platform operators (issue 12 §2): their tokens are signed like users' but carry this
+    # audience (and no tenant), so neither kind of token is accepted where the other belongs.
+    platform_jwt_audience: str = Field("mqtt-saas-platform", alias="PLATFORM_JWT_AUDIENCE", min_length=1)
+    platform_access_token_ttl_s: int = Field(900, alias="PLATFORM_ACCESS_TOKEN_TTL_S", ge=60, le=3600)
+
 
 def settings_from(environ: dict[str, str]) -> Settings:
     try:
