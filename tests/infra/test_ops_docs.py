@@ -27,5 +27,5 @@ def test_the_docs_name_only_scripts_that_exist() -> None:
 def test_every_capacity_figure_section_names_its_command() -> None:
     # Each measured section carries the command that produced its figures.
     for command in ("scripts/bench_broker.py", "scripts/bench_storage.py", "scripts/bench_ingest.py",
-                    "scripts/bench_cost.py"):
+                    "scripts/bench_cost.py", "scripts/bench_backup.py"):
         assert f".venv/bin/python {command}" in CAPACITY, command
