@@ -61,7 +61,8 @@ def render_vm_conf() -> str:
 
 def render_dynsec_bootstrap() -> str:
     """A bash script run on the VM after the broker starts. It expects MQTT_ADMIN_PASSWORD,
-    MQTT_INGEST_PASSWORD, MQTT_PROVISIONER_PASSWORD and MQTT_COMMANDER_PASSWORD in the environment. Creating
+    MQTT_INGEST_PASSWORD and MQTT_PROVISIONER_PASSWORD in the environment, and MQTT_COMMANDER_PASSWORD if the
+    API's commander client is to be created (optional, so a VM whose cloud-init predates it still boots). Creating
     what exists fails and is tolerated (|| true), so a re-run creates what is missing and resets default access
     and the roles' ACLs to the contract; it never changes a password."""
     lines = [
@@ -84,9 +85,12 @@ def render_dynsec_bootstrap() -> str:
         f"ctrl addClientRole {PROVISIONER_USERNAME} {PROVISIONER_ROLE} 0 || true",
         f'ctrl createClient {INGEST_USERNAME} -c {INGEST_CLIENT_ID} -p "$MQTT_INGEST_PASSWORD" || true',
         f"ctrl addClientRole {INGEST_USERNAME} {INGEST_ROLE} 0 || true",
-        # Not bound to a client id: each app instance connects with its own.
-        f'ctrl createClient {COMMANDER_USERNAME} -p "$MQTT_COMMANDER_PASSWORD" || true',
-        f"ctrl addClientRole {COMMANDER_USERNAME} {COMMANDER_ROLE} 0 || true",
+        # The API's commands-only client, not bound to a client id (each app instance connects with its own).
+        # Optional until the deployment passes its password: without the client, sending a command answers 503.
+        'if [ -n "${MQTT_COMMANDER_PASSWORD:-}" ]; then',
+        f'  ctrl createClient {COMMANDER_USERNAME} -p "$MQTT_COMMANDER_PASSWORD" || true',
+        f"  ctrl addClientRole {COMMANDER_USERNAME} {COMMANDER_ROLE} 0 || true",
+        "fi",
     ]
     return "\n".join(lines) + "\n"
 

@@ -11,5 +11,7 @@ ctrl createClient mqtt-saas-provisioner -p "$MQTT_PROVISIONER_PASSWORD" || true
 ctrl addClientRole mqtt-saas-provisioner provisioner 0 || true
 ctrl createClient mqtt-saas-ingest -c mqtt-saas-ingest -p "$MQTT_INGEST_PASSWORD" || true
 ctrl addClientRole mqtt-saas-ingest ingest 0 || true
-ctrl createClient mqtt-saas-commander -p "$MQTT_COMMANDER_PASSWORD" || true
-ctrl addClientRole mqtt-saas-commander commander 0 || true
+if [ -n "${MQTT_COMMANDER_PASSWORD:-}" ]; then
+  ctrl createClient mqtt-saas-commander -p "$MQTT_COMMANDER_PASSWORD" || true
+  ctrl addClientRole mqtt-saas-commander commander 0 || true
+fi

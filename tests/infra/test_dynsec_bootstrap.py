@@ -35,6 +35,7 @@ from shared.broker_contract import (
     render_mosquitto_conf,
 )
 from shared.dynsec import DynsecClient
+from shared.exceptions import DynsecError
 
 
 class FreshBroker:
@@ -76,11 +77,13 @@ class FreshBroker:
             self.process.wait()
 
     def bootstrap(self, ingest_password: str, provisioner_password: str,
-                  commander_password: str) -> subprocess.CompletedProcess[str]:
+                  commander_password: str | None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "MQTT_CTRL_HOST": LOCALHOST, "MQTT_CTRL_PORT": str(self.port),
                "MQTT_CTRL_CAFILE": str(self.ca_file), "MQTT_ADMIN_PASSWORD": self.admin_password,
-               "MQTT_INGEST_PASSWORD": ingest_password, "MQTT_PROVISIONER_PASSWORD": provisioner_password,
-               "MQTT_COMMANDER_PASSWORD": commander_password}
+               "MQTT_INGEST_PASSWORD": ingest_password, "MQTT_PROVISIONER_PASSWORD": provisioner_password}
+        env.pop("MQTT_COMMANDER_PASSWORD", None)
+        if commander_password is not None:
+            env["MQTT_COMMANDER_PASSWORD"] = commander_password
         return subprocess.run(["bash", str(GENERATED_DYNSEC)], env=env, capture_output=True, text=True, timeout=120)
 
     def dynsec(self) -> DynsecClient:
@@ -156,3 +159,18 @@ def test_bootstrap_gives_a_fresh_broker_the_contracts_roles_clients_and_default_
     assert connects(fresh_broker, PROVISIONER_USERNAME, provisioner_password, "provisioner-1")
     assert connects(fresh_broker, COMMANDER_USERNAME, commander_password, "mqtt-saas-commander-a1")
     assert connects(fresh_broker, COMMANDER_USERNAME, commander_password, "mqtt-saas-commander-b2")
+
+
+def test_bootstrap_without_a_commander_password_still_sets_up_the_rest(fresh_broker: FreshBroker) -> None:
+    # GIVEN a VM whose cloud-init passes no commander password (it predates the commander client)
+    ingest_password, provisioner_password = secrets.token_hex(16), secrets.token_hex(16)
+    # WHEN the bootstrap runs
+    result = fresh_broker.bootstrap(ingest_password, provisioner_password, None)
+    # THEN it succeeds, the commander's role has its ACLs, and there is no commander client to log in as
+    assert result.returncode == 0, result.stdout + result.stderr
+    with fresh_broker.dynsec() as dynsec:
+        assert canonical(dynsec.get_role_acls(COMMANDER_ROLE)) == canonical(
+            [a.as_command() for a in commander_acls()])
+        with pytest.raises(DynsecError, match="Client not found"):
+            dynsec.get_client(COMMANDER_USERNAME)
+    assert connects(fresh_broker, INGEST_USERNAME, ingest_password, INGEST_CLIENT_ID)
