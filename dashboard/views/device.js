@@ -54,10 +54,12 @@ export async function renderDevice(ctx, id) {
   const values = h('div', { class: 'latest-grid' });
   const charts = h('div', { class: 'charts' });
   const commands = h('div', { class: 'commands' });
+  const commandList = h('ul', { class: 'command-list' });
+  let commandFormShown = false;
   const message = h('div', { class: 'message' });
   const rangeButtons = h('div', { class: 'ranges', role: 'group', 'aria-label': t('range') },
     Object.keys(RANGES).map((key) => h('button', { type: 'button', 'aria-pressed': key === range ? 'true' : 'false',
-      'data-range': key, text: t(`range_${key}`), onclick: () => { range = key; markRange(); drawCharts(); } })));
+      'data-range': key, text: t(`range_${key}`), onclick: () => { range = key; markRange(); drawCharts(true); } })));
   let plots = [];
   let latest = null;
 
@@ -123,65 +125,83 @@ export async function renderDevice(ctx, id) {
       h('div', { class: 'muted small', text: v.ts ? formatDate(v.ts) : '' }))));
   }
 
-  async function drawCharts() {
-    for (const p of plots) p.destroy();
-    plots = [];
+  // Charts are built once per metric set and range; a refresh only swaps their data (setData), so
+  // nothing on the page moves when new buckets arrive.
+  let chartKey = null;
+  const chartBoxes = new Map();
+  async function drawCharts(rebuild = false) {
     if (!offers('GET', '/api/devices/{device_id}/series')) { replace(charts, unavailable(t('charts'))); return; }
     const numeric = (latest || []).filter((v) => typeof v.value === 'number');
-    if (!numeric.length) { replace(charts, h('p', { class: 'muted', text: t('no_numeric') })); return; }
+    if (!numeric.length) { replace(charts, h('p', { class: 'muted', text: t('no_numeric') })); chartKey = null; return; }
+    const key = `${range}|${numeric.map((v) => v.metric).join('|')}`;
+    if (rebuild || key !== chartKey) {
+      for (const p of plots) p.destroy();
+      plots = [];
+      chartBoxes.clear();
+      for (const v of numeric) chartBoxes.set(v.metric, { box: h('div', { class: 'chart', 'data-metric': v.metric }), plot: null });
+      replace(charts, [...chartBoxes.values()].map((c) => c.box));
+      chartKey = key;
+    }
     const to = new Date();
     const from = new Date(to.getTime() - RANGES[range] * 1000);
-    const boxes = numeric.map((v) => h('div', { class: 'chart', 'data-metric': v.metric }));
-    replace(charts, boxes);
-    await Promise.all(numeric.map(async (v, i) => {
-      const box = boxes[i];
+    await Promise.all(numeric.map(async (v) => {
+      const entry = chartBoxes.get(v.metric);
       try {
         const params = new URLSearchParams({ metric: v.metric, from: from.toISOString(), to: to.toISOString(), max_points: '300' });
         const data = await api('GET', `/api/devices/${device.id}/series?${params}`);
         const points = seriesPoints(data);
-        if (!points[0].length) { replace(box, h('p', { class: 'muted', text: `${v.metric}: ${t('no_readings_range')}` })); return; }
-        replace(box);
-        plots.push(new uPlot(chartOptions(v.metric, data.unit ?? v.unit, Math.max(260, box.clientWidth)), points, box));
-      } catch (e) { replace(box, errorText(e)); }
+        if (entry.plot) { entry.plot.setData(points); return; }
+        if (!points[0].length) { replace(entry.box, h('p', { class: 'muted', text: `${v.metric}: ${t('no_readings_range')}` })); return; }
+        replace(entry.box);
+        entry.plot = new uPlot(chartOptions(v.metric, data.unit ?? v.unit, Math.max(260, entry.box.clientWidth)), points, entry.box);
+        plots.push(entry.plot);
+      } catch (e) { replace(entry.box, errorText(e)); }
     }));
   }
 
   async function drawCommands() {
     const canList = offers('GET', '/api/devices/{device_id}/commands');
     const canSend = canEdit && offers('POST', '/api/devices/{device_id}/commands');
-    if (!canList && !offers('POST', '/api/devices/{device_id}/commands')) { replace(commands, unavailable(t('commands'))); return; }
-    const list = h('ul', { class: 'command-list' });
-    if (canList) {
-      try {
-        const data = await api('GET', `/api/devices/${device.id}/commands?limit=10`);
-        const rows = Array.isArray(data) ? data : (data.items || []);
-        replace(list, rows.length ? rows.map((c) => h('li', {},
-          h('code', { text: c.name ?? c.command ?? '' }), ' ',
-          h('span', { class: 'muted', text: JSON.stringify(c.payload ?? c.args ?? c.params ?? {}) }), ' · ',
-          h('span', { class: 'muted', text: `${formatDate(c.created_at ?? c.sent_at)} ${c.sent_by_email ?? c.sent_by ?? ''}` }))) :
-          h('li', { class: 'muted', text: t('no_commands') }));
-      } catch (e) { replace(list, errorText(e)); }
+    if (!canList && !canSend) { replace(commands, unavailable(t('commands'))); return; }
+    if (!commandFormShown) {
+      replace(commands, canSend ? buildCommandForm() : null, commandList);
+      commandFormShown = true;
     }
-    const form = canSend ? commandForm() : null;
-    replace(commands, form, list);
+    if (!canList) return;
+    try {
+      const data = await api('GET', `/api/devices/${device.id}/commands?limit=10`);
+      const rows = data.items || [];
+      replace(commandList, rows.length ? rows.map((c) => h('li', { 'data-command': c.id },
+        h('code', { text: c.name }), ' ',
+        h('code', { class: 'muted', text: JSON.stringify(c.args || {}) }), ' ',
+        h('span', { class: `badge command-${c.status}`, text: t(`command_${c.status}`) }), ' ',
+        h('span', { class: 'muted small', text: formatDate(c.created_at) }),
+        c.result ? h('span', { class: 'muted small', text: ` · ${c.result}` }) : null))
+        : h('li', { class: 'muted', text: t('no_commands') }));
+    } catch (e) { replace(commandList, errorText(e)); }
   }
 
-  function commandForm() {
+  function buildCommandForm() {
     const error = h('p', { class: 'error', role: 'alert' });
     const form = h('form', { class: 'inline-form', 'aria-label': t('send_command') },
-      h('label', {}, h('span', { text: t('command_name') }), h('input', { name: 'name', required: true, autocomplete: 'off' })),
-      h('label', {}, h('span', { text: t('command_payload') }), h('input', { name: 'payload', autocomplete: 'off', placeholder: '{"setpoint": 80}' })),
+      h('label', {}, h('span', { text: t('command_name') }),
+        h('input', { name: 'name', required: true, autocomplete: 'off', pattern: '[a-z][a-z0-9_]{0,63}', placeholder: 'set_point' })),
+      h('label', {}, h('span', { text: t('command_payload') }),
+        h('input', { name: 'args', autocomplete: 'off', placeholder: '{"value": 72.5}' })),
       h('button', { type: 'submit', class: 'primary', text: t('send_command') }), error);
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
       const data = new FormData(form);
-      let payload = {};
-      try { payload = data.get('payload') ? JSON.parse(String(data.get('payload'))) : {}; } catch { error.textContent = t('invalid_json'); return; }
+      let args = {};
       try {
-        await api('POST', `/api/devices/${device.id}/commands`, { name: String(data.get('name')), payload });
+        args = data.get('args') ? JSON.parse(String(data.get('args'))) : {};
+        if (!args || typeof args !== 'object' || Array.isArray(args)) throw new Error('not an object');
+      } catch { error.textContent = t('invalid_json'); return; }
+      try {
+        await api('POST', `/api/devices/${device.id}/commands`, { name: String(data.get('name')), args });
         form.reset(); error.textContent = '';
-        drawCommands();
       } catch (e) { error.textContent = e.message || t('error_generic'); }
+      drawCommands();
     });
     return form;
   }
@@ -200,7 +220,7 @@ export async function renderDevice(ctx, id) {
       if (!slot.childElementCount) drawHead(device);
       latest = await latestValues(device.id).catch(() => null);
       drawValues();
-      await drawCharts();
+      await Promise.all([drawCharts(), drawCommands()]);
     } catch (e) { replace(message, errorText(e)); }
   }
 

@@ -48,6 +48,49 @@ export function dataView(value) {
   return h('span', { text: scalar(value) });
 }
 
+function table(columns, rows, rowAttrs = () => ({})) {
+  if (!rows.length) return h('p', { class: 'muted', text: t('none') });
+  return h('div', { class: 'table-wrap' }, h('table', { class: 'data' },
+    h('thead', {}, h('tr', {}, columns.map(([label]) => h('th', { scope: 'col', text: label })))),
+    h('tbody', {}, rows.map((row) => h('tr', rowAttrs(row), columns.map(([label, render]) => {
+      const content = render(row);
+      return h('td', { 'data-label': label }, content instanceof Node ? content : String(content ?? '—'));
+    }))))));
+}
+
+// The ingest overview of GET /api/admin/ingest. A dead letter's payload is shown from the API's
+// payload_preview (control characters already escaped) as text inside <pre>: markup stays markup.
+function ingestView(data) {
+  const perMinute = data.messages_per_minute || [];
+  const total = (key) => perMinute.reduce((sum, m) => sum + (m[key] || 0), 0);
+  const dead = (data.dead_letters && data.dead_letters.items) || [];
+  return [
+    h('div', { class: 'counts' },
+      [['messages', 'ingest_messages'], ['readings', 'ingest_readings'], ['dead_lettered', 'ingest_dead']].map(([key, label]) =>
+        h('div', { class: 'count' }, h('span', { class: 'count-n', text: formatNumber(total(key)) }),
+          h('span', { class: 'count-label', text: t(label, { minutes: data.minutes }) })))),
+    h('h3', { text: t('ingest_per_minute') }),
+    table([[t('ingest_minute'), (m) => formatDate(m.minute, { timeStyle: 'short' })], [t('ingest_messages_col'), (m) => formatNumber(m.messages)],
+      [t('ingest_readings_col'), (m) => formatNumber(m.readings)], [t('ingest_dead_col'), (m) => formatNumber(m.dead_lettered)]], perMinute.slice(-15).reverse()),
+    h('h3', { text: t('ingest_reasons') }),
+    table([[t('ingest_reason'), (r) => h('code', { text: r.reason })], [t('ingest_count'), (r) => formatNumber(r.count)],
+      [t('ingest_last'), (r) => formatDate(r.last_at)]], data.dead_letters_by_reason || []),
+    h('h3', { text: t('ingest_dead_letters') }),
+    table([[t('ingest_received'), (d) => formatDate(d.received_at)], [t('col_device'), (d) => d.device_name || '—'],
+      [t('ingest_reason'), (d) => h('code', { text: d.reason })], [t('ingest_detail'), (d) => d.detail],
+      [t('ingest_payload'), (d) => h('pre', { class: 'payload', text: d.payload_preview + (d.payload_truncated ? ' …' : '') })]],
+    dead, (d) => ({ 'data-dead-letter': d.id })),
+    h('h3', { text: t('ingest_runs') }),
+    table([[t('ingest_started'), (r) => formatDate(r.started_at)], [t('col_status'), (r) => r.status],
+      [t('ingest_duration'), (r) => (r.duration_ms == null ? '—' : `${formatNumber(r.duration_ms, { maximumFractionDigits: 0 })} ms`)],
+      [t('ingest_lag'), (r) => (r.max_lag_ms == null ? '—' : `${formatNumber(r.max_lag_ms / 1000, { maximumFractionDigits: 1 })} s`)]],
+    (data.recent_runs || []).slice(0, 10)),
+    h('h3', { text: t('ingest_quiet', { minutes: data.quiet_minutes }) }),
+    table([[t('col_device'), (d) => h('a', { href: `#/device/${d.id}`, text: d.name })], [t('col_last_seen'), (d) => formatDate(d.last_seen)],
+      [t('ingest_dead_col'), (d) => formatNumber(d.dead_letters)], [t('ingest_reason'), (d) => d.last_reason || '—']], data.quiet_devices || []),
+  ];
+}
+
 export async function renderIngest(ctx) {
   const parts = [
     ['ingest_monitor', 'GET', '/api/admin/ingest', ['owner', 'staff']],
@@ -61,7 +104,10 @@ export async function renderIngest(ctx) {
   async function refresh() {
     await Promise.all(parts.map(async ([key, method, path], i) => {
       if (!offers(method, path)) { replace(boxes[i], unavailable(t(key))); return; }
-      try { replace(boxes[i], dataView(await api(method, path))); } catch (e) { replace(boxes[i], errorText(e)); }
+      try {
+        const data = await api(method, path);
+        replace(boxes[i], key === 'ingest_monitor' ? ingestView(data) : dataView(data));
+      } catch (e) { replace(boxes[i], errorText(e)); }
     }));
   }
   await refresh();
