@@ -68,6 +68,7 @@ VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 PREFERRED_PORTS = {"postgres": 55432, "mosquitto": 18883, "azurite": 10010, "functions": 7071}
 DATABASE = "mqtt_saas"
 APP_ROLE, INGEST_ROLE = "mqtt_saas_app", "mqtt_saas_ingest"
+MAINTENANCE_ROLE = "mqtt_saas_maintenance"  # rollup and blob_archiver timers (0010)
 DEMO_TENANT, DEMO_TENANT_NAME, DEMO_PLAN, DEMO_DEVICE = "demo", "Demo Factory", "starter", "press-01"
 DEMO_OWNER_EMAIL = "owner@demo.example"
 SIMULATOR_INTERVAL_S = 2
@@ -335,8 +336,8 @@ def prepare_database(layout: Layout, postgres: PostgresServer) -> dict[str, str]
     from shared.migrate import apply_migrations
 
     passwords = load_json(layout.passwords_file) or {}
-    if not all(isinstance(passwords.get(role), str) for role in (APP_ROLE, INGEST_ROLE)):
-        passwords = {role: secrets.token_urlsafe(24) for role in (APP_ROLE, INGEST_ROLE)}
+    if not all(isinstance(passwords.get(role), str) for role in (APP_ROLE, INGEST_ROLE, MAINTENANCE_ROLE)):
+        passwords = {role: secrets.token_urlsafe(24) for role in (APP_ROLE, INGEST_ROLE, MAINTENANCE_ROLE)}
         write_private(layout.passwords_file, json.dumps(passwords, indent=2) + "\n")
     with psycopg.connect(postgres.superuser_dsn(), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
@@ -345,10 +346,10 @@ def prepare_database(layout: Layout, postgres: PostgresServer) -> dict[str, str]
     if applied:
         say(f"migrations applied: {', '.join(applied)}")
     with psycopg.connect(postgres.superuser_dsn(), autocommit=True) as conn:
-        for role in (APP_ROLE, INGEST_ROLE):
+        for role in (APP_ROLE, INGEST_ROLE, MAINTENANCE_ROLE):
             conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
                 sql.Identifier(role), sql.Literal(passwords[role])))
-    return {role: passwords[role] for role in (APP_ROLE, INGEST_ROLE)}
+    return {role: passwords[role] for role in (APP_ROLE, INGEST_ROLE, MAINTENANCE_ROLE)}
 
 
 def settings_values(layout: Layout, postgres: PostgresServer, broker: MosquittoBroker, azurite: AzuriteServer,
@@ -377,6 +378,7 @@ def settings_values(layout: Layout, postgres: PostgresServer, broker: MosquittoB
         "AzureWebJobsStorage": azurite.connection_string,
         "DATABASE_URL": dsn(APP_ROLE),
         "INGEST_DATABASE_URL": dsn(INGEST_ROLE),
+        "MAINTENANCE_DATABASE_URL": dsn(MAINTENANCE_ROLE),
         "MQTT_HOST": broker.host,
         "MQTT_PORT": str(broker.port),
         "MQTT_CA_FILE": str(broker.ca_file),
