@@ -72,7 +72,23 @@ def own_broker(tmp_path: Path):
     broker.stop()
 
 
-def test_rotating_the_server_certificate_keeps_the_ca_and_connected_clients(own_broker: MosquittoBroker) -> None:
+@pytest.fixture(params=["p256-local", "rsa2048-vm"])
+def broker_of_each_key_type(request, tmp_path: Path):
+    """The local stack's certificates (P-256), and the VM's (RSA 3072 CA, RSA 2048 server key, as cloud-init)."""
+    folder = tmp_path / "mosquitto"
+    if request.param == "rsa2048-vm":
+        from scripts.bench_broker import vm_like_certificates
+
+        vm_like_certificates(folder)
+    broker = MosquittoBroker(folder)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_rotating_the_server_certificate_keeps_the_ca_and_connected_clients(
+        broker_of_each_key_type: MosquittoBroker) -> None:
+    own_broker = broker_of_each_key_type
     # GIVEN a broker serving a certificate of its local CA, and a client connected over TLS
     before = served_certificate(own_broker)
     client, state = connected_client(own_broker, own_broker.admin.username, own_broker.admin.password)
@@ -91,6 +107,7 @@ def test_rotating_the_server_certificate_keeps_the_ca_and_connected_clients(own_
     san = after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san == before.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert after.subject == before.subject
+    assert type(after.public_key()) is type(before.public_key())
     # AND the client connected before the rotation is still connected and can still publish
     assert not state["disconnected"].is_set()  # type: ignore[attr-defined]
     info = client.publish("$CONTROL/dynamic-security/v1", '{"commands":[{"command":"listClients"}]}', qos=1)
