@@ -120,8 +120,21 @@ def _unexpected(scope: Scope, exc: Exception) -> Response:
                             "The server failed to complete the request; it has been logged.")
 
 
+def _database_error(request: Request, exc: Exception) -> Response:
+    """A row over a plan limit (the database's quota trigger) is the client's 402; any other
+    database error is handled as unexpected, exactly as without this handler."""
+    from shared.api.quotas import is_plan_limit, plan_limit_error
+
+    if is_plan_limit(exc):
+        assert isinstance(exc, psycopg.Error)
+        error = plan_limit_error(exc)
+        return problem_response(error.status, error.kind, error.title, error.detail)
+    return _unexpected(request.scope, exc)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(psycopg.Error, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(_UnexpectedErrors)
