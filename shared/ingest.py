@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from shared.metering import MessageMeter, counted, current_hour, usage_params
+from shared.metering import MessageMeter, current_hour
 from shared.observability import event
 from shared.payloads import (
     Limits,
@@ -329,7 +329,8 @@ class IngestStore:
 
     def write(self, messages: Sequence[InboundMessage], batch: PreparedBatch) -> BatchOutcome:
         """Stores a prepared batch in one transaction and commits; returns what it stored.
-        Messages over their tenant's hourly quota become `quota` dead letters first."""
+        Messages over their tenant's hourly quota become `quota` dead letters first, and the usage
+        is counted in the same transaction."""
         self._hour = current_hour()
         batch = self.meter.meter(self._session, messages, batch, self._hour)
         try:
@@ -340,10 +341,11 @@ class IngestStore:
             self._session.rollback()
             event(log, "ingest.batch_refused", {"error": type(exc).__name__, "messages": len(messages)},
                   logging.WARNING)
+            self.meter.count(self._session, batch, self._hour)  # the rollback undid it
             outcome = self._write_isolating(messages, batch)
-            self.meter.committed(counted(batch), self._hour)
+            self.meter.committed(batch, self._hour)
             return outcome
-        self.meter.committed(counted(batch), self._hour)
+        self.meter.committed(batch, self._hour)
         return self._outcome(messages, batch, accepted)
 
     def _outcome(self, messages: Sequence[InboundMessage], batch: PreparedBatch, accepted: int) -> BatchOutcome:
@@ -377,8 +379,6 @@ class IngestStore:
                     cur.execute(QUERIES["merge_device_metrics"], _unit_params(metadata))
                 if metadata.tenant_counts:
                     cur.execute(QUERIES["count_ingest_minute"], _count_params(metadata))
-                if (usage := usage_params(metadata, self._hour)) is not None:
-                    cur.execute(QUERIES["count_usage"], usage)
             if dead_letters:
                 cur.executemany(QUERIES["insert_dead_letter"], [_dead_letter_params(d) for d in dead_letters])
             if presence:
