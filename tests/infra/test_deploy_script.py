@@ -17,6 +17,7 @@ SECRET_VALUES = {
     "INGEST_DATABASE_URL": "postgresql://mqtt_saas_ingest:ingest-secret-5678@db.example.net:5432/mqtt_saas",
     "MQTT_INGEST_PASSWORD": "broker-ingest-secret-9999",
     "MQTT_PROVISIONER_PASSWORD": "broker-provisioner-secret-8888",
+    "MQTT_COMMANDER_PASSWORD": "broker-commander-secret-5555",
     "AUTH_JWT_SECRET": "f" * 64,
     "ADMIN_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyForTestsOnly ops@test",
     "ADMIN_DATABASE_URL": "postgresql://owner:owner-secret-7777@db.example.net:5432/mqtt_saas",

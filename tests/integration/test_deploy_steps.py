@@ -87,6 +87,7 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         "ADMIN_DATABASE_URL": postgres_server.superuser_dsn(fresh_database),
         "MQTT_INGEST_PASSWORD": ingest.password,
         "MQTT_PROVISIONER_PASSWORD": mosquitto_broker.provisioner.password,
+        "MQTT_COMMANDER_PASSWORD": "commander-" + uuid.uuid4().hex,
         "AUTH_JWT_SECRET": "e" * 64,
         "ADMIN_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployStepsTest ops@test",
     }
@@ -122,7 +123,7 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         assert "cloud-init status --wait" in calls
         assert "func " not in calls
         # AND no secret reached the output or the tools' command lines
-        for name in ("MQTT_INGEST_PASSWORD", "MQTT_PROVISIONER_PASSWORD", "AUTH_JWT_SECRET"):
+        for name in ("MQTT_INGEST_PASSWORD", "MQTT_PROVISIONER_PASSWORD", "MQTT_COMMANDER_PASSWORD", "AUTH_JWT_SECRET"):
             assert env[name] not in first.stdout + first.stderr + calls, name
         assert role_passwords["mqtt_saas_app"] not in first.stdout + calls
 
