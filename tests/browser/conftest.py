@@ -69,6 +69,8 @@ def host() -> Iterator[str]:
 def stack(settings, database, app_pool, monkeypatch) -> Iterator[dict[str, Any]]:
     """A tenant with device press-01 (row + broker credential) and one user per role; the API's
     settings exported for the served app."""
+    # The page re-reads at the drain's cadence (config.json, from INGEST_SCHEDULE): every 2 s here.
+    monkeypatch.setenv("INGEST_SCHEDULE", "*/2 * * * * *")
     export_api_settings(monkeypatch, database)
     tenant, credentials = new_tenant_with_devices(app_pool, settings, ["press-01"])
     users = {role: new_user(app_pool, tenant, role) for role in ("owner", "staff", "viewer")}
