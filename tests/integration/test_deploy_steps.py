@@ -127,11 +127,15 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
             assert env[name] not in first.stdout + first.stderr + calls, name
         assert role_passwords["mqtt_saas_app"] not in first.stdout + calls
 
-        # WHEN it runs again
+        # WHEN it runs again, after the drain has run once
+        with psycopg.connect(env["ADMIN_DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("INSERT INTO ingest_runs (status, finished_at) VALUES ('ok', now())")
         second = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=300)
-        # THEN it succeeds, applying nothing new
+        # THEN it succeeds, applying nothing new and leaving the drain's session alone (connecting with the drain's
+        # client id would kick a run in progress)
         assert second.returncode == 0, second.stdout + second.stderr
         assert "applied: nothing pending" in second.stdout
+        assert "the drain has run" in second.stdout
         assert "deployed" in second.stdout.splitlines()[-1]
     finally:
         # The real drain client id would otherwise queue every later test's messages on the shared broker.
