@@ -26,7 +26,7 @@ function seriesPoints(data) {
 
 function chartOptions(metric, unit, width) {
   const fmt = new Intl.DateTimeFormat(currentLocale(), range === '1h' || range === '24h'
-    ? { hour: '2-digit', minute: '2-digit' } : { month: 'short', day: 'numeric' });
+    ? { hour: 'numeric', minute: '2-digit' } : { month: 'short', day: 'numeric' });
   const num = new Intl.NumberFormat(currentLocale(), { maximumFractionDigits: 2 });
   return {
     width, height: 220,
@@ -40,7 +40,7 @@ function chartOptions(metric, unit, width) {
     ],
     bands: [{ series: [3, 1], fill: 'rgba(37,99,235,0.12)' }],
     axes: [
-      { values: (u, splits) => splits.map((v) => fmt.format(new Date(v * 1000))) },
+      { space: 90, values: (u, splits) => splits.map((v) => fmt.format(new Date(v * 1000))) },
       { values: (u, splits) => splits.map((v) => num.format(v)), size: 60 },
     ],
   };
