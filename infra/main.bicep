@@ -67,6 +67,10 @@ param mqttIngestPassword string
 @secure()
 param mqttProvisionerPassword string
 
+@description('Required. Broker password of the admin API\'s commands-only client mqtt-saas-commander (MQTT_COMMANDER_PASSWORD).')
+@secure()
+param mqttCommanderPassword string
+
 @description('Required. Signing key of the admin API\'s access tokens (AUTH_JWT_SECRET), at least 32 bytes, e.g. openssl rand -hex 32.')
 @secure()
 @minLength(32)
@@ -148,6 +152,7 @@ module keyVault 'modules/keyVault.bicep' = {
     ingestDatabaseUrl: ingestDatabaseUrl
     mqttIngestPassword: mqttIngestPassword
     mqttProvisionerPassword: mqttProvisionerPassword
+    mqttCommanderPassword: mqttCommanderPassword
     authJwtSecret: authJwtSecret
     archiveStorageAccountName: storage.outputs.storageAccountName
   }
@@ -191,7 +196,7 @@ output brokerIpAddress string = network.outputs.brokerIpAddress
 @description('How to get the broker\'s CA certificate: cloud-init generates a private CA on the VM (no public DNS name of our own, so no publicly trusted certificate). Fetch it over SSH from the admin address, then ship it with each device\'s credentials and into the app package at certs/broker-ca.crt (MQTT_CA_FILE).')
 output brokerCaCertificateCommand string = 'scp ${adminUsername}@${network.outputs.brokerFqdn}:ca.crt ./broker-ca.crt'
 
-@description('Where the dynamic-security admin password is: generated on the VM, readable by root only. cloud-init creates the drain\'s and the provisioner\'s clients with the passwords in the key vault.')
+@description('Where the dynamic-security admin password is: generated on the VM, readable by root only. cloud-init creates the drain\'s, the provisioner\'s and the API commander\'s clients with the passwords in the key vault.')
 output brokerAdminPasswordLocation string = 'ssh ${adminUsername}@${network.outputs.brokerFqdn} sudo cat /root/mosquitto-admin-password'
 
 @description('HTTPS base URL of the function app (HTTP routes under /api).')

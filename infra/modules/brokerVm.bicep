@@ -33,7 +33,7 @@ param adminUsername string = 'azureuser'
 @minLength(80)
 param adminSshPublicKey string
 
-@description('Required. URI of the key vault holding mqtt-ingest-password and mqtt-provisioner-password, ending in "/".')
+@description('Required. URI of the key vault holding mqtt-ingest-password, mqtt-provisioner-password and mqtt-commander-password, ending in "/".')
 param keyVaultUri string
 
 @description('Optional. Add an MQTT-over-WebSockets (TLS) listener on 8884.')

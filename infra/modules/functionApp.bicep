@@ -190,6 +190,22 @@ var appSettings = [
     value: '@Microsoft.KeyVault(SecretUri=${secretUris.MQTT_PROVISIONER_PASSWORD})'
   }
   {
+    name: 'MQTT_COMMANDER_USERNAME'
+    value: 'mqtt-saas-commander'
+  }
+  {
+    name: 'MQTT_COMMANDER_PASSWORD'
+    value: '@Microsoft.KeyVault(SecretUri=${secretUris.MQTT_COMMANDER_PASSWORD})'
+  }
+  {
+    name: 'MQTT_COMMAND_TIMEOUT_S'
+    value: '5'
+  }
+  {
+    name: 'MQTT_COMMAND_EXPIRY_S'
+    value: '3600'
+  }
+  {
     name: 'INGEST_SCHEDULE'
     value: ingestSchedule
   }

@@ -34,6 +34,10 @@ param mqttIngestPassword string
 @secure()
 param mqttProvisionerPassword string
 
+@description('Required. Broker password of the admin API\'s commands-only client (MQTT_COMMANDER_PASSWORD).')
+@secure()
+param mqttCommanderPassword string
+
 @description('Required. Signing key of the admin API\'s access tokens, at least 32 bytes (AUTH_JWT_SECRET).')
 @secure()
 @minLength(32)
@@ -128,6 +132,17 @@ resource mqttProvisionerPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-0
   }
 }
 
+resource mqttCommanderPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry), see database-url.
+  parent: keyVault
+  name: 'mqtt-commander-password'
+  properties: {
+    value: mqttCommanderPassword
+    contentType: 'text/plain'
+    attributes: secretAttributes
+  }
+}
+
 resource storageConnectionStringSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry); the value follows the account key.
   parent: keyVault
@@ -150,7 +165,7 @@ resource authJwtSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   }
 }
 
-// The broker VM reads the drain's and the provisioner's passwords at first boot to create their clients.
+// The broker VM reads the service clients' passwords at first boot to create their clients.
 resource brokerIngestPasswordRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(mqttIngestPasswordSecret.id, brokerPrincipalId, keyVaultSecretsUserRoleId)
   scope: mqttIngestPasswordSecret
@@ -171,6 +186,16 @@ resource brokerProvisionerPasswordRole 'Microsoft.Authorization/roleAssignments@
   }
 }
 
+resource brokerCommanderPasswordRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(mqttCommanderPasswordSecret.id, brokerPrincipalId, keyVaultSecretsUserRoleId)
+  scope: mqttCommanderPasswordSecret
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
+    principalId: brokerPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 @description('Name of the key vault.')
 output keyVaultName string = keyVault.name
 
@@ -180,6 +205,7 @@ output secretUris object = {
   INGEST_DATABASE_URL: ingestDatabaseUrlSecret.properties.secretUri
   MQTT_INGEST_PASSWORD: mqttIngestPasswordSecret.properties.secretUri
   MQTT_PROVISIONER_PASSWORD: mqttProvisionerPasswordSecret.properties.secretUri
+  MQTT_COMMANDER_PASSWORD: mqttCommanderPasswordSecret.properties.secretUri
   STORAGE_CONNECTION_STRING: storageConnectionStringSecret.properties.secretUri
   AUTH_JWT_SECRET: authJwtSecretSecret.properties.secretUri
 }
