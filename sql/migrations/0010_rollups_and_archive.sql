@@ -17,9 +17,10 @@ $$;
 GRANT USAGE ON SCHEMA public TO mqtt_saas_maintenance;
 GRANT EXECUTE ON FUNCTION current_tenant_id() TO mqtt_saas_maintenance;
 
--- Which tenants exist and on which plan (the retention window follows the plan).
+-- Which tenants exist and on which plan (the retention window is the plan's raw_retention_days).
 CREATE POLICY maintenance_read ON tenants FOR SELECT TO mqtt_saas_maintenance USING (true);
 GRANT SELECT (id, slug, plan) ON tenants TO mqtt_saas_maintenance;
+GRANT SELECT ON plans TO mqtt_saas_maintenance;  -- raw_retention_days (0008)
 -- Device names go into the archive files, so a data team can read them without our database.
 CREATE POLICY maintenance_read ON devices FOR SELECT TO mqtt_saas_maintenance USING (true);
 GRANT SELECT (tenant_id, id, name) ON devices TO mqtt_saas_maintenance;

@@ -1,9 +1,8 @@
 -- tenant_retention --
--- Each tenant's raw retention in days (NULL: unlimited), from its plan. The one place that maps
--- plans to windows (free 30, starter 90, professional 365, industrial unlimited).
-SELECT t.id AS tenant_id, t.plan, r.days AS raw_retention_days
-FROM tenants t
-LEFT JOIN (VALUES ('free', 30), ('starter', 90), ('professional', 365)) AS r (plan, days) ON r.plan = t.plan
+-- Each tenant's raw retention in days from its plan (plans.raw_retention_days, 0008; NULL:
+-- unlimited). Read on every run, so a plan change (or a plan's new window) counts from the next.
+SELECT t.id AS tenant_id, t.plan, p.raw_retention_days
+FROM tenants t JOIN plans p ON p.name = t.plan
 ORDER BY t.id;
 
 -- archive_candidates --

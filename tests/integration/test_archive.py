@@ -209,6 +209,11 @@ def test_retention_follows_plan_and_a_plan_change_counts_from_next_run(maintenan
     run_blob_archiver(maintenance_settings)
     assert day_rows(owner, tenants["starter"][0], OLD) == []
     assert day_rows(owner, tenants["professional"][0], OLD)
+    # AND a plan's own window, changed in plans, counts from the next run too
+    owner.execute("UPDATE plans SET raw_retention_days = 35 WHERE name = 'professional'")
+    run_blob_archiver(maintenance_settings)
+    assert day_rows(owner, tenants["professional"][0], OLD) == []
+    assert day_rows(owner, tenants["industrial"][0], OLD)
     # AND a starter tenant's 90 days: a 95-day-old day goes, a 40-day-old one stays
     tenant, devices = make_tenant(owner, "starter")
     very_old = TODAY - timedelta(days=95)
