@@ -114,7 +114,9 @@ class CommanderConnection:
 
     def close(self) -> None:
         client, self._client = self._client, None
-        self._connected = False
+        with self._cond:  # a publish waiting on this connection gives up now, not at its deadline
+            self._connected = False
+            self._cond.notify_all()
         if client is None:
             return
         client.disconnect()
