@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from shared.commands import close_commander_connection
 from tests.support.api import call, close_api_pool, export_api_settings, new_user
 from tests.support.devices import new_tenant_with_devices, registered_functions
 
@@ -66,15 +67,17 @@ def host() -> Iterator[str]:
 
 
 @pytest.fixture
-def stack(settings, database, app_pool, monkeypatch) -> Iterator[dict[str, Any]]:
+def stack(settings, database, app_pool, mosquitto_broker, monkeypatch) -> Iterator[dict[str, Any]]:
     """A tenant with device press-01 (row + broker credential) and one user per role; the API's
     settings exported for the served app."""
     # The page re-reads at the drain's cadence (config.json, from INGEST_SCHEDULE): every 2 s here.
     monkeypatch.setenv("INGEST_SCHEDULE", "*/2 * * * * *")
-    export_api_settings(monkeypatch, database)
+    export_api_settings(monkeypatch, database, MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
+                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password)
     tenant, credentials = new_tenant_with_devices(app_pool, settings, ["press-01"])
     users = {role: new_user(app_pool, tenant, role) for role in ("owner", "staff", "viewer")}
     yield {"tenant": tenant, "credentials": credentials, "users": users, "settings": settings}
+    close_commander_connection()
     close_api_pool()
 
 

@@ -3,6 +3,7 @@ device page with readings from the database, a device created in the page that c
 publishes, hostile text rendered as text, languages, and a phone-sized screen."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -80,7 +81,10 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(stack, page_for, screens
     assert HOSTILE in page.locator("main").inner_text()
     if api_offers("GET", "/api/admin/ingest"):
         page.locator("#nav a", has_text="Ingest").click()
-        page.locator("pre.payload", has_text="<script>").first.wait_for()
+        payload = page.locator("pre.payload", has_text="<script>").first
+        payload.wait_for()
+        assert payload.inner_text() == HOSTILE
+        page.screenshot(path=str(screenshots / "ingest.png"), full_page=True)
     assert page.locator("main img, main script").count() == 0
     assert page.dialogs == [] and page.errors == []
     assert page.evaluate("() => document.querySelectorAll('[onerror]').length") == 0
@@ -153,7 +157,7 @@ def test_fleet_and_device_page_show_readings_from_the_database(stack, page_for, 
     page.screenshot(path=str(screenshots / "device.png"), full_page=True)
 
 
-def test_device_created_in_the_page_connects_and_its_reading_appears(stack, page_for, screenshots):
+def test_device_created_in_the_page_connects_and_its_reading_appears(stack, page_for):
     # GIVEN staff on the fleet page
     page = page_for()
     sign_in(page, stack["users"]["staff"])
@@ -168,8 +172,6 @@ def test_device_created_in_the_page_connects_and_its_reading_appears(stack, page
     client_id = page.locator("[data-testid=cred-client-id]").inner_text()
     assert username == client_id == f"{stack['tenant']['slug']}.line-07" and len(password) >= 16
     assert "mosquitto_pub" in page.locator(".secret").inner_text()
-    page.screenshot(path=str(screenshots.parent / "credential.png") if screenshots.name == "screenshots"
-                    else str(screenshots / "credential.png"))
     assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
         password) == -1
     page.locator(".secret button.primary").click()
@@ -201,3 +203,47 @@ def _connect(settings, credential):
         device.close()
         return None
     return device
+
+
+def test_staff_send_a_command_and_see_it_recorded(stack, page_for):
+    # GIVEN staff on press-01's page, the device connected and listening on its command topic
+    received = []
+    device = Device(stack["settings"], stack["credentials"]["press-01"])
+    device.client.on_message = lambda client, userdata, message: received.append(message.payload)
+    device.client.subscribe(f"{stack['credentials']['press-01'].topic_prefix}/cmd", qos=1)
+    try:
+        page = page_for()
+        sign_in(page, stack["users"]["staff"])
+        page.locator("tr[data-device=press-01] a").click()
+        # WHEN they send set_point {"value": 72.5}
+        page.locator("input[name=name]").fill("set_point")
+        page.locator("input[name=args]").fill('{"value": 72.5}')
+        page.get_by_role("button", name="Send command").click()
+        # THEN the device receives it and the page lists it as sent
+        page.locator(".command-list li", has_text="set_point").locator(".command-sent").wait_for()
+        wait_for(lambda: received, 10, "the command at the device")
+        assert json.loads(received[0])["name"] == "set_point"
+    finally:
+        device.close()
+
+
+def test_owner_adds_a_user_sees_the_password_once_and_keeps_the_last_owner(stack, page_for, screenshots):
+    page = page_for()
+    sign_in(page, stack["users"]["owner"])
+    page.locator("#nav a", has_text="Users").click()
+    # WHEN the owner adds a viewer without a password
+    page.locator("input[name=email]").fill("new.viewer@example.com")
+    page.locator("form[aria-label='Add user'] button[type=submit]").click()
+    # THEN the generated password is shown once, and the user is listed
+    password = page.locator("[data-testid=user-password]").inner_text()
+    assert len(password) >= 12
+    page.locator("tr[data-user='new.viewer@example.com']").wait_for()
+    page.locator(".secret button.primary").click()
+    assert password not in page.content()
+    # WHEN the owner tries to demote themselves, the only owner
+    me = page.locator(f"tr[data-user='{stack['users']['owner']['email']}'] select")
+    me.select_option("viewer")
+    # THEN the API's refusal is shown and the role stays
+    page.locator(".message .error").wait_for()
+    assert me.input_value() == "owner"
+    page.screenshot(path=str(screenshots / "users.png"), full_page=True)
