@@ -118,10 +118,16 @@ def _provisioner(settings: Settings, timeout: float) -> DynsecClient:
 
 def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str] | None = None,
                 timeout: float = SYNC_TIMEOUT_S) -> SyncReport:
-    """Apply pending broker commands: those of device_keys (due or not: a request right after its
-    commit), else of every device whose next command is due. A broker error stops that device's
-    queue (order matters) and backs it off; an unreachable broker stops the run."""
+    """Apply pending broker commands: those of device_keys (due or not, waiting for a device another
+    sync holds: a request right after its commit), else of every device whose next command is due
+    (skipping a device another sync holds). A broker error stops that device's queue (order
+    matters) and backs it off; an unreachable broker stops the run.
+
+    One command per broker request, one device per transaction: Mosquitto's plugin rewrites its
+    whole configuration file after every command, so batching commands saves nothing (measured)
+    and would only make one request outlast its timeout."""
     report = SyncReport()
+    wait = device_keys is not None
     if device_keys is None:
         with pool.connection() as conn:
             keys = [row["device_key"] for row in conn.execute(
@@ -141,7 +147,7 @@ def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str]
         return report
     try:
         for key in keys:
-            if not _sync_device(pool, settings, dynsec, key, report):
+            if not _sync_device(pool, settings, dynsec, key, wait, report):
                 break
     finally:
         dynsec.close()
@@ -151,17 +157,18 @@ def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str]
 def _note_unreachable(pool: DictPool, keys: list[str], exc: Exception) -> None:
     """Record the failed attempt on each device's first command, so its backoff and error show."""
     error = f"broker unavailable: {type(exc).__name__}"
-    for key in keys:
-        with pool.connection() as conn, conn.transaction():
-            rows = conn.execute(QUERIES["outbox_take"], {"device_key": key}).fetchall()
+    with pool.connection() as conn, conn.transaction():
+        for key in keys:
+            rows = conn.execute(QUERIES["outbox_take"], {"device_key": key, "wait": False}).fetchall()
             if rows:
                 conn.execute(QUERIES["outbox_failed"], {"id": rows[0]["id"], "error": error})
 
 
-def _sync_device(pool: DictPool, settings: Settings, dynsec: DynsecClient, key: str, report: SyncReport) -> bool:
+def _sync_device(pool: DictPool, settings: Settings, dynsec: DynsecClient, key: str, wait: bool,
+                 report: SyncReport) -> bool:
     """Apply one device's pending commands in order; False when the broker went away."""
     with pool.connection() as conn, conn.transaction():
-        for row in conn.execute(QUERIES["outbox_take"], {"device_key": key}).fetchall():
+        for row in conn.execute(QUERIES["outbox_take"], {"device_key": key, "wait": wait}).fetchall():
             try:
                 _apply(settings, dynsec, row, report)
             except BrokerUnavailable as exc:

@@ -100,14 +100,17 @@ AS $$
     LIMIT p_limit
 $$;
 
--- The pending commands of one device, in order, locked for this transaction; none when another
--- transaction holds the device (so two sync runs, or a run and a request, never interleave).
-CREATE FUNCTION broker_outbox_take(p_device_key text)
+-- The pending commands of one device, in order, locked for this transaction, so two syncs never
+-- interleave one device's commands. When another transaction holds the device: p_wait (a request
+-- applying what it just committed) waits for it, else (the timer) none, the device is skipped.
+CREATE FUNCTION broker_outbox_take(p_device_key text, p_wait boolean)
     RETURNS TABLE (id bigint, op text, tenant_slug text, device_name text, username text, password_enc text)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('broker_outbox'), hashtext(p_device_key)) THEN
+    IF p_wait THEN
+        PERFORM pg_advisory_xact_lock(hashtext('broker_outbox'), hashtext(p_device_key));
+    ELSIF NOT pg_try_advisory_xact_lock(hashtext('broker_outbox'), hashtext(p_device_key)) THEN
         RETURN;
     END IF;
     RETURN QUERY
@@ -189,9 +192,9 @@ AS $$
     WHERE tenant_id = p_tenant_id AND id = p_device_id AND NOT credential_needs_rotation
 $$;
 
-REVOKE ALL ON FUNCTION broker_outbox_due_keys(integer, boolean), broker_outbox_take(text),
+REVOKE ALL ON FUNCTION broker_outbox_due_keys(integer, boolean), broker_outbox_take(text, boolean),
     broker_outbox_applied(bigint), broker_outbox_failed(bigint, text), broker_retire_expired_credentials(),
     broker_wanted_devices(), broker_pending_keys(), broker_flag_needs_rotation(uuid, bigint) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION broker_outbox_due_keys(integer, boolean), broker_outbox_take(text),
+GRANT EXECUTE ON FUNCTION broker_outbox_due_keys(integer, boolean), broker_outbox_take(text, boolean),
     broker_outbox_applied(bigint), broker_outbox_failed(bigint, text), broker_retire_expired_credentials(),
     broker_wanted_devices(), broker_pending_keys(), broker_flag_needs_rotation(uuid, bigint) TO mqtt_saas_app;

@@ -118,7 +118,7 @@ UPDATE devices SET credential_needs_rotation = false WHERE tenant_id = %(tenant_
 SELECT device_key FROM broker_outbox_due_keys(%(limit)s, %(all)s)
 
 -- outbox_take --
-SELECT id, op, tenant_slug, device_name, username, password_enc FROM broker_outbox_take(%(device_key)s)
+SELECT id, op, tenant_slug, device_name, username, password_enc FROM broker_outbox_take(%(device_key)s, %(wait)s)
 
 -- outbox_applied --
 SELECT broker_outbox_applied(%(id)s)
