@@ -5,9 +5,12 @@ only, newest first, paged, own tenant only; the database refuses the app role an
 audit log; operator and tenant tokens each refused where the other belongs."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,6 +34,7 @@ from tests.support.devices import unique_slug
 from tests.support.waiting import query, wait_for
 
 OPERATOR_EMAIL = "ops@example.com"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -356,3 +360,31 @@ def test_the_app_role_cannot_read_operators_or_bypass_the_functions(app_pool, op
     # the functions refuse an operator id that does not exist
     with app_pool.connection() as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("SELECT * FROM platform_list_tenants(%s, NULL, NULL, 10)", (uuid.uuid4(),))
+
+
+def test_operator_login_is_throttled_with_retry_after(api, operator):
+    # GIVEN five wrong passwords for the operator from one address
+    headers = {"X-Forwarded-For": "198.51.100.77"}
+    for _ in range(5):
+        reply = call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": "wrong password"},
+                     headers=headers)
+        assert_problem(reply, 401)
+    # WHEN the right one follows from there: 429 with Retry-After; from another address it works
+    throttled = call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
+                     headers=headers)
+    assert_problem(throttled, 429, "too-many-login-attempts")
+    assert int(throttled.headers["retry-after"]) > 0
+    assert call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
+                headers={"X-Forwarded-For": "198.51.100.78"}).status == 200
+
+
+def test_create_operator_script_makes_an_operator_who_can_log_in(api, database):
+    # WHEN an operator is created with the script, as the database owner
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "create_operator.py"), "Root@Example.com",
+                           "--password-stdin", "--database-url", database.owner_dsn],
+                          input=f"{PASSWORD}\n", capture_output=True, text=True, timeout=60, check=False)
+    # THEN it says so without printing the password, and the operator can log in
+    assert done.returncode == 0, done.stderr
+    assert "root@example.com" in done.stdout and PASSWORD not in done.stdout
+    reply = call("POST", "/api/platform/auth/login", {"email": "root@example.com", "password": PASSWORD})
+    assert reply.status == 200, reply.body
