@@ -92,7 +92,10 @@ def series(pool: DictPool, principal: Principal, device_id: int, metric: str, st
     Defaults: end = now, start = end - 1 day. Numbers only: a metric whose values are booleans or
     text answers 422 (a chart of averages means nothing for them; /latest shows them)."""
     end = end or now
-    start = start or end - SERIES_DEFAULT_RANGE
+    try:
+        start = start or end - SERIES_DEFAULT_RANGE
+    except OverflowError:  # 'to' within a day of year 1
+        raise InvalidRange() from None
     if start >= end:
         raise InvalidRange("'from' must be before 'to'.")
     if end - start > SERIES_MAX_RANGE:

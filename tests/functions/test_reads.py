@@ -190,6 +190,8 @@ def test_series_refuses_bad_ranges_and_text_metrics_with_422(database, acme):
         "from after to": series_url(device["id"], "temp", now, now - timedelta(hours=1)),
         "empty": series_url(device["id"], "temp", now, now),
         "over 400 days": series_url(device["id"], "temp", now - timedelta(days=401), now),
+        "to at year 1": f"{path}?metric=temp&to=0001-01-01T00:00:00Z",
+        "year 1 to 9999": f"{path}?metric=temp&from=0001-01-01T00:00:00Z&to=9999-12-31T00:00:00Z",
         "no zone": f"{path}?metric=temp&from=2026-01-01T00:00:00&to=2026-01-02T00:00:00",
         "too many points": series_url(device["id"], "temp", now - timedelta(hours=1), now, max_points=5001),
         "one point": series_url(device["id"], "temp", now - timedelta(hours=1), now, max_points=1),
