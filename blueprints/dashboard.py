@@ -25,7 +25,8 @@ def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
     if path == "config.json":
         settings = get_settings()
         ca_available = dashboard.broker_ca(settings.mqtt_ca_file) is not None
-        return _reply(dashboard.page_config(settings.ingest_schedule, ca_available))
+        external = bool(settings.auth_external_issuer)
+        return _reply(dashboard.page_config(settings.ingest_schedule, ca_available, external))
     if path == "broker-ca.pem":
         return _reply(dashboard.broker_ca(get_settings().mqtt_ca_file))
     return _reply(dashboard.find_asset(path))

@@ -57,6 +57,23 @@ export async function login(tenant, email, password) {
   keep(await send('POST', '/api/auth/login', { tenant, email, password }));
 }
 
+// An external identity provider's access token (pasted, or handed over in the URL fragment by the
+// provider's redirect): kept in memory only and used until it expires; there is no refresh token,
+// so the reader signs in again then.
+export function useExternalToken(token) {
+  const parts = String(token).trim().split('.');
+  if (parts.length !== 3) throw new ApiError(401, null);
+  let claims;
+  try {
+    claims = JSON.parse(atob(parts[1].replace(/-/g, '+').replace(/_/g, '/')));
+  } catch {
+    throw new ApiError(401, null);
+  }
+  sessionStorage.removeItem(REFRESH_KEY);
+  accessToken = parts.join('.');
+  accessExpiresAt = typeof claims.exp === 'number' ? claims.exp * 1000 : Date.now() + 300_000;
+}
+
 // One refresh at a time: refresh tokens rotate, and presenting a used one twice looks like theft
 // to the API (it would revoke the family).
 function refresh() {

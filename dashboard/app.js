@@ -1,6 +1,6 @@
 // The dashboard's entry: sign-in, the hash router, the header and the auto-refresh at the drain's
 // cadence. Views live in views/*.js; each renders into <main> and may return {refresh, dispose}.
-import { ApiError, api, loadOperations, logout, offers, resume, setSignedOutHandler } from './api.js';
+import { ApiError, api, loadOperations, logout, offers, resume, setSignedOutHandler, useExternalToken } from './api.js';
 import { h, replace } from './dom.js';
 import { LOCALES, pickLocale, setLocale, t } from './i18n.js';
 import { renderLogin } from './views/login.js';
@@ -102,6 +102,13 @@ async function start() {
   } catch { /* defaults */ }
   scheduleRefresh();
   await loadOperations().catch(() => null);
+  // A provider's redirect may hand its token over in the fragment (#access_token=...): take it
+  // into memory and drop it from the address bar and history at once.
+  const handed = new URLSearchParams(location.hash.slice(1)).get('access_token');
+  if (handed) {
+    history.replaceState(null, '', `${location.pathname}#/fleet`);
+    try { useExternalToken(handed); await signedIn(); return; } catch { /* show the sign-in form */ }
+  }
   if (await resume()) {
     try { await signedIn(); return; } catch { /* fall through to the sign-in form */ }
   }

@@ -108,11 +108,12 @@ def refresh_interval_s(schedule: str) -> int:
     return 60
 
 
-def page_config(ingest_schedule: str, ca_available: bool) -> Asset:
+def page_config(ingest_schedule: str, ca_available: bool, external_sign_in: bool) -> Asset:
     """config.json: what the page needs to know of this deployment (nothing secret)."""
     body = json.dumps({
         "refresh_s": refresh_interval_s(ingest_schedule),
         "ca_url": "broker-ca.pem" if ca_available else None,
+        "external_sign_in": external_sign_in,
     }).encode()
     return Asset(body, "application/json", {**SECURITY_HEADERS, "Cache-Control": "no-cache"})
 

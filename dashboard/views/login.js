@@ -1,4 +1,4 @@
-import { ApiError, login } from '../api.js';
+import { ApiError, login, useExternalToken } from '../api.js';
 import { h, replace } from '../dom.js';
 import { t } from '../i18n.js';
 
@@ -29,6 +29,29 @@ export function renderLogin(ctx, onSignedIn) {
       submit.disabled = false;
     }
   });
-  replace(ctx.main, form);
+  replace(ctx.main, form, ctx.config.external_sign_in ? externalForm(onSignedIn) : null);
   form.querySelector('input').focus();
+}
+
+// Where an external identity provider is configured, its token signs the reader in as the user the
+// API maps it to (tenant and role from its claims).
+function externalForm(onSignedIn) {
+  const error = h('p', { class: 'error', role: 'alert' });
+  const token = h('textarea', { name: 'token', rows: 3, required: true, autocomplete: 'off', spellcheck: 'false' });
+  const form = h('form', { class: 'card login external' },
+    h('h2', { text: t('sign_in_external') }),
+    h('label', {}, h('span', { text: t('external_token') }), token),
+    h('button', { type: 'submit', text: t('sign_in') }), error);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    error.textContent = '';
+    try {
+      useExternalToken(token.value);
+      token.value = '';
+      await onSignedIn();
+    } catch (e) {
+      error.textContent = e instanceof ApiError && e.status === 401 ? t('external_refused') : (e.message || t('error_generic'));
+    }
+  });
+  return form;
 }

@@ -247,3 +247,36 @@ def test_owner_adds_a_user_sees_the_password_once_and_keeps_the_last_owner(stack
     page.locator(".message .error").wait_for()
     assert me.input_value() == "owner"
     page.screenshot(path=str(screenshots / "users.png"), full_page=True)
+
+
+def test_an_identity_providers_token_signs_in_and_its_role_claim_narrows(stack, page_for, monkeypatch):
+    import uuid
+
+    import jwt
+
+    from shared.settings import get_settings
+
+    # GIVEN an external provider configured (HS256, Supabase-shaped claims) and the owner's token
+    # from it that narrows the role to viewer, handed over in the URL fragment as a redirect would
+    issuer, audience, secret = "https://idp.example.test/auth/v1", "authenticated", "idp-shared-secret-" + "x" * 24
+    for key, value in {"AUTH_EXTERNAL_ISSUER": issuer, "AUTH_EXTERNAL_AUDIENCE": audience,
+                       "AUTH_EXTERNAL_SECRET": secret}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    owner = stack["users"]["owner"]
+    now = int(time.time())
+    token = jwt.encode({"iss": issuer, "aud": audience, "sub": str(uuid.uuid4()), "email": owner["email"],
+                        "app_metadata": {"tenant": owner["tenant"]["slug"], "role": "viewer"},
+                        "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+    page = page_for()
+    page.goto("/api/dashboard/")
+    page.locator("form.external").wait_for()
+    page = page_for()
+    page.goto(f"/api/dashboard/#access_token={token}&token_type=bearer")
+    # THEN the page signs in as that user, with the narrowed role, and the token leaves the address bar
+    page.locator("#signout").wait_for(state="visible")
+    assert "viewer" in page.locator("#who").inner_text()
+    assert nav_texts(page) == ["Fleet"]
+    assert token not in page.url
+    assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
+        token) == -1

@@ -106,7 +106,7 @@ def test_config_json_carries_the_cadence_and_nothing_secret(monkeypatch):
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     response = get("config.json")
-    assert json.loads(response.get_body()) == {"refresh_s": 10, "ca_url": None}
+    assert json.loads(response.get_body()) == {"refresh_s": 10, "ca_url": None, "external_sign_in": False}
 
 
 def test_broker_ca_is_offered_only_as_a_certificate(tmp_path):
