@@ -316,3 +316,32 @@ def test_restore_archive_command(maintenance_settings, owner, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"restore_archive table=archive_restore.by_script days=1 rows={len(before)}"
     assert day_rows(owner, tenant, OLD, "archive_restore.by_script") == before
+
+
+def test_registered_timers_run_archiver_and_rollups_on_their_schedules(maintenance_settings, owner, settings_env):
+    import json
+
+    import azure.functions as func
+
+    from tests.support.devices import registered_functions
+
+    # GIVEN a free tenant's old day and a recent one, and the app's settings as the host would read them
+    tenant, devices = make_tenant(owner, "free")
+    add_day(owner, tenant, devices, OLD)
+    add_day(owner, tenant, devices, RECENT)
+    settings_env(maintenance_settings.model_copy(update={"rollup_lag_s": 0}))
+    functions = registered_functions()
+    for name, setting in (("blob_archiver", "%ARCHIVE_SCHEDULE%"), ("telemetry_rollup", "%ROLLUP_SCHEDULE%")):
+        [binding] = json.loads(functions[name].get_function_json())["bindings"]
+        assert (binding["type"], binding["schedule"], binding["runOnStartup"]) == ("timerTrigger", setting, False)
+
+    # WHEN the host fires the rollup, then the archiver
+    timer = func.timer.TimerRequest(past_due=False)
+    functions["telemetry_rollup"].get_user_function()(timer)
+    functions["blob_archiver"].get_user_function()(timer)
+
+    # THEN the recent day is rolled up (the old one is older than any reading the drain accepts)
+    # and the old day went to the archive
+    assert owner.execute("SELECT sum(count) FROM telemetry_rollup_1h WHERE tenant_id = %s",
+                         (tenant,)).fetchone()[0] == 2 * len(devices) * 30
+    assert manifest_states(owner, tenant) == {OLD: "deleted"} and day_rows(owner, tenant, OLD) == []
