@@ -54,11 +54,16 @@ ACK_METRIC, RESULT_METRIC = "cmd_ack", "cmd_result"
 
 
 class PublishRefused(Exception):
-    """The broker answered the publish with a failure reason code (e.g. 135, not authorized)."""
+    """The broker refused the connection (CONNACK) or the publish (PUBACK) with a failure reason code, e.g.
+    135 not authorized: a configuration fault (the commander's password or role), not an outage."""
 
-    def __init__(self, reason: ReasonCode) -> None:
+    def __init__(self, reason: ReasonCode, what: str = "publish") -> None:
         self.reason = reason
-        super().__init__(f"broker refused the publish: {reason.getName()} ({reason.value})")
+        super().__init__(f"broker refused the {what}: {reason.getName()} ({reason.value})")
+
+
+class ConnectionLost(BrokerUnavailable):
+    """The kept connection was found dead when publishing (e.g. after a broker restart)."""
 
 
 class CommanderConnection:
@@ -107,7 +112,7 @@ class CommanderConnection:
             self._wait(lambda: self._connack is not None, deadline, "CONNACK")
             assert self._connack is not None
             if self._connack.is_failure:
-                raise BrokerUnavailable(f"MQTT broker refused the connection: {self._connack.getName()}")
+                raise PublishRefused(self._connack, "connection")
         except BaseException:
             self.close()
             raise
@@ -127,12 +132,12 @@ class CommanderConnection:
         (the connection is then dropped, the next publish opens another); PublishRefused on PUBACK >= 128."""
         client = self._client
         if client is None or not self._connected:
-            raise BrokerUnavailable("not connected")
+            raise ConnectionLost("not connected")
         deadline = time.monotonic() + self.timeout
         info = client.publish(topic, payload, qos=1, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.close()
-            raise BrokerUnavailable(f"publish not queued: {info.rc}")
+            raise ConnectionLost(f"publish not queued: {info.rc}")
         try:
             self._wait(lambda: info.mid in self._pubacks or not self._connected, deadline, "PUBACK")
         except BrokerUnavailable:
@@ -142,7 +147,7 @@ class CommanderConnection:
             reason = self._pubacks.pop(info.mid, None)
         if reason is None:
             self.close()
-            raise BrokerUnavailable("connection lost before the PUBACK")
+            raise ConnectionLost("connection lost before the PUBACK")
         if reason.is_failure:
             raise PublishRefused(reason)
 
@@ -268,10 +273,11 @@ def _publish(settings: Settings, topic: str, payload: bytes, properties: Propert
     connection = commander_connection(settings)
     try:
         connection.publish(topic, payload, properties)
-    except BrokerUnavailable:
+    except ConnectionLost:
         # A kept connection that died since the last command (a broker restart) may be found dead only now:
-        # one try on a fresh connection. Should the first copy have reached the broker after all, the device
-        # sees the command twice, with the same id to ignore it by.
+        # one try on a fresh connection (not after a timeout: a broker that is slow now would be twice as slow).
+        # Should the first copy have reached the broker after all, the device sees the command twice, with the
+        # same id to ignore it by.
         commander_connection(settings).publish(topic, payload, properties)
 
 

@@ -212,6 +212,20 @@ def test_broker_down_records_the_command_failed_and_answers_503(monkeypatch, dat
     assert [(c["status"], c["failure"]) for c in listed["items"]] == [("failed", "broker_unreachable")]
 
 
+def test_a_wrong_commander_password_is_a_refusal_not_an_outage(monkeypatch, database, fleet):
+    # GIVEN the API configured with a commander password the broker does not know
+    monkeypatch.setenv("MQTT_COMMANDER_PASSWORD", "not-the-password")
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    close_commander_connection()
+    # WHEN staff sends a command
+    reply = send(fleet, {"name": "set_point", "args": {"value": 9}})
+    # THEN a 503 problem that points an operator at the credential, and the command is recorded as refused
+    assert reply.status == 503 and reply.json["type"] == "urn:mqtt-saas:problem:command-refused"
+    assert query(database, "SELECT status, failure FROM commands") == [("failed", "broker_refused")]
+
+
 def test_list_is_newest_first_paged_and_shows_the_devices_ack(settings, database, fleet):
     # GIVEN three commands sent
     ids = []
