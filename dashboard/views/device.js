@@ -40,7 +40,8 @@ function chartOptions(metric, unit, width) {
     ],
     bands: [{ series: [3, 1], fill: 'rgba(37,99,235,0.12)' }],
     axes: [
-      { space: 90, values: (u, splits) => splits.map((v) => fmt.format(new Date(v * 1000))) },
+      // Repeated labels (ticks closer than the format's unit) are left blank.
+      { space: 90, values: (u, splits) => splits.map((v) => fmt.format(new Date(v * 1000))).map((label, i, all) => (i && all[i - 1] === label ? '' : label)) },
       { values: (u, splits) => splits.map((v) => num.format(v)), size: 60 },
     ],
   };

@@ -2,7 +2,7 @@
 // as text, drain runs with lag; usage against the plan's quotas; the audit log (owners).
 // Endpoints that are not deployed say so. Unknown shapes are shown as key/value tables: every
 // value, a payload included, goes into the page as text.
-import { api, offers } from '../api.js';
+import { api, getAll, offers } from '../api.js';
 import { h, replace } from '../dom.js';
 import { formatDate, formatNumber, t } from '../i18n.js';
 import { errorText, unavailable } from './common.js';
@@ -18,7 +18,7 @@ function scalar(value, key = '') {
 }
 
 function isPayloadKey(key) {
-  return /payload|body|raw|message/.test(key);
+  return /^(payload|payload_preview|body|raw_payload)$/.test(key);
 }
 
 function cell(key, value) {
@@ -91,11 +91,43 @@ function ingestView(data) {
   ];
 }
 
+const QUOTAS = ['devices', 'users', 'alert_rules', 'messages_this_hour'];
+
+// GET /api/usage: each quota as a bar against the plan's limit (none: unlimited).
+function usageView(data) {
+  const quotas = data.quotas || {};
+  return [
+    h('p', {}, t('usage_plan'), ': ', h('strong', { text: data.plan }),
+      data.raw_retention_days != null ? ` · ${t('usage_retention', { days: formatNumber(data.raw_retention_days) })}` : ''),
+    h('div', { class: 'quotas' }, QUOTAS.filter((key) => quotas[key]).map((key) => {
+      const q = quotas[key];
+      const percent = q.percent == null ? 0 : Math.min(100, q.percent);
+      return h('div', { class: `quota${q.percent >= 90 ? ' quota-high' : ''}`, 'data-quota': key },
+        h('div', { class: 'quota-head' }, h('span', { text: t(`quota_${key}`) }),
+          h('span', { class: 'quota-n', text: q.limit == null ? `${formatNumber(q.used)} / ∞`
+            : `${formatNumber(q.used)} / ${formatNumber(q.limit)} (${formatNumber(q.percent ?? 0, { maximumFractionDigits: 1 })} %)` })),
+        h('progress', { max: 100, value: percent, 'aria-label': t(`quota_${key}`) }));
+    })),
+    data.messages_over_quota_this_hour
+      ? h('p', { class: 'warning', text: t('usage_over_quota', { n: formatNumber(data.messages_over_quota_this_hour) }) }) : null,
+  ];
+}
+
+// GET /api/audit: newest first; actors shown by email where the user still exists.
+function auditView(data, emails) {
+  return table([[t('audit_at'), (e) => formatDate(e.at)],
+    [t('audit_actor'), (e) => (e.actor_user_id ? emails.get(e.actor_user_id) || e.actor_user_id.slice(0, 8) : t('audit_system'))],
+    [t('audit_action'), (e) => h('code', { text: e.action })],
+    [t('audit_target'), (e) => [e.target_type, e.target_id].filter(Boolean).join(' ') || '—'],
+    [t('audit_source'), (e) => e.source_address || '—'],
+    [t('ingest_detail'), (e) => (e.detail && Object.keys(e.detail).length ? JSON.stringify(e.detail) : '—')]], data.items || []);
+}
+
 export async function renderIngest(ctx) {
   const parts = [
     ['ingest_monitor', 'GET', '/api/admin/ingest', ['owner', 'staff']],
     ['usage', 'GET', '/api/usage', ['owner', 'staff', 'viewer']],
-    ['audit', 'GET', '/api/audit', ['owner']],
+    ['audit', 'GET', '/api/audit?limit=20', ['owner']],
   ].filter(([, , , roles]) => ctx.can(...roles));
   const boxes = parts.map(([key]) => h('div', { class: 'data-box', 'data-part': key }));
   replace(ctx.main, h('div', { class: 'page-head' }, h('h1', { text: t('nav_ingest') })),
@@ -103,10 +135,15 @@ export async function renderIngest(ctx) {
 
   async function refresh() {
     await Promise.all(parts.map(async ([key, method, path], i) => {
-      if (!offers(method, path)) { replace(boxes[i], unavailable(t(key))); return; }
+      if (!offers(method, path.split('?')[0])) { replace(boxes[i], unavailable(t(key))); return; }
       try {
         const data = await api(method, path);
-        replace(boxes[i], key === 'ingest_monitor' ? ingestView(data) : dataView(data));
+        if (key === 'ingest_monitor') replace(boxes[i], ingestView(data));
+        else if (key === 'usage') replace(boxes[i], usageView(data));
+        else if (key === 'audit') {
+          const users = offers('GET', '/api/users') ? await getAll('/api/users').catch(() => []) : [];
+          replace(boxes[i], auditView(data, new Map(users.map((u) => [u.id, u.email]))));
+        } else replace(boxes[i], dataView(data));
       } catch (e) { replace(boxes[i], errorText(e)); }
     }));
   }

@@ -84,6 +84,8 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(stack, page_for, screens
         payload = page.locator("pre.payload", has_text="<script>").first
         payload.wait_for()
         assert payload.inner_text() == HOSTILE
+        if api_offers("GET", "/api/audit"):
+            page.locator("[data-part=audit] td", has_text="device.create").wait_for()
         page.screenshot(path=str(screenshots / "ingest.png"), full_page=True)
     assert page.locator("main img, main script").count() == 0
     assert page.dialogs == [] and page.errors == []
