@@ -1,32 +1,39 @@
 """The role matrix (issue 12 §2, §8): every route of the app's OpenAPI document, called by each role
-(owner, staff, viewer) and with no token, through the registered function against a real database,
-each answer's status asserted. A route the app serves with no row here fails
+(owner, staff, viewer), by a platform operator and with no token, through the registered function
+against a real database and the real broker (devices get live credentials, commands are
+published), each answer's status asserted. A route the app serves with no row here fails
 test_every_route_has_a_row: adding a route means saying who may call it.
 
 Each row builds a valid request (a real target in the caller's tenant), so a refusal is the role's
 doing, not a 404 or a 422. Targets a request destroys are made fresh for each call."""
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import pytest
 
 from shared.api.app import api
+from shared.commands import close_commander_connection
+from shared.registry import create_tenant
 from tests.support.api import (
     PASSWORD,
+    PASSWORD_HASH,
     Reply,
     call,
     close_api_pool,
     export_api_settings,
     login,
-    new_tenant,
     new_user,
     users_of_each_role,
 )
+from tests.support.devices import unique_slug
 
-CALLERS = ("owner", "staff", "viewer", "anonymous")
+CALLERS = ("owner", "staff", "viewer", "operator", "anonymous")
+OPERATOR_EMAIL = "matrix-ops@example.com"
 
 
 @dataclass
@@ -37,6 +44,7 @@ class Context:
     database: Any
     tenant: dict[str, Any]
     users: dict[str, dict[str, Any]]
+    tokens: dict[str, str | None] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
 
     def new_viewer(self) -> dict[str, Any]:
@@ -47,12 +55,24 @@ class Context:
         assert reply.status == 200, reply.body
         return str(reply.json["refresh_token"])
 
+    def new_device(self) -> int:
+        reply = call("POST", "/api/devices", {"name": f"m-{uuid.uuid4().hex[:10]}"}, token=self.tokens["owner"])
+        assert reply.status == 201, reply.body
+        return int(reply.json["id"])
+
+    def device(self) -> int:
+        """One device shared by the requests that leave it usable."""
+        if "device" not in self.cache:
+            self.cache["device"] = self.new_device()
+        return int(self.cache["device"])
+
 
 @dataclass(frozen=True)
 class Request:
     path: str
     body: Any = None
     headers: dict[str, str] | None = None
+    raw: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -64,9 +84,15 @@ class Row:
     xfail: str | None = None
 
 
-def allowed(*roles: str, ok: int = 200, denied: int = 403, anonymous: int = 401) -> dict[str, int]:
+def allowed(*roles: str, ok: int = 200, denied: int = 403) -> dict[str, int]:
+    """A tenant route: the roles named get ok, the others denied; an operator's token and no token 401."""
     return {"owner": ok if "owner" in roles else denied, "staff": ok if "staff" in roles else denied,
-            "viewer": ok if "viewer" in roles else denied, "anonymous": anonymous}
+            "viewer": ok if "viewer" in roles else denied, "operator": 401, "anonymous": 401}
+
+
+def operator_only(ok: int = 200) -> dict[str, int]:
+    """A platform route: only an operator's token; every tenant token, and none, 401."""
+    return {**dict.fromkeys(CALLERS, 401), "operator": ok}
 
 
 def anyone(status: int) -> dict[str, int]:
@@ -97,6 +123,52 @@ ROWS: dict[tuple[str, str], Row] = {
         f"/api/users/{c.new_viewer()['id']}", {"role": "staff"})),
     ("DELETE", "/api/users/{user_id}"): Row(allowed(*OWNER, ok=204), lambda c: Request(
         f"/api/users/{c.new_viewer()['id']}")),
+    # --- devices: staff and owners change, every role reads
+    ("POST", "/api/devices"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
+        "/api/devices", {"name": f"m-{uuid.uuid4().hex[:10]}", "display_name": "Press"})),
+    ("GET", "/api/devices"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/devices")),
+    ("POST", "/api/devices/bulk"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
+        "/api/devices/bulk", headers={"Content-Type": "text/csv"},
+        raw=f"name,display_name\nb-{uuid.uuid4().hex[:10]},Bulk one\n".encode())),
+    ("GET", "/api/devices/{device_id}"): Row(allowed(*EVERY_ROLE), lambda c: Request(f"/api/devices/{c.device()}")),
+    ("PATCH", "/api/devices/{device_id}"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/devices/{c.device()}", {"location": "Hall B"})),
+    ("DELETE", "/api/devices/{device_id}"): Row(allowed(*STAFF_UP, ok=204), lambda c: Request(
+        f"/api/devices/{c.new_device()}")),
+    ("POST", "/api/devices/{device_id}/disable"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/devices/{c.new_device()}/disable")),
+    ("POST", "/api/devices/{device_id}/enable"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/devices/{c.device()}/enable")),
+    ("POST", "/api/devices/{device_id}/credentials/rotate"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/devices/{c.new_device()}/credentials/rotate", {"overlap_s": 0})),
+    ("POST", "/api/devices/{device_id}/credentials/revoke"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/devices/{c.new_device()}/credentials/revoke")),
+    # --- commands: staff and owners send, every role lists
+    ("POST", "/api/devices/{device_id}/commands"): Row(allowed(*STAFF_UP, ok=202), lambda c: Request(
+        f"/api/devices/{c.device()}/commands", {"name": "set_point", "args": {"value": 72.5}})),
+    ("GET", "/api/devices/{device_id}/commands"): Row(allowed(*EVERY_ROLE), lambda c: Request(
+        f"/api/devices/{c.device()}/commands")),
+    # --- reads
+    ("GET", "/api/devices/{device_id}/latest"): Row(allowed(*EVERY_ROLE), lambda c: Request(
+        f"/api/devices/{c.device()}/latest")),
+    ("GET", "/api/devices/{device_id}/series"): Row(allowed(*EVERY_ROLE), lambda c: Request(
+        f"/api/devices/{c.device()}/series?metric=temperature")),
+    ("GET", "/api/fleet"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/fleet")),
+    ("GET", "/api/admin/ingest"): Row(allowed(*STAFF_UP), lambda c: Request("/api/admin/ingest")),
+    # --- plans, usage, audit
+    ("GET", "/api/usage"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/usage")),
+    ("GET", "/api/plans"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/plans")),
+    ("GET", "/api/audit"): Row(allowed(*OWNER), lambda c: Request("/api/audit")),
+    # --- the platform operator: only an operator's token
+    ("POST", "/api/platform/auth/login"): Row(anyone(200), lambda c: Request(
+        "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
+        {"X-Forwarded-For": "198.51.100.21"})),
+    ("GET", "/api/platform/tenants"): Row(operator_only(), lambda c: Request("/api/platform/tenants")),
+    ("POST", "/api/platform/tenants"): Row(operator_only(201), lambda c: Request(
+        "/api/platform/tenants", {"slug": unique_slug("new"), "name": "New Works", "plan": "free",
+                                  "owner_email": "boss@example.com"})),
+    ("PATCH", "/api/platform/tenants/{tenant_id}"): Row(operator_only(), lambda c: Request(
+        f"/api/platform/tenants/{c.tenant['id']}", {"plan": "industrial"})),
 }
 
 
@@ -118,10 +190,22 @@ def test_every_row_is_a_route():
 
 
 @pytest.fixture
-def context(monkeypatch, database, app_pool) -> Any:
-    export_api_settings(monkeypatch, database)
-    tenant = new_tenant(app_pool)
-    yield Context(app_pool, database, tenant, users_of_each_role(app_pool, tenant))
+def context(monkeypatch, database, app_pool, settings, mosquitto_broker) -> Any:
+    """The API with this test's database and live broker (commands with the stack's commander
+    credential), an unmetered tenant with a user of each role, and a platform operator."""
+    export_api_settings(monkeypatch, database, MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
+                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password)
+    tenant = create_tenant(app_pool, unique_slug(), "Matrix Works", "industrial")
+    users = users_of_each_role(app_pool, tenant)
+    with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s)",
+                     (OPERATOR_EMAIL, PASSWORD_HASH))
+    reply = call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD})
+    assert reply.status == 200, reply.body
+    tokens: dict[str, str | None] = {role: user["token"] for role, user in users.items()}
+    tokens.update(operator=reply.json["access_token"], anonymous=None)
+    yield Context(app_pool, database, tenant, users, tokens)
+    close_commander_connection()
     close_api_pool()
 
 
@@ -139,9 +223,9 @@ def test_role_matrix(context, route):
     got: dict[str, int] = {}
     for caller in CALLERS:
         request = row.request(context)
-        token = None if caller == "anonymous" else context.users[caller]["token"]
         # WHEN the caller sends a valid request
-        reply: Reply = call(method, request.path, request.body, token=token, headers=request.headers)
+        reply: Reply = call(method, request.path, request.body, token=context.tokens[caller],
+                            headers=request.headers, raw=request.raw)
         got[caller] = reply.status
         if reply.status >= 400:
             assert reply.headers["content-type"].startswith("application/problem+json"), (caller, reply.body)
