@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # How long a request waits for the broker after its commit before leaving the work to the timer.
 INLINE_TIMEOUT_S = 3.0
+# How long a request spends applying its commands (a big CSV bulk): the rest goes to the timer, so
+# the answer comes well within the platform's HTTP timeout (230 s on Azure) whatever the broker's size.
+INLINE_BUDGET_S = 30.0
 SYNC_TIMEOUT_S = 10.0
 SYNC_BATCH = 500
 
@@ -109,6 +113,9 @@ class SyncReport:
     failed: int = 0
     lost_passwords: int = 0
     broker_unavailable: bool = False
+    # Devices whose queue is now empty (everything applied), and those left for later by the budget.
+    synced_keys: set[str] = field(default_factory=set)
+    deferred: int = 0
 
 
 def _provisioner(settings: Settings, timeout: float) -> DynsecClient:
@@ -117,7 +124,7 @@ def _provisioner(settings: Settings, timeout: float) -> DynsecClient:
 
 
 def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str] | None = None,
-                timeout: float = SYNC_TIMEOUT_S) -> SyncReport:
+                timeout: float = SYNC_TIMEOUT_S, budget_s: float | None = None) -> SyncReport:
     """Apply pending broker commands: those of device_keys (due or not, waiting for a device another
     sync holds: a request right after its commit), else of every device whose next command is due
     (skipping a device another sync holds). A broker error stops that device's queue (order
@@ -125,7 +132,9 @@ def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str]
 
     One command per broker request, one device per transaction: Mosquitto's plugin rewrites its
     whole configuration file after every command, so batching commands saves nothing (measured)
-    and would only make one request outlast its timeout."""
+    and would only make one request outlast its timeout. So a big batch costs a command's time,
+    which grows with the broker's size, per command: budget_s stops starting devices after that
+    long (their commands stay pending for the timer)."""
     report = SyncReport()
     wait = device_keys is not None
     if device_keys is None:
@@ -145,8 +154,13 @@ def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str]
         log.warning("broker_sync: broker unavailable, %d device queues stay pending: %s", len(keys),
                     type(exc).__name__)
         return report
+    deadline = None if budget_s is None else time.monotonic() + budget_s
     try:
-        for key in keys:
+        for done, key in enumerate(keys):
+            if deadline is not None and time.monotonic() > deadline:
+                report.deferred = len(keys) - done
+                log.info("broker_sync: time budget spent, %d device queues left to the timer", report.deferred)
+                break
             if not _sync_device(pool, settings, dynsec, key, wait, report):
                 break
     finally:
@@ -184,6 +198,7 @@ def _sync_device(pool: DictPool, settings: Settings, dynsec: DynsecClient, key: 
                 return True
             conn.execute(QUERIES["outbox_applied"], {"id": row["id"]})
             report.applied += 1
+    report.synced_keys.add(key)
     return True
 
 
@@ -226,7 +241,7 @@ def try_sync_now(pool: DictPool, settings: Settings, device_keys: Collection[str
     if not settings.mqtt_provisioner_password.get_secret_value() or settings.mqtt_ca_file is None:
         return SyncReport(broker_unavailable=True)
     try:
-        return sync_outbox(pool, settings, device_keys, timeout=INLINE_TIMEOUT_S)
+        return sync_outbox(pool, settings, device_keys, timeout=INLINE_TIMEOUT_S, budget_s=INLINE_BUDGET_S)
     except Exception:  # the commit stands whatever happens here; the timer retries
         log.warning("broker_sync: applying a request's commands failed; the timer retries", exc_info=True)
         return SyncReport(broker_unavailable=True)

@@ -161,7 +161,7 @@ def create_devices(pool: DictPool, settings: Settings, principal: Principal, dev
         views = conn.execute(QUERIES["device_view"], {"tenant_id": tenant_id, "device_ids": list(ids.values())}
                              ).fetchall()
     return [(view, _issued(settings, slug, view["name"], "a", passwords[view["name"]],
-                           synced.failed == 0 and not synced.broker_unavailable))
+                           device_key(slug, view["name"]) in synced.synced_keys))
             for view in views]
 
 
@@ -336,7 +336,7 @@ def rotate_credential(pool: DictPool, settings: Settings, principal: Principal, 
     synced = try_sync_now(pool, settings, [device_key(slug, name)])
     view = get_device(pool, principal, device_id)
     replaced_until = next((c["expires_at"] for c in view["credentials"] if c["slot"] == current), None)
-    return view, _issued(settings, slug, name, new, password, synced.failed == 0 and not synced.broker_unavailable,
+    return view, _issued(settings, slug, name, new, password, device_key(slug, name) in synced.synced_keys,
                          device_username(slug, name, current) if current else None, replaced_until)
 
 

@@ -232,6 +232,26 @@ def test_outbox_apply_is_idempotent_create_over_existing_and_delete_of_missing(a
     assert query(database, "SELECT count(*) FROM broker_outbox WHERE applied_at IS NULL") == [(0,)]
 
 
+def test_a_bulk_beyond_the_requests_time_budget_answers_and_the_timer_finishes(api, token, tenant, app_pool,
+                                                                             database, monkeypatch):
+    # GIVEN a request budget already spent when the commit is done (a huge CSV on a big broker)
+    from shared import credentials
+
+    monkeypatch.setattr(credentials, "INLINE_BUDGET_S", 0.0)
+    # WHEN a CSV of devices is created
+    reply = call("POST", "/api/devices/bulk", token=token, raw=b"name\nb-1\nb-2\nb-3\n",
+                 headers={"Content-Type": "text/csv"})
+    # THEN it answers at once, each credential marked as not yet on the broker
+    assert reply.status == 201, reply.body
+    items = reply.json["items"]
+    assert [item["credential"]["broker_synced"] for item in items] == [False, False, False]
+    assert [item["sync_pending"] for item in items] == [2, 2, 2]
+    # AND the timer's sync applies the rest: the devices connect with the passwords answered
+    report = sync(app_pool, api, tenant)
+    assert report.sync.applied == 6 and not report.sync.failed
+    assert all(connects(api, item["credential"]) for item in items)
+
+
 # --------------------------------------------------------------------------- reconciliation
 
 
