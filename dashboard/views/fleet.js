@@ -43,6 +43,8 @@ export async function renderFleet(ctx) {
     const rows = devices.filter((d) => !q || [d.name, d.display_name, d.type, d.location, ...(d.tags || [])]
       .some((v) => v && String(v).toLowerCase().includes(q)));
     const order = { online: 0, offline: 1, never_seen: 2, disabled: 3 };
+    // A refresh redraws the rows: keep the keyboard's place on the same device.
+    const focused = tbody.contains(document.activeElement) ? document.activeElement.closest('tr')?.dataset.device : null;
     rows.sort((a, b) => {
       if (state.sort === 'status') return order[deviceStatus(a)] - order[deviceStatus(b)] || a.name.localeCompare(b.name);
       if (state.sort === 'last_seen') return String(b.last_seen || '').localeCompare(String(a.last_seen || '')) || a.name.localeCompare(b.name);
@@ -55,6 +57,7 @@ export async function renderFleet(ctx) {
       h('td', { 'data-label': t('col_status') }, statusBadge(deviceStatus(d))),
       h('td', { 'data-label': t('col_last_seen') }, lastSeen(d.last_seen)),
       h('td', { 'data-label': t('col_latest'), class: 'latest' }, valueList(latest.has(d.id) ? latest.get(d.id) : null)))));
+    if (focused) tbody.querySelector(`tr[data-device="${CSS.escape(focused)}"] a`)?.focus();
     if (!rows.length) replace(tbody, h('tr', {}, h('td', { colspan: 4, class: 'muted', text: devices.length ? t('no_match') : t('no_devices') })));
   }
 

@@ -96,11 +96,16 @@ def page_for(browser, host) -> Iterator[Any]:
         page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
         page.errors = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.on("console", lambda message: violations.append(message.text)
+                if "Content Security Policy" in message.text else None)
         return page
 
+    violations: list[str] = []
     yield open_page
     for context in contexts:
         context.close()
+    # The page must work under its own CSP: anything it blocked is a bug (inline style, eval, ...).
+    assert violations == []
 
 
 @pytest.fixture(scope="session")
