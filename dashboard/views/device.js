@@ -1,11 +1,26 @@
 // Device page: details, latest values, a chart per numeric metric over 1 h / 24 h / 7 d / 30 d
 // (server-side buckets: min/max band and average), recent commands; staff and owners send
 // commands, rotate the credential (shown once), disable, enable and delete.
-import uPlot from '../vendor/uplot/uPlot.esm.js';
 import { api, offers } from '../api.js';
 import { h, replace } from '../dom.js';
 import { currentLocale, formatDate, formatValue, t } from '../i18n.js';
 import { credentialPanel, deviceStatus, errorText, lastSeen, latestValues, section, statusBadge, unavailable } from './common.js';
+
+// uPlot's minified build is a classic script (a global); it is fetched once, when a chart is first
+// drawn, so the fleet page does not pay for it.
+let uPlotLoading = null;
+function loadUPlot() {
+  if (!uPlotLoading) {
+    uPlotLoading = new Promise((resolve, reject) => {
+      const script = document.createElement('script');
+      script.src = 'vendor/uplot/uPlot.iife.min.js';
+      script.onload = () => resolve(window.uPlot);
+      script.onerror = () => { uPlotLoading = null; reject(new Error('chart library failed to load')); };
+      document.head.append(script);
+    });
+  }
+  return uPlotLoading;
+}
 
 const RANGES = { '1h': 3600, '24h': 86400, '7d': 7 * 86400, '30d': 30 * 86400 };
 let range = '24h';
@@ -154,6 +169,7 @@ export async function renderDevice(ctx, id) {
         if (entry.plot) { entry.plot.setData(points); return; }
         if (!points[0].length) { replace(entry.box, h('p', { class: 'muted', text: `${v.metric}: ${t('no_readings_range')}` })); return; }
         replace(entry.box);
+        const uPlot = await loadUPlot();
         entry.plot = new uPlot(chartOptions(v.metric, data.unit ?? v.unit, Math.max(260, entry.box.clientWidth)), points, entry.box);
         plots.push(entry.plot);
       } catch (e) { replace(entry.box, errorText(e)); }

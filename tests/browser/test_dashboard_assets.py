@@ -45,7 +45,7 @@ def test_page_is_served_with_a_strict_content_security_policy():
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert get("app.js").headers["Content-Type"].startswith("text/javascript")
-    assert get("vendor/uplot/uPlot.esm.js").status_code == 200
+    assert get("vendor/uplot/uPlot.iife.min.js").status_code == 200
 
 
 def test_bare_path_redirects_so_relative_files_resolve():
