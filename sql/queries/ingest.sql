@@ -69,10 +69,16 @@ MERGE INTO device_metrics AS m
 USING (
     SELECT n.tenant_id, n.device_id, n.metric, u.unit, timestamptz 'epoch' + n.ts_us * interval '1 microsecond' AS ts,
            n.seq, n.value, n.value_bool, n.value_text
-    FROM (SELECT DISTINCT ON (tenant_id, device_id, metric)
-                 tenant_id, device_id, metric, ts_us, seq, value, value_bool, value_text
-          FROM ingest_staging
-          ORDER BY tenant_id, device_id, metric, ts_us DESC, seq DESC) AS n
+    -- The newest ts per metric by hashing (a few groups), then only the rows at that ts sorted:
+    -- sorting the whole staged batch took most of this statement's time.
+    FROM (SELECT DISTINCT ON (r.tenant_id, r.device_id, r.metric)
+                 r.tenant_id, r.device_id, r.metric, r.ts_us, r.seq, r.value, r.value_bool, r.value_text
+          FROM ingest_staging AS r
+          JOIN (SELECT tenant_id, device_id, metric, max(ts_us) AS ts_us
+                FROM ingest_staging GROUP BY tenant_id, device_id, metric) AS newest
+            ON newest.tenant_id = r.tenant_id AND newest.device_id = r.device_id AND newest.metric = r.metric
+           AND newest.ts_us = r.ts_us
+          ORDER BY r.tenant_id, r.device_id, r.metric, r.seq DESC) AS n
     LEFT JOIN unnest(%(unit_tenant_ids)s::uuid[], %(unit_device_ids)s::bigint[], %(unit_metrics)s::text[],
                      %(units)s::text[]) AS u (tenant_id, device_id, metric, unit)
            ON u.tenant_id = n.tenant_id AND u.device_id = n.device_id AND u.metric = n.metric
