@@ -34,6 +34,7 @@ from shared.sql import QUERIES, one_row
 WRITERS = ("owner", "staff")
 MAX_BULK_ROWS = 1000
 MAX_OVERLAP_S = 7 * 86400
+MAX_DEVICE_ID = 2**63 - 1  # a bigint
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:=/-]{0,49}$"
 MAX_TAGS = 20
 CSV_COLUMNS = ("name", "display_name", "type", "location", "tags")
@@ -90,7 +91,7 @@ def decode_cursor(cursor: str | None) -> int | None:
         return None
     try:
         kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        if kind != "d" or not value.isdigit():
+        if kind != "d" or not value.isdigit() or int(value) > MAX_DEVICE_ID:
             raise ValueError(cursor)
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):

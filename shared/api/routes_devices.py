@@ -23,7 +23,7 @@ Tag = Annotated[str, Field(pattern=devices.TAG_PATTERN)]
 # PostgreSQL text cannot hold NUL, and control characters have no place in a label.
 PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
 # A bigint: anything larger cannot be a device id (and would reach the database as an error).
-DeviceId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+DeviceId = Annotated[int, Path(ge=1, le=devices.MAX_DEVICE_ID)]
 
 
 class _Body(BaseModel):
@@ -115,7 +115,7 @@ def create_device(body: CreateDeviceRequest, db: Pool, config: Config, caller: C
     return _created(view, issued)
 
 
-@router.post("/devices/bulk", status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 409, 415, 422),
+@router.post("/devices/bulk", status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 409, 422),
              openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
                  "type": "string", "description": "Header name,display_name,type,location,tags (tags separated by "
                  f"';'), then one device per line; at most {devices.MAX_BULK_ROWS}."}}}}})

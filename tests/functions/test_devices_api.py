@@ -4,6 +4,7 @@ update, disable/enable, delete, CSV bulk (all or nothing), rotate and revoke; th
 the device routes, tenant isolation, and the audit rows."""
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -139,6 +140,9 @@ def test_list_pages_in_creation_order_and_filters(api, users, app_pool, tenant, 
     assert names("name_contains=MACHINE%205") == ["dev-05"]
     assert names("name_contains=v-06") == ["dev-06"]
     assert call("GET", "/api/devices?cursor=garbage", token=token).status == 400
+    huge = base64.urlsafe_b64encode(b"d:" + b"9" * 40).decode().rstrip("=")
+    assert call("GET", f"/api/devices?cursor={huge}", token=token).status == 400
+    assert call("GET", f"/api/devices/{2**63}", token=token).status == 422
     assert call("GET", "/api/devices?status=sleeping", token=token).status == 422
 
 
