@@ -25,7 +25,10 @@ export async function renderFleet(ctx) {
     h('thead', {}, h('tr', {}, ['col_device', 'col_status', 'col_last_seen', 'col_latest'].map((k) => h('th', { scope: 'col', text: t(k) })))),
     tbody);
   const addButton = ctx.can('owner', 'staff')
-    ? h('button', { type: 'button', class: 'primary', 'data-action': 'add-device', text: t('add_device'), onclick: () => showCreate() })
+    ? h('div', { class: 'actions' },
+      h('button', { type: 'button', class: 'primary', 'data-action': 'add-device', text: t('add_device'), onclick: () => showCreate() }),
+      offers('POST', '/api/devices/bulk')
+        ? h('button', { type: 'button', 'data-action': 'add-devices-csv', text: t('add_devices_csv'), onclick: () => showBulk() }) : null)
     : null;
 
   replace(ctx.main,
@@ -127,6 +130,60 @@ export async function renderFleet(ctx) {
     });
     replace(slot, form);
     form.querySelector('input').focus();
+  }
+
+  // Commissioning many machines at once: a CSV in, every credential out once, as a table and as a
+  // CSV file the reader saves themselves (made in memory, never kept by the page).
+  function showBulk() {
+    const error = h('p', { class: 'error', role: 'alert' });
+    const text = h('textarea', { name: 'csv', rows: 6, required: true, spellcheck: 'false',
+      placeholder: 'name,display_name,type,location,tags\npress-02,Press 2,press,Hall A,line1;hydraulic' });
+    const file = h('input', { type: 'file', accept: '.csv,text/csv', 'aria-label': t('csv_file') });
+    file.addEventListener('change', async () => { if (file.files[0]) text.value = await file.files[0].text(); });
+    const form = h('form', { class: 'card form', 'aria-label': t('add_devices_csv') },
+      h('h2', { text: t('add_devices_csv') }),
+      h('p', { class: 'muted small', text: t('csv_hint') }), file,
+      h('label', {}, h('span', { text: t('csv_text') }), text),
+      h('div', { class: 'actions' },
+        h('button', { type: 'submit', class: 'primary', text: t('create') }),
+        h('button', { type: 'button', text: t('cancel'), onclick: () => replace(slot) })),
+      error);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      try {
+        const created = await api('POST', '/api/devices/bulk', text.value, 'text/csv');
+        replace(slot, bulkCredentials(created.items || []));
+        refresh();
+      } catch (e) { error.textContent = e.message || t('error_generic'); }
+    });
+    replace(slot, form);
+    text.focus();
+  }
+
+  function bulkCredentials(items) {
+    const quote = (v) => `"${String(v).replace(/"/g, '""')}"`;
+    const lines = [['name', 'username', 'client_id', 'password', 'host', 'port', 'topic'].join(',')].concat(items.map((d) => [
+      d.name, d.credential.username, d.credential.client_id, d.credential.password, d.credential.broker_host,
+      d.credential.broker_port, `${d.credential.topic_prefix}/telemetry`].map(quote).join(',')));
+    const download = h('button', { type: 'button', text: t('csv_download') });
+    download.addEventListener('click', () => {
+      const url = URL.createObjectURL(new Blob([`${lines.join('\r\n')}\r\n`], { type: 'text/csv' }));
+      const link = h('a', { href: url, download: 'device-credentials.csv' });
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(url), 1000);
+    });
+    const panel = h('section', { class: 'card secret', role: 'region', 'aria-label': t('cred_title') },
+      h('h2', { text: t('bulk_created', { n: formatNumber(items.length) }) }),
+      h('p', { class: 'warning', text: t('shown_once') }),
+      h('div', { class: 'table-wrap' }, h('table', { class: 'data' },
+        h('thead', {}, h('tr', {}, [t('col_device'), t('cred_username'), t('cred_password')].map((k) => h('th', { scope: 'col', text: k })))),
+        h('tbody', {}, items.map((d) => h('tr', { 'data-created': d.name },
+          h('td', { 'data-label': t('col_device'), text: d.name }),
+          h('td', { 'data-label': t('cred_username') }, h('code', { text: d.credential.username })),
+          h('td', { 'data-label': t('cred_password') }, h('code', { class: 'copyable', text: d.credential.password }))))))),
+      h('div', { class: 'actions' }, download,
+        h('button', { type: 'button', class: 'primary', text: t('done_saved'), onclick: () => replace(slot) })));
+    return panel;
   }
 
   search.addEventListener('input', () => { state = { ...state, query: search.value }; draw(); });

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -282,3 +283,27 @@ def test_an_identity_providers_token_signs_in_and_its_role_claim_narrows(stack, 
     assert token not in page.url
     assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
         token) == -1
+
+
+def test_staff_commission_many_devices_from_a_csv(stack, page_for):
+    if not api_offers("POST", "/api/devices/bulk"):
+        pytest.skip("bulk device creation is not deployed in this tree")
+    page = page_for()
+    sign_in(page, stack["users"]["staff"])
+    # WHEN staff paste a CSV of two machines
+    page.locator("[data-action=add-devices-csv]").click()
+    page.locator("textarea[name=csv]").fill("name,display_name,type,location,tags\n"
+                                            "press-02,Press 2,press,Hall A,line1;hydraulic\n"
+                                            "press-03,Press 3,press,Hall A,line1\n")
+    page.locator("form button[type=submit]").click()
+    # THEN each credential is shown once, and can be saved as a CSV file the page makes in memory
+    page.locator("tr[data-created=press-03]").wait_for()
+    passwords = page.locator("tr[data-created] code.copyable").all_inner_texts()
+    assert len(passwords) == 2 and all(len(p) >= 16 for p in passwords)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download credentials (CSV)").click()
+    saved = Path(download.value.path()).read_text()
+    assert all(p in saved for p in passwords) and saved.startswith("name,username,client_id,password")
+    page.locator(".secret button.primary").click()
+    page.locator("tr[data-device=press-03]").wait_for()
+    assert not any(p in page.content() for p in passwords)
