@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.observability import QUOTA_USAGE
 from shared.sql import QUERIES
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def current_hour() -> datetime:
 @dataclass(slots=True)
 class _TenantQuota:
     hour: datetime
+    slug: str
     plan: str
     per_hour: int | None  # None: unlimited
     used: int
@@ -49,8 +51,8 @@ class MessageMeter:
 
     def _load(self, conn: psycopg.Connection[TupleRow], tenant_ids: list[str], hour: datetime) -> None:
         rows = conn.execute(QUERIES["quota_state"], {"tenant_ids": tenant_ids, "hour": hour}).fetchall()
-        for tenant_id, plan, per_hour, used in rows:
-            self._quotas[str(tenant_id)] = _TenantQuota(hour, plan, per_hour, used)
+        for tenant_id, slug, plan, per_hour, used in rows:
+            self._quotas[str(tenant_id)] = _TenantQuota(hour, slug, plan, per_hour, used)
 
     def admissible(self, conn: psycopg.Connection[TupleRow], wanted: dict[str, int],
                    hour: datetime) -> dict[str, int]:
@@ -79,11 +81,15 @@ class MessageMeter:
             conn.execute(QUERIES["count_usage"], params)
 
     def committed(self, batch: PreparedBatch, hour: datetime) -> None:
-        """Adds what a batch counted once its transaction has committed."""
+        """Adds what a batch counted once its transaction has committed, and reports each metered
+        tenant's use (quota_usage_percent, as infra/queries/quota_usage.kql reads it)."""
         for tenant_id, n in counted(batch).items():
             quota = self._quotas.get(tenant_id)
             if quota is not None and quota.hour == hour:
                 quota.used += n
+                if quota.per_hour:
+                    QUOTA_USAGE.record(100.0 * quota.used / quota.per_hour,
+                                       {"tenant": quota.slug, "quota": "messages_per_hour"})
 
     def meter(self, conn: psycopg.Connection[TupleRow], messages: Sequence[InboundMessage],
               batch: PreparedBatch, hour: datetime) -> PreparedBatch:

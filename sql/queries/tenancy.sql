@@ -60,7 +60,7 @@ FROM platform_set_plan(%(operator_id)s, %(tenant_id)s, %(plan)s, %(source)s)
 -- quota_state --
 -- The drain, once per tenant per run and hour: the plan's message rate and what this hour
 -- already used (the drain then counts on in memory: it is the only writer, one run at a time).
-SELECT t.id AS tenant_id, p.name AS plan, p.messages_per_hour, coalesce(h.messages, 0) AS used
+SELECT t.id AS tenant_id, t.slug, p.name AS plan, p.messages_per_hour, coalesce(h.messages, 0) AS used
 FROM unnest(%(tenant_ids)s::uuid[]) AS k (tenant_id)
 JOIN tenants t ON t.id = k.tenant_id
 JOIN plans p ON p.name = t.plan
