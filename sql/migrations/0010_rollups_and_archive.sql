@@ -56,6 +56,9 @@ CREATE TABLE telemetry_rollup_1m (
     PRIMARY KEY (tenant_id, device_id, metric, bucket)
 );
 CREATE TABLE telemetry_rollup_1h (LIKE telemetry_rollup_1m INCLUDING ALL);
+-- Retention deletes by bucket alone; buckets arrive nearly in order, so BRIN is enough and cheap.
+CREATE INDEX telemetry_rollup_1m_bucket_brin ON telemetry_rollup_1m USING brin (bucket);
+CREATE INDEX telemetry_rollup_1h_bucket_brin ON telemetry_rollup_1h USING brin (bucket);
 
 -- One row per job: how far (in received_at) the rows have been rolled up.
 CREATE TABLE rollup_state (

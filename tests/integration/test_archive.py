@@ -345,3 +345,25 @@ def test_registered_timers_run_archiver_and_rollups_on_their_schedules(maintenan
     assert owner.execute("SELECT sum(count) FROM telemetry_rollup_1h WHERE tenant_id = %s",
                          (tenant,)).fetchone()[0] == 2 * len(devices) * 30
     assert manifest_states(owner, tenant) == {OLD: "deleted"} and day_rows(owner, tenant, OLD) == []
+
+
+def test_rollups_outlive_raw_rows_and_go_after_their_own_retention(maintenance_settings, owner):
+    # GIVEN minute and hour buckets of various ages
+    tenant, devices = make_tenant(owner, "free")
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for table in ("telemetry_rollup_1m", "telemetry_rollup_1h"):
+        for days in (40, 399, 401, 3649, 3651):
+            bucket = now - timedelta(days=days)
+            owner.execute(f"INSERT INTO {table} (tenant_id, device_id, metric, bucket, count, sum, min, max, last,"
+                          " last_ts, last_seq) VALUES (%s, %s, 'temp', %s, 1, 1, 1, 1, 1, %s, 0)",
+                          (tenant, devices[0], bucket, bucket))
+
+    # WHEN the archiver runs (raw retention 30 days; minutes kept 400 days, hours 3650)
+    run_blob_archiver(maintenance_settings)
+
+    # THEN each table keeps what its own retention says
+    def ages(table: str) -> list[int]:
+        return [(now - b).days for (b,) in owner.execute(f"SELECT bucket FROM {table} ORDER BY bucket DESC")]
+
+    assert ages("telemetry_rollup_1m") == [40, 399]
+    assert ages("telemetry_rollup_1h") == [40, 399, 401, 3649]
