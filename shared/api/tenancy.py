@@ -61,9 +61,10 @@ def _decode_audit_cursor(cursor: str | None) -> int | None:
         return None
     try:
         kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        if kind != "audit":
+        entry_id = int(value)
+        if kind != "audit" or not 0 < entry_id < 2**63:  # a bigint, as audit_log.id
             raise ValueError(kind)
-        return int(value)
+        return entry_id
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor() from None
 

@@ -5,6 +5,7 @@ only, newest first, paged, own tenant only; the database refuses the app role an
 audit log; operator and tenant tokens each refused where the other belongs."""
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import threading
@@ -249,7 +250,8 @@ def test_audit_log_is_for_owners_newest_first_paged_filtered_and_own_tenant_only
     assert other_actor["items"] == []
     later = (datetime.now(UTC) + timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
     assert call("GET", f"/api/audit?since={later}", token=owner["token"]).json["items"] == []
-    assert_problem(call("GET", "/api/audit?cursor=bm9wZQ", token=owner["token"]), 400, "invalid-cursor")
+    for forged in ("bm9wZQ", base64.urlsafe_b64encode(f"audit:{2**70}".encode()).decode()):
+        assert_problem(call("GET", f"/api/audit?cursor={forged}", token=owner["token"]), 400, "invalid-cursor")
 
 
 def test_the_app_role_cannot_change_or_erase_the_audit_log(api, app_pool):
