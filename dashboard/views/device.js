@@ -85,6 +85,7 @@ export async function renderDevice(ctx, id) {
 
   function drawHead(d) {
     const actions = canEdit ? h('div', { class: 'actions' },
+      h('button', { type: 'button', 'data-action': 'edit', text: t('edit'), onclick: () => edit(d) }),
       h('button', { type: 'button', 'data-action': 'rotate', text: t('rotate'), onclick: () => confirmThen(t('rotate_confirm'), rotate) }),
       d.enabled
         ? h('button', { type: 'button', 'data-action': 'disable', text: t('disable'), onclick: () => setEnabled(false) })
@@ -109,6 +110,33 @@ export async function renderDevice(ctx, id) {
         h('button', { type: 'button', text: t('cancel'), onclick: () => replace(slot) })));
     replace(slot, box);
     box.querySelector('button').focus();
+  }
+
+  function edit(d) {
+    const error = h('p', { class: 'error', role: 'alert' });
+    const input = (name, value) => h('label', {}, h('span', { text: t(`device_${name}`) }),
+      h('input', { name, value: value ?? '', autocomplete: 'off' }));
+    const form = h('form', { class: 'card form', 'aria-label': t('edit') },
+      input('display_name', d.display_name), input('type', d.type), input('location', d.location),
+      input('tags', (d.tags || []).join(', ')), h('p', { class: 'muted small', text: t('device_tags_hint') }),
+      h('div', { class: 'actions' },
+        h('button', { type: 'submit', class: 'primary', text: t('save') }),
+        h('button', { type: 'button', text: t('cancel'), onclick: () => replace(slot) })), error);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const data = new FormData(form);
+      const body = {};
+      for (const key of ['display_name', 'type', 'location']) body[key] = String(data.get(key) || '').trim() || null;
+      body.tags = String(data.get('tags') || '').split(',').map((x) => x.trim()).filter(Boolean);
+      try {
+        const saved = await api('PATCH', `/api/devices/${device.id}`, body);
+        Object.assign(device, saved);
+        replace(slot);
+        drawHead(device);
+      } catch (e) { error.textContent = e.message || t('error_generic'); }
+    });
+    replace(slot, form);
+    form.querySelector('input').focus();
   }
 
   async function rotate() {

@@ -307,3 +307,28 @@ def test_staff_commission_many_devices_from_a_csv(stack, page_for):
     page.locator(".secret button.primary").click()
     page.locator("tr[data-device=press-03]").wait_for()
     assert not any(p in page.content() for p in passwords)
+
+
+def test_staff_edit_disable_and_rotate_from_the_device_page(stack, page_for):
+    page = page_for()
+    sign_in(page, stack["users"]["staff"])
+    page.locator("tr[data-device=press-01] a").click()
+    # WHEN staff edit the location and tags
+    page.locator("[data-action=edit]").click()
+    page.locator("input[name=location]").fill("Hall B")
+    page.locator("input[name=tags]").fill("line2, hydraulic")
+    page.get_by_role("button", name="Save").click()
+    # THEN the page shows them
+    page.locator(".tags li", has_text="hydraulic").wait_for()
+    assert "Hall B" in page.locator(".page-head").inner_text()
+    # WHEN they disable it, THEN it shows disabled and offers to enable it
+    page.locator("[data-action=disable]").click()
+    page.locator("h1 .status-disabled").wait_for()
+    page.locator("[data-action=enable]").click()
+    page.locator("[data-action=disable]").wait_for()
+    # WHEN they rotate its credential (confirmed inline, no browser dialog), THEN a new one is shown once
+    page.locator("[data-action=rotate]").click()
+    page.locator("[data-action=confirm]").click()
+    password = page.locator("[data-testid=cred-password]").inner_text()
+    assert password and password != stack["credentials"]["press-01"].password
+    assert page.dialogs == [] and page.errors == []
