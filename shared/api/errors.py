@@ -194,3 +194,9 @@ class TenantSlugTaken(Conflict):
     """A tenant with this slug already exists."""
 
     kind = "tenant-slug-taken"
+
+
+class InvalidTenant(ApiError):
+    """The tenant or its owner is not valid (slug, name or email); see the API document for each field's rules."""
+
+    status, title, kind = 422, "Unprocessable Content", "invalid-tenant"
