@@ -29,6 +29,7 @@ from shared.api.auth import _refuse_if_throttled, _throttle_keys
 from shared.api.errors import (
     InvalidCredentials,
     InvalidCursor,
+    InvalidTenant,
     TenantNotFound,
     TenantSlugTaken,
     Unauthenticated,
@@ -163,6 +164,8 @@ def create_tenant(pool: DictPool, operator: Operator, slug: str, name: str, plan
                 "source": source}), "platform_create_tenant")
     except psycopg.errors.UniqueViolation:
         raise TenantSlugTaken() from None
+    except psycopg.errors.CheckViolation:
+        raise InvalidTenant() from None  # the database's rule is the last word on a slug or an email
     event(log, "platform.tenant_created", {"operator_id": operator.operator_id, "tenant_id": row["tenant_id"]})
     return {"id": row["tenant_id"], "slug": slug, "name": name, "plan": plan,
             "owner": {"id": row["owner_id"], "email": owner_email.strip().lower()}}
