@@ -74,6 +74,7 @@ class Device(BaseModel):
     credential_needs_rotation: bool = Field(
         description="The broker lost this device's credential (found by the reconciliation): rotate to issue one.")
     sync_pending: int = Field(description="Broker changes not applied yet (the broker was unreachable); retried.")
+    sync_error: str | None = Field(description="Why the next pending broker change failed last time, if it did.")
 
 
 class Credential(BaseModel):

@@ -37,7 +37,10 @@ SELECT d.id, d.name, d.display_name, d.type, d.location, d.tags, d.enabled, d.st
                  FROM device_credentials c WHERE c.tenant_id = d.tenant_id AND c.device_id = d.id),
                 '[]'::jsonb) AS credentials,
        (SELECT count(*) FROM broker_outbox o
-        WHERE o.tenant_id = d.tenant_id AND o.device_id = d.id AND o.applied_at IS NULL) AS sync_pending
+        WHERE o.tenant_id = d.tenant_id AND o.device_id = d.id AND o.applied_at IS NULL) AS sync_pending,
+       (SELECT o.last_error FROM broker_outbox o
+        WHERE o.tenant_id = d.tenant_id AND o.device_id = d.id AND o.applied_at IS NULL
+        ORDER BY o.id LIMIT 1) AS sync_error
 FROM devices d
 WHERE d.tenant_id = %(tenant_id)s AND d.id = ANY(%(device_ids)s::bigint[])
 ORDER BY d.id
@@ -53,7 +56,10 @@ SELECT d.id, d.name, d.display_name, d.type, d.location, d.tags, d.enabled, d.st
                  FROM device_credentials c WHERE c.tenant_id = d.tenant_id AND c.device_id = d.id),
                 '[]'::jsonb) AS credentials,
        (SELECT count(*) FROM broker_outbox o
-        WHERE o.tenant_id = d.tenant_id AND o.device_id = d.id AND o.applied_at IS NULL) AS sync_pending
+        WHERE o.tenant_id = d.tenant_id AND o.device_id = d.id AND o.applied_at IS NULL) AS sync_pending,
+       (SELECT o.last_error FROM broker_outbox o
+        WHERE o.tenant_id = d.tenant_id AND o.device_id = d.id AND o.applied_at IS NULL
+        ORDER BY o.id LIMIT 1) AS sync_error
 FROM devices d
 WHERE d.tenant_id = %(tenant_id)s
   AND (%(after_id)s::bigint IS NULL OR d.id > %(after_id)s::bigint)

@@ -177,6 +177,7 @@ def test_broker_down_requests_succeed_and_the_sync_catches_up(api, token, tenant
     assert rotated.status == 200
     assert not first["credential"]["broker_synced"] and not rotated.json["credential"]["broker_synced"]
     assert first["sync_pending"] == 2 and rotated.json["device"]["sync_pending"] >= 4
+    assert rotated.json["device"]["sync_error"].startswith("broker unavailable")
     pending = query(database, "SELECT op, attempts, last_error, next_attempt_at > now(), password_enc "
                               "FROM broker_outbox WHERE applied_at IS NULL ORDER BY id")
     assert [row[0] for row in pending] == ["ensure_role", "create_client", "ensure_role", "create_client",
@@ -200,7 +201,7 @@ def test_broker_down_requests_succeed_and_the_sync_catches_up(api, token, tenant
     assert not connects(api, second["credential"])  # rotated without overlap
     assert query(database, "SELECT count(*) FROM broker_outbox WHERE password_enc IS NOT NULL") == [(0,)]
     view = call("GET", f"/api/devices/{first['id']}", token=token).json
-    assert view["sync_pending"] == 0 and not view["credential_needs_rotation"]
+    assert view["sync_pending"] == 0 and view["sync_error"] is None and not view["credential_needs_rotation"]
 
 
 def test_outbox_apply_is_idempotent_create_over_existing_and_delete_of_missing(api, token, tenant, app_pool,
