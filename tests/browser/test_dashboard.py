@@ -27,6 +27,17 @@ def publish_readings(settings, credential, readings: list[dict]) -> None:
         device.close()
 
 
+def layout_shift(page) -> float:
+    """Chromium's cumulative layout shift of the document so far, shifts right after input excluded."""
+    return page.evaluate("""() => new Promise((resolve) => {
+        new PerformanceObserver((list, observer) => {
+            observer.disconnect();
+            resolve(list.getEntries().filter((e) => !e.hadRecentInput).reduce((sum, e) => sum + e.value, 0));
+        }).observe({ type: 'layout-shift', buffered: true });
+        setTimeout(() => resolve(0), 500);
+    })""")
+
+
 def nav_texts(page) -> list[str]:
     return page.locator("#nav a").all_inner_texts()
 
@@ -143,6 +154,11 @@ def test_fleet_and_device_page_show_readings_from_the_database(stack, page_for, 
     latest.locator(".metric", has_text="temp").wait_for()
     assert "25" in latest.inner_text() and "1,050" in latest.inner_text()
     assert page.locator("[data-count=online]").inner_text() == "1"
+    # AND an auto-refresh (every 2 s here, the drain's cadence) redraws it without moving anything
+    with page.expect_response(lambda r: r.url.endswith("/latest")):
+        pass
+    page.locator("tr[data-device=press-01] td.latest .metric", has_text="temp").wait_for()
+    assert layout_shift(page) < 0.02
     page.screenshot(path=str(screenshots / "fleet.png"))
     # WHEN the device page opens, THEN each numeric metric is charted from the database's buckets
     page.locator("tr[data-device=press-01] a").click()
@@ -157,6 +173,7 @@ def test_fleet_and_device_page_show_readings_from_the_database(stack, page_for, 
     assert charted == stored == [20.0, 21.0, 22.0, 23.0, 24.0, 25.0]
     assert page.locator(".reading[data-metric=door_open] .value").inner_text() == "no"
     assert page.errors == []
+    assert layout_shift(page) < 0.02
     page.screenshot(path=str(screenshots / "device.png"), full_page=True)
 
 
