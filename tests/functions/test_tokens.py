@@ -330,6 +330,12 @@ def test_external_token_of_a_user_moved_to_another_tenant_is_refused(secret_api,
     assert_refused(me(token))
 
 
+def test_the_two_secrets_never_stand_in_for_each_other(secret_api, owner):
+    # our claims signed with the provider's secret, and the provider's claims signed with ours
+    assert_refused(me(jwt.encode(ours(owner), EXT_SECRET, algorithm="HS256")))
+    assert_refused(me(jwt.encode(theirs(owner), JWT_SECRET, algorithm="HS256")))
+
+
 def test_external_tokens_are_refused_while_no_provider_is_configured(own_api, owner):
     assert_refused(me(jwt.encode(theirs(owner), EXT_SECRET, algorithm="HS256")))
 
