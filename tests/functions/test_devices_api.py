@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shared.registry import DeviceCredential
+from shared.registry import DeviceCredential, create_tenant
 from tests.support.api import (
     Reply,
     call,
@@ -19,7 +19,7 @@ from tests.support.api import (
     new_tenant,
     users_of_each_role,
 )
-from tests.support.devices import Device
+from tests.support.devices import Device, unique_slug
 from tests.support.waiting import query
 
 
@@ -33,7 +33,8 @@ def api(monkeypatch, database, settings):
 
 @pytest.fixture
 def tenant(app_pool):
-    return new_tenant(app_pool)
+    # The largest plan: these tests create more devices than a small plan's quota allows.
+    return create_tenant(app_pool, unique_slug(), "Acme Test Works", "industrial")
 
 
 @pytest.fixture
@@ -199,6 +200,21 @@ def test_bulk_is_one_transaction_a_name_taken_refuses_all(api, users, database):
     assert reply.status == 409
     assert query(database, "SELECT name FROM devices") == [("taken",)]
     assert query(database, "SELECT count(*) FROM broker_outbox WHERE device_key NOT LIKE '%%.taken'") == [(0,)]
+
+
+def test_bulk_over_the_plan_limit_is_refused_whole_by_the_quota_trigger(api, app_pool, database):
+    # GIVEN a tenant on a plan with a device quota (starter), and its owner
+    small = new_tenant(app_pool)
+    token = users_of_each_role(app_pool, small)["owner"]["token"]
+    [(quota,)] = query(database, "SELECT max_devices FROM plans WHERE name = 'starter'")
+    # WHEN a CSV with one device more than the quota is sent
+    reply = bulk(token, csv_body("name", *(f"q-{i}" for i in range(quota + 1))))
+    # THEN the one INSERT is refused as a whole: 402, no device, no credential, no broker command
+    assert reply.status == 402, reply.body
+    assert query(database, "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM device_credentials), "
+                           "(SELECT count(*) FROM broker_outbox)") == [(0, 0, 0)]
+    # AND exactly the quota goes through
+    assert bulk(token, csv_body("name", *(f"q-{i}" for i in range(quota)))).status == 201
 
 
 def test_bulk_refuses_more_than_the_cap_and_non_csv(api, users):

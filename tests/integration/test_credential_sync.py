@@ -19,9 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.broker_contract import device_acls, device_role
 from shared.credentials import reconcile, run_broker_sync, sync_outbox
-from shared.registry import DeviceCredential
+from shared.registry import DeviceCredential, create_tenant
 from tests.support.api import call, close_api_pool, export_api_settings, new_tenant, users_of_each_role
-from tests.support.devices import Device, provisioner, registered_functions, run_mqtt_ingest
+from tests.support.devices import Device, provisioner, registered_functions, run_mqtt_ingest, unique_slug
 from tests.support.waiting import query, wait_for
 
 
@@ -72,7 +72,8 @@ def api(monkeypatch, database, settings):
 
 @pytest.fixture
 def tenant(app_pool):
-    return new_tenant(app_pool)
+    # The largest plan: these tests create more devices than a small plan's quota allows.
+    return create_tenant(app_pool, unique_slug(), "Acme Test Works", "industrial")
 
 
 @pytest.fixture
