@@ -108,20 +108,22 @@ def _created(view: dict[str, Any], issued: devices.IssuedCredential) -> CreatedD
     return CreatedDevice.model_validate({**view, "credential": Credential.model_validate(issued, from_attributes=True)})
 
 
-@router.post("/devices", status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 409, 422))
+@router.post("/devices", status_code=status.HTTP_201_CREATED, responses=problems(401, 402, 403, 409, 422))
 def create_device(body: CreateDeviceRequest, db: Pool, config: Config, caller: Caller, source: Source) -> CreatedDevice:
-    """Creates a device and its broker credential (staff, owners); the password is in this answer only."""
+    """Creates a device and its broker credential (staff, owners); the password is in this answer only.
+    402 when the plan's device quota is reached."""
     fields = devices.DeviceFields(body.name, body.display_name, body.type, body.location, tuple(body.tags))
     ((view, issued),) = devices.create_devices(db, config, caller, [fields], source)
     return _created(view, issued)
 
 
-@router.post("/devices/bulk", status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 409, 422),
+@router.post("/devices/bulk", status_code=status.HTTP_201_CREATED, responses=problems(401, 402, 403, 409, 422),
              openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
                  "type": "string", "description": "Header name,display_name,type,location,tags (tags separated by "
                  f"';'), then one device per line; at most {devices.MAX_BULK_ROWS}."}}}}})
 async def bulk_create(request: Request, db: Pool, config: Config, caller: Caller, source: Source) -> CreatedDevices:
-    """Creates all the CSV's devices or none (staff, owners), answering each credential once."""
+    """Creates all the CSV's devices or none (staff, owners), answering each credential once; 402 when they
+    would exceed the plan's device quota."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "text/csv":
         raise InvalidCsv("Send the devices as text/csv.")
     try:
