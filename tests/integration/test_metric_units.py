@@ -153,3 +153,31 @@ def test_deleting_a_device_deletes_its_metric_metadata(database, app_pool, press
         conn.execute("DELETE FROM devices WHERE id = %s", (device["id"],))
     with psycopg.connect(database.owner_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM device_metrics").fetchone() == (0,)
+
+
+def test_a_unit_published_over_mqtt_is_returned_by_latest(monkeypatch, settings, app_pool, database):
+    from tests.support.api import call, close_api_pool, export_api_settings, mint_token, new_user
+    from tests.support.devices import Device, new_tenant_with_devices, run_mqtt_ingest
+
+    # GIVEN a provisioned device that publishes its spindle temperature with a unit, over TLS
+    tenant, creds = new_tenant_with_devices(app_pool, settings, ["press-01"])
+    device = Device(settings, creds["press-01"])
+    t0 = now_ms() - 5000
+    mids = [device.publish("spindle/state", {"value": 85.5, "unit": "C", "timestamp": t0}),
+            device.publish("telemetry", {"ts": t0 + 1000, "metrics": {"spindle": 86.0, "rpm": 1200}})]
+    assert set(device.wait_acked(mids).values()) == {0}
+    device.close()
+    # WHEN the registered drain runs and a viewer reads the latest values through the API
+    run_mqtt_ingest()
+    export_api_settings(monkeypatch, database)
+    try:
+        token = mint_token(new_user(app_pool, tenant, "viewer"))
+        with tenant_transaction(app_pool, str(tenant["id"])) as conn:
+            device_id = conn.execute("SELECT id FROM devices WHERE name = 'press-01'").fetchone()["id"]
+        reply = call("GET", f"/api/devices/{device_id}/latest", token=token)
+    finally:
+        close_api_pool()
+    # THEN the unit the /state payload gave is there, kept by the newer unit-less telemetry reading
+    assert reply.status == 200, reply.body
+    assert {m["metric"]: (m["value"], m["unit"]) for m in reply.json["metrics"]} == {
+        "spindle": (86.0, "C"), "rpm": (1200.0, None)}
