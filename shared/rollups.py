@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg.rows import DictRow
@@ -103,25 +103,39 @@ def delete_old_rollups(conn: psycopg.Connection[DictRow], *, minute_days: int, h
         return minutes.rowcount, hours.rowcount
 
 
-# The series read picks the coarsest resolution that still gives a useful number of points.
-RAW_MAX_RANGE = timedelta(hours=6)
-MINUTE_MAX_RANGE = timedelta(days=7)
+# The rollups may not hold the last minutes yet (lag + timer interval), nor late data until the
+# next run: a series read takes that tail from raw.
+RAW_TAIL = timedelta(minutes=15)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def resolution_for(range_: timedelta) -> str:
-    """'raw', '1m' or '1h' for a series read over range_ (at most ~360, ~10080 or more points)."""
-    if range_ <= RAW_MAX_RANGE:
-        return "raw"
-    if range_ <= MINUTE_MAX_RANGE:
-        return "1m"
-    return "1h"
+def _floor(at: datetime, width_s: int) -> datetime:
+    # Multiples of a minute or an hour from the Unix epoch are multiples from 2000-01-01 as well
+    # (date_bin's origin in the series queries): 946,684,800 s is a whole number of days.
+    return _EPOCH + timedelta(seconds=(at - _EPOCH) // timedelta(seconds=width_s) * width_s)
 
 
-def read_series(conn: psycopg.Connection[DictRow], resolution: str, device_id: int, metric: str,
-                start: datetime, end: datetime) -> list[DictRow]:
-    """Rollup rows of one device's metric over [start, end); conn is a tenant_transaction."""
-    query = QUERIES["series_1m"] if resolution == "1m" else QUERIES["series_1h"]
-    return conn.execute(query, {"device_id": device_id, "metric": metric, "from": start, "to": end}).fetchall()
+def series_points(conn: psycopg.Connection[DictRow], tenant_id: object, device_id: int, metric: str,
+                  start: datetime, end: datetime, bucket_s: int, now: datetime) -> list[DictRow] | None:
+    """The series read's buckets (ts, avg, min, max, count over [start, end), bucket_s wide), from
+    the 1-hour rollups when bucket_s is whole hours, the 1-minute ones when whole minutes, with the
+    ragged head and the recent tail from raw; equal to the raw aggregation. None when the bucket
+    is narrower than a minute, or the range too short for a rollup body: read raw then.
+    conn: a tenant_transaction (RLS scopes the rollups to the tenant too)."""
+    if bucket_s < 60 or bucket_s % 60:
+        return None
+    width, query = (3600, QUERIES["series_from_rollup_1h"]) if bucket_s % 3600 == 0 else (
+        60, QUERIES["series_from_rollup_1m"])
+    body_from = _floor(start, width)
+    if body_from < start:
+        body_from += timedelta(seconds=width)
+    body_to = _floor(min(end, now - RAW_TAIL), width)
+    if body_to <= body_from:
+        return None
+    return conn.execute(query, {
+        "tenant_id": tenant_id, "device_id": device_id, "metric": metric, "bucket": timedelta(seconds=bucket_s),
+        "from": start, "to": end, "body_from": body_from, "body_to": body_to,
+    }).fetchall()
 
 
 def run_rollups(settings: Settings) -> RollupReport:

@@ -62,16 +62,60 @@ DELETE FROM telemetry_rollup_1m WHERE bucket < %(before)s;
 -- Hour rollups past their retention.
 DELETE FROM telemetry_rollup_1h WHERE bucket < %(before)s;
 
--- series_1m --
--- One device's metric per minute over [from, to), for the series read (RLS scopes the tenant).
-SELECT bucket, count, sum, min, max, avg, last FROM telemetry_rollup_1m
-WHERE tenant_id = current_tenant_id() AND device_id = %(device_id)s AND metric = %(metric)s
-  AND bucket >= %(from)s AND bucket < %(to)s
-ORDER BY bucket;
+-- series_from_rollup_1m --
+-- A device's metric bucketed by %(bucket)s over [from, to), as series_buckets (reads.sql) answers
+-- from raw: whole minutes in [body_from, body_to) from the 1-minute rollups, the ragged head and
+-- the recent tail (which the rollups may not hold yet) from raw, merged per output bucket.
+WITH parts AS (
+    SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00') AS ts,
+           count(value) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
+    FROM telemetry
+    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+      AND ts >= %(from)s AND ts < %(body_from)s AND value IS NOT NULL
+    GROUP BY 1
+    UNION ALL
+    SELECT date_bin(%(bucket)s::interval, bucket, timestamptz '2000-01-01 00:00:00+00'),
+           sum(count), sum(sum), min(min), max(max)
+    FROM telemetry_rollup_1m
+    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+      AND bucket >= %(body_from)s AND bucket < %(body_to)s
+    GROUP BY 1
+    UNION ALL
+    SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00'),
+           count(value), sum(value), min(value), max(value)
+    FROM telemetry
+    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+      AND ts >= %(body_to)s AND ts < %(to)s AND value IS NOT NULL
+    GROUP BY 1
+)
+SELECT ts, sum(sum) / sum(count)::double precision AS avg, min(min) AS min, max(max) AS max,
+       sum(count)::bigint AS count
+FROM parts GROUP BY ts ORDER BY ts;
 
--- series_1h --
--- One device's metric per hour over [from, to).
-SELECT bucket, count, sum, min, max, avg, last FROM telemetry_rollup_1h
-WHERE tenant_id = current_tenant_id() AND device_id = %(device_id)s AND metric = %(metric)s
-  AND bucket >= %(from)s AND bucket < %(to)s
-ORDER BY bucket;
+-- series_from_rollup_1h --
+-- As series_from_rollup_1m, with whole hours from the 1-hour rollups.
+WITH parts AS (
+    SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00') AS ts,
+           count(value) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
+    FROM telemetry
+    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+      AND ts >= %(from)s AND ts < %(body_from)s AND value IS NOT NULL
+    GROUP BY 1
+    UNION ALL
+    SELECT date_bin(%(bucket)s::interval, bucket, timestamptz '2000-01-01 00:00:00+00'),
+           sum(count), sum(sum), min(min), max(max)
+    FROM telemetry_rollup_1h
+    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+      AND bucket >= %(body_from)s AND bucket < %(body_to)s
+    GROUP BY 1
+    UNION ALL
+    SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00'),
+           count(value), sum(value), min(value), max(value)
+    FROM telemetry
+    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+      AND ts >= %(body_to)s AND ts < %(to)s AND value IS NOT NULL
+    GROUP BY 1
+)
+SELECT ts, sum(sum) / sum(count)::double precision AS avg, min(min) AS min, max(max) AS max,
+       sum(count)::bigint AS count
+FROM parts GROUP BY ts ORDER BY ts;

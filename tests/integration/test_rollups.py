@@ -10,7 +10,7 @@ import pytest
 
 from shared.db import tenant_transaction
 from shared.retention import maintenance_connection
-from shared.rollups import JOB, read_series, resolution_for, roll_up
+from shared.rollups import JOB, RAW_TAIL, roll_up, series_points
 from shared.settings import Settings, settings_from
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -58,10 +58,10 @@ def insert(owner, rows: list[tuple]) -> None:
 
 
 def readings(tenant_id, device_id, start: datetime, count: int, received_at: datetime, step_s: int = 17,
-             metric: str = "temp") -> list[tuple]:
+             metric: str = "temp", seq_base: int = 0) -> list[tuple]:
     # Quarter steps are exact in binary, so sums agree whatever order PostgreSQL adds them in.
-    return [(tenant_id, device_id, metric, start + timedelta(seconds=step_s * i), i % 2, (i % 40) / 4 - 3, None,
-             received_at) for i in range(count)]
+    return [(tenant_id, device_id, metric, start + timedelta(seconds=step_s * i), seq_base + i % 2,
+             (i % 40) / 4 - 3, None, received_at) for i in range(count)]
 
 
 def run(settings: Settings, **overrides):
@@ -155,9 +155,46 @@ def test_tenant_reads_only_its_own_rollups(maintenance_settings, owner, app_pool
     run(maintenance_settings)
     with tenant_transaction(app_pool, str(t1)) as conn:
         assert {r["tenant_id"] for r in conn.execute("SELECT tenant_id FROM telemetry_rollup_1m")} == {t1}
-        assert read_series(conn, "1m", d2, "temp", base, NOW) == []
-        hours = read_series(conn, "1h", d1, "temp", base, NOW)
-        assert sum(r["count"] for r in hours) == 100
-    assert resolution_for(timedelta(hours=1)) == "raw"
-    assert resolution_for(timedelta(days=2)) == "1m"
-    assert resolution_for(timedelta(days=30)) == "1h"
+        assert {r["tenant_id"] for r in conn.execute("SELECT tenant_id FROM telemetry_rollup_1h")} == {t1}
+        # Even naming the other tenant's ids, its rollups stay invisible.
+        assert series_points(conn, t2, d2, "temp", base, NOW, 3600, NOW) == []
+        assert sum(p["count"] for p in series_points(conn, t1, d1, "temp", base, NOW, 3600, NOW)) == 100
+
+
+SERIES_RAW = """
+SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00') AS ts,
+       avg(value) AS avg, min(value) AS min, max(value) AS max, count(value) AS count
+FROM telemetry
+WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+  AND ts >= %(from)s AND ts < %(to)s AND value IS NOT NULL
+GROUP BY 1 ORDER BY 1
+"""
+
+
+@pytest.mark.parametrize(("span", "bucket_s"), [
+    (timedelta(hours=5), 60), (timedelta(hours=20), 300), (timedelta(days=2), 3600), (timedelta(days=3), 86400),
+    (timedelta(minutes=30), 60), (timedelta(minutes=10), 60),  # a short body; none (all raw)
+])
+def test_series_from_rollups_equals_the_raw_series(maintenance_settings, owner, app_pool, span, bucket_s):
+    # GIVEN three days of readings every 37 s, rolled up, and more just received (not rolled up yet)
+    tenant_id, device_id = make_device(owner)
+    start_of_data = NOW - timedelta(days=3)
+    insert(owner, readings(tenant_id, device_id, start_of_data, 3 * 86400 // 37, NOW - timedelta(hours=1), step_s=37))
+    run(maintenance_settings)
+    insert(owner, readings(tenant_id, device_id, NOW - timedelta(minutes=5), 10, NOW, step_s=13, seq_base=10))
+
+    # WHEN a series is read over a range with ragged ends, up to now
+    end = NOW + timedelta(seconds=1)
+    start = end - span + timedelta(seconds=7)
+    with tenant_transaction(app_pool, str(tenant_id)) as conn:
+        points = series_points(conn, tenant_id, device_id, "temp", start, end, bucket_s, NOW)
+        raw = conn.execute(SERIES_RAW, {"tenant_id": tenant_id, "device_id": device_id, "metric": "temp",
+                                        "from": start, "to": end, "bucket": timedelta(seconds=bucket_s)}).fetchall()
+
+    # THEN it equals the raw aggregation, bucket for bucket, or says raw must answer
+    if span <= RAW_TAIL:
+        assert points is None
+    else:
+        assert points == raw and raw
+    with tenant_transaction(app_pool, str(tenant_id)) as conn:
+        assert series_points(conn, tenant_id, device_id, "temp", start, end, 30, NOW) is None
