@@ -22,6 +22,9 @@ from shared.broker_contract import TENANT_SLUG_PATTERN
 router = APIRouter(prefix=PREFIX)
 
 PlanName = Literal["free", "starter", "professional", "industrial"]
+# The database's rule (one '@', no spaces), and no control characters: PostgreSQL text cannot
+# hold NUL, which would otherwise reach it.
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
 # An action as the audit log writes it: area.verb
 AuditAction = Annotated[str, Query(pattern=r"^[a-z_]+\.[a-z_]+$", max_length=100)]
 
@@ -76,7 +79,7 @@ class AuditEntry(BaseModel):
 
 
 class OperatorLoginRequest(_Body):
-    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str = Field(min_length=3, max_length=254, pattern=EMAIL_PATTERN)
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -102,7 +105,7 @@ class CreateTenantRequest(_Body):
                       examples=["acme"])
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
     plan: PlanName = "free"
-    owner_email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    owner_email: str = Field(min_length=3, max_length=254, pattern=EMAIL_PATTERN)
     owner_password: str | None = Field(None, min_length=MIN_PASSWORD_LENGTH, max_length=1024,
                                        description="Omit to have one generated and returned once.")
 

@@ -390,3 +390,12 @@ def test_create_operator_script_makes_an_operator_who_can_log_in(api, database):
     assert "root@example.com" in done.stdout and PASSWORD not in done.stdout
     reply = call("POST", "/api/platform/auth/login", {"email": "root@example.com", "password": PASSWORD})
     assert reply.status == 200, reply.body
+
+
+def test_control_characters_in_operator_emails_are_refused_before_the_database(api, operator):
+    # PostgreSQL text cannot hold NUL: such an email must be a 422, never a database error
+    assert_problem(call("POST", "/api/platform/auth/login", {"email": "ops\u0000@example.com", "password": PASSWORD}),
+                   422, "validation")
+    reply = call("POST", "/api/platform/tenants", {"slug": unique_slug(), "name": "X", "owner_email": "a\u0000@b.c"},
+                 token=operator_token())
+    assert_problem(reply, 422, "validation")
