@@ -113,6 +113,12 @@ def list_devices(pool: DictPool, principal: Principal, *, cursor: str | None, li
     return rows[:limit], encode_cursor(rows[limit - 1]["id"])
 
 
+def authorize_write(pool: DictPool, principal: Principal) -> None:
+    """Refuses a caller who may not change devices, before their request body is even read."""
+    with tenant_transaction(pool, str(principal.tenant_id)) as conn:
+        _acting_user(conn, principal, *WRITERS)
+
+
 # -- create --------------------------------------------------------------------------------------------------------
 
 def _tenant_slug(conn: DictConnection, principal: Principal) -> str:

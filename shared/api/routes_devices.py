@@ -124,6 +124,7 @@ def create_device(body: CreateDeviceRequest, db: Pool, config: Config, caller: C
 async def bulk_create(request: Request, db: Pool, config: Config, caller: Caller, source: Source) -> CreatedDevices:
     """Creates all the CSV's devices or none (staff, owners), answering each credential once; 402 when they
     would exceed the plan's device quota."""
+    await run_in_threadpool(devices.authorize_write, db, caller)
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "text/csv":
         raise InvalidCsv("Send the devices as text/csv.")
     try:

@@ -287,6 +287,7 @@ def test_role_matrix_of_the_device_routes(api, users):
         # writes: owner and staff
         assert create(token, f"c-{role}").status == (201 if may_write else 403)
         assert bulk(token, csv_body("name", f"b-{role}")).status == (201 if may_write else 403)
+        assert bulk(token, b"not csv", "application/json").status == (422 if may_write else 403)
         for method, path, body, ok in WRITE_ROUTES:
             reply = call(method, path.format(id=fresh()), body, token=token)
             assert reply.status == (ok if may_write else 403), (role, method, path, reply.body)
