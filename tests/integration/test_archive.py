@@ -367,3 +367,21 @@ def test_rollups_outlive_raw_rows_and_go_after_their_own_retention(maintenance_s
 
     assert ages("telemetry_rollup_1m") == [40, 399]
     assert ages("telemetry_rollup_1h") == [40, 399, 401, 3649]
+
+
+def test_a_busy_empty_partition_is_left_for_the_next_run(maintenance_settings, owner, database):
+    # GIVEN an empty old partition that a long read holds open
+    empty_day = TODAY - timedelta(days=43)
+    owner.execute("SELECT ensure_telemetry_partitions(%s, %s)", (empty_day, empty_day))
+    name = f"telemetry_{empty_day:%Y%m%d}"
+    with psycopg.connect(database.owner_dsn) as reader:
+        reader.execute(f"SELECT count(*) FROM {name}")  # keeps ACCESS SHARE until the transaction ends
+
+        # WHEN the archiver runs THEN it does not fail, and the partition stays
+        run_blob_archiver(maintenance_settings)
+        assert owner.execute("SELECT to_regclass(%s) IS NOT NULL", (name,)).fetchone()[0]
+        reader.rollback()
+
+    # AND the next run drops it
+    run_blob_archiver(maintenance_settings)
+    assert owner.execute("SELECT to_regclass(%s) IS NULL", (name,)).fetchone()[0]
