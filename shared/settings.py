@@ -111,6 +111,11 @@ class Settings(BaseModel):
     # In Azure: the account's blob endpoint, reached with the managed identity (no key anywhere).
     # Locally STORAGE_CONNECTION_STRING (Azurite) wins when set.
     storage_account_url: str | None = Field(None, alias="STORAGE_ACCOUNT_URL")
+    # POST /api/exports: files in their own container, read through a link valid this long
+    # (a user delegation SAS in Azure, a service SAS with the account key locally).
+    export_container: str = Field("exports", alias="EXPORT_CONTAINER")
+    export_link_ttl_s: int = Field(3600, alias="EXPORT_LINK_TTL_S", ge=1, le=7 * 24 * 3600)
+    export_max_days: int = Field(31, alias="EXPORT_MAX_DAYS", ge=1, le=366)
 
     # --- commands to devices (issue 12 §4): the API's own broker credential, which may only publish
     # to devices' command topics (the broker contract's commander role), never the provisioner's.
