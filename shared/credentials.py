@@ -119,7 +119,7 @@ class SyncReport:
 
 
 def _provisioner(settings: Settings, timeout: float) -> DynsecClient:
-    return DynsecClient(settings.mqtt_host, settings.mqtt_port, str(settings.mqtt_ca_file),
+    return DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
                         settings.mqtt_provisioner_username, settings.mqtt_provisioner_password, timeout=timeout)
 
 
@@ -238,7 +238,7 @@ def try_sync_now(pool: DictPool, settings: Settings, device_keys: Collection[str
     """After a request's commit: apply its commands so the credential works when the response
     arrives. A broker outage (or no provisioner configured) never fails the request: the commands
     stay pending for the timer."""
-    if not settings.mqtt_provisioner_password.get_secret_value() or settings.mqtt_ca_file is None:
+    if not settings.mqtt_provisioner_password.get_secret_value():
         return SyncReport(broker_unavailable=True)
     try:
         return sync_outbox(pool, settings, device_keys, timeout=INLINE_TIMEOUT_S, budget_s=INLINE_BUDGET_S)

@@ -55,7 +55,7 @@ class DynsecClient:
         self,
         host: str,
         port: int,
-        ca_file: str,
+        ca_file: str | None,
         username: str,
         password: str | SecretStr,
         timeout: float = 10.0,
@@ -63,7 +63,8 @@ class DynsecClient:
     ) -> None:
         self.host = host
         self.port = port
-        self.ca_file = str(ca_file)
+        # None: the system's trust store (a broker with a publicly trusted certificate).
+        self.ca_file = None if ca_file is None else str(ca_file)
         self.username = username
         # Kept as SecretStr so no repr or traceback local shows it: an admin password owns the broker.
         self._password = password if isinstance(password, SecretStr) else SecretStr(password)
