@@ -6,7 +6,7 @@
 Starts a private PostgreSQL in a temporary folder (scripts/localstack, as bench_ingest.py does),
 migrates a database and loads with COPY, in ts order as the drain writes: one device's metric
 `temp` every second for --days days (30: 2,592,000 rows), the same device's `rpm` every 10 s,
-three other devices and another tenant's device every 10 s. Then VACUUM ANALYZE, and for 1 h,
+--other-devices (3) other devices and another tenant's device every 10 s. Then VACUUM ANALYZE, and for 1 h,
 1 day, 7 days and 30 days ending at the newest reading, times (median of --repeat, milliseconds):
   series   the endpoint's own query (shared.api.reads.series_points, default cap 500 points), as
            the app role in tenant_transaction (RLS on);
@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cold-repeat", type=int, default=3)
+    parser.add_argument("--other-devices", type=int, default=3,
+                        help="the tenant's other devices, one metric every 10 s each (a fleet: try 49)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-series-") as tmp:
         server = PostgresServer(Path(tmp) / "postgres")
@@ -80,7 +82,7 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
     start = end - timedelta(days=args.days)
     tenant_id, device_id, user_id = create_tenant_and_device(owner_dsn)
     t = time.perf_counter()
-    rows = load(owner_dsn, tenant_id, device_id, start, end)
+    rows = load(owner_dsn, tenant_id, device_id, start, end, args.other_devices)
     print(f"loaded {rows['month']:,} rows of one metric at 1 s (+{rows['other']:,} other rows) with COPY "
           f"in {time.perf_counter() - t:.1f} s; VACUUM ANALYZE done")
     principal = Principal(user_id=user_id, tenant_id=tenant_id)
@@ -151,7 +153,8 @@ def create_tenant_and_device(owner_dsn: str) -> tuple[uuid.UUID, int, uuid.UUID]
     return tenant_id, device_id, user_id
 
 
-def load(owner_dsn: str, tenant_id: uuid.UUID, device_id: int, start: datetime, end: datetime) -> dict[str, int]:
+def load(owner_dsn: str, tenant_id: uuid.UUID, device_id: int, start: datetime, end: datetime,
+         other_devices: int) -> dict[str, int]:
     """COPY as the owner, in ts order; partitions for the days first (the migration made the last 31)."""
     seconds = int((end - start).total_seconds())
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
@@ -159,7 +162,7 @@ def load(owner_dsn: str, tenant_id: uuid.UUID, device_id: int, start: datetime, 
         other_tenant = uuid.uuid4()
         conn.execute("INSERT INTO tenants (id, slug, name) VALUES (%s, 'other', 'Other')", (other_tenant,))
         others = [(tenant_id, conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id",
-                                           (tenant_id, f"m-{i}")).fetchone()[0]) for i in range(3)]  # type: ignore[index]
+                                           (tenant_id, f"m-{i}")).fetchone()[0]) for i in range(other_devices)]  # type: ignore[index]
         others.append((other_tenant, conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'x') "
                                                   "RETURNING id", (other_tenant,)).fetchone()[0]))  # type: ignore[index]
         epoch_us = int(start.timestamp()) * 1_000_000
