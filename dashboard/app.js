@@ -96,6 +96,8 @@ async function start() {
   });
   setSignedOutHandler(signedOutView);
   window.addEventListener('hashchange', route);
+  // The skip link focuses <main> itself: following its #main would be a route change.
+  document.querySelector('.skip').addEventListener('click', (event) => { event.preventDefault(); main.focus(); });
   try {
     const response = await fetch('config.json', { cache: 'no-cache' });
     if (response.ok) ctx.config = { ...ctx.config, ...(await response.json()) };

@@ -135,6 +135,16 @@ def test_phone_screen_keeps_everything_usable(stack, page_for, screenshots):
     # AND the keyboard reaches the form's fields in order
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.name") == "display_name"
+    # AND the skip link, the first stop of the page, jumps to the content without changing the view
+    page.reload()
+    page.locator("tr[data-device=press-01]").wait_for()
+    hash_before = page.evaluate("location.hash")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    assert page.evaluate("location.hash") == hash_before
+    assert page.locator("tr[data-device=press-01]").count() == 1
 
 
 def test_fleet_and_device_page_show_readings_from_the_database(stack, page_for, screenshots, database):
