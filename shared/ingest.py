@@ -237,8 +237,8 @@ def prepare_batch(
             counts = batch.tenant_counts.setdefault(device.tenant_id, [0, 0, 0])
             counts[0] += 1
             counts[1] += len(message_lines)
-            if topic.kind == "state" and (unit := state.get("unit")):
-                batch.units[(device.tenant_id, device.device_id, topic.entity)] = unit[:UNIT_MAX_CHARS]  # type: ignore[index]
+            if topic.kind == "state" and (unit := _unit(state.get("unit"))):
+                batch.units[(device.tenant_id, device.device_id, topic.entity)] = unit  # type: ignore[index]
             # Validation lets no message through without a reading, so newest is set.
             _note_presence(batch.presence, key, min(newest, now_us), "online")  # type: ignore[type-var, arg-type]
         except Rejected as rejection:
@@ -270,6 +270,20 @@ def _copy_value(name: str, value: object) -> str:
     except UnicodeEncodeError:
         raise Rejected("wrong_type", f"metrics.{name}: the string is not valid Unicode") from None
     return f"\\N\t\\N\t{text.translate(_COPY_ESCAPES)}\n"
+
+
+def _unit(raw: str | None) -> str | None:
+    """A unit as device_metrics can hold it: at most UNIT_MAX_CHARS, no NUL, valid Unicode. One the
+    database would refuse must not fail the batch's other messages (they share the statement), so a
+    bad unit is dropped and the reading kept."""
+    if not raw:
+        return None
+    unit = raw.replace("\x00", "")[:UNIT_MAX_CHARS]
+    try:
+        unit.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return unit or None
 
 
 def _note_presence(presence: Presence, key: tuple[str, int], seen_us: int, status: str) -> None:

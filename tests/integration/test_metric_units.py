@@ -181,3 +181,21 @@ def test_a_unit_published_over_mqtt_is_returned_by_latest(monkeypatch, settings,
     assert reply.status == 200, reply.body
     assert {m["metric"]: (m["value"], m["unit"]) for m in reply.json["metrics"]} == {
         "spindle": (86.0, "C"), "rpm": (1200.0, None)}
+
+
+def test_a_unit_the_database_would_refuse_is_dropped_and_no_reading_lost(database, app_pool, press):
+    # GIVEN /state payloads whose units hold a NUL or a lone surrogate, beside a good reading
+    tenant, device, prefix = press
+    t0 = now_ms() - 10_000
+    store(database, [
+        message(f"{prefix}/a/state", b'{"value": 1, "unit": "\\u0000C", "ts": %d}' % t0),
+        message(f"{prefix}/b/state", b'{"value": 2, "unit": "\\ud800", "ts": %d}' % t0),
+        message(f"{prefix}/c/state", {"value": 3, "unit": "bar", "ts": t0}),
+    ])
+    # THEN the batch is stored: the NUL is gone from the unit, the lone surrogate's message is a dead
+    # letter of validation (never a failed batch), and the good reading keeps its unit
+    rows = metrics_of(app_pool, tenant, device["id"])
+    assert {name: (row["last_value"], row["unit"]) for name, row in rows.items()} == {
+        "a": (1.0, "C"), "c": (3.0, "bar")}
+    with psycopg.connect(database.owner_dsn) as conn:
+        assert conn.execute("SELECT topic FROM dead_letters").fetchall() == [(f"{prefix}/b/state",)]
