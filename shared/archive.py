@@ -120,9 +120,14 @@ def export_day(conn: psycopg.Connection[DictRow], tenant_id: UUID, day: date, wo
         for chunk in copy:
             out.write(chunk)
     path = workdir / f"{tenant_id}-{day}.parquet"
-    metadata = {b"mqtt_saas.schema_version": str(SCHEMA_VERSION).encode(),
-                b"mqtt_saas.tenant_id": str(tenant_id).encode(), b"mqtt_saas.day": day.isoformat().encode()}
-    schema = ARCHIVE_SCHEMA.with_metadata(metadata)
+    return write_parquet(csv_path, path, tenant_id, {"day": day.isoformat()})
+
+
+def write_parquet(csv_path: Path, path: Path, tenant_id: UUID, metadata: dict[str, str]) -> DayFile:
+    """Turns export_day_csv-shaped CSV into an archive-schema Parquet file (the CSV is removed)."""
+    meta = {b"mqtt_saas.schema_version": str(SCHEMA_VERSION).encode(), b"mqtt_saas.tenant_id": str(tenant_id).encode(),
+            **{f"mqtt_saas.{k}".encode(): v.encode() for k, v in metadata.items()}}
+    schema = ARCHIVE_SCHEMA.with_metadata(meta)
     rows = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for batch in _csv_batches(csv_path):
@@ -130,7 +135,7 @@ def export_day(conn: psycopg.Connection[DictRow], tenant_id: UUID, day: date, wo
             writer.write_table(table, row_group_size=1 << 20)
             rows += table.num_rows
     csv_path.unlink()
-    return DayFile(path, rows, path.stat().st_size, _sha256_file(path))
+    return DayFile(path, rows, path.stat().st_size, sha256_file(path))
 
 
 def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
@@ -167,7 +172,7 @@ def _to_archive_table(batch: pa.RecordBatch, tenant_id: str, schema: pa.Schema) 
     return pa.Table.from_arrays([columns[f.name] for f in ARCHIVE_SCHEMA], schema=schema)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
@@ -332,9 +337,10 @@ def archive_due_days(conn: psycopg.Connection[DictRow], container: Any, windows:
     return report
 
 
-def archive_container(settings: Settings) -> Any:
-    """The archive container: Azurite (or any account) by connection string when one is set, else
-    the account URL with DefaultAzureCredential (the Function App's managed identity; no key)."""
+def archive_container(settings: Settings, name: str | None = None) -> Any:
+    """The archive container (or another, by name): Azurite (or any account) by connection string
+    when one is set, else the account URL with DefaultAzureCredential (the Function App's managed
+    identity; no key)."""
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import BlobServiceClient
 
@@ -346,7 +352,7 @@ def archive_container(settings: Settings) -> Any:
         service = BlobServiceClient(settings.storage_account_url, credential=DefaultAzureCredential())
     else:
         raise ConfigurationError("no archive storage: set STORAGE_ACCOUNT_URL (or STORAGE_CONNECTION_STRING locally)")
-    container = service.get_container_client(settings.archive_container)
+    container = service.get_container_client(name or settings.archive_container)
     with contextlib.suppress(ResourceExistsError):
         container.create_container()
     return container

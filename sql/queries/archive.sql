@@ -101,3 +101,32 @@ SELECT pg_try_advisory_lock(hashtextextended('mqtt_saas.blob_archiver', 0)) AS l
 -- release_archiver_lock --
 -- Ends the run's hold on the archiver lock.
 SELECT pg_advisory_unlock(hashtextextended('mqtt_saas.blob_archiver', 0)) AS released;
+
+-- export_range_csv_raw --
+-- POST /api/exports as Parquet: the caller's readings in [from, to), optionally one device's, in
+-- the archive's column order (as export_day_csv) for pyarrow. Runs in the caller's tenant_transaction.
+COPY (
+    SELECT t.device_id, d.name, t.metric,
+           (extract(epoch FROM t.ts) * 1000000)::bigint,
+           t.seq,
+           (extract(epoch FROM t.received_at) * 1000000)::bigint,
+           t.value, t.value_bool, t.value_text
+    FROM telemetry t LEFT JOIN devices d ON d.tenant_id = t.tenant_id AND d.id = t.device_id
+    WHERE t.tenant_id = %(tenant_id)s AND t.ts >= %(from)s AND t.ts < %(to)s
+      AND (%(device_id)s::bigint IS NULL OR t.device_id = %(device_id)s)
+    ORDER BY t.device_id, t.metric, t.ts, t.seq
+) TO STDOUT (FORMAT csv);
+
+-- export_range_csv --
+-- POST /api/exports as CSV: the same rows for people and spreadsheets, with a header and UTC
+-- ISO 8601 timestamps whatever the session's time zone.
+COPY (
+    SELECT t.device_id, d.name AS device, t.metric,
+           to_char(t.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS ts, t.seq,
+           to_char(t.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS received_at,
+           t.value, t.value_bool, t.value_text
+    FROM telemetry t LEFT JOIN devices d ON d.tenant_id = t.tenant_id AND d.id = t.device_id
+    WHERE t.tenant_id = %(tenant_id)s AND t.ts >= %(from)s AND t.ts < %(to)s
+      AND (%(device_id)s::bigint IS NULL OR t.device_id = %(device_id)s)
+    ORDER BY t.device_id, t.metric, t.ts, t.seq
+) TO STDOUT (FORMAT csv, HEADER);

@@ -1,0 +1,116 @@
+"""Exports (shared/exports.py, behind POST /api/exports): the caller's tenant's rows only, owners and
+staff only, a read link that works until it expires, against real PostgreSQL and Azurite."""
+from __future__ import annotations
+
+import csv
+import io
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+
+from shared.api.errors import DeviceNotFound, Forbidden, InvalidRange
+from shared.api.tokens import Principal
+from shared.archive import archive_container
+from shared.exports import create_export
+from shared.settings import Settings, settings_from
+from tests.support.api import new_tenant, new_user
+from tests.support.waiting import wait_for
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def export_settings(database, azurite_server) -> Settings:
+    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
+                          "STORAGE_CONNECTION_STRING": azurite_server.connection_string,
+                          "EXPORT_CONTAINER": f"exports-{uuid.uuid4().hex[:12]}"})
+
+
+def tenant_with_readings(app_pool, owner_dsn: str) -> tuple[dict, list[int]]:
+    tenant = new_tenant(app_pool)
+    with psycopg.connect(owner_dsn, autocommit=True) as owner:
+        devices = [owner.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id",
+                                 (tenant["id"], f"m-{n}")).fetchone()[0] for n in range(2)]
+        with owner.cursor().copy("COPY telemetry (tenant_id, device_id, metric, ts, value, value_text) FROM STDIN") as cp:
+            for device in devices:
+                for i in range(50):
+                    cp.write_row((tenant["id"], device, "temp", NOW - timedelta(minutes=i), i / 2, None))
+                    cp.write_row((tenant["id"], device, "mode", NOW - timedelta(minutes=i), None, "a,\"b\""))
+    return tenant, devices
+
+
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+
+
+def export(app_pool, settings, user, **kwargs):
+    options = {"device_id": None, "start": NOW - timedelta(hours=1), "end": NOW + timedelta(seconds=1),
+               "fmt": "parquet", "now": datetime.now(UTC)}
+    options.update(kwargs)
+    principal = Principal(user_id=user["id"], tenant_id=user["tenant"]["id"])
+    container = archive_container(settings, settings.export_container)
+    return create_export(app_pool, principal, settings, container, source="203.0.113.9", **options)
+
+
+def test_export_holds_only_the_callers_tenant_and_range(app_pool, database, export_settings):
+    # GIVEN two tenants with readings, and the first one's staff member
+    tenant, devices = tenant_with_readings(app_pool, database.owner_dsn)
+    tenant_with_readings(app_pool, database.owner_dsn)
+    staff = new_user(app_pool, tenant, "staff")
+
+    # WHEN they export the last 30 minutes as Parquet
+    done = export(app_pool, export_settings, staff, start=NOW - timedelta(minutes=29, seconds=30))
+
+    # THEN the link serves a file with exactly their rows in that range
+    status, body = fetch(done.url)
+    assert status == 200
+    table = pq.read_table(io.BytesIO(body))
+    assert set(table.column("tenant_id").to_pylist()) == {str(tenant["id"])}
+    assert table.num_rows == done.rows == 2 * 2 * 30
+    assert min(table.column("ts").to_pylist()) >= NOW - timedelta(minutes=29, seconds=30)
+    assert done.blob.startswith(f"{tenant['id']}/")
+
+
+def test_csv_export_of_one_device_for_people(app_pool, database, export_settings):
+    tenant, devices = tenant_with_readings(app_pool, database.owner_dsn)
+    owner = new_user(app_pool, tenant, "owner")
+    done = export(app_pool, export_settings, owner, device_id=devices[1], fmt="csv")
+    status, body = fetch(done.url)
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert status == 200 and len(rows) == done.rows == 100
+    assert {r["device"] for r in rows} == {"m-1"}
+    assert {r["value_text"] for r in rows if r["metric"] == "mode"} == {'a,"b"'}
+    assert rows[0]["ts"].endswith("Z")
+
+
+def test_export_link_works_until_it_expires(app_pool, database, export_settings):
+    tenant, _ = tenant_with_readings(app_pool, database.owner_dsn)
+    owner = new_user(app_pool, tenant, "owner")
+    short = export_settings.model_copy(update={"export_link_ttl_s": 3})
+    done = export(app_pool, short, owner)
+    assert fetch(done.url)[0] == 200
+    assert done.expires_at - datetime.now(UTC) <= timedelta(seconds=3)
+    wait_for(lambda: fetch(done.url)[0] == 403, 15, "the export link to expire")
+
+
+def test_export_refuses_viewers_foreign_devices_and_bad_ranges(app_pool, database, export_settings):
+    tenant, _ = tenant_with_readings(app_pool, database.owner_dsn)
+    _, foreign_devices = tenant_with_readings(app_pool, database.owner_dsn)
+    viewer, owner = new_user(app_pool, tenant, "viewer"), new_user(app_pool, tenant, "owner")
+    with pytest.raises(Forbidden):
+        export(app_pool, export_settings, viewer)
+    with pytest.raises(DeviceNotFound):
+        export(app_pool, export_settings, owner, device_id=foreign_devices[0])
+    with pytest.raises(InvalidRange):
+        export(app_pool, export_settings, owner, start=NOW, end=NOW)
+    with pytest.raises(InvalidRange):
+        export(app_pool, export_settings, owner, start=NOW - timedelta(days=40), end=NOW)
