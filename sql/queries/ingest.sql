@@ -92,11 +92,13 @@ WHEN NOT MATCHED THEN
     VALUES (s.tenant_id, s.device_id, s.metric, s.unit, s.ts, s.seq, s.value, s.value_bool, s.value_text)
 
 -- count_ingest_minute --
--- Per tenant, messages and readings the batch stored and its dead letters, in this minute.
+-- Per tenant, messages and readings the batch stored and its dead letters, in this minute. The
+-- join skips a tenant deleted during the run (its foreign key would fail the batch's last write).
 INSERT INTO ingest_minute_counts AS c (tenant_id, minute, messages, readings, dead_lettered)
 SELECT v.tenant_id, date_trunc('minute', now()), v.messages, v.readings, v.dead_lettered
 FROM unnest(%(tenant_ids)s::uuid[], %(messages)s::bigint[], %(readings)s::bigint[],
             %(dead_lettered)s::bigint[]) AS v (tenant_id, messages, readings, dead_lettered)
+JOIN tenants AS t ON t.id = v.tenant_id
 ORDER BY v.tenant_id
 ON CONFLICT (tenant_id, minute) DO UPDATE
 SET messages = c.messages + excluded.messages, readings = c.readings + excluded.readings,
