@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, status
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared import exports
 from shared.api.deps import PREFIX, Caller, Config, Pool, Source, problems
@@ -15,6 +15,8 @@ router = APIRouter(prefix=PREFIX, tags=["exports"])
 
 
 class ExportRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     device_id: Annotated[int | None, Field(ge=1, le=2**63 - 1)] = None
     from_: AwareDatetime = Field(alias="from")
     to: AwareDatetime
