@@ -385,3 +385,16 @@ def test_a_busy_empty_partition_is_left_for_the_next_run(maintenance_settings, o
     # AND the next run drops it
     run_blob_archiver(maintenance_settings)
     assert owner.execute("SELECT to_regclass(%s) IS NULL", (name,)).fetchone()[0]
+
+
+def test_a_second_archiver_steps_aside_while_one_runs(maintenance_settings, owner, database):
+    # GIVEN a due day and another archiver holding the lock
+    tenant, devices = make_tenant(owner, "free")
+    add_day(owner, tenant, devices, OLD)
+    with psycopg.connect(database.owner_dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(hashtextextended('mqtt_saas.blob_archiver', 0))")
+        # WHEN a run starts THEN it does nothing and says so
+        report = run_blob_archiver(maintenance_settings)
+        assert report.busy and report.days_archived == 0 and day_rows(owner, tenant, OLD)
+    # AND once the other is gone the next run does the work
+    assert run_blob_archiver(maintenance_settings).days_archived == 1
