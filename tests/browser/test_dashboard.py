@@ -202,6 +202,10 @@ def test_device_created_in_the_page_connects_and_its_reading_appears(stack, page
     client_id = page.locator("[data-testid=cred-client-id]").inner_text()
     assert username == client_id == f"{stack['tenant']['slug']}.line-07" and len(password) >= 16
     assert "mosquitto_pub" in page.locator(".secret").inner_text()
+    ca_link = page.locator(".secret a[download]")
+    assert ca_link.get_attribute("href") == "broker-ca.pem"
+    ca = page.request.get("/api/dashboard/broker-ca.pem")
+    assert ca.ok and ca.body() == Path(stack["settings"].mqtt_ca_file).read_bytes()
     assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
         password) == -1
     page.locator(".secret button.primary").click()
