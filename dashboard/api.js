@@ -8,15 +8,26 @@
 //   all data rendered as text). Refresh tokens rotate on every use and logout revokes them.
 // - A one-time device credential or generated password is never passed here to any storage.
 
+import { has, t } from './i18n.js';
+
 const REFRESH_KEY = 'mqtt-saas.refresh';
 let accessToken = null;
 let accessExpiresAt = 0;
 let refreshing = null;
 let onSignedOut = () => {};
 
+// A problem's message in the reader's language where the page knows its type; otherwise the API's
+// own fixed detail (English), which always says what to do.
+function problemMessage(status, problem) {
+  const kind = problem && typeof problem.type === 'string' ? problem.type.split(':').pop() : null;
+  const key = kind ? `problem_${kind.replace(/-/g, '_')}` : null;
+  if (key && has(key)) return t(key);
+  return (problem && (problem.detail || problem.title)) || `HTTP ${status}`;
+}
+
 export class ApiError extends Error {
   constructor(status, problem) {
-    super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
+    super(problemMessage(status, problem));
     this.status = status;
     this.problem = problem || null;
   }

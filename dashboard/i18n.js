@@ -40,6 +40,10 @@ export function currentLocale() {
   return locale;
 }
 
+export function has(key) {
+  return key in messages || key in fallback;
+}
+
 export function t(key, vars = {}) {
   const text = messages[key] ?? fallback[key] ?? key;
   return text.replace(/\{(\w+)\}/g, (_, name) => (name in vars ? String(vars[name]) : `{${name}}`));
