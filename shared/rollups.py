@@ -49,6 +49,7 @@ def roll_up(
     deadline = time.monotonic() + time_budget_s
     while time.monotonic() < deadline:
         with conn.transaction():
+            conn.execute(QUERIES["jit_off"])
             state = conn.execute(QUERIES["lock_rollup_state"], {"name": JOB}).fetchone()
             if state is None:
                 report.busy = True
@@ -132,6 +133,7 @@ def series_points(conn: psycopg.Connection[DictRow], tenant_id: object, device_i
     body_to = _floor(min(end, now - RAW_TAIL), width)
     if body_to <= body_from:
         return None
+    conn.execute(QUERIES["jit_off"])
     return conn.execute(query, {
         "tenant_id": tenant_id, "device_id": device_id, "metric": metric, "bucket": timedelta(seconds=bucket_s),
         "from": start, "to": end, "body_from": body_from, "body_to": body_to,

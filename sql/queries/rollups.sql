@@ -1,3 +1,9 @@
+-- jit_off --
+-- For this transaction only. The rollup and series statements are many small index lookups the
+-- planner prices high (one per bucket): past jit_above_cost PostgreSQL spends a second or more
+-- compiling each one, far more than running it.
+SELECT set_config('jit', 'off', true);
+
 -- lock_rollup_state --
 -- The job's watermark, locked for this transaction; no row when another run holds it, so two
 -- overlapping timer runs never roll up the same window twice at once.
@@ -15,21 +21,25 @@ UPDATE rollup_state SET watermark = %(watermark)s, updated_at = now() WHERE name
 -- Recomputes from raw every minute bucket that got a numeric row with received_at in
 -- (from, to], whatever its ts (late data), and upserts it: a re-run writes the same values.
 -- min_ts prunes partitions: the drain accepts no reading older than its INGEST_MAX_PAST_DAYS.
+-- LATERAL: one index range scan (tenant, device, metric, ts) per touched bucket, in the one
+-- partition its ts falls in; a plain join lets the planner sort-merge the whole table.
 WITH touched AS (
     SELECT DISTINCT tenant_id, device_id, metric, date_trunc('minute', ts) AS bucket
     FROM telemetry
     WHERE received_at > %(from)s AND received_at <= %(to)s AND ts >= %(min_ts)s AND value IS NOT NULL
 )
 INSERT INTO telemetry_rollup_1m AS r (tenant_id, device_id, metric, bucket, count, sum, min, max, last, last_ts, last_seq)
-SELECT k.tenant_id, k.device_id, k.metric, k.bucket, count(*), sum(t.value), min(t.value), max(t.value),
-       (array_agg(t.value ORDER BY t.ts DESC, t.seq DESC))[1],
-       max(t.ts),
-       (array_agg(t.seq ORDER BY t.ts DESC, t.seq DESC))[1]
+SELECT k.tenant_id, k.device_id, k.metric, k.bucket, a.count, a.sum, a.min, a.max, a.last, a.last_ts, a.last_seq
 FROM touched k
-JOIN telemetry t ON t.tenant_id = k.tenant_id AND t.device_id = k.device_id AND t.metric = k.metric
-                AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute'
-WHERE t.value IS NOT NULL
-GROUP BY k.tenant_id, k.device_id, k.metric, k.bucket
+CROSS JOIN LATERAL (
+    SELECT count(*) AS count, sum(t.value) AS sum, min(t.value) AS min, max(t.value) AS max,
+           (array_agg(t.value ORDER BY t.ts DESC, t.seq DESC))[1] AS last,
+           max(t.ts) AS last_ts,
+           (array_agg(t.seq ORDER BY t.ts DESC, t.seq DESC))[1] AS last_seq
+    FROM telemetry t
+    WHERE t.tenant_id = k.tenant_id AND t.device_id = k.device_id AND t.metric = k.metric
+      AND t.ts >= k.bucket AND t.ts < k.bucket + interval '1 minute' AND t.value IS NOT NULL
+) a
 ON CONFLICT (tenant_id, device_id, metric, bucket) DO UPDATE
 SET count = EXCLUDED.count, sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max,
     last = EXCLUDED.last, last_ts = EXCLUDED.last_ts, last_seq = EXCLUDED.last_seq
@@ -42,14 +52,18 @@ WITH touched AS (
                                   %(hours)s::timestamptz[]) AS k (tenant_id, device_id, metric, bucket)
 )
 INSERT INTO telemetry_rollup_1h (tenant_id, device_id, metric, bucket, count, sum, min, max, last, last_ts, last_seq)
-SELECT k.tenant_id, k.device_id, k.metric, k.bucket, sum(m.count), sum(m.sum), min(m.min), max(m.max),
-       (array_agg(m.last ORDER BY m.last_ts DESC, m.last_seq DESC))[1],
-       max(m.last_ts),
-       (array_agg(m.last_seq ORDER BY m.last_ts DESC, m.last_seq DESC))[1]
+SELECT k.tenant_id, k.device_id, k.metric, k.bucket, a.count, a.sum, a.min, a.max, a.last, a.last_ts, a.last_seq
 FROM touched k
-JOIN telemetry_rollup_1m m ON m.tenant_id = k.tenant_id AND m.device_id = k.device_id AND m.metric = k.metric
-                          AND m.bucket >= k.bucket AND m.bucket < k.bucket + interval '1 hour'
-GROUP BY k.tenant_id, k.device_id, k.metric, k.bucket
+CROSS JOIN LATERAL (
+    SELECT sum(m.count) AS count, sum(m.sum) AS sum, min(m.min) AS min, max(m.max) AS max,
+           (array_agg(m.last ORDER BY m.last_ts DESC, m.last_seq DESC))[1] AS last,
+           max(m.last_ts) AS last_ts,
+           (array_agg(m.last_seq ORDER BY m.last_ts DESC, m.last_seq DESC))[1] AS last_seq
+    FROM telemetry_rollup_1m m
+    WHERE m.tenant_id = k.tenant_id AND m.device_id = k.device_id AND m.metric = k.metric
+      AND m.bucket >= k.bucket AND m.bucket < k.bucket + interval '1 hour'
+) a
+WHERE a.count IS NOT NULL
 ON CONFLICT (tenant_id, device_id, metric, bucket) DO UPDATE
 SET count = EXCLUDED.count, sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max,
     last = EXCLUDED.last, last_ts = EXCLUDED.last_ts, last_seq = EXCLUDED.last_seq;
