@@ -1,8 +1,8 @@
 // The dashboard's entry: sign-in, the hash router, the header and the auto-refresh at the drain's
 // cadence. Views live in views/*.js; each renders into <main> and may return {refresh, dispose}.
-import { ApiError, api, loadOperations, logout, offers, resume, setSignedOutHandler, useExternalToken } from './api.js';
+import { ApiError, api, loadOperations, logout, resume, setSignedOutHandler, useExternalToken } from './api.js';
 import { h, replace } from './dom.js';
-import { LOCALES, pickLocale, setLocale, t } from './i18n.js';
+import { pickLocale, setLocale, t } from './i18n.js';
 import { renderLogin } from './views/login.js';
 import { renderFleet } from './views/fleet.js';
 import { renderDevice } from './views/device.js';
@@ -117,5 +117,4 @@ async function start() {
   route();
 }
 
-export { ctx, offers, LOCALES };
 start();

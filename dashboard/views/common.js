@@ -1,5 +1,5 @@
 import { api, offers } from '../api.js';
-import { copyText, h, replace } from '../dom.js';
+import { copyText, h } from '../dom.js';
 import { formatDate, formatRelative, formatValue, t } from '../i18n.js';
 
 export function deviceStatus(device) {
@@ -114,8 +114,3 @@ export function section(titleKey, ...children) {
   return h('section', { class: 'card' }, h('h2', { text: t(titleKey) }), children);
 }
 
-export function setBusy(el, busy) {
-  el.setAttribute('aria-busy', busy ? 'true' : 'false');
-}
-
-export { replace };
