@@ -28,11 +28,14 @@ log = logging.getLogger(__name__)
 def maintenance_connection(settings: Settings, application_name: str = "mqtt_saas_maintenance",
                            ) -> Iterator[psycopg.Connection[DictRow]]:
     """An autocommit connection as the maintenance role (steps open their own transactions). One
-    per timer run: the runs are minutes apart, so a pool would only hold idle connections."""
+    per timer run: the runs are minutes apart, so a pool would only hold idle connections. JIT
+    off: its statements are many small index lookups that PostgreSQL would spend longer compiling
+    than running (see rollups.sql jit_off)."""
     if settings.maintenance_database_url is None:
         raise ConfigurationError("MAINTENANCE_DATABASE_URL is not set")
     with psycopg.connect(settings.maintenance_database_url.get_secret_value(), autocommit=True,
-                         row_factory=dict_row, application_name=application_name, connect_timeout=10) as conn:
+                         row_factory=dict_row, application_name=application_name, connect_timeout=10,
+                         options="-c jit=off") as conn:
         yield conn
 
 
