@@ -4,6 +4,7 @@ checks the bearer token on every call."""
 import azure.functions as func
 
 from shared import dashboard
+from shared.api.app import api as api_app
 from shared.settings import get_settings
 
 bp = func.Blueprint()
@@ -26,7 +27,8 @@ def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
         settings = get_settings()
         ca_available = dashboard.broker_ca(settings.mqtt_ca_file) is not None
         external = bool(settings.auth_external_issuer)
-        return _reply(dashboard.page_config(settings.ingest_schedule, ca_available, external))
+        operations = dashboard.offered_operations(api_app.openapi())  # FastAPI builds the document once
+        return _reply(dashboard.page_config(settings.ingest_schedule, ca_available, external, operations))
     if path == "broker-ca.pem":
         return _reply(dashboard.broker_ca(get_settings().mqtt_ca_file))
     return _reply(dashboard.find_asset(path))

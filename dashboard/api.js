@@ -139,16 +139,11 @@ function signedOut() {
   onSignedOut();
 }
 
-// Which operations this API offers: the page asks the OpenAPI document instead of guessing, so a
+// Which operations this API offers (config.json lists them, from the API's OpenAPI document): a
 // view whose endpoint is not deployed says so instead of failing.
 let operations = null;
-export async function loadOperations() {
-  const doc = await send('GET', '/api/openapi.json');
-  operations = new Set();
-  for (const [path, item] of Object.entries(doc.paths || {})) {
-    for (const method of Object.keys(item)) operations.add(`${method.toUpperCase()} ${path}`);
-  }
-  return operations;
+export function setOperations(list) {
+  operations = new Set(list || []);
 }
 
 export function offers(method, path) {

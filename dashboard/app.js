@@ -1,6 +1,6 @@
 // The dashboard's entry: sign-in, the hash router, the header and the auto-refresh at the drain's
 // cadence. Views live in views/*.js; each renders into <main> and may return {refresh, dispose}.
-import { ApiError, api, loadOperations, logout, resume, setSignedOutHandler, useExternalToken } from './api.js';
+import { ApiError, api, logout, resume, setOperations, setSignedOutHandler, useExternalToken } from './api.js';
 import { h, replace } from './dom.js';
 import { pickLocale, setLocale, t } from './i18n.js';
 import { renderLogin } from './views/login.js';
@@ -17,7 +17,7 @@ const langSelect = document.getElementById('lang');
 
 const ctx = {
   me: null,
-  config: { refresh_s: 60, ca_url: null },
+  config: { refresh_s: 60, ca_url: null, external_sign_in: false, operations: [] },
   main,
   can(...roles) { return this.me !== null && roles.includes(this.me.role); },
   go(hash) { if (location.hash === hash) route(); else location.hash = hash; },
@@ -103,7 +103,7 @@ async function start() {
     if (response.ok) ctx.config = { ...ctx.config, ...(await response.json()) };
   } catch { /* defaults */ }
   scheduleRefresh();
-  await loadOperations().catch(() => null);
+  setOperations(ctx.config.operations);
   // A provider's redirect may hand its token over in the fragment (#access_token=...): take it
   // into memory and drop it from the address bar and history at once.
   const handed = new URLSearchParams(location.hash.slice(1)).get('access_token');

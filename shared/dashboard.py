@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent / "dashboard"
 INDEX = "index.html"
@@ -108,12 +110,21 @@ def refresh_interval_s(schedule: str) -> int:
     return 60
 
 
-def page_config(ingest_schedule: str, ca_available: bool, external_sign_in: bool) -> Asset:
+def offered_operations(openapi: Mapping[str, Any]) -> list[str]:
+    """"METHOD /path" of every operation in the API's OpenAPI document: the page shows a view only
+    where its endpoints exist (the whole document is ~140 kB; this list is ~1 kB)."""
+    methods = {"get", "post", "put", "patch", "delete"}
+    return sorted(f"{method.upper()} {path}" for path, item in openapi.get("paths", {}).items()
+                  for method in item if method in methods)
+
+
+def page_config(ingest_schedule: str, ca_available: bool, external_sign_in: bool, operations: list[str]) -> Asset:
     """config.json: what the page needs to know of this deployment (nothing secret)."""
     body = json.dumps({
         "refresh_s": refresh_interval_s(ingest_schedule),
         "ca_url": "broker-ca.pem" if ca_available else None,
         "external_sign_in": external_sign_in,
+        "operations": operations,
     }).encode()
     return Asset(body, "application/json", {**SECURITY_HEADERS, "Cache-Control": "no-cache"})
 

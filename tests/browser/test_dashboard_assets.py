@@ -105,8 +105,11 @@ def test_config_json_carries_the_cadence_and_nothing_secret(monkeypatch):
                        "INGEST_SCHEDULE": "*/10 * * * * *"}.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
-    response = get("config.json")
-    assert json.loads(response.get_body()) == {"refresh_s": 10, "ca_url": None, "external_sign_in": False}
+    config = json.loads(get("config.json").get_body())
+    assert (config["refresh_s"], config["ca_url"], config["external_sign_in"]) == (10, None, False)
+    # the API's operations, so the page offers only views whose endpoints exist
+    assert {"GET /api/devices", "POST /api/devices", "GET /api/me"} <= set(config["operations"])
+    assert set(config) == {"refresh_s", "ca_url", "external_sign_in", "operations"}
 
 
 def test_broker_ca_is_offered_only_as_a_certificate(tmp_path):
