@@ -114,3 +114,19 @@ export function section(titleKey, ...children) {
   return h('section', { class: 'card' }, h('h2', { text: t(titleKey) }), children);
 }
 
+
+// uPlot's minified build is a classic script (a global); it is fetched once, when a chart is first
+// drawn, so the fleet page does not pay for it.
+let uPlotLoading = null;
+export function loadUPlot() {
+  if (!uPlotLoading) {
+    uPlotLoading = new Promise((resolve, reject) => {
+      const script = document.createElement('script');
+      script.src = 'vendor/uplot/uPlot.iife.min.js';
+      script.onload = () => resolve(window.uPlot);
+      script.onerror = () => { uPlotLoading = null; reject(new Error('chart library failed to load')); };
+      document.head.append(script);
+    });
+  }
+  return uPlotLoading;
+}

@@ -4,23 +4,7 @@
 import { api, offers } from '../api.js';
 import { h, replace } from '../dom.js';
 import { currentLocale, formatDate, formatValue, t } from '../i18n.js';
-import { credentialPanel, deviceStatus, errorText, lastSeen, latestValues, section, statusBadge, unavailable } from './common.js';
-
-// uPlot's minified build is a classic script (a global); it is fetched once, when a chart is first
-// drawn, so the fleet page does not pay for it.
-let uPlotLoading = null;
-function loadUPlot() {
-  if (!uPlotLoading) {
-    uPlotLoading = new Promise((resolve, reject) => {
-      const script = document.createElement('script');
-      script.src = 'vendor/uplot/uPlot.iife.min.js';
-      script.onload = () => resolve(window.uPlot);
-      script.onerror = () => { uPlotLoading = null; reject(new Error('chart library failed to load')); };
-      document.head.append(script);
-    });
-  }
-  return uPlotLoading;
-}
+import { credentialPanel, deviceStatus, errorText, lastSeen, latestValues, loadUPlot, section, statusBadge, unavailable } from './common.js';
 
 const RANGES = { '1h': 3600, '24h': 86400, '7d': 7 * 86400, '30d': 30 * 86400 };
 let range = '24h';

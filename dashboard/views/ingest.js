@@ -4,8 +4,8 @@
 // value, a payload included, goes into the page as text.
 import { api, getAll, offers } from '../api.js';
 import { h, replace } from '../dom.js';
-import { formatDate, formatNumber, t } from '../i18n.js';
-import { errorText, unavailable } from './common.js';
+import { currentLocale, formatDate, formatNumber, t } from '../i18n.js';
+import { errorText, loadUPlot, unavailable } from './common.js';
 
 const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d/;
 
@@ -70,6 +70,7 @@ function ingestView(data) {
         h('div', { class: 'count' }, h('span', { class: 'count-n', text: formatNumber(total(key)) }),
           h('span', { class: 'count-label', text: t(label, { minutes: data.minutes }) })))),
     h('h3', { text: t('ingest_per_minute') }),
+    h('div', { class: 'chart chart-small', 'data-chart': 'per-minute' }),
     table([[t('ingest_minute'), (m) => formatDate(m.minute, { timeStyle: 'short' })], [t('ingest_messages_col'), (m) => formatNumber(m.messages)],
       [t('ingest_readings_col'), (m) => formatNumber(m.readings)], [t('ingest_dead_col'), (m) => formatNumber(m.dead_lettered)]], perMinute.slice(-15).reverse()),
     h('h3', { text: t('ingest_reasons') }),
@@ -123,6 +124,41 @@ function auditView(data, emails) {
     [t('ingest_detail'), (e) => (e.detail && Object.keys(e.detail).length ? JSON.stringify(e.detail) : '—')]], data.items || []);
 }
 
+// Messages and dead letters per minute over the window, minutes without traffic as zeros. The
+// chart is made once and moved into each redraw, which only swaps its data.
+function perMinuteData(data) {
+  const byMinute = new Map((data.messages_per_minute || []).map((m) => [Math.floor(new Date(m.minute).getTime() / 60000), m]));
+  const now = Math.floor(Date.now() / 60000);
+  const xs = []; const messages = []; const dead = [];
+  for (let minute = now - (data.minutes || 60) + 1; minute <= now; minute += 1) {
+    const m = byMinute.get(minute);
+    xs.push(minute * 60); messages.push(m ? m.messages : 0); dead.push(m ? m.dead_lettered : 0);
+  }
+  return [xs, messages, dead];
+}
+
+let perMinuteChart = null;
+async function drawPerMinute(box, data) {
+  const holder = box.querySelector('[data-chart=per-minute]');
+  if (!holder) return;
+  const points = perMinuteData(data);
+  if (perMinuteChart) {
+    holder.append(perMinuteChart.root);
+    perMinuteChart.setData(points);
+    return;
+  }
+  const uPlot = await loadUPlot();
+  const fmt = new Intl.DateTimeFormat(currentLocale(), { hour: 'numeric', minute: '2-digit' });
+  perMinuteChart = new uPlot({
+    width: Math.max(260, holder.clientWidth), height: 160,
+    series: [{ value: (u, v) => (v == null ? '—' : fmt.format(new Date(v * 1000))) },
+      { label: t('ingest_messages_col'), stroke: '#1d4ed8', width: 2, fill: 'rgba(37,99,235,0.10)', points: { show: false } },
+      { label: t('ingest_dead_col'), stroke: '#b91c1c', width: 2, points: { show: false } }],
+    axes: [{ space: 90, values: (u, splits) => splits.map((v) => fmt.format(new Date(v * 1000))) }, { size: 50 }],
+    scales: { y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+  }, points, holder);
+}
+
 export async function renderIngest(ctx) {
   const parts = [
     ['ingest_monitor', 'GET', '/api/admin/ingest', ['owner', 'staff']],
@@ -138,7 +174,11 @@ export async function renderIngest(ctx) {
       if (!offers(method, path.split('?')[0])) { replace(boxes[i], unavailable(t(key))); return; }
       try {
         const data = await api(method, path);
-        if (key === 'ingest_monitor') replace(boxes[i], ingestView(data));
+        if (key === 'ingest_monitor') {
+          if (perMinuteChart) perMinuteChart.root.remove();
+          replace(boxes[i], ingestView(data));
+          await drawPerMinute(boxes[i], data);
+        }
         else if (key === 'usage') replace(boxes[i], usageView(data));
         else if (key === 'audit') {
           const users = offers('GET', '/api/users') ? await getAll('/api/users').catch(() => []) : [];
@@ -148,5 +188,5 @@ export async function renderIngest(ctx) {
     }));
   }
   await refresh();
-  return { refresh };
+  return { refresh, dispose() { if (perMinuteChart) perMinuteChart.destroy(); perMinuteChart = null; } };
 }
