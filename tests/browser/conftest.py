@@ -37,7 +37,9 @@ def _load_func_host() -> Any:
     return module
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in the main thread
+# while it is open, and the API tests after this package call the app through asyncio.run().
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
@@ -49,7 +51,7 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def host() -> Iterator[str]:
     """The function app served over HTTP; settings are read per request (get_settings), so each
     test's exported settings apply. Timers are not started: tests run the drain themselves."""
