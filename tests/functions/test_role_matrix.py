@@ -82,6 +82,8 @@ class Row:
     expect: dict[str, int]
     request: Callable[[Context], Request]
     xfail: str | None = None
+    # A route written but not yet included in the app: its row waits (skipped) until it is served.
+    pending: str | None = None
 
 
 def allowed(*roles: str, ok: int = 200, denied: int = 403) -> dict[str, int]:
@@ -159,6 +161,10 @@ ROWS: dict[tuple[str, str], Row] = {
     ("GET", "/api/usage"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/usage")),
     ("GET", "/api/plans"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/plans")),
     ("GET", "/api/audit"): Row(allowed(*OWNER), lambda c: Request("/api/audit")),
+    # --- exports: owners and staff
+    ("POST", "/api/exports"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
+        "/api/exports", {"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z", "format": "csv"}),
+        pending="shared/api/routes_exports.py is not included in shared/api/app.py yet"),
     # --- the platform operator: only an operator's token
     ("POST", "/api/platform/auth/login"): Row(anyone(200), lambda c: Request(
         "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
@@ -185,16 +191,19 @@ def test_every_route_has_a_row():
 
 
 def test_every_row_is_a_route():
-    stale = sorted(set(ROWS) - served_routes())
+    stale = sorted(key for key in set(ROWS) - served_routes() if not ROWS[key].pending)
     assert not stale, f"rows for routes the app no longer serves: {stale}"
 
 
 @pytest.fixture
-def context(monkeypatch, database, app_pool, settings, mosquitto_broker) -> Any:
-    """The API with this test's database and live broker (commands with the stack's commander
-    credential), an unmetered tenant with a user of each role, and a platform operator."""
+def context(monkeypatch, database, app_pool, settings, mosquitto_broker, azurite_server) -> Any:
+    """The API with this test's database, live broker (commands with the stack's commander
+    credential) and Azurite (exports), an unmetered tenant with a user of each role, and a platform
+    operator."""
     export_api_settings(monkeypatch, database, MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
-                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password)
+                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password,
+                        STORAGE_CONNECTION_STRING=azurite_server.connection_string,
+                        EXPORT_CONTAINER=f"exports-{uuid.uuid4().hex[:12]}")
     tenant = create_tenant(app_pool, unique_slug(), "Matrix Works", "industrial")
     users = users_of_each_role(app_pool, tenant)
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
@@ -220,6 +229,8 @@ def test_role_matrix(context, route):
     # GIVEN the route's row, and a caller of each role (or none)
     method, _ = route
     row = ROWS[route]
+    if row.pending and route not in served_routes():
+        pytest.skip(row.pending)
     got: dict[str, int] = {}
     for caller in CALLERS:
         request = row.request(context)
