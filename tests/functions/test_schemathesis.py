@@ -52,11 +52,14 @@ schema = schemathesis.openapi.from_asgi("/api/openapi.json", api)
 
 
 @pytest.fixture
-def tenant_world(monkeypatch, database, app_pool, settings, mosquitto_broker) -> Any:
+def tenant_world(monkeypatch, database, app_pool, settings, mosquitto_broker, azurite_server) -> Any:
     """A tenant with a user of each role, a platform operator (the callers' tokens), and real
-    objects for path parameters: a fresh user or device per plan, the tenant itself."""
+    objects for path parameters: a fresh user or device per plan, the tenant itself. The live
+    broker (devices, commands) and Azurite (exports) are configured."""
     export_api_settings(monkeypatch, database, MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
-                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password, MQTT_COMMAND_TIMEOUT_S="2")
+                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password, MQTT_COMMAND_TIMEOUT_S="2",
+                        STORAGE_CONNECTION_STRING=azurite_server.connection_string,
+                        EXPORT_CONTAINER=f"exports-{uuid.uuid4().hex[:12]}")
     tenant = create_tenant(app_pool, unique_slug(), "Fuzz Works", "industrial")
     users = users_of_each_role(app_pool, tenant)
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
