@@ -69,7 +69,7 @@ def test_app_role_cannot_write_into_another_tenant(app_pool, two_tenants):
 
 def test_partitions_cannot_be_read_around_the_parent(database, two_tenants):
     with psycopg.connect(database.app_dsn) as conn:
-        partition = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'telemetry_2%' LIMIT 1").fetchone()[0]
+        partition = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'telemetry_2%' AND relkind = 'r' LIMIT 1").fetchone()[0]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"SELECT * FROM {partition}")
 
@@ -85,9 +85,15 @@ def test_application_roles_are_neither_superuser_nor_owner_nor_bypassing_rls(dat
             "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname LIKE 'mqtt_saas_%' ORDER BY 1").fetchall()
         owners = {o for (o,) in conn.execute(
             "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")}
-        forced = conn.execute(
-            "SELECT relname FROM pg_class WHERE relname IN ('tenants','devices','telemetry','dead_letters') "
-            "AND relrowsecurity AND relforcerowsecurity ORDER BY 1").fetchall()
-    assert roles == [("mqtt_saas_app", False, False), ("mqtt_saas_ingest", False, False)]
-    assert not owners & {"mqtt_saas_app", "mqtt_saas_ingest"}
-    assert forced == [("dead_letters",), ("devices",), ("telemetry",), ("tenants",)]
+        # Every table (not partition) with tenant rows: a tenant_id column, or tenants itself.
+        unforced = conn.execute("""
+            SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+              AND (c.relname = 'tenants' OR EXISTS (
+                  SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'))
+              AND NOT (c.relrowsecurity AND c.relforcerowsecurity)
+            ORDER BY 1""").fetchall()
+    assert roles == [("mqtt_saas_app", False, False), ("mqtt_saas_ingest", False, False),
+                     ("mqtt_saas_maintenance", False, False)]
+    assert not owners & {"mqtt_saas_app", "mqtt_saas_ingest", "mqtt_saas_maintenance"}
+    assert unforced == []
