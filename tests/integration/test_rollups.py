@@ -108,15 +108,17 @@ def test_rollups_equal_a_from_scratch_aggregation_including_late_data(maintenanc
 
 def test_rows_inside_the_lag_wait_for_the_next_run(maintenance_settings, owner):
     # GIVEN readings received just now (a drain transaction could still be committing rows as old)
+    # (the clock is read here, not at import: in a full run this test starts minutes after collection)
+    now = datetime.now(UTC).replace(microsecond=0)
     tenant_id, device_id = make_device(owner)
-    insert(owner, readings(tenant_id, device_id, NOW - timedelta(minutes=30), 10, NOW - timedelta(seconds=10)))
+    insert(owner, readings(tenant_id, device_id, now - timedelta(minutes=30), 10, now - timedelta(seconds=10)))
 
     # WHEN the rollup runs with a 60 s lag THEN it leaves them
-    assert run(maintenance_settings).caught_up
+    assert run(maintenance_settings, now=now).caught_up
     assert owner.execute("SELECT count(*) FROM telemetry_rollup_1m").fetchone()[0] == 0
     # AND a later run (now 2 minutes on) takes them
     with maintenance_connection(maintenance_settings) as conn:
-        roll_up(conn, lag_s=60, chunk_s=900, max_past_days=30, time_budget_s=60, now=NOW + timedelta(minutes=2))
+        roll_up(conn, lag_s=60, chunk_s=900, max_past_days=30, time_budget_s=60, now=now + timedelta(minutes=2))
     assert_equal_to_scratch(owner)
 
 
