@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Query, Response, status
 
-from shared.api import auth, routes_commands, routes_devices, routes_reads, routes_tenancy, users
+from shared.api import auth, routes_commands, routes_devices, routes_exports, routes_reads, routes_tenancy, users
 from shared.api.deps import PREFIX, Caller, Config, Pool, Source, problems
 from shared.api.models import (
     ChangeRoleRequest,
@@ -67,7 +67,8 @@ def list_users(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max
     return Page[User](items=[User.model_validate(row) for row in rows], next_cursor=next_cursor)
 
 
-@router.post("/users", tags=["users"], status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 409, 422))
+@router.post("/users", tags=["users"], status_code=status.HTTP_201_CREATED,
+             responses=problems(401, 402, 403, 409, 422))
 def create_user(body: CreateUserRequest, db: Pool, caller: Caller, source: Source) -> CreatedUser:
     """Adds a user to the tenant (owners only); without a password, one is generated and returned once."""
     password = body.password or generate_password()
@@ -100,11 +101,13 @@ def create_app() -> FastAPI:
         title="mqtt-saas admin API",
         version="0.1.0",
         openapi_url=f"{PREFIX}/openapi.json",
-        docs_url=f"{PREFIX}/docs",
+        # No Swagger UI: it loads its script from a CDN, on the dashboard's origin (where the refresh
+        # token lives in sessionStorage). The document itself is served, and scripts/openapi.py prints it.
+        docs_url=None,
         redoc_url=None,
     )
     app.include_router(router)
-    for module in (routes_devices, routes_commands, routes_reads, routes_tenancy):
+    for module in (routes_devices, routes_commands, routes_reads, routes_tenancy, routes_exports):
         app.include_router(module.router)
     install_problem_handlers(app)
     return app
