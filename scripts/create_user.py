@@ -21,6 +21,7 @@ import secrets
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
+from uuid import UUID
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,6 +68,24 @@ def ensure_local_jwt_secret() -> None:
           file=sys.stderr)
 
 
+def create(dsn: str, tenant_slug: str, email: str, role: str, password_hash: str) -> UUID | None:
+    """The new user's id, or None when there is no such tenant; the user and its audit row commit together."""
+    with psycopg.connect(dsn) as conn:
+        tenant = conn.execute("SELECT id FROM tenants WHERE slug = %s", (tenant_slug,)).fetchone()
+        if tenant is None:
+            return None
+        row = conn.execute(
+            "INSERT INTO users (tenant_id, email, role, password_hash) VALUES (%s, %s, %s, %s) RETURNING id",
+            (tenant[0], email, role, password_hash)).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO audit_log (tenant_id, action, target_type, target_id, source_address, detail)"
+            " VALUES (%s, 'user.create', 'user', %s, 'scripts/create_user.py', %s)",
+            (tenant[0], str(row[0]), Jsonb({"role": role})))
+        user_id: UUID = row[0]
+        return user_id
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tenant", help="the tenant's slug, e.g. demo")
@@ -84,24 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         password, generated = generate_password(), True
     email = args.email.strip().lower()
 
-    with psycopg.connect(owner_dsn(args.database_url)) as conn:
-        tenant = conn.execute("SELECT id FROM tenants WHERE slug = %s", (args.tenant,)).fetchone()
-        if tenant is None:
-            sys.exit(f"no tenant with slug {args.tenant!r}")
-        try:
-            user_id = conn.execute(
-                "INSERT INTO users (tenant_id, email, role, password_hash) VALUES (%s, %s, %s, %s) RETURNING id",
-                (tenant[0], email, args.role, hash_password(password))).fetchone()
-        except psycopg.errors.UniqueViolation:
-            sys.exit(f"{email} already exists in tenant {args.tenant!r}")
-        assert user_id is not None
-        conn.execute(
-            "INSERT INTO audit_log (tenant_id, action, target_type, target_id, source_address, detail)"
-            " VALUES (%s, 'user.create', 'user', %s, 'scripts/create_user.py', %s)",
-            (tenant[0], str(user_id[0]), Jsonb({"role": args.role})))
+    try:
+        user_id = create(owner_dsn(args.database_url), args.tenant, email, args.role, hash_password(password))
+    except psycopg.errors.UniqueViolation:
+        sys.exit(f"{email} already exists in tenant {args.tenant!r}")
+    except psycopg.Error as error:
+        # MQ402 is the quota trigger's (0008); anything else (no server, wrong password) is said in
+        # one line too: the operator needs the reason, not our stack.
+        lines = (error.diag.message_primary or str(error)).strip().splitlines()
+        reason = lines[0] if lines else type(error).__name__
+        if error.sqlstate == "MQ402":
+            sys.exit(f"cannot add {email} to tenant {args.tenant!r}: {reason} (an operator can change the plan)")
+        sys.exit(f"cannot add {email} to tenant {args.tenant!r}: {reason}")
+    if user_id is None:
+        sys.exit(f"no tenant with slug {args.tenant!r}")
     if not args.database_url:  # the local stack's settings, not some other database's
         ensure_local_jwt_secret()
-    print(f"created {args.role} {email} in tenant {args.tenant} (id {user_id[0]})")
+    print(f"created {args.role} {email} in tenant {args.tenant} (id {user_id})")
     if generated:
         print(f"password (shown once): {password}")
     return 0
