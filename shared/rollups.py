@@ -104,9 +104,6 @@ def delete_old_rollups(conn: psycopg.Connection[DictRow], *, minute_days: int, h
         return minutes.rowcount, hours.rowcount
 
 
-# The rollups may not hold the last minutes yet (lag + timer interval), nor late data until the
-# next run: a series read takes that tail from raw.
-RAW_TAIL = timedelta(minutes=15)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -117,26 +114,35 @@ def _floor(at: datetime, width_s: int) -> datetime:
 
 
 def series_points(conn: psycopg.Connection[DictRow], tenant_id: object, device_id: int, metric: str,
-                  start: datetime, end: datetime, bucket_s: int, now: datetime) -> list[DictRow] | None:
+                  start: datetime, end: datetime, bucket_s: int) -> list[DictRow] | None:
     """The series read's buckets (ts, avg, min, max, count over [start, end), bucket_s wide), from
-    the 1-hour rollups when bucket_s is whole hours, the 1-minute ones when whole minutes, with the
-    ragged head and the recent tail from raw; equal to the raw aggregation. None when the bucket
-    is narrower than a minute, or the range too short for a rollup body: read raw then.
+    the 1-hour rollups when bucket_s is whole hours, the 1-minute ones when whole minutes; equal to
+    the raw aggregation, whatever the rollup job's lag. None when raw must answer: a bucket
+    narrower than a minute, rollups that never ran, or no whole rollup bucket in the range
+    before the watermark.
+
+    Rollups answer for whole rollup buckets in [start, watermark); a bucket that got a reading
+    received after the watermark (late data with an old ts) is read from raw until the next run
+    rolls it up (sql/queries/rollups.sql series_from_rollup_1m says why that is exact).
     conn: a tenant_transaction (RLS scopes the rollups to the tenant too)."""
     if bucket_s < 60 or bucket_s % 60:
         return None
     width, query = (3600, QUERIES["series_from_rollup_1h"]) if bucket_s % 3600 == 0 else (
         60, QUERIES["series_from_rollup_1m"])
+    state = conn.execute(QUERIES["rollup_watermark"], {"name": JOB}).fetchone()
+    watermark = state["watermark"] if state else None
+    if watermark is None:
+        return None
     body_from = _floor(start, width)
     if body_from < start:
         body_from += timedelta(seconds=width)
-    body_to = _floor(min(end, now - RAW_TAIL), width)
+    body_to = _floor(min(end, watermark), width)
     if body_to <= body_from:
         return None
     conn.execute(QUERIES["jit_off"])
     return conn.execute(query, {
         "tenant_id": tenant_id, "device_id": device_id, "metric": metric, "bucket": timedelta(seconds=bucket_s),
-        "from": start, "to": end, "body_from": body_from, "body_to": body_to,
+        "from": start, "to": end, "body_from": body_from, "body_to": body_to, "watermark": watermark,
     }).fetchall()
 
 
