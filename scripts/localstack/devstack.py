@@ -84,8 +84,8 @@ STOP_TIMEOUT_S = 20.0
 # simulator say "offline" and Mosquitto save its sessions; SIGINT is PostgreSQL's fast shutdown.
 COMPONENTS = ("simulator", "functions", "azurite", "mosquitto", "postgres")
 STOP_SIGNALS = {"postgres": signal.SIGINT}
-SECRETS = ("db-app", "db-ingest", "db-superuser", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest", "mqtt-commander",
-           "demo-device", "demo-owner")
+SECRETS = ("db-app", "db-ingest", "db-maintenance", "db-superuser", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest",
+           "mqtt-commander", "demo-device", "demo-owner")
 
 
 class DevError(Exception):
@@ -639,8 +639,9 @@ def describe(name: str, state: State) -> str:
 
 
 def secret(layout: Layout, name: str) -> int:
-    if name in ("db-app", "db-ingest"):
-        value = (load_json(layout.passwords_file) or {}).get(APP_ROLE if name == "db-app" else INGEST_ROLE)
+    if name in ("db-app", "db-ingest", "db-maintenance"):
+        role = {"db-app": APP_ROLE, "db-ingest": INGEST_ROLE, "db-maintenance": MAINTENANCE_ROLE}[name]
+        value = (load_json(layout.passwords_file) or {}).get(role)
     elif name == "db-superuser":
         password_file = layout.postgres_dir / SUPERUSER_PASSWORD_FILE
         value = password_file.read_text().strip() if password_file.exists() else None
