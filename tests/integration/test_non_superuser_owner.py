@@ -221,3 +221,14 @@ def test_create_user_script_works_as_a_non_superuser_owner_and_fails_cleanly(own
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "plan limit" in over.stderr and "max_users" in over.stderr
     assert "already exists" in again.stderr
+
+
+def test_dev_secret_prints_the_maintenance_roles_password(tmp_path):
+    # GIVEN a local stack's database passwords, as `scripts/dev up` writes them
+    (tmp_path / "db-passwords.json").write_text(
+        '{"mqtt_saas_app": "app-pw", "mqtt_saas_ingest": "ingest-pw", "mqtt_saas_maintenance": "maint-pw"}')
+    # WHEN the maintenance role's is asked for THEN it alone is printed
+    done = subprocess.run([str(ROOT / "scripts" / "dev"), "secret", "db-maintenance", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "maint-pw\n"
