@@ -51,6 +51,30 @@ param instanceMemoryMB int = 512
 @description('Optional. NCRONTAB schedule of the drain (INGEST_SCHEDULE).')
 param ingestSchedule string = '0 */1 * * * *'
 
+@description('Optional. NCRONTAB schedule of the rollups (ROLLUP_SCHEDULE).')
+param rollupSchedule string = '0 */5 * * * *'
+
+@description('Optional. NCRONTAB schedule of the blob archiver (ARCHIVE_SCHEDULE): partitions, archive, retention.')
+param archiveSchedule string = '0 15 * * * *'
+
+@description('Optional. Issuer of an external identity provider\'s tokens, e.g. "https://<project>.supabase.co/auth/v1" (AUTH_EXTERNAL_ISSUER). Empty: external sign-in is off.')
+param authExternalIssuer string = ''
+
+@description('Optional. Audience of the external provider\'s tokens, e.g. "authenticated" (AUTH_EXTERNAL_AUDIENCE).')
+param authExternalAudience string = ''
+
+@description('Optional. JWKS address of the external provider (AUTH_EXTERNAL_JWKS_URL); leave empty when it signs with a shared secret (authExternalSecret). Exactly one of the two.')
+param authExternalJwksUri string = ''
+
+@description('Optional. Dotted claim path of the tenant (slug or id) in external tokens (AUTH_EXTERNAL_TENANT_CLAIM).')
+param authExternalTenantClaim string = 'app_metadata.tenant'
+
+@description('Optional. Dotted claim path of the role in external tokens (AUTH_EXTERNAL_ROLE_CLAIM); it only narrows our stored role.')
+param authExternalRoleClaim string = 'app_metadata.role'
+
+@description('Optional. Dotted claim path of the e-mail address in external tokens (AUTH_EXTERNAL_EMAIL_CLAIM).')
+param authExternalEmailClaim string = 'email'
+
 @description('Required. PostgreSQL URL of the application role mqtt_saas_app (DATABASE_URL), e.g. postgresql://mqtt_saas_app:...@host:5432/mqtt_saas?sslmode=require.')
 @secure()
 param databaseUrl string
@@ -75,6 +99,14 @@ param mqttCommanderPassword string
 @secure()
 @minLength(32)
 param authJwtSecret string
+
+@description('Required. PostgreSQL URL of the maintenance timers\' role mqtt_saas_maintenance (MAINTENANCE_DATABASE_URL): rollups, retention, archive.')
+@secure()
+param maintenanceDatabaseUrl string
+
+@description('Optional. Shared HS256 secret of the external identity provider, at least 32 bytes (AUTH_EXTERNAL_SECRET). Empty: none (JWKS, or no external provider).')
+@secure()
+param authExternalSecret string = ''
 
 @description('Optional. Create an Azure Database for PostgreSQL flexible server (Burstable). Off: bring your own PostgreSQL.')
 param deployPostgres bool = false
@@ -154,7 +186,8 @@ module keyVault 'modules/keyVault.bicep' = {
     mqttProvisionerPassword: mqttProvisionerPassword
     mqttCommanderPassword: mqttCommanderPassword
     authJwtSecret: authJwtSecret
-    archiveStorageAccountName: storage.outputs.storageAccountName
+    maintenanceDatabaseUrl: maintenanceDatabaseUrl
+    authExternalSecret: authExternalSecret
   }
 }
 
@@ -167,11 +200,22 @@ module functionApp 'modules/functionApp.bicep' = {
     resourceToken: resourceToken
     instanceMemoryMB: instanceMemoryMB
     ingestSchedule: ingestSchedule
+    rollupSchedule: rollupSchedule
+    archiveSchedule: archiveSchedule
+    authExternalIssuer: authExternalIssuer
+    authExternalAudience: authExternalAudience
+    authExternalJwksUri: authExternalJwksUri
+    authExternalTenantClaim: authExternalTenantClaim
+    authExternalRoleClaim: authExternalRoleClaim
+    authExternalEmailClaim: authExternalEmailClaim
     applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     keyVaultName: keyVault.outputs.keyVaultName
     secretUris: keyVault.outputs.secretUris
     archiveStorageAccountName: storage.outputs.storageAccountName
+    archiveBlobEndpoint: storage.outputs.blobEndpoint
+    archiveContainerName: storage.outputs.archiveContainerName
+    exportContainerName: storage.outputs.exportContainerName
     mqttHost: network.outputs.brokerFqdn
   }
 }
@@ -210,6 +254,9 @@ output keyVaultName string = keyVault.outputs.keyVaultName
 
 @description('Archive storage account and container.')
 output archiveLocation string = '${storage.outputs.storageAccountName}/${storage.outputs.archiveContainerName}'
+
+@description('Blob endpoint of the archive storage account (STORAGE_ACCOUNT_URL; identity only, no shared keys): scripts/pg_backup.py --account-url, scripts/restore_archive.')
+output storageAccountUrl string = storage.outputs.blobEndpoint
 
 @description('Host name of the PostgreSQL flexible server; empty when deployPostgres is false.')
 output postgresHost string = deployPostgres ? postgres.outputs.fqdn : ''

@@ -49,6 +49,15 @@ param secretUris object
 @description('Required. Name of the archive storage account (the identity gets Storage Blob Data Contributor on it).')
 param archiveStorageAccountName string
 
+@description('Required. Blob endpoint of the archive storage account (STORAGE_ACCOUNT_URL), reached with the managed identity.')
+param archiveBlobEndpoint string
+
+@description('Required. Container of the cold archive (ARCHIVE_CONTAINER); its blobs are the ones the lifecycle rule tiers.')
+param archiveContainerName string
+
+@description('Required. Container of the export files (EXPORT_CONTAINER).')
+param exportContainerName string
+
 @description('Required. Host name of the broker (MQTT_HOST).')
 param mqttHost string
 
@@ -63,6 +72,30 @@ param ingestSchedule string = '0 */1 * * * *'
 
 @description('Optional. Time budget of one drain run in seconds (INGEST_TIME_BUDGET_S), below the schedule interval.')
 param ingestTimeBudgetSeconds int = 50
+
+@description('Optional. NCRONTAB schedule of the rollup timer (ROLLUP_SCHEDULE); the host cannot index the timer without it.')
+param rollupSchedule string = '0 */5 * * * *'
+
+@description('Optional. NCRONTAB schedule of the blob archiver timer (ARCHIVE_SCHEDULE); the host cannot index the timer without it.')
+param archiveSchedule string = '0 15 * * * *'
+
+@description('Optional. Issuer of the external identity provider\'s tokens (AUTH_EXTERNAL_ISSUER). Empty: external sign-in is off.')
+param authExternalIssuer string = ''
+
+@description('Optional. Audience of the external identity provider\'s tokens (AUTH_EXTERNAL_AUDIENCE).')
+param authExternalAudience string = ''
+
+@description('Optional. JWKS address of the external identity provider (AUTH_EXTERNAL_JWKS_URL); empty when it signs with a shared secret.')
+param authExternalJwksUri string = ''
+
+@description('Optional. Dotted claim path of the tenant in external tokens (AUTH_EXTERNAL_TENANT_CLAIM).')
+param authExternalTenantClaim string = 'app_metadata.tenant'
+
+@description('Optional. Dotted claim path of the role in external tokens (AUTH_EXTERNAL_ROLE_CLAIM).')
+param authExternalRoleClaim string = 'app_metadata.role'
+
+@description('Optional. Dotted claim path of the e-mail address in external tokens (AUTH_EXTERNAL_EMAIL_CLAIM).')
+param authExternalEmailClaim string = 'email'
 
 // Built-in role definition IDs.
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-bfe8-cba1d4a0bbd0'
@@ -254,10 +287,6 @@ var appSettings = [
     value: '3600'
   }
   {
-    name: 'STORAGE_CONNECTION_STRING'
-    value: '@Microsoft.KeyVault(SecretUri=${secretUris.STORAGE_CONNECTION_STRING})'
-  }
-  {
     name: 'AUTH_JWT_SECRET'
     value: '@Microsoft.KeyVault(SecretUri=${secretUris.AUTH_JWT_SECRET})'
   }
@@ -288,6 +317,112 @@ var appSettings = [
   {
     name: 'AUTH_LOGIN_MAX_FAILURES_PER_SOURCE'
     value: '50'
+  }
+  {
+    name: 'AUTH_EXTERNAL_ISSUER'
+    value: authExternalIssuer
+  }
+  {
+    name: 'AUTH_EXTERNAL_AUDIENCE'
+    value: authExternalAudience
+  }
+  {
+    // Empty when main.bicep got no authExternalSecret: keyVault.bicep stores no empty secret.
+    name: 'AUTH_EXTERNAL_SECRET'
+    value: empty(secretUris.AUTH_EXTERNAL_SECRET) ? '' : '@Microsoft.KeyVault(SecretUri=${secretUris.AUTH_EXTERNAL_SECRET})'
+  }
+  {
+    name: 'AUTH_EXTERNAL_JWKS_URL'
+    value: authExternalJwksUri
+  }
+  {
+    name: 'AUTH_EXTERNAL_JWKS_TIMEOUT_S'
+    value: '5'
+  }
+  {
+    name: 'AUTH_EXTERNAL_JWKS_CACHE_S'
+    value: '300'
+  }
+  {
+    name: 'AUTH_EXTERNAL_TENANT_CLAIM'
+    value: authExternalTenantClaim
+  }
+  {
+    name: 'AUTH_EXTERNAL_ROLE_CLAIM'
+    value: authExternalRoleClaim
+  }
+  {
+    name: 'AUTH_EXTERNAL_EMAIL_CLAIM'
+    value: authExternalEmailClaim
+  }
+  {
+    name: 'PLATFORM_JWT_AUDIENCE'
+    value: 'mqtt-saas-platform'
+  }
+  {
+    name: 'PLATFORM_ACCESS_TOKEN_TTL_S'
+    value: '900'
+  }
+  {
+    name: 'MAINTENANCE_DATABASE_URL'
+    value: '@Microsoft.KeyVault(SecretUri=${secretUris.MAINTENANCE_DATABASE_URL})'
+  }
+  {
+    name: 'ROLLUP_SCHEDULE'
+    value: rollupSchedule
+  }
+  {
+    name: 'ROLLUP_TIME_BUDGET_S'
+    value: '240'
+  }
+  {
+    name: 'ROLLUP_LAG_S'
+    value: '120'
+  }
+  {
+    name: 'ROLLUP_CHUNK_S'
+    value: '900'
+  }
+  {
+    name: 'ROLLUP_1M_RETENTION_DAYS'
+    value: '400'
+  }
+  {
+    name: 'ROLLUP_1H_RETENTION_DAYS'
+    value: '3650'
+  }
+  {
+    name: 'ARCHIVE_SCHEDULE'
+    value: archiveSchedule
+  }
+  {
+    name: 'ARCHIVE_TIME_BUDGET_S'
+    value: '480'
+  }
+  {
+    name: 'ARCHIVE_CONTAINER'
+    value: archiveContainerName
+  }
+  {
+    name: 'PARTITION_AHEAD_DAYS'
+    value: '7'
+  }
+  {
+    // The managed identity, no key: the account refuses shared keys (modules/storage.bicep).
+    name: 'STORAGE_ACCOUNT_URL'
+    value: archiveBlobEndpoint
+  }
+  {
+    name: 'EXPORT_CONTAINER'
+    value: exportContainerName
+  }
+  {
+    name: 'EXPORT_LINK_TTL_S'
+    value: '3600'
+  }
+  {
+    name: 'EXPORT_MAX_DAYS'
+    value: '31'
   }
 ]
 
@@ -354,6 +489,8 @@ resource hostStorageRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   }
 }
 
+// The archive, rollup retention and exports read and write blobs with the identity; export links are user
+// delegation SAS, whose key (generateUserDelegationKey) this role includes as well.
 resource archiveStorageRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(archiveStorage.id, functionApp.id, storageBlobDataContributorRoleId)
   scope: archiveStorage

@@ -15,7 +15,7 @@ param tags object = {}
 @maxLength(24)
 param vaultName string
 
-@description('Required. Object ID of the broker VM\'s identity; it may read the two broker passwords, nothing else.')
+@description('Required. Object ID of the broker VM\'s identity; it may read the three broker passwords, nothing else.')
 param brokerPrincipalId string
 
 @description('Required. PostgreSQL URL of the application role (DATABASE_URL).')
@@ -43,8 +43,13 @@ param mqttCommanderPassword string
 @minLength(32)
 param authJwtSecret string
 
-@description('Required. Name of the archive storage account; its connection string becomes STORAGE_CONNECTION_STRING.')
-param archiveStorageAccountName string
+@description('Required. PostgreSQL URL of the maintenance timers\' role (MAINTENANCE_DATABASE_URL).')
+@secure()
+param maintenanceDatabaseUrl string
+
+@description('Optional. Shared HS256 secret of the external identity provider (AUTH_EXTERNAL_SECRET). Empty: no secret is stored (JWKS or no external provider).')
+@secure()
+param authExternalSecret string = ''
 
 @description('Optional. Expiry of the secrets, as Unix time (seconds). Default: none set (0).')
 param secretExpiry int = 0
@@ -56,13 +61,6 @@ var secretAttributes = secretExpiry > 0 ? {
 } : {
   enabled: true
 }
-
-resource archiveStorage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: archiveStorageAccountName
-}
-
-var storageAccountKey = archiveStorage.listKeys().keys[0].value
-var storageConnectionString = 'DefaultEndpointsProtocol=https;AccountName=${archiveStorage.name};AccountKey=${storageAccountKey};EndpointSuffix=${environment().suffixes.storage}'
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   #checkov:skip=CKV_AZURE_109:The Flex Consumption app has no VNet integration here, so the vault takes requests from the Internet; every read needs an Entra ID token with an RBAC role.
@@ -143,12 +141,27 @@ resource mqttCommanderPasswordSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-
   }
 }
 
-resource storageConnectionStringSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
-  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry); the value follows the account key.
+resource maintenanceDatabaseUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry), see database-url.
   parent: keyVault
-  name: 'storage-connection-string'
+  name: 'maintenance-database-url'
   properties: {
-    value: storageConnectionString
+    value: maintenanceDatabaseUrl
+    contentType: 'text/plain'
+    attributes: secretAttributes
+  }
+}
+
+// Only when given: a secret with an empty value breaks Key Vault reference resolution for the whole app
+// (every reference then stays its literal @Microsoft.KeyVault(...) text), and the app reads an unset
+// AUTH_EXTERNAL_SECRET as "no shared secret" anyway.
+resource authExternalSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(authExternalSecret)) {
+  #checkov:skip=CKV_AZURE_41:Expiry is optional (secretExpiry); the provider's shared secret is rotated with the provider.
+  #checkov:skip=CKV_AZURE_114:contentType is set below; checkov does not read the body of a conditional resource.
+  parent: keyVault
+  name: 'auth-external-secret'
+  properties: {
+    value: authExternalSecret
     contentType: 'text/plain'
     attributes: secretAttributes
   }
@@ -206,6 +219,8 @@ output secretUris object = {
   MQTT_INGEST_PASSWORD: mqttIngestPasswordSecret.properties.secretUri
   MQTT_PROVISIONER_PASSWORD: mqttProvisionerPasswordSecret.properties.secretUri
   MQTT_COMMANDER_PASSWORD: mqttCommanderPasswordSecret.properties.secretUri
-  STORAGE_CONNECTION_STRING: storageConnectionStringSecret.properties.secretUri
   AUTH_JWT_SECRET: authJwtSecretSecret.properties.secretUri
+  MAINTENANCE_DATABASE_URL: maintenanceDatabaseUrlSecret.properties.secretUri
+  // Empty when no external secret is stored: the app setting is then empty too (modules/functionApp.bicep).
+  AUTH_EXTERNAL_SECRET: empty(authExternalSecret) ? '' : authExternalSecretSecret.properties.secretUri
 }

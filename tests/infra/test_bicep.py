@@ -37,6 +37,15 @@ PLATFORM_SETTINGS = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
+# Settings the app reads only off Azure, which Bicep must not set. Keep this small: each one is a way to run
+# without the managed identity.
+LOCAL_ONLY_SETTINGS = {
+    # Azurite's connection string (an account key). In Azure the archive account refuses shared keys and the
+    # app reaches it by STORAGE_ACCOUNT_URL with its identity; set, this would win over that.
+    "STORAGE_CONNECTION_STRING",
+}
+# Secrets stored only when given (keyVault.bicep never stores an empty one): app setting -> main.bicep parameter.
+OPTIONAL_SECRETS = {"AUTH_EXTERNAL_SECRET": "authExternalSecret"}
 INTERNET_SOURCES = {"*", "internet", "any", "0.0.0.0", "0.0.0.0/0", "::/0"}
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 
@@ -281,12 +290,13 @@ def test_vm_shell_scripts_are_valid_bash(script: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_broker_vm_reads_only_the_two_broker_passwords() -> None:
+def test_broker_vm_reads_only_the_three_broker_passwords() -> None:
+    # cloud-init creates the drain's, the provisioner's and the commander's clients; no other secret is its business.
     kv = module("keyVault")
     scopes = sorted(resource_config(r)["scope"] for r in kv["resources"].values()
                     if r["type"] == "Microsoft.Authorization/roleAssignments"
                     and resource_config(r)["properties"]["principalId"] == "brokerPrincipalId")
-    assert scopes == ["mqttIngestPasswordSecret", "mqttProvisionerPasswordSecret"]
+    assert scopes == ["mqttCommanderPasswordSecret", "mqttIngestPasswordSecret", "mqttProvisionerPasswordSecret"]
     assert parse(MAIN)["modules"]["keyVault"]["config"]["params"]["brokerPrincipalId"] == {
         "operator": {"type": "property_accessor", "operands": {"operand_1": "brokerVm", "operand_2": {
             "operator": {"type": "property_accessor", "operands": {"operand_1": "outputs", "operand_2": "principalId"}}}}}}
@@ -320,20 +330,79 @@ def app_settings() -> dict[str, Any]:
 
 def test_function_app_sets_every_setting_the_app_reads_and_nothing_unused() -> None:
     read_by_app = {field.alias for field in Settings.model_fields.values()}
+    assert read_by_app >= LOCAL_ONLY_SETTINGS, "a local-only exception the app no longer reads"
     set_by_template = set(app_settings())
-    assert read_by_app - set_by_template == set(), "settings the app reads but Bicep does not set"
+    assert read_by_app - LOCAL_ONLY_SETTINGS - set_by_template == set(), "settings the app reads but Bicep does not set"
     assert set_by_template - read_by_app - PLATFORM_SETTINGS == set(), "settings Bicep sets that nothing reads"
+    assert set_by_template & LOCAL_ONLY_SETTINGS == set(), "a local-only setting set in Azure"
+
+
+def key_vault_reference(name: str) -> str:
+    return f"@Microsoft.KeyVault(SecretUri=${{secretUris.{name}}})"
 
 
 def test_every_secret_setting_is_a_key_vault_reference() -> None:
     secrets = {f.alias for f in Settings.model_fields.values() if SecretStr in (f.annotation, *getattr(
-        f.annotation, "__args__", ()))}
+        f.annotation, "__args__", ()))} - LOCAL_ONLY_SETTINGS
     assert secrets, "Settings has SecretStr fields"
     settings = app_settings()
-    for name in secrets:
-        assert settings[name] == f"@Microsoft.KeyVault(SecretUri=${{secretUris.{name}}})", name
+    for name in secrets - set(OPTIONAL_SECRETS):
+        assert settings[name] == key_vault_reference(name), name
+    for name in OPTIONAL_SECRETS:
+        # The reference when the vault holds the secret, else empty (the app's default): never a literal value.
+        operands = settings[name]["operator"]["operands"]
+        assert settings[name]["operator"]["type"] == "conditional", name
+        assert operands["condition"]["function"] == {
+            "type": "empty", "parameters": {"item_to_test": {"operator": {"type": "property_accessor", "operands": {
+                "operand_1": "secretUris", "operand_2": name}}}}}, name
+        assert (operands["true_value"], operands["false_value"]) == ("", key_vault_reference(name)), name
     uris = module("keyVault")["outputs"]["secretUris"]["value"]
     assert set(uris) == secrets
+
+
+def test_optional_secrets_are_stored_only_when_given() -> None:
+    # An empty Key Vault secret makes the app's references fail to resolve, all of them: never store one.
+    kv = module("keyVault")
+    main_params = parse(MAIN)["parameters"]
+    for name, param in OPTIONAL_SECRETS.items():
+        assert is_secure(main_params[param]) and main_params[param]["default"] == ""
+        assert parse(MAIN)["modules"]["keyVault"]["config"]["params"][param] == param
+        uri = kv["outputs"]["secretUris"]["value"][name]["operator"]
+        secret = uri["operands"]["false_value"]["operator"]["operands"]["operand_1"]
+        assert kv["resources"][secret]["config"]["condition"] == {"operator": {"type": "not", "operands": {
+            "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": param}}}}}}
+
+
+def test_timer_schedules_default_to_the_apps_and_main_passes_them_on() -> None:
+    # Without ROLLUP_SCHEDULE / ARCHIVE_SCHEDULE the host cannot index those timers (%NAME% in the trigger).
+    fn = module("functionApp")
+    for setting, param in (("INGEST_SCHEDULE", "ingestSchedule"), ("ROLLUP_SCHEDULE", "rollupSchedule"),
+                           ("ARCHIVE_SCHEDULE", "archiveSchedule")):
+        default = next(f.default for f in Settings.model_fields.values() if f.alias == setting)
+        assert app_settings()[setting] == param
+        assert fn["parameters"][param]["default"] == default
+        assert parse(MAIN)["parameters"][param]["default"] == default
+        assert parse(MAIN)["modules"]["functionApp"]["config"]["params"][param] == param
+
+
+def storage_output(output: str) -> dict[str, Any]:
+    return {"operator": {"type": "property_accessor", "operands": {"operand_1": "storage", "operand_2": {
+        "operator": {"type": "property_accessor", "operands": {"operand_1": "outputs", "operand_2": output}}}}}}
+
+
+def test_archive_is_reached_with_the_identity_and_refuses_shared_keys() -> None:
+    settings = app_settings()
+    assert settings["STORAGE_ACCOUNT_URL"] == "archiveBlobEndpoint"
+    assert settings["ARCHIVE_CONTAINER"] == "archiveContainerName"
+    assert settings["EXPORT_CONTAINER"] == "exportContainerName"
+    params = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
+    for param, output in (("archiveBlobEndpoint", "blobEndpoint"), ("archiveContainerName", "archiveContainerName"),
+                          ("exportContainerName", "exportContainerName")):
+        assert params[param] == storage_output(output), param
+    account = resource_config(module("storage")["resources"]["storageAccount"])
+    assert account["properties"]["allowSharedKeyAccess"] is False
+    for path in BICEP_FILES:
+        assert "listKeys" not in path.read_text(), f"{path.name} reads an account key"
 
 
 def test_function_app_is_flex_consumption_python_512_mb_every_minute() -> None:
@@ -376,6 +445,15 @@ def test_archive_lifecycle_moves_blobs_to_cool_then_archive() -> None:
     assert set(actions) == {"tierToCool", "tierToArchive"}
     params = module("storage")["parameters"]
     assert params["coolAfterDays"]["default"] < params["archiveAfterDays"]["default"]
+
+
+def test_export_files_outlive_their_longest_link_and_no_more() -> None:
+    rules = resource_config(module("storage")["resources"]["lifecyclePolicy"])["properties"]["policy"]["rules"]
+    exports = [r["definition"] for r in rules if "delete" in r["definition"]["actions"]["baseBlob"]]
+    assert len(exports) == 1 and exports[0]["filters"]["prefixMatch"] == ["${exportContainerName}/"]
+    assert exports[0]["actions"]["baseBlob"]["delete"] == {"daysAfterModificationGreaterThan": "exportRetentionDays"}
+    longest_link_days = max(m.le for m in Settings.model_fields["export_link_ttl_s"].metadata if hasattr(m, "le"))
+    assert module("storage")["parameters"]["exportRetentionDays"]["default"] > longest_link_days / 86400
 
 
 def test_alerts_watch_failures_drain_summaries_and_vm_cpu() -> None:
