@@ -8,6 +8,7 @@ RLS would otherwise hide from it.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -232,3 +233,35 @@ def test_dev_secret_prints_the_maintenance_roles_password(tmp_path):
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "maint-pw\n"
+
+
+def test_the_admin_can_create_and_set_up_the_roles_the_migrations_create(owned, postgres_server):
+    # The test cluster's roles exist already, so the migrations skipped creating them: run their
+    # CREATE ROLE statements (under fresh names) as the admin, and what a deployment does next.
+    statements = re.findall(r"CREATE ROLE (mqtt_saas_\w+) ([A-Z ]+);", "".join(m.text for m in list_migrations()))
+    assert {role for role, _ in statements} == {"mqtt_saas_app", "mqtt_saas_ingest", "mqtt_saas_maintenance"}
+    created = [f"{role}_{uuid.uuid4().hex[:6]}" for role, _ in statements]
+    try:
+        with psycopg.connect(owned.owner_dsn, autocommit=True) as conn:
+            for name, (_, options) in zip(created, statements, strict=True):
+                conn.execute(f"CREATE ROLE {name} {options}")
+                conn.execute(f"ALTER ROLE {name} LOGIN PASSWORD 'x{uuid.uuid4().hex}'")  # scripts/rotate_secrets.py
+                conn.execute(f"GRANT SELECT ON tenants TO {name}")
+    finally:
+        with psycopg.connect(postgres_server.superuser_dsn(owned.name), autocommit=True) as conn:
+            for name in created:
+                conn.execute(f"DROP OWNED BY {name}")
+                conn.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+def test_pg_dump_as_a_non_superuser_owner_needs_row_security_enabled(owned, tmp_path):
+    # FORCE'd RLS applies to the owner: pg_dump's default (row_security off) refuses such tables,
+    # and with --enable-row-security the owner_access policies let it dump every tenant's rows.
+    _new_tenant(owned.app_dsn, "dumped")
+    refused = subprocess.run(["pg_dump", "--data-only", "--table=tenants", f"--dbname={owned.owner_dsn}"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0 and "row-level security" in refused.stderr
+    dumped = subprocess.run(["pg_dump", "--data-only", "--table=tenants", "--enable-row-security",
+                             f"--dbname={owned.owner_dsn}"], capture_output=True, text=True, timeout=60, check=False)
+    assert dumped.returncode == 0, dumped.stderr
+    assert "dumped" in dumped.stdout
