@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from shared.api import reads
+from shared.api.tokens import Principal
 from shared.db import tenant_transaction
 from shared.retention import maintenance_connection
-from shared.rollups import JOB, RAW_TAIL, roll_up, series_points
+from shared.rollups import JOB, roll_up, series_points
 from shared.settings import Settings, settings_from
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -159,8 +161,14 @@ def test_tenant_reads_only_its_own_rollups(maintenance_settings, owner, app_pool
         assert {r["tenant_id"] for r in conn.execute("SELECT tenant_id FROM telemetry_rollup_1m")} == {t1}
         assert {r["tenant_id"] for r in conn.execute("SELECT tenant_id FROM telemetry_rollup_1h")} == {t1}
         # Even naming the other tenant's ids, its rollups stay invisible.
-        assert series_points(conn, t2, d2, "temp", base, NOW, 3600, NOW) == []
-        assert sum(p["count"] for p in series_points(conn, t1, d1, "temp", base, NOW, 3600, NOW)) == 100
+        assert series_points(conn, t2, d2, "temp", base, NOW, 3600) == []
+        assert sum(p["count"] for p in series_points(conn, t1, d1, "temp", base, NOW, 3600) or []) == 100
+        # The app role reads the watermark, and no more of the job's state.
+        assert conn.execute("SELECT watermark FROM rollup_state").fetchone()["watermark"] is not None
+    with tenant_transaction(app_pool, str(t1)) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT updated_at FROM rollup_state")
+    with tenant_transaction(app_pool, str(t1)) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("UPDATE rollup_state SET watermark = now()")
 
 
 SERIES_RAW = """
@@ -173,30 +181,82 @@ GROUP BY 1 ORDER BY 1
 """
 
 
-@pytest.mark.parametrize(("span", "bucket_s"), [
-    (timedelta(hours=5), 60), (timedelta(hours=20), 300), (timedelta(days=2), 3600), (timedelta(days=3), 86400),
-    (timedelta(minutes=30), 60), (timedelta(minutes=10), 60),  # a short body; none (all raw)
-])
-def test_series_from_rollups_equals_the_raw_series(maintenance_settings, owner, app_pool, span, bucket_s):
-    # GIVEN three days of readings every 37 s, rolled up, and more just received (not rolled up yet)
+def raw_series(conn, tenant_id, device_id, start: datetime, end: datetime, bucket_s: int) -> list:
+    return conn.execute(SERIES_RAW, {"tenant_id": tenant_id, "device_id": device_id, "metric": "temp",
+                                     "from": start, "to": end, "bucket": timedelta(seconds=bucket_s)}).fetchall()
+
+
+def month_of_readings(tenant_id, device_id, end: datetime, step_s: int = 97) -> list[tuple]:
+    """30 days and an hour of readings, each received 2 s after its ts (as a device online sends)."""
+    start = end - timedelta(days=30, hours=1)
+    count = int((end - start).total_seconds()) // step_s
+    return [(tenant_id, device_id, "temp", start + timedelta(seconds=step_s * i), i % 2, (i % 40) / 4 - 3, None,
+             start + timedelta(seconds=step_s * i + 2)) for i in range(count)]
+
+
+# (span, bucket): 1 h in minutes, 1 d in 5 minutes (the API's default width for a day), 1 d and
+# 30 d in hours, 30 d in 2 hours (the default for a month)
+SPANS = [(timedelta(hours=1), 60), (timedelta(days=1), 300), (timedelta(days=1), 3600),
+         (timedelta(days=30), 3600), (timedelta(days=30), 7200)]
+
+
+@pytest.mark.parametrize("rollup", ["never_ran", "caught_up", "lagging_with_late_data"])
+def test_series_equals_raw_whether_rollups_never_ran_caught_up_or_lag(maintenance_settings, owner, app_pool,
+                                                                    rollup):
+    # GIVEN a month of readings up to now, and (one more tenant's device, which must never show)
+    now = datetime.now(UTC).replace(microsecond=0)
+    (tenant_id, device_id), (other_t, other_d) = make_device(owner), make_device(owner)
+    insert(owner, month_of_readings(tenant_id, device_id, now) + month_of_readings(other_t, other_d, now, 61))
+    if rollup == "caught_up":
+        # AND the rollup ran to now - lag (the last two minutes are not rolled up)
+        run(maintenance_settings, chunk_s=40 * 86400, now=now)
+    elif rollup == "lagging_with_late_data":
+        # AND the rollup last ran 6 hours ago, then a backlog arrived late: old timestamps inside
+        # rolled-up minutes and hours (a day back, 20 days back, 7 hours back), received after the
+        # watermark, so not in the rollups yet
+        run(maintenance_settings, chunk_s=40 * 86400, now=now - timedelta(hours=6))
+        late = [(tenant_id, device_id, "temp", now - timedelta(days=1, seconds=-13 * i), 100 + i, 7.25 + i,
+                 None, now - timedelta(minutes=3)) for i in range(40)]
+        late += [(tenant_id, device_id, "temp", now - timedelta(days=20, seconds=29), 0, 1000.5, None, now)]
+        late += [(tenant_id, device_id, "temp", now - timedelta(hours=7, seconds=1), 7, -50.0, None, now)]
+        insert(owner, late)
+
+    # WHEN a series is read over each range, with ragged ends, up to now
+    for span, bucket_s in SPANS:
+        end = now + timedelta(seconds=1)
+        start = end - span + timedelta(seconds=7)
+        with tenant_transaction(app_pool, str(tenant_id)) as conn:
+            from_rollups = series_points(conn, tenant_id, device_id, "temp", start, end, bucket_s)
+            points = reads.series_points(conn, Principal(user_id=uuid.uuid4(), tenant_id=tenant_id), device_id,
+                                         "temp", start, end, bucket_s)
+            raw = raw_series(conn, tenant_id, device_id, start, end, bucket_s)
+
+        # THEN it equals the raw aggregation bucket for bucket: no reading lost or counted twice
+        assert points == raw and raw, (span, bucket_s)
+        # AND the rollups answered wherever they had run (raw alone when they never did, or when
+        # the whole range is newer than a lagging watermark)
+        unrolled = rollup == "never_ran" or (rollup == "lagging_with_late_data" and span < timedelta(hours=6))
+        assert (from_rollups is None) == unrolled, (span, bucket_s)
+
+    if rollup == "lagging_with_late_data":
+        # AND once the next run has rolled the late data up, the rollups answer it, still equal to raw
+        run(maintenance_settings, chunk_s=40 * 86400, now=datetime.now(UTC) + timedelta(minutes=2))
+        end = now + timedelta(seconds=1)
+        with tenant_transaction(app_pool, str(tenant_id)) as conn:
+            for span, bucket_s in SPANS:
+                start = end - span + timedelta(seconds=7)
+                assert series_points(conn, tenant_id, device_id, "temp", start, end, bucket_s) == raw_series(
+                    conn, tenant_id, device_id, start, end, bucket_s), (span, bucket_s)
+
+
+def test_series_narrower_than_a_minute_or_before_a_first_run_reads_raw(maintenance_settings, owner, app_pool):
     tenant_id, device_id = make_device(owner)
-    start_of_data = NOW - timedelta(days=3)
-    insert(owner, readings(tenant_id, device_id, start_of_data, 3 * 86400 // 37, NOW - timedelta(hours=1), step_s=37))
+    insert(owner, readings(tenant_id, device_id, NOW - timedelta(hours=3), 300, NOW - timedelta(hours=1), step_s=37))
+    with tenant_transaction(app_pool, str(tenant_id)) as conn:
+        assert series_points(conn, tenant_id, device_id, "temp", NOW - timedelta(hours=3), NOW, 3600) is None
     run(maintenance_settings)
-    insert(owner, readings(tenant_id, device_id, NOW - timedelta(minutes=5), 10, NOW, step_s=13, seq_base=10))
-
-    # WHEN a series is read over a range with ragged ends, up to now
-    end = NOW + timedelta(seconds=1)
-    start = end - span + timedelta(seconds=7)
     with tenant_transaction(app_pool, str(tenant_id)) as conn:
-        points = series_points(conn, tenant_id, device_id, "temp", start, end, bucket_s, NOW)
-        raw = conn.execute(SERIES_RAW, {"tenant_id": tenant_id, "device_id": device_id, "metric": "temp",
-                                        "from": start, "to": end, "bucket": timedelta(seconds=bucket_s)}).fetchall()
-
-    # THEN it equals the raw aggregation, bucket for bucket, or says raw must answer
-    if span <= RAW_TAIL:
-        assert points is None
-    else:
-        assert points == raw and raw
-    with tenant_transaction(app_pool, str(tenant_id)) as conn:
-        assert series_points(conn, tenant_id, device_id, "temp", start, end, 30, NOW) is None
+        assert series_points(conn, tenant_id, device_id, "temp", NOW - timedelta(hours=3), NOW, 30) is None
+        assert series_points(conn, tenant_id, device_id, "temp", NOW - timedelta(hours=3), NOW, 90) is None
+        # A range with no whole minute before the watermark: nothing for the rollups to answer
+        assert series_points(conn, tenant_id, device_id, "temp", NOW - timedelta(seconds=50), NOW, 60) is None
