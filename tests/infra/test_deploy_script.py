@@ -15,6 +15,7 @@ DEPLOY = REPO / "scripts" / "deploy"
 SECRET_VALUES = {
     "DATABASE_URL": "postgresql://mqtt_saas_app:app-secret-1234@db.example.net:5432/mqtt_saas?sslmode=require",
     "INGEST_DATABASE_URL": "postgresql://mqtt_saas_ingest:ingest-secret-5678@db.example.net:5432/mqtt_saas",
+    "MAINTENANCE_DATABASE_URL": "postgresql://mqtt_saas_maintenance:maint-secret-4444@db.example.net:5432/mqtt_saas",
     "MQTT_INGEST_PASSWORD": "broker-ingest-secret-9999",
     "MQTT_PROVISIONER_PASSWORD": "broker-provisioner-secret-8888",
     "MQTT_COMMANDER_PASSWORD": "broker-commander-secret-5555",
@@ -115,6 +116,39 @@ def test_deploy_refuses_a_short_jwt_secret(tmp_path: Path) -> None:
     assert "AUTH_JWT_SECRET is shorter than 32 bytes" in done.stderr
 
 
+def test_deploy_refuses_an_external_provider_with_a_short_secret_and_a_jwks_address(tmp_path: Path) -> None:
+    # GIVEN an external provider configured with both a (short) shared secret and a JWKS address
+    params = parameters(tmp_path, authExternalJwksUri="https://idp.acme.test/.well-known/jwks.json")
+    done = run_deploy(tmp_path, params, ("az", "func", "ssh", "scp"), {**SECRET_VALUES, "AUTH_EXTERNAL_SECRET": "short"})
+    # THEN deploy names both problems (the app would refuse every external token) and calls nothing
+    assert done.returncode == 2
+    assert "AUTH_EXTERNAL_SECRET is shorter than 32 bytes" in done.stderr
+    assert "AUTH_EXTERNAL_SECRET and authExternalJwksUri are both set" in done.stderr
+    assert calls(tmp_path) == ""
+
+
+def test_deploy_passes_the_maintenance_url_and_an_external_secret_only_when_exported(tmp_path: Path) -> None:
+    # GIVEN every secret, first without and then with the external provider's shared secret
+    without = run_deploy(tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"), SECRET_VALUES, "--dry-run")
+    with_external = run_deploy(tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"),
+                               {**SECRET_VALUES, "AUTH_EXTERNAL_SECRET": "e" * 64}, "--dry-run")
+    # THEN the secure parameters file names maintenanceDatabaseUrl always and authExternalSecret only when exported
+    assert without.returncode == 0 and with_external.returncode == 0, without.stderr + with_external.stderr
+    line = next(x for x in without.stdout.splitlines() if "secure parameters" in x)
+    assert "maintenanceDatabaseUrl" in line and "authExternalSecret" not in line
+    line = next(x for x in with_external.stdout.splitlines() if "secure parameters" in x)
+    assert "authExternalSecret" in line
+    assert "e" * 64 not in with_external.stdout + with_external.stderr
+
+
+def test_deploy_refuses_without_the_maintenance_url(tmp_path: Path) -> None:
+    # The maintenance timers (rollups, archive, retention) have no other way to reach the database.
+    env = {k: v for k, v in SECRET_VALUES.items() if k != "MAINTENANCE_DATABASE_URL"}
+    done = run_deploy(tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"), env)
+    assert done.returncode == 2
+    assert "missing parameter maintenanceDatabaseUrl: export MAINTENANCE_DATABASE_URL" in done.stderr
+
+
 def test_deploy_dry_run_prints_every_step_calls_nothing_and_shows_no_secret(tmp_path: Path) -> None:
     # GIVEN every tool, parameter and secret
     # WHEN deploy runs with --dry-run
@@ -168,13 +202,19 @@ def test_the_published_package_holds_the_app_and_nothing_else(tmp_path: Path) ->
     module.stage_package(package, ca)
     # THEN it holds the app, its SQL and the CA where MQTT_CA_FILE points, and none of the local state
     assert sorted(p.name for p in package.iterdir()) == sorted(
-        ["blueprints", "certs", "function_app.py", "host.json", "requirements.txt", "shared", "sql"])
+        ["blueprints", "certs", "dashboard", "function_app.py", "host.json", "requirements.txt", "shared", "sql"])
     assert (package / "certs" / "broker-ca.crt").read_text() == ca.read_text()
+    # the page the app serves at /api/dashboard/, without the tool that copies its vendored libraries
+    assert (package / "dashboard" / "index.html").read_bytes() == (REPO / "dashboard" / "index.html").read_bytes()
+    assert not (package / "dashboard" / "vendor_assets.py").exists()
     assert (package / "sql" / "migrations" / "0001_roles_and_tenancy.sql").exists()
     assert not list(package.rglob("__pycache__"))
     # AND the app imports from it alone (nothing it needs lives in scripts/ or tests/), with its functions registered
     done = subprocess.run([sys.executable, "-P", "-c",
-                           "import function_app; print(len(function_app.app.get_functions()))"],
+                           "import function_app; from shared import dashboard; "
+                           "assert dashboard.ROOT.is_relative_to(__import__('pathlib').Path.cwd()); "
+                           "assert dashboard.find_asset('index.html') is not None; "
+                           "print(len(function_app.app.get_functions()))"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(package)})
     assert done.returncode == 0, done.stderr
