@@ -111,6 +111,9 @@ def test_login_and_operator_functions_see_rows_for_a_non_superuser_owner(owned):
         # THEN the owner can log in, and the operator's listing and plan change see the tenant
         login = app.execute("SELECT user_id, tenant_id, role FROM find_login('acme', 'boss@acme.example')").fetchall()
         assert login == [(owner_id, tenant_id, "owner")]
+        external = app.execute("SELECT user_id, linked FROM find_external_user('acme', 'idp|42', 'boss@acme.example')"
+                               ).fetchall()
+        assert external == [(owner_id, False)]
         listed = app.execute("SELECT slug, users FROM platform_list_tenants(%s, NULL, NULL, 10)",
                              (found[0],)).fetchall()
         assert listed == [("acme", 1)]
