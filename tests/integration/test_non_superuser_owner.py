@@ -268,3 +268,12 @@ def test_pg_dump_as_a_non_superuser_owner_needs_row_security_enabled(owned, tmp_
                              f"--dbname={owned.owner_dsn}"], capture_output=True, text=True, timeout=60, check=False)
     assert dumped.returncode == 0, dumped.stderr
     assert "dumped" in dumped.stdout
+
+
+def test_create_user_script_says_in_one_line_when_the_database_or_tenant_is_wrong(owned):
+    unreachable = "postgresql://nobody:wrong@127.0.0.1:1/nothing?connect_timeout=5"
+    for dsn, tenant, expected in ((unreachable, "shop", "cannot add"), (owned.owner_dsn, "nope", "no tenant")):
+        done = _create_user(dsn, tenant, "x@shop.example")
+        assert done.returncode != 0
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert expected in done.stderr
