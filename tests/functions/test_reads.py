@@ -17,6 +17,9 @@ from shared.db import tenant_transaction
 from shared.ingest import DeviceDirectory, InboundMessage, IngestStore, TimeWindow, prepare_batch, topic_keys
 from shared.payloads import Limits
 from shared.registry import create_device
+from shared.retention import maintenance_connection
+from shared.rollups import roll_up
+from shared.settings import Settings, settings_from
 from tests.support.api import ROLES, call, close_api_pool, export_api_settings, new_tenant, users_of_each_role
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
@@ -311,3 +314,78 @@ def test_admin_ingest_refuses_a_cursor_it_did_not_issue(acme):
     tenant, users, _ = acme
     reply = call("GET", "/api/admin/ingest?cursor=bm9wZQ", token=users["owner"]["token"])
     assert reply.status == 400
+
+
+# --------------------------------------------------------------------------- series from the rollups
+
+
+@pytest.fixture
+def maintenance_settings(database, role_passwords, postgres_server) -> Settings:
+    dsn = (f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}"
+           f"@127.0.0.1:{postgres_server.port}/{database.name}")
+    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
+                          "MAINTENANCE_DATABASE_URL": dsn})
+
+
+def roll_up_as_of(settings: Settings, now: datetime | None = None) -> None:
+    """One rollup run (60 s lag); now: a later clock, to take what arrived within the lag."""
+    with maintenance_connection(settings) as conn:
+        assert roll_up(conn, lag_s=60, chunk_s=40 * 86400, max_past_days=31, time_budget_s=60, now=now).caught_up
+
+
+def insert_received(app_pool, tenant, device_id: int, readings: list[tuple[datetime, float]]) -> None:
+    """Readings as an online device's arrive: each received 2 s after its ts."""
+    with tenant_transaction(app_pool, str(tenant["id"])) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO telemetry (tenant_id, device_id, metric, ts, value, received_at) "
+                        "VALUES (%s, %s, 'temp', %s, %s, %s)",
+                        [(tenant["id"], device_id, ts, value, ts + timedelta(seconds=2)) for ts, value in readings])
+
+
+def assert_series_is(reply, readings: list[tuple[datetime, float]], start: datetime, end: datetime) -> None:
+    assert reply.status == 200, reply.body
+    width = reply.json["bucket_s"]
+    expected = expected_buckets(readings, start, end, width)
+    got = [{**p, "ts": datetime.fromisoformat(p["ts"])} for p in reply.json["points"]]
+    assert [(p["ts"], p["count"], p["min"], p["max"]) for p in got] == \
+        [(p["ts"], p["count"], p["min"], p["max"]) for p in expected]
+    assert all(math.isclose(g["avg"], e["avg"], rel_tol=1e-9, abs_tol=1e-9) for g, e in zip(got, expected, strict=True))
+
+
+def test_series_from_rollups_equals_raw_through_the_api_with_late_data_and_other_tenants(
+        app_pool, acme, maintenance_settings):
+    # GIVEN a month of readings every 5 minutes, another tenant's device with readings at the same
+    # times, and the rollup run over all of it
+    tenant, users, device = acme
+    rng = random.Random(14)
+    now = datetime.now(UTC).replace(microsecond=0)
+    readings = [(now - timedelta(days=30, minutes=5) + timedelta(seconds=300 * i + rng.randint(0, 299)),
+                 round(rng.uniform(-50, 150), 3)) for i in range(30 * 288)]
+    insert_received(app_pool, tenant, device["id"], readings)
+    other = new_tenant(app_pool)
+    theirs = create_device(app_pool, str(other["id"]), "press-01")
+    insert_received(app_pool, other, theirs["id"], [(ts, 1e6) for ts, _ in readings[::7]])
+    roll_up_as_of(maintenance_settings)
+    with tenant_transaction(app_pool, str(tenant["id"])) as conn:
+        assert conn.execute("SELECT count(*) AS n FROM telemetry_rollup_1h").fetchone()["n"] > 0  # type: ignore[index]
+
+    # AND late data received now (after the watermark), with old timestamps inside rolled-up buckets
+    late = [(now - timedelta(days=d, seconds=31), 999.5) for d in (1, 6, 29)]
+    insert_readings(app_pool, tenant, device["id"], "temp", late)
+
+    # WHEN each role reads 1 h, 1 d, 7 d and 30 d THEN every bucket equals raw, late data included
+    end = now + timedelta(seconds=1)
+    for span in (timedelta(hours=1), timedelta(days=1), timedelta(days=7), timedelta(days=30)):
+        start = end - span + timedelta(seconds=11)
+        for role in ROLES:
+            reply = call("GET", series_url(device["id"], "temp", start, end), token=users[role]["token"])
+            assert_series_is(reply, readings + late, start, end)
+
+    # AND the other tenant's device stays 404, its rolled-up readings never in the caller's series
+    reply = call("GET", series_url(theirs["id"], "temp", end - timedelta(days=30), end), token=users["owner"]["token"])
+    assert reply.status == 404 or theirs["id"] == device["id"]
+
+    # WHEN the next run rolls the late data up THEN the series is still exactly raw
+    roll_up_as_of(maintenance_settings, datetime.now(UTC) + timedelta(minutes=2))
+    start = end - timedelta(days=30)
+    assert_series_is(call("GET", series_url(device["id"], "temp", start, end), token=users["viewer"]["token"]),
+                     readings + late, start, end)
