@@ -6,10 +6,15 @@
 Starts a private PostgreSQL in a temporary folder (scripts/localstack, as bench_ingest.py does),
 migrates a database and loads with COPY, in ts order as the drain writes: one device's metric
 `temp` every second for --days days (30: 2,592,000 rows), the same device's `rpm` every 10 s,
---other-devices (3) other devices and another tenant's device every 10 s. Then VACUUM ANALYZE, and for 1 h,
-1 day, 7 days and 30 days ending at the newest reading, times (median of --repeat, milliseconds):
-  series   the endpoint's own query (shared.api.reads.series_points, default cap 500 points), as
-           the app role in tenant_transaction (RLS on);
+--other-devices (3) other devices and another tenant's device every 10 s, each received 2 s after its
+ts. Then VACUUM ANALYZE, the rollup job (shared.rollups.roll_up as the maintenance role, timed) up
+to now - ROLLUP_LAG_S, and for 1 h, 1 day, 7 days and 30 days ending at the newest reading, times
+(median of --repeat, milliseconds):
+  series   the endpoint's own read (shared.api.reads.series_points, default cap 500 points): the
+           rollups where complete (1 d: 5-minute buckets from the 1-minute rollups; 7 d and 30 d:
+           30-minute and 2-hour buckets from the 1-minute and 1-hour ones; 1 h: 10 s buckets, raw),
+           as the app role in tenant_transaction (RLS on);
+  raw      the same buckets from raw alone (series_buckets), as before the rollups;
   api      the whole request through the registered `api` function (token check, user re-read,
            device check, query, JSON);
   naive    the same rows without bucketing: every raw (ts, value) fetched into Python;
@@ -45,11 +50,13 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from localstack import PostgresServer  # noqa: E402
+from shared import rollups  # noqa: E402
 from shared.api import reads  # noqa: E402
 from shared.api.passwords import hash_password  # noqa: E402
 from shared.api.tokens import Principal  # noqa: E402
 from shared.db import create_pool, tenant_transaction  # noqa: E402
 from shared.migrate import apply_migrations  # noqa: E402
+from shared.retention import maintenance_connection  # noqa: E402
 from shared.settings import settings_from  # noqa: E402
 
 RANGES = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -61,6 +68,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cold-repeat", type=int, default=3)
+    parser.add_argument("--rollup-chunk-s", type=int, default=86400,
+                        help="the rollup's chunk (ROLLUP_CHUNK_S is 900 in the app; larger loads faster here)")
     parser.add_argument("--other-devices", type=int, default=3,
                         help="the tenant's other devices, one metric every 10 s each (a fleet: try 49)")
     args = parser.parse_args()
@@ -85,6 +94,15 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
     rows = load(owner_dsn, tenant_id, device_id, start, end, args.other_devices)
     print(f"loaded {rows['month']:,} rows of one metric at 1 s (+{rows['other']:,} other rows) with COPY "
           f"in {time.perf_counter() - t:.1f} s; VACUUM ANALYZE done")
+    t = time.perf_counter()
+    with maintenance_connection(settings, "bench_rollup") as conn:
+        report = rollups.roll_up(conn, lag_s=settings.rollup_lag_s, chunk_s=args.rollup_chunk_s,
+                                 max_past_days=settings.ingest_max_past_days, time_budget_s=3600)
+    print(f"rollup: {report.chunks} chunks of {args.rollup_chunk_s} s, {report.minute_buckets:,} minute and "
+          f"{report.hour_buckets:,} hour buckets in {time.perf_counter() - t:.1f} s; watermark {report.watermark}")
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE telemetry_rollup_1m")
+        conn.execute("VACUUM ANALYZE telemetry_rollup_1h")
     principal = Principal(user_id=user_id, tenant_id=tenant_id)
     api_call = api_caller(env, user_id, tenant_id)
 
@@ -97,11 +115,15 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
         figures[label] = {
             "series": median_ms(lambda f=frm, w=width: series_query(pool, principal, device_id, f, end, w),
                                 args.repeat),
+            "raw": median_ms(lambda f=frm, w=width: raw_query(pool, principal, device_id, f, end, w), args.repeat),
             "api": median_ms(lambda f=frm: api_call(device_id, f, end), args.repeat),
             "naive": median_ms(lambda f=frm: naive_query(pool, tenant_id, device_id, f, end), max(1, args.repeat // 2)),
             "count": median_ms(lambda f=frm: count_query(pool, tenant_id, device_id, f, end), args.repeat),
         }
+        check_equal(series_query(pool, principal, device_id, frm, end, width),
+                    raw_query(pool, principal, device_id, frm, end, width), label)
         print(f"{label:>4}: bucket {width:>5} s, {points:>4} points | series {figures[label]['series']:8.1f} ms | "
+              f"raw only {figures[label]['raw']:8.1f} ms | "
               f"api {figures[label]['api']:8.1f} ms | naive (all raw rows) {figures[label]['naive']:8.1f} ms | "
               f"index-only count {figures[label]['count']:8.1f} ms")
     pool.close()
@@ -120,6 +142,8 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
         figures[label]["cold"] = statistics.median(times)
         print(f"{label:>4}: cold series {figures[label]['cold']:8.1f} ms (median of {len(times)})")
 
+    print("rollups vs raw (series, ms): " + ", ".join(
+        f"{label} {figures[label]['series']:.1f} vs {figures[label]['raw']:.1f}" for label in RANGES))
     print(f"series_bench month_rows={rows['month']} p50_ms_30d={figures['30d']['series']:.0f} "
           f"p50_ms_1d={figures['1d']['series']:.0f} naive_ms_30d={figures['30d']['naive']:.0f}")
 
@@ -128,7 +152,7 @@ def create_database(server: PostgresServer) -> dict[str, str]:
     with psycopg.connect(server.superuser_dsn(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DB)))
     apply_migrations(server.superuser_dsn(DB))
-    passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest")}
+    passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest", "mqtt_saas_maintenance")}
     with psycopg.connect(server.superuser_dsn(), autocommit=True) as conn:
         for role, password in passwords.items():
             conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
@@ -136,6 +160,7 @@ def create_database(server: PostgresServer) -> dict[str, str]:
     return {
         "DATABASE_URL": f"postgresql://mqtt_saas_app:{passwords['mqtt_saas_app']}{where}",
         "INGEST_DATABASE_URL": f"postgresql://mqtt_saas_ingest:{passwords['mqtt_saas_ingest']}{where}",
+        "MAINTENANCE_DATABASE_URL": f"postgresql://mqtt_saas_maintenance:{passwords['mqtt_saas_maintenance']}{where}",
         "AUTH_JWT_SECRET": secrets.token_hex(32),
     }
 
@@ -167,18 +192,19 @@ def load(owner_dsn: str, tenant_id: uuid.UUID, device_id: int, start: datetime, 
                                                   "RETURNING id", (other_tenant,)).fetchone()[0]))  # type: ignore[index]
         epoch_us = int(start.timestamp()) * 1_000_000
         counts = {"month": 0, "other": 0}
-        with conn.cursor() as cur, cur.copy("COPY telemetry (tenant_id, device_id, metric, ts, seq, value) "
-                                            "FROM STDIN") as copy:
+        with conn.cursor() as cur, cur.copy("COPY telemetry (tenant_id, device_id, metric, ts, seq, value, "
+                                            "received_at) FROM STDIN") as copy:
             for chunk_start in range(0, seconds, 3600):
                 lines = []
                 for s in range(chunk_start, min(seconds, chunk_start + 3600)):
                     ts = _ts_text(epoch_us + s * 1_000_000)
-                    lines.append(f"{tenant_id}\t{device_id}\ttemp\t{ts}\t0\t{20 + (s % 600) / 60:.3f}\n")
+                    rcv = _ts_text(epoch_us + (s + 2) * 1_000_000)
+                    lines.append(f"{tenant_id}\t{device_id}\ttemp\t{ts}\t0\t{20 + (s % 600) / 60:.3f}\t{rcv}\n")
                     counts["month"] += 1
                     if s % 10 == 0:
-                        lines.append(f"{tenant_id}\t{device_id}\trpm\t{ts}\t0\t{1000 + s % 97}\n")
+                        lines.append(f"{tenant_id}\t{device_id}\trpm\t{ts}\t0\t{1000 + s % 97}\t{rcv}\n")
                         for tenant, other in others:
-                            lines.append(f"{tenant}\t{other}\ttemp\t{ts}\t0\t{s % 50}\n")
+                            lines.append(f"{tenant}\t{other}\ttemp\t{ts}\t0\t{s % 50}\t{rcv}\n")
                         counts["other"] += 1 + len(others)
                 copy.write("".join(lines))
         conn.execute("INSERT INTO device_metrics (tenant_id, device_id, metric, last_ts, last_value) "
@@ -194,6 +220,24 @@ def _ts_text(us: int) -> str:
 def series_query(pool, principal: Principal, device_id: int, frm: datetime, to: datetime, width: int) -> list:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         return reads.series_points(conn, principal, device_id, "temp", frm, to, width)
+
+
+def check_equal(got: list, raw: list, label: str) -> None:
+    """Same buckets, counts, min and max; avg to rounding (sum/count against avg())."""
+    same = len(got) == len(raw) and all(
+        (g["ts"], g["count"], g["min"], g["max"]) == (r["ts"], r["count"], r["min"], r["max"])
+        and abs(g["avg"] - r["avg"]) <= 1e-9 * max(1.0, abs(r["avg"])) for g, r in zip(got, raw, strict=True))
+    if not same:
+        raise SystemExit(f"{label}: the series read and raw disagree")
+
+
+def raw_query(pool, principal: Principal, device_id: int, frm: datetime, to: datetime, width: int) -> list:
+    from shared.sql import QUERIES
+
+    with tenant_transaction(pool, str(principal.tenant_id)) as conn:
+        return conn.execute(QUERIES["series_buckets"], {
+            "tenant_id": principal.tenant_id, "device_id": device_id, "metric": "temp", "from": frm, "to": to,
+            "bucket": timedelta(seconds=width)}).fetchall()
 
 
 NAIVE = ("SELECT ts, value FROM telemetry WHERE tenant_id = %s AND device_id = %s AND metric = 'temp' "
@@ -268,16 +312,14 @@ def api_caller(env: dict[str, str], user_id: uuid.UUID, tenant_id: uuid.UUID) ->
 
 def cold_series_ms(env: dict[str, str], principal: Principal, device_id: int, frm: datetime, to: datetime,
                    span: timedelta) -> float:
+    """The endpoint's read (rollups where complete) on a fresh connection."""
     from psycopg.rows import dict_row
-
-    from shared.sql import QUERIES
 
     with psycopg.connect(env["DATABASE_URL"], row_factory=dict_row) as conn:
         conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(principal.tenant_id),))
-        params = {"tenant_id": principal.tenant_id, "device_id": device_id, "metric": "temp", "from": frm, "to": to,
-                  "bucket": timedelta(seconds=reads.bucket_width_s(span, reads.SERIES_DEFAULT_POINTS))}
+        width = reads.bucket_width_s(span, reads.SERIES_DEFAULT_POINTS)
         t = time.perf_counter()
-        conn.execute(QUERIES["series_buckets"], params).fetchall()
+        reads.series_points(conn, principal, device_id, "temp", frm, to, width)
         return (time.perf_counter() - t) * 1000
 
 
