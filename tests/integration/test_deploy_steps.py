@@ -84,6 +84,8 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         # The roles are cluster-wide and other tests log in with these passwords: deploy sets the same ones.
         "DATABASE_URL": f"postgresql://mqtt_saas_app:{role_passwords['mqtt_saas_app']}@{where}",
         "INGEST_DATABASE_URL": f"postgresql://mqtt_saas_ingest:{role_passwords['mqtt_saas_ingest']}@{where}",
+        "MAINTENANCE_DATABASE_URL":
+            f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}@{where}",
         "ADMIN_DATABASE_URL": postgres_server.superuser_dsn(fresh_database),
         "MQTT_INGEST_PASSWORD": ingest.password,
         "MQTT_PROVISIONER_PASSWORD": mosquitto_broker.provisioner.password,
@@ -115,7 +117,7 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         with psycopg.connect(env["ADMIN_DATABASE_URL"]) as conn:
             applied = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
         assert applied and applied[0].startswith("0001")
-        for url in (env["DATABASE_URL"], env["INGEST_DATABASE_URL"]):
+        for url in (env["DATABASE_URL"], env["INGEST_DATABASE_URL"], env["MAINTENANCE_DATABASE_URL"]):
             psycopg.connect(url).close()
         assert session_present(mosquitto_broker, ingest.username, ingest.password)
         calls = (tools / "calls.log").read_text()
