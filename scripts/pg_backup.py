@@ -92,11 +92,27 @@ def with_database(url: str, dbname: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", parts.query, parts.fragment))
 
 
+# Tables with FORCE'd row-level security that the connected role would see only part of: it is
+# not superuser or BYPASSRLS, and it is not the owner with the owner_access policy of migration 0012
+# (how Azure's and Supabase's non-superuser admins see every row).
+HIDDEN_TABLES = """
+SELECT n.nspname || '.' || c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity AND c.relforcerowsecurity
+  AND NOT (SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user)
+  AND NOT (pg_has_role(current_user, c.relowner, 'USAGE') AND EXISTS (
+      SELECT FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'owner_access'))
+ORDER BY 1
+"""
+
+
 def require_sees_everything(conn: psycopg.Connection[Any]) -> None:
-    row = conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone()
-    if not row or not row[0]:
-        raise BackupError("the backup role is neither superuser nor BYPASSRLS: with FORCE'd row-level security it "
-                          "would dump and count no tenant's rows (ALTER ROLE ... BYPASSRLS, or use the server admin)")
+    hidden = [name for (name,) in conn.execute(HIDDEN_TABLES).fetchall()]
+    if hidden:
+        raise BackupError("the backup role would dump and count only some rows of "
+                          f"{', '.join(hidden[:5])}{' ...' if len(hidden) > 5 else ''} (FORCE'd row-level security): "
+                          "use the tables' owner (migration 0012 gives it owner_access), a superuser "
+                          "or a BYPASSRLS role")
 
 
 def count_rows(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -151,8 +167,10 @@ def backup(database_url: str, container: Any, prefix: str = DEFAULT_PREFIX,
         with tempfile.TemporaryDirectory(prefix="pg-backup-") as folder:
             dump = Path(folder) / "database.dump"
             target, env = libpq_env(database_url)
+            # --enable-row-security: without it pg_dump refuses a role that RLS binds (the owner on a
+            # managed server); with it, the owner's owner_access policies let every row through.
             subprocess.run([pg_tool("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
-                            f"--file={dump}", f"--dbname={target}"], check=True, env=env)
+                            "--enable-row-security", f"--file={dump}", f"--dbname={target}"], check=True, env=env)
             conn.execute("COMMIT")
             base = f"{prefix}{dbname}/{stamp}"
             manifest = {"database": dbname, "created_at": stamp, "snapshot": snapshot,

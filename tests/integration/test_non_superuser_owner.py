@@ -277,3 +277,33 @@ def test_create_user_script_says_in_one_line_when_the_database_or_tenant_is_wron
         assert done.returncode != 0
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert expected in done.stderr
+
+
+def test_backup_and_restore_drill_run_as_a_non_superuser_owner(owned, azurite_server):
+    from scripts.pg_backup import backup, container_client
+    from scripts.pg_restore_drill import drill
+
+    # GIVEN two tenants' devices and readings, written by the owner (owner_access lets it)
+    with psycopg.connect(owned.owner_dsn, autocommit=True) as conn:
+        conn.execute("SELECT ensure_telemetry_partitions(current_date - 1, current_date + 1)")
+        for slug in ("north", "south"):
+            tenant_id = conn.execute("INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
+                                     (f"{slug}-{uuid.uuid4().hex[:6]}", slug)).fetchone()[0]
+            device_id = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'm1') RETURNING id",
+                                     (tenant_id,)).fetchone()[0]
+            conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, seq, metric, value) "
+                         "SELECT %s, %s, now() - g * interval '1 second', g, 'temp', g FROM generate_series(1, 50) g",
+                         (tenant_id, device_id))
+    container = container_client(f"backups-{uuid.uuid4().hex[:8]}", azurite_server.connection_string, None)
+    try:
+        # WHEN the owner (not superuser, not BYPASSRLS) backs up and runs the drill
+        done = backup(owned.owner_dsn, container)
+        result = drill(owned.owner_dsn, container)
+        # THEN every tenant's rows are in the dump and the restore
+        readings = sum(n for table, n in result.expected.items()
+                       if table.startswith("public.telemetry_2") or table == "public.telemetry_default")
+        assert readings == 100 and result.expected["public.tenants"] == 2
+        assert result.ok and result.restored == result.expected, result.mismatches
+        assert done.manifest_blob == result.manifest_blob
+    finally:
+        container.delete_container()
