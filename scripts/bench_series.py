@@ -126,6 +126,20 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
               f"raw only {figures[label]['raw']:8.1f} ms | "
               f"api {figures[label]['api']:8.1f} ms | naive (all raw rows) {figures[label]['naive']:8.1f} ms | "
               f"index-only count {figures[label]['count']:8.1f} ms")
+    lagging = {}
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE rollup_state SET watermark = watermark - interval '1 day'")
+    for label in ("7d", "30d"):
+        frm = end - RANGES[label]
+        width = reads.bucket_width_s(RANGES[label], reads.SERIES_DEFAULT_POINTS)
+        check_equal(series_query(pool, principal, device_id, frm, end, width),
+                    raw_query(pool, principal, device_id, frm, end, width), label)
+        lagging[label] = median_ms(lambda f=frm, w=width: series_query(pool, principal, device_id, f, end, w),
+                                   args.repeat)
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE rollup_state SET watermark = watermark + interval '1 day'")
+    print("rollup watermark a day behind (the last day from raw, the rest from rollups): "
+          + ", ".join(f"{label} series {ms:.1f} ms" for label, ms in lagging.items()))
     pool.close()
 
     dropped = can_drop_page_cache()
@@ -272,6 +286,7 @@ def explain(pool, principal: Principal, device_id: int, frm: datetime, to: datet
         count_plan = [r["QUERY PLAN"] for r in conn.execute(
             "EXPLAIN " + COUNT, (principal.tenant_id, device_id, frm, to)).fetchall()]  # type: ignore[arg-type]
     scans = [line for line in plan if re.search(r"Scan (?:using \S+ )?on telemetry_", line)]
+    rollup_plan = explain_rollup_read(pool, principal, device_id, frm, to, params["bucket"])
     kinds = {kind: sum(kind + " " in line for line in scans)
              for kind in ("Index Only Scan", "Index Scan", "Bitmap Heap Scan", "Seq Scan")}
     indexes = sorted({m.group(1) for line in scans if (m := re.search(r"using (\S+)", line))})
@@ -280,8 +295,41 @@ def explain(pool, principal: Principal, device_id: int, frm: datetime, to: datet
           + ", ".join(f"{kind}: {n}" for kind, n in kinds.items() if n)
           + (f"; index {indexes[0]}{' ...' if len(indexes) > 1 else ''}" if indexes else "")
           + f"; count: Index Only Scan on {only} partitions")
+    if rollup_plan:
+        nodes = [re.sub(r"\s*\(.*", "", line).strip(" ->") for line in rollup_plan
+                 if re.search(r"Scan (?:using \S+ )?on (telemetry|rollup)", line)]
+        counted: dict[str, int] = {}
+        for node in nodes:
+            key = re.sub(r"telemetry_(\d{8}|default)", "telemetry_<day>", re.sub(r" on (\S+) \S+$", r" on \1", node))
+            counted[key] = counted.get(key, 0) + 1
+        timing = next((line.strip() for line in rollup_plan if line.startswith("Execution Time")), "")
+        print(f"{label:>4} rollup read plan: " + "; ".join(f"{n} x {k}" if n > 1 else k for k, n in counted.items())
+              + f"; {timing}")
     if os.environ.get("BENCH_SERIES_PLAN"):
-        print("\n".join(plan + count_plan))
+        print("\n".join(plan + count_plan + rollup_plan))
+
+
+def explain_rollup_read(pool, principal: Principal, device_id: int, frm: datetime, to: datetime,
+                        bucket: timedelta) -> list[str]:
+    """EXPLAIN ANALYZE of the rollup read the endpoint makes (none when raw answers)."""
+    from shared.sql import QUERIES
+
+    rollup_queries = {QUERIES["series_from_rollup_1m"], QUERIES["series_from_rollup_1h"]}
+    plan: list[str] = []
+
+    class Explaining:
+        def __init__(self, conn) -> None:
+            self.conn = conn
+
+        def execute(self, query, params=None):
+            if query in rollup_queries:
+                plan.extend(r["QUERY PLAN"] for r in self.conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + query, params))
+            return self.conn.execute(query, params)
+
+    with tenant_transaction(pool, str(principal.tenant_id)) as conn:
+        rollups.series_points(Explaining(conn), principal.tenant_id, device_id, "temp", frm, to,  # type: ignore[arg-type]
+                              int(bucket.total_seconds()))
+    return plan
 
 
 def api_caller(env: dict[str, str], user_id: uuid.UUID, tenant_id: uuid.UUID) -> Callable[..., None]:

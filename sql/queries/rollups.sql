@@ -96,12 +96,19 @@ WITH dirty AS (
     WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
       AND ts >= %(body_from)s AND ts < %(body_to)s AND received_at > %(watermark)s AND value IS NOT NULL
 ), parts AS (
+    -- Head and tail apart: an OR of the two ranges would keep every partition (no pruning).
     SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00') AS ts,
            count(value) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
     FROM telemetry
     WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
-      AND ((ts >= %(from)s AND ts < %(body_from)s) OR (ts >= %(body_to)s AND ts < %(to)s))
-      AND value IS NOT NULL
+      AND ts >= %(from)s AND ts < %(body_from)s AND value IS NOT NULL
+    GROUP BY 1
+    UNION ALL
+    SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00'),
+           count(value), sum(value), min(value), max(value)
+    FROM telemetry
+    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+      AND ts >= %(body_to)s AND ts < %(to)s AND value IS NOT NULL
     GROUP BY 1
     UNION ALL
     SELECT date_bin(%(bucket)s::interval, r.bucket, timestamptz '2000-01-01 00:00:00+00'),
@@ -143,12 +150,19 @@ WITH dirty AS (
     WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
       AND ts >= %(body_from)s AND ts < %(body_to)s AND received_at > %(watermark)s AND value IS NOT NULL
 ), parts AS (
+    -- Head and tail apart: an OR of the two ranges would keep every partition (no pruning).
     SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00') AS ts,
            count(value) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
     FROM telemetry
     WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
-      AND ((ts >= %(from)s AND ts < %(body_from)s) OR (ts >= %(body_to)s AND ts < %(to)s))
-      AND value IS NOT NULL
+      AND ts >= %(from)s AND ts < %(body_from)s AND value IS NOT NULL
+    GROUP BY 1
+    UNION ALL
+    SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00'),
+           count(value), sum(value), min(value), max(value)
+    FROM telemetry
+    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
+      AND ts >= %(body_to)s AND ts < %(to)s AND value IS NOT NULL
     GROUP BY 1
     UNION ALL
     SELECT date_bin(%(bucket)s::interval, r.bucket, timestamptz '2000-01-01 00:00:00+00'),
