@@ -28,7 +28,10 @@ UPDATE rollup_state SET watermark = %(watermark)s, updated_at = now() WHERE name
 -- LATERAL: one index range scan (tenant, device, metric, ts) per touched bucket, in the one
 -- partition its ts falls in; a plain join lets the planner sort-merge the whole table.
 WITH touched AS (
-    SELECT DISTINCT tenant_id, device_id, metric, date_trunc('minute', ts) AS bucket
+    -- date_bin, not date_trunc: UTC minutes and hours whatever the session's TimeZone (a zone
+    -- offset by half an hour would shift date_trunc's hours off the series read's buckets).
+    SELECT DISTINCT tenant_id, device_id, metric,
+           date_bin(interval '1 minute', ts, timestamptz '2000-01-01 00:00:00+00') AS bucket
     FROM telemetry
     WHERE received_at > %(from)s AND received_at <= %(to)s AND ts >= %(min_ts)s AND value IS NOT NULL
 )
@@ -47,7 +50,7 @@ CROSS JOIN LATERAL (
 ON CONFLICT (tenant_id, device_id, metric, bucket) DO UPDATE
 SET count = EXCLUDED.count, sum = EXCLUDED.sum, min = EXCLUDED.min, max = EXCLUDED.max,
     last = EXCLUDED.last, last_ts = EXCLUDED.last_ts, last_seq = EXCLUDED.last_seq
-RETURNING date_trunc('hour', r.bucket) AS hour, r.tenant_id, r.device_id, r.metric;
+RETURNING date_bin(interval '1 hour', r.bucket, timestamptz '2000-01-01 00:00:00+00') AS hour, r.tenant_id, r.device_id, r.metric;
 
 -- rollup_hours --
 -- Recomputes the given hour buckets from their minute buckets (which outlive the raw rows).

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from shared.api import reads
 from shared.api.tokens import Principal
@@ -260,3 +261,21 @@ def test_series_narrower_than_a_minute_or_before_a_first_run_reads_raw(maintenan
         assert series_points(conn, tenant_id, device_id, "temp", NOW - timedelta(hours=3), NOW, 90) is None
         # A range with no whole minute before the watermark: nothing for the rollups to answer
         assert series_points(conn, tenant_id, device_id, "temp", NOW - timedelta(seconds=50), NOW, 60) is None
+
+
+def test_rollups_are_utc_minutes_and_hours_whatever_the_session_time_zone(maintenance_settings, owner, app_pool):
+    # GIVEN the rollup job's session in a zone half an hour off UTC
+    tenant_id, device_id = make_device(owner)
+    start = (NOW - timedelta(hours=5)).replace(minute=0, second=0)
+    insert(owner, readings(tenant_id, device_id, start, 400, NOW - timedelta(hours=1), step_s=37))
+    dsn = maintenance_settings.maintenance_database_url.get_secret_value()
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row, options="-c TimeZone=Asia/Kolkata") as conn:
+        assert conn.execute("SHOW TimeZone").fetchone()["TimeZone"] == "Asia/Kolkata"
+        assert roll_up(conn, lag_s=60, chunk_s=900, max_past_days=30, time_budget_s=60.0).caught_up
+
+    # THEN its hour buckets are UTC hours, and the series from them equals raw
+    hours = owner.execute("SELECT DISTINCT extract(minute FROM bucket AT TIME ZONE 'UTC') FROM telemetry_rollup_1h")
+    assert [r[0] for r in hours] == [0]
+    with tenant_transaction(app_pool, str(tenant_id)) as conn:
+        points = series_points(conn, tenant_id, device_id, "temp", start, NOW, 3600)
+        assert points == raw_series(conn, tenant_id, device_id, start, NOW, 3600) and points
