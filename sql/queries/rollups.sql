@@ -130,6 +130,8 @@ WITH dirty AS (
         FROM telemetry AS t
         WHERE t.tenant_id = %(tenant_id)s AND t.device_id = %(device_id)s AND t.metric = %(metric)s
           AND t.ts >= d.bucket AND t.ts < d.bucket + interval '1 minute' AND t.value IS NOT NULL
+          -- the body's bounds again, constants: the plan keeps only the body's partitions
+          AND t.ts >= %(body_from)s AND t.ts < %(body_to)s
     ) AS a
     GROUP BY 1
 )
@@ -184,6 +186,8 @@ WITH dirty AS (
         FROM telemetry AS t
         WHERE t.tenant_id = %(tenant_id)s AND t.device_id = %(device_id)s AND t.metric = %(metric)s
           AND t.ts >= d.bucket AND t.ts < d.bucket + interval '1 hour' AND t.value IS NOT NULL
+          -- the body's bounds again, constants: the plan keeps only the body's partitions
+          AND t.ts >= %(body_from)s AND t.ts < %(body_to)s
     ) AS a
     GROUP BY 1
 )
