@@ -11,7 +11,7 @@ from shared.api.passwords import MIN_PASSWORD_LENGTH
 
 Role = Literal["owner", "staff", "viewer"]
 # Deliberately loose (the database checks one '@' and no spaces): deliverability is not ours to judge.
-Email = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+Email = Field(min_length=3, max_length=254, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$")
 
 
 class Body(BaseModel):
@@ -19,7 +19,8 @@ class Body(BaseModel):
 
 
 class LoginRequest(Body):
-    tenant: str = Field(min_length=1, max_length=63, description="The tenant's slug.", examples=["demo"])
+    tenant: str = Field(min_length=1, max_length=63, pattern=r"^[^\x00-\x1f\x7f]+$", description="The tenant's slug.",
+                        examples=["demo"])
     email: str = Email
     password: str = Field(min_length=1, max_length=1024)
 
