@@ -4,7 +4,9 @@ series and the ingest overview. Every role reads; the ingest overview is for sta
 Each read runs in tenant_transaction with the tenant of the verified token and re-checks the
 caller (users._acting_user), so a deleted user or another tenant's device id reads nothing.
 Latest values and units come from device_metrics and the per-minute ingest counts from
-ingest_minute_counts, both kept by the drain with each batch (sql/migrations/0007).
+ingest_minute_counts, both kept by the drain with each batch (sql/migrations/0007). Series in
+whole minutes or hours come from the rollups where the rollup job's watermark says they are
+complete, and from raw elsewhere (shared/rollups.py); the buckets are the same either way.
 """
 from __future__ import annotations
 
