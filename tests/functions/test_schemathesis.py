@@ -121,7 +121,9 @@ def test_api_conforms_to_its_openapi_document(tenant_world, role, capsys):
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:  # noqa: BLE001 (schemathesis raises exception groups; reported below)
-                failures.setdefault(label, f"{type(exc).__name__}: {str(exc)[:1500]}")
+                # A FlakyFailure's own message says nothing: the failure it saw is its first sub-exception.
+                shown = getattr(exc, "exceptions", None) or [exc]
+                failures.setdefault(label, f"{type(exc).__name__}: {str(exc)[:300]}\n{str(shown[0])[:1500]}")
     with capsys.disabled():
         print(f"\nschemathesis role={role} operations={len(operations)} cases={counter[0]}")
     assert not failures, "\n\n".join(f"{label}:\n{text}" for label, text in sorted(failures.items()))
