@@ -200,3 +200,25 @@ class InvalidTenant(ApiError):
     """The tenant or its owner is not valid (slug, name or email); see the API document for each field's rules."""
 
     status, title, kind = 422, "Unprocessable Content", "invalid-tenant"
+
+
+# --- alerts (issue 13)
+
+class AlertRuleNotFound(NotFound):
+    """There is no such alert rule in your tenant."""
+
+
+class AlertEventNotFound(NotFound):
+    """There is no such alert event in your tenant."""
+
+
+class AlertEventResolved(Conflict):
+    """The alert event is already resolved."""
+
+    kind = "alert-event-resolved"
+
+
+class AlertDeviceNotFound(ApiError):
+    """The rule's device_id names no device of your tenant."""
+
+    status, title, kind = 422, "Unprocessable Content", "alert-device-not-found"
