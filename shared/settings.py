@@ -131,6 +131,9 @@ class Settings(BaseModel):
     platform_jwt_audience: str = Field("mqtt-saas-platform", alias="PLATFORM_JWT_AUDIENCE", min_length=1)
     platform_access_token_ttl_s: int = Field(900, alias="PLATFORM_ACCESS_TOKEN_TTL_S", ge=60, le=3600)
 
+    # --- alerts (issue 13): the alert_evaluator timer's NCRONTAB schedule (second 30: off the drain's minute)
+    alert_schedule: str = Field("30 */1 * * * *", alias="ALERT_SCHEDULE")
+
 
 def settings_from(environ: dict[str, str]) -> Settings:
     try:
