@@ -1,0 +1,174 @@
+-- insert_alert_rule --
+-- A new rule; the plan-limit trigger refuses one over the tenant's max_alert_rules (MQ402).
+INSERT INTO alert_rules (tenant_id, name, kind, scope, device_id, tag, device_type, metric, aggregation, window_s,
+                         operator, value, clear_value, consecutive, no_data_minutes, severity, enabled, created_by)
+VALUES (%(tenant_id)s, %(name)s, %(kind)s, %(scope)s, %(device_id)s, %(tag)s, %(device_type)s, %(metric)s,
+        %(aggregation)s, %(window_s)s, %(operator)s, %(value)s, %(clear_value)s, %(consecutive)s,
+        %(no_data_minutes)s, %(severity)s, %(enabled)s, %(created_by)s)
+RETURNING *
+
+-- update_alert_rule --
+-- Replaces a rule's definition; its per-device state starts over (see delete_alert_rule_state).
+UPDATE alert_rules
+SET name = %(name)s, kind = %(kind)s, scope = %(scope)s, device_id = %(device_id)s, tag = %(tag)s,
+    device_type = %(device_type)s, metric = %(metric)s, aggregation = %(aggregation)s, window_s = %(window_s)s,
+    operator = %(operator)s, value = %(value)s, clear_value = %(clear_value)s, consecutive = %(consecutive)s,
+    no_data_minutes = %(no_data_minutes)s, severity = %(severity)s, enabled = %(enabled)s, updated_at = now()
+WHERE tenant_id = %(tenant_id)s AND id = %(rule_id)s
+RETURNING *
+
+-- delete_alert_rule_state --
+-- A changed rule counts its consecutive breaches afresh.
+DELETE FROM alert_rule_state WHERE tenant_id = %(tenant_id)s AND rule_id = %(rule_id)s
+
+-- get_alert_rule --
+SELECT * FROM alert_rules WHERE tenant_id = %(tenant_id)s AND id = %(rule_id)s
+
+-- delete_alert_rule --
+-- Its state and events go with it (ON DELETE CASCADE).
+DELETE FROM alert_rules WHERE tenant_id = %(tenant_id)s AND id = %(rule_id)s RETURNING id, name
+
+-- list_alert_rules --
+-- Oldest first by (created_at, id), a page at a time.
+SELECT * FROM alert_rules
+WHERE tenant_id = %(tenant_id)s
+  AND (%(after_created_at)s::timestamptz IS NULL OR (created_at, id) > (%(after_created_at)s, %(after_id)s::uuid))
+ORDER BY created_at, id
+LIMIT %(limit)s
+
+-- alert_device_exists --
+SELECT EXISTS (SELECT 1 FROM devices WHERE tenant_id = %(tenant_id)s AND id = %(device_id)s) AS present
+
+-- alert_metric_seen --
+-- Whether any device of the tenant ever sent the metric (a rule on an unseen one only warns).
+SELECT EXISTS (SELECT 1 FROM device_metrics WHERE tenant_id = %(tenant_id)s AND metric = %(metric)s) AS seen
+
+-- list_alert_events --
+-- Newest first by (opened_at, id), optionally one state, severity or device.
+SELECT e.*, r.name AS rule_name, r.kind AS rule_kind, d.name AS device_name
+FROM alert_events e
+JOIN alert_rules r ON r.tenant_id = e.tenant_id AND r.id = e.rule_id
+JOIN devices d ON d.tenant_id = e.tenant_id AND d.id = e.device_id
+WHERE e.tenant_id = %(tenant_id)s
+  AND (%(state)s::text IS NULL OR e.state = %(state)s)
+  AND (%(severity)s::text IS NULL OR e.severity = %(severity)s)
+  AND (%(device_id)s::bigint IS NULL OR e.device_id = %(device_id)s)
+  AND (%(after_opened_at)s::timestamptz IS NULL OR (e.opened_at, e.id) < (%(after_opened_at)s, %(after_id)s::uuid))
+ORDER BY e.opened_at DESC, e.id DESC
+LIMIT %(limit)s
+
+-- get_alert_event_for_update --
+SELECT e.*, r.name AS rule_name, r.kind AS rule_kind, d.name AS device_name
+FROM alert_events e
+JOIN alert_rules r ON r.tenant_id = e.tenant_id AND r.id = e.rule_id
+JOIN devices d ON d.tenant_id = e.tenant_id AND d.id = e.device_id
+WHERE e.tenant_id = %(tenant_id)s AND e.id = %(event_id)s
+FOR NO KEY UPDATE OF e
+
+-- acknowledge_alert_event --
+UPDATE alert_events
+SET state = 'acknowledged', acknowledged_at = now(), acknowledged_by = %(user_id)s,
+    comment = coalesce(%(comment)s, comment)
+WHERE tenant_id = %(tenant_id)s AND id = %(event_id)s
+
+-- resolve_alert_event --
+UPDATE alert_events
+SET state = 'resolved', resolved_at = now(), resolved_by = %(user_id)s, comment = coalesce(%(comment)s, comment)
+WHERE tenant_id = %(tenant_id)s AND id = %(event_id)s
+
+-- alert_tenants_with_rules --
+-- The tenants the evaluator visits (a SECURITY DEFINER function: ids only, see 0013).
+SELECT tenant_id FROM alert_tenants_with_rules()
+
+-- alert_try_lock_tenant --
+-- One evaluation per tenant at a time: an overlapping run skips a tenant another run holds, so two
+-- runs never count the same evaluation twice towards a rule's consecutive breaches.
+SELECT pg_try_advisory_xact_lock(hashtextextended('alert_evaluator:' || %(tenant_id)s::text, 0)) AS locked
+
+-- evaluate_threshold --
+-- Every enabled threshold rule of the tenant against every device in its scope, in one statement:
+-- the aggregate over the rule's window (the telemetry dedup index serves device, metric and time),
+-- whether it breaches, whether it has cleared (hysteresis: no longer past clear_value), and the run
+-- of consecutive breaches. No data in the window: neither breach nor clear ('count' is then 0).
+WITH targets AS (
+    SELECT r.id AS rule_id, d.id AS device_id, r.metric, r.aggregation, r.window_s, r.operator,
+           r.value AS threshold, r.clear_value
+    FROM alert_rules r
+    JOIN devices d ON d.tenant_id = r.tenant_id AND d.enabled
+     AND (r.scope = 'all' OR (r.scope = 'device' AND d.id = r.device_id) OR (r.scope = 'tag' AND r.tag = ANY (d.tags))
+          OR (r.scope = 'type' AND d.type = r.device_type))
+    WHERE r.tenant_id = %(tenant_id)s AND r.enabled AND r.kind = 'threshold'
+), aggregated AS (
+    SELECT t.rule_id, t.device_id, t.operator, t.threshold, t.clear_value,
+           CASE t.aggregation
+               WHEN 'avg' THEN avg(x.value)
+               WHEN 'min' THEN min(x.value)
+               WHEN 'max' THEN max(x.value)
+               WHEN 'count' THEN count(x.value)::double precision
+               ELSE (array_agg(x.value ORDER BY x.ts DESC, x.seq DESC) FILTER (WHERE x.value IS NOT NULL))[1]
+           END AS agg
+    FROM targets t
+    LEFT JOIN telemetry x ON x.tenant_id = %(tenant_id)s AND x.device_id = t.device_id AND x.metric = t.metric
+        AND x.ts > now() - make_interval(secs => t.window_s) AND x.ts <= now() AND x.value IS NOT NULL
+    GROUP BY t.rule_id, t.device_id, t.operator, t.threshold, t.clear_value, t.aggregation
+), judged AS (
+    SELECT rule_id, device_id, agg,
+           coalesce(CASE operator WHEN '>' THEN agg > threshold WHEN '>=' THEN agg >= threshold
+                                  WHEN '<' THEN agg < threshold ELSE agg <= threshold END, false) AS breach,
+           coalesce(NOT CASE operator WHEN '>' THEN agg > clear_value WHEN '>=' THEN agg >= clear_value
+                                      WHEN '<' THEN agg < clear_value ELSE agg <= clear_value END, false) AS cleared
+    FROM aggregated
+)
+INSERT INTO alert_rule_state AS s (tenant_id, rule_id, device_id, breaches, cleared, last_value, evaluated_at)
+SELECT %(tenant_id)s, rule_id, device_id, CASE WHEN breach THEN 1 ELSE 0 END, cleared, agg, now() FROM judged
+ON CONFLICT (tenant_id, rule_id, device_id) DO UPDATE
+SET breaches = CASE WHEN EXCLUDED.breaches = 1 THEN s.breaches + 1 ELSE 0 END,
+    cleared = EXCLUDED.cleared, last_value = EXCLUDED.last_value, evaluated_at = EXCLUDED.evaluated_at
+
+-- evaluate_no_data --
+-- Every enabled no-data rule against every device in its scope, in one statement: silent when its
+-- status topic says offline or nothing arrived for no_data_minutes (a device never seen counts from
+-- its creation); back when neither holds. The value is how long it has been silent, in seconds.
+WITH judged AS (
+    SELECT r.id AS rule_id, d.id AS device_id,
+           (d.status = 'offline' OR coalesce(d.last_seen, d.created_at) < now() - make_interval(mins => r.no_data_minutes))
+               AS breach,
+           extract(epoch FROM now() - coalesce(d.last_seen, d.created_at))::double precision AS silent_s
+    FROM alert_rules r
+    JOIN devices d ON d.tenant_id = r.tenant_id AND d.enabled
+     AND (r.scope = 'all' OR (r.scope = 'device' AND d.id = r.device_id) OR (r.scope = 'tag' AND r.tag = ANY (d.tags))
+          OR (r.scope = 'type' AND d.type = r.device_type))
+    WHERE r.tenant_id = %(tenant_id)s AND r.enabled AND r.kind = 'no_data'
+)
+INSERT INTO alert_rule_state AS s (tenant_id, rule_id, device_id, breaches, cleared, last_value, evaluated_at)
+SELECT %(tenant_id)s, rule_id, device_id, CASE WHEN breach THEN 1 ELSE 0 END, NOT breach, silent_s, now() FROM judged
+ON CONFLICT (tenant_id, rule_id, device_id) DO UPDATE
+SET breaches = CASE WHEN EXCLUDED.breaches = 1 THEN s.breaches + 1 ELSE 0 END,
+    cleared = EXCLUDED.cleared, last_value = EXCLUDED.last_value, evaluated_at = EXCLUDED.evaluated_at
+
+-- open_alert_events --
+-- An event for each (rule, device) evaluated in this transaction with enough consecutive breaches;
+-- one already open or acknowledged stays the only one (the partial unique index), so repeated and
+-- overlapping runs add nothing.
+INSERT INTO alert_events (tenant_id, rule_id, device_id, severity, value)
+SELECT s.tenant_id, s.rule_id, s.device_id, r.severity, s.last_value
+FROM alert_rule_state s
+JOIN alert_rules r ON r.tenant_id = s.tenant_id AND r.id = s.rule_id
+WHERE s.tenant_id = %(tenant_id)s AND s.evaluated_at = now() AND s.breaches >= r.consecutive
+ON CONFLICT (tenant_id, rule_id, device_id) WHERE state <> 'resolved' DO NOTHING
+RETURNING id
+
+-- resolve_cleared_alert_events --
+-- Open and acknowledged events whose condition cleared in this transaction's evaluation; resolved_by
+-- stays NULL (the evaluator, not a user).
+UPDATE alert_events e
+SET state = 'resolved', resolved_at = now()
+FROM alert_rule_state s
+WHERE e.tenant_id = %(tenant_id)s AND s.tenant_id = e.tenant_id AND s.rule_id = e.rule_id
+  AND s.device_id = e.device_id AND e.state <> 'resolved' AND s.evaluated_at = now() AND s.cleared
+RETURNING e.id
+
+-- reset_alert_breaches --
+-- A user resolved the event: the rule counts its N consecutive breaches afresh before opening another.
+UPDATE alert_rule_state SET breaches = 0
+WHERE tenant_id = %(tenant_id)s AND rule_id = %(rule_id)s AND device_id = %(device_id)s
