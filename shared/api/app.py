@@ -12,7 +12,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Query, Response, status
 
-from shared.api import auth, routes_commands, routes_devices, routes_exports, routes_reads, routes_tenancy, users
+from shared.api import (
+    auth,
+    routes_alerts,
+    routes_commands,
+    routes_devices,
+    routes_exports,
+    routes_reads,
+    routes_tenancy,
+    users,
+)
 from shared.api.deps import PREFIX, Caller, Config, Pool, Source, problems
 from shared.api.models import (
     ChangeRoleRequest,
@@ -107,7 +116,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.include_router(router)
-    for module in (routes_devices, routes_commands, routes_reads, routes_tenancy, routes_exports):
+    for module in (routes_devices, routes_commands, routes_reads, routes_tenancy, routes_exports, routes_alerts):
         app.include_router(module.router)
     install_problem_handlers(app)
     return app
