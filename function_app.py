@@ -3,6 +3,7 @@ import logging
 
 import azure.functions as func
 
+from blueprints.alerts import bp as alerts_bp
 from blueprints.api import bp as api_bp
 from blueprints.broker_sync import bp as broker_sync_bp
 from blueprints.dashboard import bp as dashboard_bp
@@ -20,3 +21,4 @@ app.register_functions(api_bp)
 app.register_functions(broker_sync_bp)
 app.register_functions(dashboard_bp)
 app.register_functions(maintenance_bp)
+app.register_functions(alerts_bp)
