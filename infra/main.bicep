@@ -51,6 +51,9 @@ param instanceMemoryMB int = 512
 @description('Optional. NCRONTAB schedule of the drain (INGEST_SCHEDULE).')
 param ingestSchedule string = '0 */1 * * * *'
 
+@description('Optional. NCRONTAB schedule of the alert evaluator (ALERT_SCHEDULE).')
+param alertSchedule string = '30 */1 * * * *'
+
 @description('Optional. NCRONTAB schedule of the rollups (ROLLUP_SCHEDULE).')
 param rollupSchedule string = '0 */5 * * * *'
 
@@ -201,6 +204,7 @@ module functionApp 'modules/functionApp.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     ingestSchedule: ingestSchedule
     rollupSchedule: rollupSchedule
+    alertSchedule: alertSchedule
     archiveSchedule: archiveSchedule
     authExternalIssuer: authExternalIssuer
     authExternalAudience: authExternalAudience

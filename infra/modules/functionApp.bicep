@@ -73,6 +73,9 @@ param ingestSchedule string = '0 */1 * * * *'
 @description('Optional. Time budget of one drain run in seconds (INGEST_TIME_BUDGET_S), below the schedule interval.')
 param ingestTimeBudgetSeconds int = 50
 
+@description('Optional. NCRONTAB schedule of the alert evaluator timer (ALERT_SCHEDULE); the host cannot index the timer without it.')
+param alertSchedule string = '30 */1 * * * *'
+
 @description('Optional. NCRONTAB schedule of the rollup timer (ROLLUP_SCHEDULE); the host cannot index the timer without it.')
 param rollupSchedule string = '0 */5 * * * *'
 
@@ -370,6 +373,10 @@ var appSettings = [
   {
     name: 'ROLLUP_SCHEDULE'
     value: rollupSchedule
+  }
+  {
+    name: 'ALERT_SCHEDULE'
+    value: alertSchedule
   }
   {
     name: 'ROLLUP_TIME_BUDGET_S'
