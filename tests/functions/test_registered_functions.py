@@ -12,7 +12,8 @@ from tests.support.devices import registered_functions
 
 
 def test_function_app_registers_exactly_the_expected_functions():
-    assert sorted(registered_functions()) == ["api", "blob_archiver", "broker_sync", "dashboard_page", "health",
+    assert sorted(registered_functions()) == ["alert_evaluator", "api", "blob_archiver", "broker_sync", "dashboard_page",
+                                             "health",
                                              "mqtt_ingest", "telemetry_rollup"]
 
 

@@ -101,6 +101,37 @@ def anyone(status: int) -> dict[str, int]:
     return dict.fromkeys(CALLERS, status)
 
 
+NO_DATA_RULE = {"name": "Silent", "kind": "no_data", "no_data_minutes": 10}
+
+
+def _new_alert_rule(c: Context) -> str:
+    reply = call("POST", "/api/alerts/rules", NO_DATA_RULE, token=c.tokens["owner"])
+    assert reply.status == 201, reply.body
+    return str(reply.json["id"])
+
+
+def _alert_rule(c: Context) -> str:
+    if "alert_rule" not in c.cache:
+        c.cache["alert_rule"] = _new_alert_rule(c)
+    return str(c.cache["alert_rule"])
+
+
+def _new_alert_event(c: Context) -> str:
+    """An open event (written as the owner: the evaluator's own events are tests/integration's)."""
+    with psycopg.connect(c.database.owner_dsn, autocommit=True) as conn:
+        row = conn.execute("INSERT INTO alert_events (tenant_id, rule_id, device_id, severity) "
+                           "VALUES (%s, %s, %s, 'warning') RETURNING id",
+                           (c.tenant["id"], _new_alert_rule(c), c.new_device())).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _alert_event(c: Context) -> str:
+    if "alert_event" not in c.cache:
+        c.cache["alert_event"] = _new_alert_event(c)
+    return str(c.cache["alert_event"])
+
+
 OWNER = ("owner",)
 STAFF_UP = ("owner", "staff")
 EVERY_ROLE = ("owner", "staff", "viewer")
@@ -164,6 +195,23 @@ ROWS: dict[tuple[str, str], Row] = {
     # --- exports: owners and staff
     ("POST", "/api/exports"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
         "/api/exports", {"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z", "format": "csv"})),
+    # --- alerts: staff and owners write, every role reads
+    ("GET", "/api/alerts/rules"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/alerts/rules")),
+    ("POST", "/api/alerts/rules"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
+        "/api/alerts/rules", {"name": "Too hot", "kind": "threshold", "metric": "temperature", "aggregation": "avg",
+                              "window_s": 300, "operator": ">", "value": 80, "clear_value": 75})),
+    ("GET", "/api/alerts/rules/{rule_id}"): Row(allowed(*EVERY_ROLE), lambda c: Request(
+        f"/api/alerts/rules/{_alert_rule(c)}")),
+    ("PUT", "/api/alerts/rules/{rule_id}"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/alerts/rules/{_alert_rule(c)}", {**NO_DATA_RULE, "severity": "critical"})),
+    ("DELETE", "/api/alerts/rules/{rule_id}"): Row(allowed(*STAFF_UP, ok=204), lambda c: Request(
+        f"/api/alerts/rules/{_new_alert_rule(c)}")),
+    ("GET", "/api/alerts/events"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/alerts/events?state=open")),
+    ("POST", "/api/alerts/events/{event_id}/acknowledge"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/alerts/events/{_alert_event(c)}/acknowledge", {"comment": "on it"})),
+    ("POST", "/api/alerts/events/{event_id}/resolve"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/alerts/events/{_new_alert_event(c)}/resolve", {"comment": "fixed"})),
+    ("POST", "/api/alerts/evaluate"): Row(allowed(*STAFF_UP), lambda c: Request("/api/alerts/evaluate")),
     # --- the platform operator: only an operator's token
     ("POST", "/api/platform/auth/login"): Row(anyone(200), lambda c: Request(
         "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
