@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Benchmarks the alert evaluator (issue 13 §5): one set-based run over every tenant against a naive
+per-device loop over the same rules.
+
+    .venv/bin/python scripts/bench_alerts.py [--tenants 100] [--devices 10000] [--hours 24]
+
+Starts a private PostgreSQL (with Mosquitto and Azurite, unused) in a temporary folder, makes
+--tenants tenants sharing --devices devices, one 'temperature' reading per device and minute for
+--hours hours (written as the owner, generate_series), a tenth of the devices silent for the last
+hour, and per tenant 3 threshold rules (avg/max/last over 1-10 minutes) and 3 no-data rules
+(N = 1, so one run opens every event due). Anomaly rules are not implemented yet.
+  eval   shared.alerts.evaluate_rules as the app role (one statement per rule kind per tenant);
+  naive  the same rules, one query per (rule, device) as the app role, the comparison in Python,
+         in one read-only transaction per tenant, right after the evaluation.
+Both must find the same (rule, device) pairs. The last line is machine-readable:
+alerts_bench eval_s=<seconds> naive_s=<seconds> ratio=<naive/eval> events=<n>
+"""
+from __future__ import annotations
+
+import argparse
+import operator as op
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+
+import psycopg  # noqa: E402
+
+from localstack import LocalStack  # noqa: E402
+
+OPS = {">": op.gt, ">=": op.ge, "<": op.lt, "<=": op.le}
+THRESHOLDS = [("avg", 600, ">", 60.0), ("max", 3600, ">", 99.5), ("last", 3600, "<", 2.0)]
+NO_DATA_MINUTES = [10, 30, 60]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--devices", type=int, default=10000)
+    parser.add_argument("--hours", type=int, default=24)
+    args = parser.parse_args()
+    per_tenant = max(1, args.devices // args.tenants)
+    with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp, LocalStack(tmp) as stack:
+        env = stack.create_app_database("bench") | {"AUTH_JWT_SECRET": uuid.uuid4().hex * 2}
+        os.environ.update(env)
+        owner_dsn = stack.postgres.superuser_dsn("bench")
+        from shared.alerts import evaluate_rules
+        from shared.db import get_pool, tenant_transaction
+
+        started = time.monotonic()
+        with psycopg.connect(owner_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO tenants (slug, name, plan) SELECT 'bench-' || g, 'Bench ' || g, 'industrial'"
+                         " FROM generate_series(1, %s) g", (args.tenants,))
+            conn.execute("INSERT INTO devices (tenant_id, name) SELECT t.id, 'd-' || g FROM tenants t,"
+                         " generate_series(1, %s) g", (per_tenant,))
+            # one reading a minute; a tenth of the devices stop an hour ago
+            conn.execute(
+                "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value)"
+                " SELECT d.tenant_id, d.id, m, 'temperature', random() * 100"
+                " FROM devices d, generate_series(date_trunc('minute', now()) - make_interval(hours => %s),"
+                "                                 date_trunc('minute', now()), interval '1 minute') m"
+                " WHERE d.id %% 10 <> 0 OR m < now() - interval '1 hour'", (args.hours,))
+            conn.execute("UPDATE devices d SET status = 'online', last_seen = CASE WHEN d.id % 10 = 0"
+                         " THEN now() - interval '1 hour' ELSE date_trunc('minute', now()) END")
+            for aggregation, window_s, operator, value in THRESHOLDS:
+                conn.execute(
+                    "INSERT INTO alert_rules (tenant_id, name, kind, scope, metric, aggregation, window_s, operator,"
+                    " value, clear_value) SELECT id, %s, 'threshold', 'all', 'temperature', %s, %s, %s, %s, %s"
+                    " FROM tenants", (f"{aggregation} {operator} {value}", aggregation, window_s, operator, value,
+                                      value))
+            for minutes in NO_DATA_MINUTES:
+                conn.execute("INSERT INTO alert_rules (tenant_id, name, kind, scope, no_data_minutes)"
+                             " SELECT id, %s, 'no_data', 'all', %s FROM tenants", (f"silent {minutes}m", minutes))
+            conn.execute("VACUUM ANALYZE")
+            readings = conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]  # type: ignore[index]
+            tenants = [str(row[0]) for row in conn.execute("SELECT id FROM tenants ORDER BY id")]
+        print(f"setup: {args.tenants} tenants, {per_tenant * args.tenants} devices, {readings} readings, "
+              f"{6 * args.tenants} rules in {time.monotonic() - started:.1f}s", flush=True)
+
+        pool = get_pool()
+        pool.wait(30)
+
+        def naive() -> set[tuple[str, int]]:
+            fired: set[tuple[str, int]] = set()
+            for tenant_id in tenants:
+                with tenant_transaction(pool, tenant_id) as conn:
+                    rules = conn.execute("SELECT * FROM alert_rules WHERE enabled").fetchall()
+                    devices = conn.execute("SELECT id, status, last_seen, created_at FROM devices"
+                                           " WHERE enabled").fetchall()
+                    now = conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
+                    for rule in rules:
+                        for device in devices:
+                            if rule["kind"] == "no_data":
+                                seen = device["last_seen"] or device["created_at"]
+                                breach = device["status"] == "offline" or (now - seen).total_seconds() > \
+                                    60 * rule["no_data_minutes"]
+                            else:
+                                rows = conn.execute(
+                                    "SELECT value FROM telemetry WHERE tenant_id = %s AND device_id = %s"
+                                    " AND metric = %s AND ts > now() - make_interval(secs => %s) AND ts <= now()"
+                                    " AND value IS NOT NULL ORDER BY ts DESC, seq DESC",
+                                    (tenant_id, device["id"], rule["metric"], rule["window_s"])).fetchall()
+                                values = [row["value"] for row in rows]
+                                agg = None if not values else {
+                                    "avg": lambda v: sum(v) / len(v), "min": min, "max": max,
+                                    "last": lambda v: v[0], "count": len}[rule["aggregation"]](values)
+                                breach = agg is not None and OPS[rule["operator"]](agg, rule["value"])
+                            if breach:
+                                fired.add((str(rule["id"]), device["id"]))
+            return fired
+
+        started = time.monotonic()
+        report = evaluate_rules(pool)
+        eval_s = time.monotonic() - started
+
+        started = time.monotonic()
+        expected = naive()
+        naive_s = time.monotonic() - started
+        with psycopg.connect(owner_dsn) as conn:
+            got = {(str(r), int(d)) for r, d in conn.execute("SELECT rule_id, device_id FROM alert_events")}
+        print(f"eval: tenants={report.tenants} evaluated={report.evaluated} opened={report.opened} "
+              f"failed={len(report.failed)}; naive found {len(expected)}, same events: {got == expected}", flush=True)
+        if got != expected:
+            print(f"differ: only eval {len(got - expected)}, only naive {len(expected - got)}", flush=True)
+        print(f"alerts_bench eval_s={eval_s:.3f} naive_s={naive_s:.3f} ratio={naive_s / eval_s:.1f} events={len(got)}")
+
+
+if __name__ == "__main__":
+    main()
