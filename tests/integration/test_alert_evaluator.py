@@ -4,6 +4,7 @@ clears with hysteresis), no-data fires and clears, overlapping runs never duplic
 tenant's rules never see another's devices."""
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -248,3 +249,27 @@ def test_a_tenants_rules_never_see_another_tenants_devices(app_pool, plant):
     report = evaluate_rules(app_pool)
     assert report.failed == []
     assert events(app_pool, tenant_b) == [] and events(app_pool, tenant_a) == []
+
+
+def test_the_registered_alert_evaluator_timer_runs_every_tenant(monkeypatch, database, app_pool, plant):
+    # GIVEN a hot device and a rule that fires at once, and the app's settings for this database
+    import azure.functions as func
+
+    from tests.support.api import close_api_pool, export_api_settings
+    from tests.support.devices import registered_functions
+
+    tenant, device = plant
+    add_rule(app_pool, tenant, **{**THRESHOLD, "consecutive": 1})
+    read(app_pool, tenant, device, 99.0)
+    export_api_settings(monkeypatch, database)
+    try:
+        # WHEN the registered timer function runs, as the host would call it
+        function = registered_functions()["alert_evaluator"]
+        function.get_user_function()(func.timer.TimerRequest(past_due=False))
+    finally:
+        close_api_pool()
+    # THEN the event is open, and the binding is the configured schedule, never on startup
+    assert [e["state"] for e in events(app_pool, tenant)] == ["open"]
+    [binding] = json.loads(function.get_function_json())["bindings"]
+    assert binding == {"type": "timerTrigger", "direction": "IN", "name": "timer", "schedule": "%ALERT_SCHEDULE%",
+                       "runOnStartup": False, "useMonitor": True}
