@@ -36,7 +36,14 @@ from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
 from shared.api.auth import audit
-from shared.api.errors import CommandNotDelivered, CommandRefused, CommandTooLarge, DeviceDisabled, DeviceNotFound
+from shared.api.errors import (
+    CommandArgsInvalid,
+    CommandNotDelivered,
+    CommandRefused,
+    CommandTooLarge,
+    DeviceDisabled,
+    DeviceNotFound,
+)
 from shared.api.pagination import decode_cursor, page_of
 from shared.api.tokens import Principal
 from shared.api.users import _acting_user
@@ -50,6 +57,18 @@ log = logging.getLogger(__name__)
 
 # A command is a small instruction, not a file transfer: well under a constrained device's buffer.
 MAX_ARGS_BYTES = 4096
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
 ACK_METRIC, RESULT_METRIC = "cmd_ack", "cmd_result"
 
 
@@ -229,8 +248,11 @@ def send_command(pool: DictPool, settings: Settings, principal: Principal, devic
                  args: dict[str, Any], source: str) -> dict[str, Any]:
     """Records, audits and publishes one command (staff, owners); the command as recorded after the publish.
     Raises CommandNotDelivered/CommandRefused (after recording the failure) when the broker did not take it."""
-    if len(json.dumps(args, separators=(",", ":")).encode()) > MAX_ARGS_BYTES:
+    encoded = json.dumps(args, separators=(",", ":"))
+    if len(encoded.encode()) > MAX_ARGS_BYTES:
         raise CommandTooLarge()
+    if _holds_nul(args):  # jsonb cannot hold NUL: PostgreSQL would refuse the record
+        raise CommandArgsInvalid()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         _acting_user(conn, principal, "owner", "staff")
         target = conn.execute(QUERIES["command_target"], {"tenant_id": principal.tenant_id,

@@ -149,6 +149,12 @@ class CommandTooLarge(ApiError):
     status, title, kind = 422, "Unprocessable Content", "command-too-large"
 
 
+class CommandArgsInvalid(ApiError):
+    """The command's args may not contain the NUL character (\\u0000) in a key or a string."""
+
+    status, title, kind = 422, "Unprocessable Content", "command-args-invalid"
+
+
 class CommandNotDelivered(ApiError):
     """The broker cannot be reached: the command was recorded as failed and not sent; try again shortly."""
 

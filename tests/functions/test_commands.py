@@ -180,7 +180,10 @@ def test_disabled_device_is_a_conflict(database, fleet):
 
 def test_invalid_commands_are_refused_before_anything_is_recorded(database, fleet):
     too_large = {"name": "set_point", "args": {"blob": "x" * 5000}}
-    for body, kind in [(too_large, "command-too-large"), ({"name": "Set Point!"}, None),
+    nul_key = {"name": "xg", "args": {"\u0000\u0018": [], "": {}}}  # found by schemathesis: was a 500
+    nul_value = {"name": "xg", "args": {"v": ["ok", {"deep": "a\u0000b"}]}}
+    for body, kind in [(too_large, "command-too-large"), (nul_key, "command-args-invalid"),
+                       (nul_value, "command-args-invalid"), ({"name": "Set Point!"}, None),
                        ({"name": "set_point", "args": [1, 2]}, None), ({"name": "x", "extra": 1}, None)]:
         reply = send(fleet, body)
         assert reply.status == 422, (body, reply.body)
