@@ -186,6 +186,9 @@ def verify_external_token(settings: Settings, token: str) -> ExternalIdentity:
     if role is not None and role not in ROLES:
         # A role we do not know cannot be narrowed to; refusing is safer than ignoring it.
         raise Unauthenticated()
+    if claims.get("email_verified") is False:
+        # An address the provider has not verified must not link an account: anyone could claim it.
+        email = None
     return ExternalIdentity(tenant, subject, email if isinstance(email, str) and email else None, role)
 
 

@@ -250,6 +250,15 @@ def test_external_token_maps_to_our_user_and_links_the_subject(secret_api, datab
     assert me(token).status == 200  # and again, through the link
 
 
+def test_an_unverified_email_links_no_one(secret_api, database, owner):
+    # GIVEN a provider token with the owner's email, which the provider says it has not verified
+    claims = theirs(owner, str(uuid.uuid4()))
+    claims["email_verified"] = False
+    # WHEN it is presented THEN it is refused and links nothing
+    assert_refused(me(jwt.encode(claims, EXT_SECRET, algorithm="HS256")))
+    assert query(database, "SELECT external_subject FROM users WHERE id = %(id)s", {"id": owner["id"]}) == [(None,)]
+
+
 def test_external_tenant_claim_may_name_the_tenant_by_id(secret_api, owner):
     claims = theirs(owner)
     claims["app_metadata"]["tenant"] = str(owner["tenant"]["id"])
