@@ -55,6 +55,8 @@ export async function renderDevice(ctx, id) {
   const charts = h('div', { class: 'charts' });
   const commands = h('div', { class: 'commands' });
   const commandList = h('ul', { class: 'command-list' });
+  const historyList = h('ul', { class: 'status-history' });
+  const hasHistory = offers('GET', '/api/devices/{device_id}/status-history');
   let commandFormShown = false;
   const message = h('div', { class: 'message' });
   const rangeButtons = h('div', { class: 'ranges', role: 'group', 'aria-label': t('range') },
@@ -210,6 +212,18 @@ export async function renderDevice(ctx, id) {
     } catch (e) { replace(commandList, errorText(e)); }
   }
 
+  async function drawHistory() {
+    if (!hasHistory) return;
+    try {
+      const data = await api('GET', `/api/devices/${device.id}/status-history?limit=10`);
+      const rows = data.items || [];
+      replace(historyList, rows.length ? rows.map((c) => h('li', {},
+        statusBadge(c.status), ' ',
+        h('span', { class: 'muted small', text: formatDate(c.at) })))
+        : h('li', { class: 'muted', text: t('status_never_seen') }));
+    } catch (e) { replace(historyList, errorText(e)); }
+  }
+
   function buildCommandForm() {
     const error = h('p', { class: 'error', role: 'alert' });
     const form = h('form', { class: 'inline-form', 'aria-label': t('send_command') },
@@ -239,7 +253,7 @@ export async function renderDevice(ctx, id) {
   replace(ctx.main, head, slot, message,
     section('latest_values', values),
     h('section', { class: 'card' }, h('div', { class: 'section-head' }, h('h2', { text: t('charts') }), rangeButtons), charts),
-    section('status_history', unavailable(t('status_history'))),
+    section('status_history', hasHistory ? historyList : unavailable(t('status_history'))),
     section('commands', commands));
 
   async function refresh() {
@@ -249,7 +263,7 @@ export async function renderDevice(ctx, id) {
       if (!slot.childElementCount) drawHead(device);
       latest = await latestValues(device.id).catch(() => null);
       drawValues();
-      await Promise.all([drawCharts(), drawCommands()]);
+      await Promise.all([drawCharts(), drawCommands(), drawHistory()]);
     } catch (e) { replace(message, errorText(e)); }
   }
 
@@ -257,6 +271,6 @@ export async function renderDevice(ctx, id) {
   window.addEventListener('resize', onResize);
   latest = await latestValues(device.id).catch(() => null);
   drawValues();
-  await Promise.all([drawCharts(), drawCommands()]);
+  await Promise.all([drawCharts(), drawCommands(), drawHistory()]);
   return { refresh, dispose() { window.removeEventListener('resize', onResize); for (const p of plots) p.destroy(); } };
 }

@@ -131,21 +131,38 @@ def series_points(conn: DictConnection, principal: Principal, device_id: int, me
 
 # -- ingest overview -----------------------------------------------------------------------------------------------
 
-def encode_dead_letter_cursor(dead_letter_id: int) -> str:
-    return base64.urlsafe_b64encode(f"dl:{dead_letter_id}".encode()).decode().rstrip("=")
+def encode_dead_letter_cursor(dead_letter_id: int, kind: str = "dl") -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{dead_letter_id}".encode()).decode().rstrip("=")
 
 
-def decode_dead_letter_cursor(cursor: str | None) -> int | None:
+def decode_dead_letter_cursor(cursor: str | None, kind: str = "dl") -> int | None:
+    """The id a page of newest-first rows continues before; kind keeps one list's cursor out of another."""
     if cursor is None:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, number = raw.partition(":")
-        if prefix != "dl" or not number.isdigit():
+        if prefix != kind or not number.isdigit():
             raise ValueError(raw)
         return int(number)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidCursor() from None
+
+
+# -- status history ------------------------------------------------------------------------------------------------
+
+def status_history(pool: DictPool, principal: Principal, device_id: int, cursor: str | None,
+                   limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The device's status changes, newest first, as the drain recorded them."""
+    before_id = decode_dead_letter_cursor(cursor, "sh")
+    with tenant_transaction(pool, str(principal.tenant_id)) as conn:
+        _acting_user(conn, principal)
+        _require_device(conn, principal, device_id)
+        rows = conn.execute(QUERIES["status_history"], {
+            "tenant_id": principal.tenant_id, "device_id": device_id, "before_id": before_id,
+            "limit": limit + 1}).fetchall()
+    next_cursor = encode_dead_letter_cursor(rows[limit - 1]["id"], "sh") if len(rows) > limit else None
+    return rows[:limit], next_cursor
 
 
 def ingest_overview(pool: DictPool, principal: Principal, *, minutes: int, quiet_minutes: int, cursor: str | None,

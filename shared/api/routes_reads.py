@@ -125,6 +125,28 @@ def get_latest(device_id: DeviceId, db: Pool, caller: Caller) -> Latest:
     return Latest(device_id=device_id, metrics=[LatestValue(**row) for row in reads.latest(db, caller, device_id)])
 
 
+class StatusChange(BaseModel):
+    status: Literal["never_seen", "online", "offline"]
+    previous: Literal["never_seen", "online", "offline"] | None
+    at: datetime
+
+
+class StatusHistory(BaseModel):
+    device_id: int
+    items: list[StatusChange]
+    next_cursor: str | None = None
+
+
+@router.get("/devices/{device_id}/status-history", responses=problems(400, 401, 404, 422))
+def get_status_history(device_id: DeviceId, db: Pool, caller: Caller,
+                       cursor: Annotated[str | None, Query(max_length=200)] = None,
+                       limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> StatusHistory:
+    """The device's status changes (never seen, online, offline), newest first, as the drain saw them (every role)."""
+    rows, next_cursor = reads.status_history(db, caller, device_id, cursor, limit)
+    return StatusHistory(device_id=device_id, items=[StatusChange(**{k: row[k] for k in ("status", "previous", "at")})
+                                                     for row in rows], next_cursor=next_cursor)
+
+
 @router.get("/fleet", responses=problems(401))
 def get_fleet(db: Pool, caller: Caller) -> Fleet:
     """How many of the tenant's devices are online, offline, never seen, disabled (every role)."""

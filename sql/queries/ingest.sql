@@ -26,14 +26,22 @@ INSERT INTO dead_letters (tenant_id, device_id, topic, reason, detail, payload, 
 VALUES (%(tenant_id)s, %(device_id)s, %(topic)s, %(reason)s, %(detail)s, %(payload)s, %(payload_bytes)s)
 
 -- update_presence --
--- last_seen only moves forward; status_changed_at moves only when the status does.
-UPDATE devices AS d
-SET last_seen = greatest(d.last_seen, v.last_seen),
-    status = v.status,
-    status_changed_at = CASE WHEN d.status = v.status THEN d.status_changed_at ELSE now() END
-FROM unnest(%(tenant_ids)s::uuid[], %(device_ids)s::bigint[],
-            %(last_seen)s::timestamptz[], %(statuses)s::text[]) AS v (tenant_id, device_id, last_seen, status)
-WHERE d.tenant_id = v.tenant_id AND d.id = v.device_id
+-- last_seen only moves forward; status_changed_at moves only when the status does, and each change
+-- is appended to device_status_history. `o` is the row as the statement found it (a self-join sees
+-- the old values), so the history knows what the status was.
+WITH changed AS (
+    UPDATE devices AS d
+    SET last_seen = greatest(d.last_seen, v.last_seen),
+        status = v.status,
+        status_changed_at = CASE WHEN d.status = v.status THEN d.status_changed_at ELSE now() END
+    FROM unnest(%(tenant_ids)s::uuid[], %(device_ids)s::bigint[],
+                %(last_seen)s::timestamptz[], %(statuses)s::text[]) AS v (tenant_id, device_id, last_seen, status),
+         devices AS o
+    WHERE d.tenant_id = v.tenant_id AND d.id = v.device_id AND o.tenant_id = d.tenant_id AND o.id = d.id
+    RETURNING d.tenant_id, d.id, d.status, o.status AS previous
+)
+INSERT INTO device_status_history (tenant_id, device_id, status, previous)
+SELECT tenant_id, id, status, previous FROM changed WHERE status IS DISTINCT FROM previous
 
 -- resolve_devices --
 -- Topic names (tenant slug, device name) to ids, for the devices a batch mentions.

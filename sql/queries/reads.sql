@@ -92,3 +92,13 @@ WHERE d.tenant_id = %(tenant_id)s AND d.enabled
        OR (d.last_seen IS NULL AND dl.dead_letters > 0))
 ORDER BY d.last_seen NULLS FIRST, d.id
 LIMIT %(limit)s
+
+-- status_history --
+-- One device's status changes, newest first, before the cursor's id if given (ids grow with time:
+-- one drain writes at a time).
+SELECT id, status, previous, at
+FROM device_status_history
+WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s::bigint)
+ORDER BY id DESC
+LIMIT %(limit)s

@@ -182,6 +182,9 @@ def test_fleet_and_device_page_show_readings_from_the_database(stack, page_for, 
     stored = sorted(row[0] for row in query(database, "SELECT value FROM telemetry WHERE metric = 'temp'"))
     assert charted == stored == [20.0, 21.0, 22.0, 23.0, 24.0, 25.0]
     assert page.locator(".reading[data-metric=door_open] .value").inner_text() == "no"
+    # AND the status history shows the drain's one change (never seen -> online), as text
+    page.locator(".status-history li .status-online").wait_for()
+    assert page.locator(".status-history li").count() == 1
     assert page.errors == []
     assert layout_shift(page) < 0.02
     page.screenshot(path=str(screenshots / "device.png"), full_page=True)

@@ -184,6 +184,8 @@ ROWS: dict[tuple[str, str], Row] = {
     # --- reads
     ("GET", "/api/devices/{device_id}/latest"): Row(allowed(*EVERY_ROLE), lambda c: Request(
         f"/api/devices/{c.device()}/latest")),
+    ("GET", "/api/devices/{device_id}/status-history"): Row(allowed(*EVERY_ROLE), lambda c: Request(
+        f"/api/devices/{c.device()}/status-history")),
     ("GET", "/api/devices/{device_id}/series"): Row(allowed(*EVERY_ROLE), lambda c: Request(
         f"/api/devices/{c.device()}/series?metric=temperature")),
     ("GET", "/api/fleet"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/fleet")),
