@@ -374,10 +374,10 @@ def test_optional_secrets_are_stored_only_when_given() -> None:
 
 
 def test_timer_schedules_default_to_the_apps_and_main_passes_them_on() -> None:
-    # Without ROLLUP_SCHEDULE / ARCHIVE_SCHEDULE the host cannot index those timers (%NAME% in the trigger).
+    # Without ROLLUP_SCHEDULE / ARCHIVE_SCHEDULE / ALERT_SCHEDULE the host cannot index those timers (%NAME%).
     fn = module("functionApp")
     for setting, param in (("INGEST_SCHEDULE", "ingestSchedule"), ("ROLLUP_SCHEDULE", "rollupSchedule"),
-                           ("ARCHIVE_SCHEDULE", "archiveSchedule")):
+                           ("ARCHIVE_SCHEDULE", "archiveSchedule"), ("ALERT_SCHEDULE", "alertSchedule")):
         default = next(f.default for f in Settings.model_fields.values() if f.alias == setting)
         assert app_settings()[setting] == param
         assert fn["parameters"][param]["default"] == default
