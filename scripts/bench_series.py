@@ -312,9 +312,8 @@ def explain(pool, principal: Principal, device_id: int, frm: datetime, to: datet
 def explain_rollup_read(pool, principal: Principal, device_id: int, frm: datetime, to: datetime,
                         bucket: timedelta) -> list[str]:
     """EXPLAIN ANALYZE of the rollup read the endpoint makes (none when raw answers)."""
-    from shared.sql import QUERIES
+    from psycopg import sql
 
-    rollup_queries = {QUERIES["series_from_rollup_1m"], QUERIES["series_from_rollup_1h"]}
     plan: list[str] = []
 
     class Explaining:
@@ -322,8 +321,9 @@ def explain_rollup_read(pool, principal: Principal, device_id: int, frm: datetim
             self.conn = conn
 
         def execute(self, query, params=None):
-            if query in rollup_queries:
-                plan.extend(r["QUERY PLAN"] for r in self.conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + query, params))
+            if isinstance(query, sql.Composed):  # the rollup read (the other statements are plain strings)
+                plan.extend(r["QUERY PLAN"] for r in self.conn.execute(
+                    sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + query, params))
             return self.conn.execute(query, params)
 
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import DictRow
 
 from shared.settings import Settings
@@ -123,12 +124,11 @@ def series_points(conn: psycopg.Connection[DictRow], tenant_id: object, device_i
 
     Rollups answer for whole rollup buckets in [start, watermark); a bucket that got a reading
     received after the watermark (late data with an old ts) is read from raw until the next run
-    rolls it up (sql/queries/rollups.sql series_from_rollup_1m says why that is exact).
+    rolls it up (sql/queries/rollups.sql series_from_rollup says why that is exact).
     conn: a tenant_transaction (RLS scopes the rollups to the tenant too)."""
     if bucket_s < 60 or bucket_s % 60:
         return None
-    width, query = (3600, QUERIES["series_from_rollup_1h"]) if bucket_s % 3600 == 0 else (
-        60, QUERIES["series_from_rollup_1m"])
+    width, table = (3600, "telemetry_rollup_1h") if bucket_s % 3600 == 0 else (60, "telemetry_rollup_1m")
     state = conn.execute(QUERIES["rollup_watermark"], {"name": JOB}).fetchone()
     watermark = state["watermark"] if state else None
     if watermark is None:
@@ -140,8 +140,10 @@ def series_points(conn: psycopg.Connection[DictRow], tenant_id: object, device_i
     if body_to <= body_from:
         return None
     conn.execute(QUERIES["jit_off"])
+    query = sql.SQL(QUERIES["series_from_rollup"]).format(rollup=sql.Identifier(table))
     return conn.execute(query, {
         "tenant_id": tenant_id, "device_id": device_id, "metric": metric, "bucket": timedelta(seconds=bucket_s),
+        "width": timedelta(seconds=width),
         "from": start, "to": end, "body_from": body_from, "body_to": body_to, "watermark": watermark,
     }).fetchall()
 

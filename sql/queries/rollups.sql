@@ -83,18 +83,19 @@ DELETE FROM telemetry_rollup_1m WHERE bucket < %(before)s;
 -- Hour rollups past their retention.
 DELETE FROM telemetry_rollup_1h WHERE bucket < %(before)s;
 
--- series_from_rollup_1m --
+-- series_from_rollup --
 -- A device's metric bucketed by %(bucket)s over [from, to), exactly as series_buckets (reads.sql)
--- answers from raw. The minute rollups hold every minute in [body_from, body_to) except the
--- "dirty" ones: a minute that got a reading received after the watermark (late data, or rows the
+-- answers from raw. {rollup} is the minute or the hour rollup table (shared/rollups.py names it)
+-- and %(width)s its bucket width. The rollups hold every bucket in [body_from, body_to) except
+-- the "dirty" ones: a bucket that got a reading received after the watermark (late data, or rows the
 -- next run has not reached) may not be in its rollup yet, so it is read from raw. Every other
--- minute had all its readings received at or before the watermark, hence rolled up after they
+-- bucket had all its readings received at or before the watermark, hence rolled up after they
 -- were committed (ROLLUP_LAG_S covers the drain's commit delay). The head [from, body_from) and
 -- the tail [body_to, to) come from raw. Each reading is counted in exactly one part.
 -- The dirty search reads rows received after the watermark (BRIN on received_at): a few minutes
 -- of traffic when the timer keeps up, not the range's rows.
 WITH dirty AS (
-    SELECT DISTINCT date_bin(interval '1 minute', ts, timestamptz '2000-01-01 00:00:00+00') AS bucket
+    SELECT DISTINCT date_bin(%(width)s::interval, ts, timestamptz '2000-01-01 00:00:00+00') AS bucket
     FROM telemetry
     WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
       AND ts >= %(body_from)s AND ts < %(body_to)s AND received_at > %(watermark)s AND value IS NOT NULL
@@ -116,7 +117,7 @@ WITH dirty AS (
     UNION ALL
     SELECT date_bin(%(bucket)s::interval, r.bucket, timestamptz '2000-01-01 00:00:00+00'),
            sum(r.count), sum(r.sum), min(r.min), max(r.max)
-    FROM telemetry_rollup_1m AS r
+    FROM {rollup} AS r
     WHERE r.tenant_id = %(tenant_id)s AND r.device_id = %(device_id)s AND r.metric = %(metric)s
       AND r.bucket >= %(body_from)s AND r.bucket < %(body_to)s
       AND NOT EXISTS (SELECT FROM dirty AS d WHERE d.bucket = r.bucket)
@@ -129,7 +130,7 @@ WITH dirty AS (
         SELECT count(t.value) AS count, sum(t.value) AS sum, min(t.value) AS min, max(t.value) AS max
         FROM telemetry AS t
         WHERE t.tenant_id = %(tenant_id)s AND t.device_id = %(device_id)s AND t.metric = %(metric)s
-          AND t.ts >= d.bucket AND t.ts < d.bucket + interval '1 minute' AND t.value IS NOT NULL
+          AND t.ts >= d.bucket AND t.ts < d.bucket + %(width)s::interval AND t.value IS NOT NULL
           -- the body's bounds again, constants: the plan keeps only the body's partitions
           AND t.ts >= %(body_from)s AND t.ts < %(body_to)s
     ) AS a
@@ -139,58 +140,3 @@ SELECT ts, sum(sum) / sum(count)::double precision AS avg, min(min) AS min, max(
        sum(count)::bigint AS count
 FROM parts GROUP BY ts ORDER BY ts;
 
--- series_from_rollup_1h --
--- A device's metric bucketed by %(bucket)s over [from, to), exactly as series_buckets (reads.sql)
--- answers from raw. The hour rollups hold every hour in [body_from, body_to) except the
--- "dirty" ones: a hour that got a reading received after the watermark (late data, or rows the
--- next run has not reached) may not be in its rollup yet, so it is read from raw. Every other
--- hour had all its readings received at or before the watermark, hence rolled up after they
--- were committed (ROLLUP_LAG_S covers the drain's commit delay). The head [from, body_from) and
--- the tail [body_to, to) come from raw. Each reading is counted in exactly one part.
--- The dirty search reads rows received after the watermark (BRIN on received_at): a few minutes
--- of traffic when the timer keeps up, not the range's rows.
-WITH dirty AS (
-    SELECT DISTINCT date_bin(interval '1 hour', ts, timestamptz '2000-01-01 00:00:00+00') AS bucket
-    FROM telemetry
-    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
-      AND ts >= %(body_from)s AND ts < %(body_to)s AND received_at > %(watermark)s AND value IS NOT NULL
-), parts AS (
-    -- Head and tail apart: an OR of the two ranges would keep every partition (no pruning).
-    SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00') AS ts,
-           count(value) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max
-    FROM telemetry
-    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
-      AND ts >= %(from)s AND ts < %(body_from)s AND value IS NOT NULL
-    GROUP BY 1
-    UNION ALL
-    SELECT date_bin(%(bucket)s::interval, ts, timestamptz '2000-01-01 00:00:00+00'),
-           count(value), sum(value), min(value), max(value)
-    FROM telemetry
-    WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND metric = %(metric)s
-      AND ts >= %(body_to)s AND ts < %(to)s AND value IS NOT NULL
-    GROUP BY 1
-    UNION ALL
-    SELECT date_bin(%(bucket)s::interval, r.bucket, timestamptz '2000-01-01 00:00:00+00'),
-           sum(r.count), sum(r.sum), min(r.min), max(r.max)
-    FROM telemetry_rollup_1h AS r
-    WHERE r.tenant_id = %(tenant_id)s AND r.device_id = %(device_id)s AND r.metric = %(metric)s
-      AND r.bucket >= %(body_from)s AND r.bucket < %(body_to)s
-      AND NOT EXISTS (SELECT FROM dirty AS d WHERE d.bucket = r.bucket)
-    GROUP BY 1
-    UNION ALL
-    SELECT date_bin(%(bucket)s::interval, d.bucket, timestamptz '2000-01-01 00:00:00+00'),
-           sum(a.count), sum(a.sum), min(a.min), max(a.max)
-    FROM dirty AS d
-    CROSS JOIN LATERAL (
-        SELECT count(t.value) AS count, sum(t.value) AS sum, min(t.value) AS min, max(t.value) AS max
-        FROM telemetry AS t
-        WHERE t.tenant_id = %(tenant_id)s AND t.device_id = %(device_id)s AND t.metric = %(metric)s
-          AND t.ts >= d.bucket AND t.ts < d.bucket + interval '1 hour' AND t.value IS NOT NULL
-          -- the body's bounds again, constants: the plan keeps only the body's partitions
-          AND t.ts >= %(body_from)s AND t.ts < %(body_to)s
-    ) AS a
-    GROUP BY 1
-)
-SELECT ts, sum(sum) / sum(count)::double precision AS avg, min(min) AS min, max(max) AS max,
-       sum(count)::bigint AS count
-FROM parts GROUP BY ts ORDER BY ts;
