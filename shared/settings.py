@@ -134,6 +134,17 @@ class Settings(BaseModel):
     # --- alerts (issue 13): the alert_evaluator timer's NCRONTAB schedule (second 30: off the drain's minute)
     alert_schedule: str = Field("30 */1 * * * *", alias="ALERT_SCHEDULE")
 
+    # --- alert webhooks (issue 13 §3): delivered by the alert_evaluator timer after its evaluation.
+    # Off Azure only: plain http targets, and targets on private, loopback or link-local addresses
+    # (in Azure a tenant must not make the app call into its own network or the metadata endpoint).
+    webhook_allow_http: bool = Field(False, alias="WEBHOOK_ALLOW_HTTP")
+    webhook_allow_private_targets: bool = Field(False, alias="WEBHOOK_ALLOW_PRIVATE_TARGETS")
+    # One attempt (connect, send, answer) is cut after this; one run's deliveries stop after the budget.
+    webhook_timeout_s: float = Field(5.0, alias="WEBHOOK_TIMEOUT_S", gt=0, le=30)
+    webhook_delivery_budget_s: float = Field(20.0, alias="WEBHOOK_DELIVERY_BUDGET_S", gt=0, le=240)
+    # Attempts before a delivery is given up (state failed); backoff 30 s doubling to 1 h between them.
+    webhook_max_attempts: int = Field(10, alias="WEBHOOK_MAX_ATTEMPTS", ge=1, le=30)
+
 
 def settings_from(environ: dict[str, str]) -> Settings:
     try:
