@@ -379,6 +379,26 @@ var appSettings = [
     value: alertSchedule
   }
   {
+    name: 'WEBHOOK_ALLOW_HTTP'
+    value: 'false'
+  }
+  {
+    name: 'WEBHOOK_ALLOW_PRIVATE_TARGETS'
+    value: 'false'
+  }
+  {
+    name: 'WEBHOOK_TIMEOUT_S'
+    value: '5'
+  }
+  {
+    name: 'WEBHOOK_DELIVERY_BUDGET_S'
+    value: '20'
+  }
+  {
+    name: 'WEBHOOK_MAX_ATTEMPTS'
+    value: '10'
+  }
+  {
     name: 'ROLLUP_TIME_BUDGET_S'
     value: '240'
   }
