@@ -61,10 +61,13 @@ ARCHIVE_ROWS = _meter.create_counter(
     "archive_rows_total", unit="1", description="Telemetry rows archived to Blob Storage and deleted")
 RUN_DURATION = _meter.create_histogram(
     "timer_run_duration_ms", unit="ms", description="One timer run, per function: what Flex Consumption bills")
+WEBHOOK_DELIVERIES = _meter.create_counter(
+    "webhook_deliveries_total", unit="1", description="Webhook attempts, per outcome (delivered, retrying, failed)")
 
 METRIC_NAMES = frozenset({
     "ingest_messages_total", "ingest_lag_ms", "parse_error_total", "backlog_size", "quota_usage_percent",
     "alert_evaluation_duration_ms", "archive_rows_total", "timer_run_duration_ms",
+    "webhook_deliveries_total",
 })
 
 _configured = False
