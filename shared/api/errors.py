@@ -228,3 +228,21 @@ class AlertDeviceNotFound(ApiError):
     """The rule's device_id names no device of your tenant."""
 
     status, title, kind = 422, "Unprocessable Content", "alert-device-not-found"
+
+
+# --- alert webhooks (issue 13 §3)
+
+class WebhookNotFound(NotFound):
+    """There is no such webhook target in your tenant (or on this rule)."""
+
+
+class WebhookLimitReached(Conflict):
+    """This rule already has the most webhook targets allowed (5); delete one first."""
+
+    kind = "webhook-limit-reached"
+
+
+class WebhookUrlRefused(ApiError):
+    """The webhook URL is not one the app will call."""
+
+    status, title, kind = 422, "Unprocessable Content", "webhook-url-refused"
