@@ -20,6 +20,7 @@ from shared.api import (
     routes_exports,
     routes_reads,
     routes_tenancy,
+    routes_webhooks,
     users,
 )
 from shared.api.deps import PREFIX, Caller, Config, Pool, Source, problems
@@ -116,7 +117,8 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.include_router(router)
-    for module in (routes_devices, routes_commands, routes_reads, routes_tenancy, routes_exports, routes_alerts):
+    for module in (routes_devices, routes_commands, routes_reads, routes_tenancy, routes_exports, routes_alerts,
+                   routes_webhooks):
         app.include_router(module.router)
     install_problem_handlers(app)
     return app
