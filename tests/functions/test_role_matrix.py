@@ -133,6 +133,24 @@ def _alert_event(c: Context) -> str:
 
 
 OWNER = ("owner",)
+WEBHOOK = {"url": "https://hooks.example.com/mqtt-saas", "description": "on-call"}
+
+
+def _new_webhook(c: Context) -> tuple[str, str]:
+    """A fresh rule with one webhook target (a rule takes at most 5): (rule id, webhook id)."""
+    rule = _new_alert_rule(c)
+    reply = call("POST", f"/api/alerts/rules/{rule}/webhooks", WEBHOOK, token=c.tokens["owner"])
+    assert reply.status == 201, reply.body
+    return rule, str(reply.json["id"])
+
+
+def _webhook(c: Context) -> tuple[str, str]:
+    if "webhook" not in c.cache:
+        c.cache["webhook"] = _new_webhook(c)
+    rule, webhook = c.cache["webhook"]
+    return str(rule), str(webhook)
+
+
 STAFF_UP = ("owner", "staff")
 EVERY_ROLE = ("owner", "staff", "viewer")
 
@@ -214,6 +232,17 @@ ROWS: dict[tuple[str, str], Row] = {
     ("POST", "/api/alerts/events/{event_id}/resolve"): Row(allowed(*STAFF_UP), lambda c: Request(
         f"/api/alerts/events/{_new_alert_event(c)}/resolve", {"comment": "fixed"})),
     ("POST", "/api/alerts/evaluate"): Row(allowed(*STAFF_UP), lambda c: Request("/api/alerts/evaluate")),
+    # --- alert webhooks: staff and owners only (a target's URL often carries the receiver's credential)
+    ("POST", "/api/alerts/rules/{rule_id}/webhooks"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
+        f"/api/alerts/rules/{_new_alert_rule(c)}/webhooks", WEBHOOK)),
+    ("GET", "/api/alerts/rules/{rule_id}/webhooks"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/alerts/rules/{_webhook(c)[0]}/webhooks")),
+    ("DELETE", "/api/alerts/rules/{rule_id}/webhooks/{webhook_id}"): Row(allowed(*STAFF_UP, ok=204), lambda c: Request(
+        "/api/alerts/rules/{}/webhooks/{}".format(*_new_webhook(c)))),
+    ("POST", "/api/alerts/rules/{rule_id}/webhooks/{webhook_id}/rotate-secret"): Row(
+        allowed(*STAFF_UP), lambda c: Request("/api/alerts/rules/{}/webhooks/{}/rotate-secret".format(*_webhook(c)))),
+    ("GET", "/api/alerts/webhooks/{webhook_id}/deliveries"): Row(allowed(*STAFF_UP), lambda c: Request(
+        f"/api/alerts/webhooks/{_webhook(c)[1]}/deliveries?state=pending")),
     # --- the platform operator: only an operator's token
     ("POST", "/api/platform/auth/login"): Row(anyone(200), lambda c: Request(
         "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
