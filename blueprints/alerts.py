@@ -1,4 +1,5 @@
-"""The alert_evaluator timer: every tenant's enabled alert rules, set-based (shared/alerts.py)."""
+"""The alert_evaluator timer: every tenant's enabled alert rules, set-based (shared/alerts.py), then the
+webhook deliveries that are due (shared/webhooks.py), within WEBHOOK_DELIVERY_BUDGET_S."""
 import logging
 
 import azure.functions as func
@@ -7,6 +8,7 @@ from shared.alerts import evaluate_rules
 from shared.db import get_pool
 from shared.observability import timer_run
 from shared.settings import get_settings
+from shared.webhooks import deliver_due
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -15,9 +17,17 @@ log = logging.getLogger(__name__)
 @bp.timer_trigger(arg_name="timer", schedule="%ALERT_SCHEDULE%", run_on_startup=False, use_monitor=True)
 def alert_evaluator(timer: func.TimerRequest) -> None:
     # Ends when every tenant is done; a tenant's failure is logged, all failing raises (a failed run).
+    # Deliveries come after the evaluation, so a slow receiver never delays it, and run even when the
+    # evaluation failed: what earlier runs enqueued is still owed.
     settings = get_settings()
     with timer_run("alert_evaluator", settings):
-        report = evaluate_rules(get_pool())
+        try:
+            report = evaluate_rules(get_pool())
+        finally:
+            sent = deliver_due(get_pool(), settings)
+            log.info("webhook deliveries done", extra={
+                "tenants": sent.tenants, "attempted": sent.attempted, "delivered": sent.delivered,
+                "retrying": sent.retrying, "failed": sent.failed, "duration_ms": round(sent.duration_ms)})
     log.info("alert_evaluator done", extra={"tenants": report.tenants, "evaluated": report.evaluated,
                                             "opened": report.opened, "resolved": report.resolved,
                                             "failed": len(report.failed)})
