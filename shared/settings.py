@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from shared.exceptions import ConfigurationError
 
@@ -144,6 +144,13 @@ class Settings(BaseModel):
     webhook_delivery_budget_s: float = Field(20.0, alias="WEBHOOK_DELIVERY_BUDGET_S", gt=0, le=240)
     # Attempts before a delivery is given up (state failed); backoff 30 s doubling to 1 h between them.
     webhook_max_attempts: int = Field(10, alias="WEBHOOK_MAX_ATTEMPTS", ge=1, le=30)
+
+    # --- broker with a Let's Encrypt certificate: Bicep sets MQTT_CA_FILE to "" and the
+    # system CA store verifies the broker; paho would try to open "" as a file, so empty means unset.
+    @field_validator("mqtt_ca_file")
+    @classmethod
+    def _empty_ca_file_means_system_store(cls, value: str | None) -> str | None:
+        return value or None
 
 
 def settings_from(environ: dict[str, str]) -> Settings:
