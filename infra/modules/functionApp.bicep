@@ -64,7 +64,7 @@ param mqttHost string
 @description('Optional. TLS port of the broker (MQTT_PORT).')
 param mqttPort int = 8883
 
-@description('Optional. Path of the broker CA certificate inside the deployed app (MQTT_CA_FILE). Copy the VM\'s ca.crt there before publishing.')
+@description('Optional. Path of the broker CA certificate inside the deployed app (MQTT_CA_FILE). Copy the VM\'s ca.crt there before publishing. Empty: the system CA store (a Let\'s Encrypt broker).')
 param mqttCaFile string = '/home/site/wwwroot/certs/broker-ca.crt'
 
 @description('Optional. NCRONTAB schedule of mqtt_ingest (INGEST_SCHEDULE). Every 60 s, the README\'s cost choice.')
