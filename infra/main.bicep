@@ -36,6 +36,23 @@ param vmSize string = 'Standard_B1s'
 @description('Optional. Also accept MQTT over WebSockets (TLS) on 8884.')
 param enableWebsockets bool = false
 
+@description('Optional. E-mail address of the Let\'s Encrypt account. Set: the broker gets a publicly trusted Let\'s Encrypt certificate for its host name (HTTP-01: port 80 open in the NSG, and in the VM\'s firewall only while certbot runs; renewed by certbot\'s timer), devices and the app verify it with their system CA store (MQTT_CA_FILE empty). Empty: cloud-init generates a private CA whose ca.crt devices and the app need.')
+param letsEncryptEmail string = ''
+
+@description('Optional. DNS label of the broker\'s public IP: Azure then provides the name <label>.<region>.cloudapp.azure.com (no DNS of your own needed). Empty: "<name>-<resourceToken>".')
+@maxLength(63)
+param brokerDnsLabel string = ''
+
+@description('Optional. A host name you control, e.g. "mqtt.example.org", as a CNAME to <label>.<region>.cloudapp.azure.com (output brokerAzureHost) or an A record to brokerIpAddress: devices, the app and the certificate use it instead of Azure\'s name. Set letsEncryptEmail with it (scripts/deploy refuses it without). Empty: Azure\'s name.')
+param brokerCustomDnsName string = ''
+
+@description('Optional. Key type of the Let\'s Encrypt certificate: ecdsa (P-256: cheaper TLS handshakes, docs/capacity.md) or rsa (2048, for device TLS stacks without ECDSA).')
+@allowed([
+  'ecdsa'
+  'rsa'
+])
+param letsEncryptKeyType string = 'ecdsa'
+
 @description('Required. E-mail address the alerts go to.')
 @minLength(3)
 param alertEmail string
@@ -122,6 +139,9 @@ var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, 
 // Key vault names: 3-24 letters, digits and hyphens. Computed here: the broker VM's cloud-init needs the URI.
 var keyVaultName = take('kv-${name}-${resourceToken}', 24)
 var keyVaultUri = 'https://${keyVaultName}${environment().suffixes.keyvaultDns}/'
+var letsEncrypt = !empty(letsEncryptEmail)
+// The one name devices, the app and the certificate use.
+var brokerHost = empty(brokerCustomDnsName) ? network.outputs.brokerFqdn : brokerCustomDnsName
 
 module network 'modules/network.bicep' = {
   name: 'network-${resourceToken}'
@@ -132,6 +152,8 @@ module network 'modules/network.bicep' = {
     resourceToken: resourceToken
     adminSourceCidr: adminSourceCidr
     enableWebsockets: enableWebsockets
+    enableLetsEncrypt: letsEncrypt
+    dnsLabel: empty(brokerDnsLabel) ? '${name}-${resourceToken}' : brokerDnsLabel
   }
 }
 
@@ -144,12 +166,14 @@ module brokerVm 'modules/brokerVm.bicep' = {
     resourceToken: resourceToken
     subnetId: network.outputs.subnetId
     publicIpId: network.outputs.publicIpId
-    brokerFqdn: network.outputs.brokerFqdn
+    brokerFqdn: brokerHost
     vmSize: vmSize
     adminUsername: adminUsername
     adminSshPublicKey: adminSshPublicKey
     enableWebsockets: enableWebsockets
     keyVaultUri: keyVaultUri
+    letsEncryptEmail: letsEncryptEmail
+    letsEncryptKeyType: letsEncryptKeyType
   }
 }
 
@@ -220,7 +244,9 @@ module functionApp 'modules/functionApp.bicep' = {
     archiveBlobEndpoint: storage.outputs.blobEndpoint
     archiveContainerName: storage.outputs.archiveContainerName
     exportContainerName: storage.outputs.exportContainerName
-    mqttHost: network.outputs.brokerFqdn
+    mqttHost: brokerHost
+    // Empty: the system CA store verifies Let's Encrypt's certificate.
+    mqttCaFile: letsEncrypt ? '' : '/home/site/wwwroot/certs/broker-ca.crt'
   }
 }
 
@@ -235,17 +261,23 @@ module postgres 'modules/postgres.bicep' = if (deployPostgres) {
   }
 }
 
-@description('Host name devices and the drain connect to (MQTT v5 over TLS, port 8883; no plain-text port).')
-output brokerHost string = network.outputs.brokerFqdn
+@description('Host name devices and the drain connect to (MQTT v5 over TLS, port 8883; no plain-text port): brokerCustomDnsName when given, else Azure\'s name.')
+output brokerHost string = brokerHost
+
+@description('Azure\'s DNS name of the broker\'s public IP (<label>.<region>.cloudapp.azure.com): the target of brokerCustomDnsName\'s CNAME.')
+output brokerAzureHost string = network.outputs.brokerFqdn
+
+@description('Who signed the broker\'s certificate: "letsencrypt" (devices use their system CA store) or "generated-ca" (devices need ca.crt).')
+output brokerCertificate string = letsEncrypt ? 'letsencrypt' : 'generated-ca'
 
 @description('Public IPv4 address of the broker.')
 output brokerIpAddress string = network.outputs.brokerIpAddress
 
-@description('How to get the broker\'s CA certificate: cloud-init generates a private CA on the VM (no public DNS name of our own, so no publicly trusted certificate). Fetch it over SSH from the admin address, then ship it with each device\'s credentials and into the app package at certs/broker-ca.crt (MQTT_CA_FILE).')
-output brokerCaCertificateCommand string = 'scp ${adminUsername}@${network.outputs.brokerFqdn}:ca.crt ./broker-ca.crt'
+@description('How to get the broker\'s CA certificate. Generated CA: cloud-init generates a private CA on the VM; fetch it over SSH from the admin address, then ship it with each device\'s credentials and into the app package at certs/broker-ca.crt (MQTT_CA_FILE). Let\'s Encrypt: nothing to fetch for devices with a CA store; the same file holds ISRG Root X1 and X2 for devices without one.')
+output brokerCaCertificateCommand string = 'scp ${adminUsername}@${brokerHost}:ca.crt ./broker-ca.crt'
 
 @description('Where the dynamic-security admin password is: generated on the VM, readable by root only. cloud-init creates the drain\'s, the provisioner\'s and the API commander\'s clients with the passwords in the key vault.')
-output brokerAdminPasswordLocation string = 'ssh ${adminUsername}@${network.outputs.brokerFqdn} sudo cat /root/mosquitto-admin-password'
+output brokerAdminPasswordLocation string = 'ssh ${adminUsername}@${brokerHost} sudo cat /root/mosquitto-admin-password'
 
 @description('HTTPS base URL of the function app (HTTP routes under /api).')
 output functionAppUrl string = functionApp.outputs.functionAppUrl

@@ -1,6 +1,7 @@
 // The Mosquitto VM: Ubuntu 24.04, SSH keys only, configured on first boot by ../cloud-init.yaml, whose
 // mosquitto.conf is ../generated/mosquitto.conf (rendered from shared/broker_contract.py by
-// infra/render_broker_conf.py; tests/infra/test_bicep.py keeps the two identical).
+// infra/render_broker_conf.py; tests/infra/test_bicep.py keeps the two identical). Its TLS certificate comes from a
+// CA generated on the VM, or, with letsEncryptEmail, from Let's Encrypt (../letsencrypt.sh).
 
 @description('Required. Base name of the resources, e.g. "mqtt-saas".')
 param name string
@@ -20,7 +21,7 @@ param subnetId string
 @description('Required. Resource ID of the public IP of the broker.')
 param publicIpId string
 
-@description('Required. DNS name of the public IP; it goes into the server certificate.')
+@description('Required. Host name of the broker (the public IP\'s DNS name, or a custom name pointing at it); it goes into the server certificate.')
 param brokerFqdn string
 
 @description('Optional. VM size. B1s (1 vCPU, 1 GiB) carries one Mosquitto for a small fleet.')
@@ -39,6 +40,16 @@ param keyVaultUri string
 @description('Optional. Add an MQTT-over-WebSockets (TLS) listener on 8884.')
 param enableWebsockets bool = false
 
+@description('Optional. E-mail address of the Let\'s Encrypt account. Set: ../letsencrypt.sh gets the broker a Let\'s Encrypt certificate for brokerFqdn (HTTP-01 on port 80, open only while certbot runs). Empty: the generated CA only.')
+param letsEncryptEmail string = ''
+
+@description('Optional. Key type of the Let\'s Encrypt certificate: ecdsa (P-256) or rsa (2048).')
+@allowed([
+  'ecdsa'
+  'rsa'
+])
+param letsEncryptKeyType string = 'ecdsa'
+
 // One replace per placeholder: pycep (checkov's parser) reads a function call only on one line.
 var cloudInitTemplate = loadTextContent('../cloud-init.yaml')
 var mosquittoConfBase64 = loadFileAsBase64('../generated/mosquitto.conf')
@@ -48,7 +59,14 @@ var cloudInitWithWebsockets = replace(cloudInitWithFqdn, '__ENABLE_WEBSOCKETS__'
 var cloudInitWithAdmin = replace(cloudInitWithWebsockets, '__ADMIN_USERNAME__', adminUsername)
 var dynsecBootstrapBase64 = loadFileAsBase64('../generated/dynsec-bootstrap.sh')
 var cloudInitWithDynsec = replace(cloudInitWithAdmin, '__DYNSEC_BOOTSTRAP_B64__', dynsecBootstrapBase64)
-var cloudInit = replace(cloudInitWithDynsec, '__KEY_VAULT_URI__', keyVaultUri)
+var cloudInitWithKeyVault = replace(cloudInitWithDynsec, '__KEY_VAULT_URI__', keyVaultUri)
+// Written in both modes: certbot's deploy hook with Let's Encrypt, the yearly rotation with the generated CA.
+var rotateBrokerCertBase64 = loadFileAsBase64('../../scripts/rotate_broker_cert')
+var cloudInitWithRotate = replace(cloudInitWithKeyVault, '__ROTATE_BROKER_CERT_B64__', rotateBrokerCertBase64)
+var letsEncryptScriptBase64 = loadFileAsBase64('../letsencrypt.sh')
+var cloudInitWithLetsEncrypt = replace(cloudInitWithRotate, '__LETSENCRYPT_SH_B64__', letsEncryptScriptBase64)
+var cloudInitWithEmail = replace(cloudInitWithLetsEncrypt, '__LETSENCRYPT_EMAIL__', letsEncryptEmail)
+var cloudInit = replace(cloudInitWithEmail, '__LETSENCRYPT_KEY_TYPE__', letsEncryptKeyType)
 
 resource networkInterface 'Microsoft.Network/networkInterfaces@2023-11-01' = {
   name: 'nic-${name}-${resourceToken}'

@@ -1,6 +1,7 @@
 // The broker's network: a virtual network with one subnet, its NSG and a static public IP with a DNS label.
 // Inbound: SSH (22) only from the admin's /32, MQTT over TLS (8883) from the Internet, MQTT over WebSockets
-// (8884, TLS) only when enableWebsockets is true. Nothing opens 1883: the broker has no plain-text listener.
+// (8884, TLS) only when enableWebsockets is true, HTTP (80) only when enableLetsEncrypt is true (certbot's HTTP-01
+// challenge; the VM's ufw opens 80 only while certbot runs). Nothing opens 1883: the broker has no plain-text listener.
 
 @description('Required. Base name of the resources, e.g. "mqtt-saas".')
 param name string
@@ -20,6 +21,9 @@ param adminSourceCidr string
 
 @description('Optional. Open 8884 (MQTT over WebSockets, TLS) from the Internet.')
 param enableWebsockets bool = false
+
+@description('Optional. Open 80 from the Internet for Let\'s Encrypt\'s HTTP-01 challenge (the broker VM\'s firewall opens it only while certbot runs).')
+param enableLetsEncrypt bool = false
 
 @description('Optional. DNS label of the public IP: the broker is then <label>.<region>.cloudapp.azure.com.')
 param dnsLabel string = '${name}-${resourceToken}'
@@ -77,6 +81,27 @@ resource websocketsRule 'Microsoft.Network/networkSecurityGroups/securityRules@2
     destinationAddressPrefix: '*'
     destinationPortRange: '8884'
   }
+}
+
+resource letsEncryptHttpRule 'Microsoft.Network/networkSecurityGroups/securityRules@2023-11-01' = if (enableLetsEncrypt) {
+  #checkov:skip=CKV_AZURE_160:Port 80 exists only for Let's Encrypt's HTTP-01 challenge, whose validation servers have no published addresses; nothing listens on it but certbot, and the VM's ufw opens it only while certbot runs.
+  parent: networkSecurityGroup
+  name: 'allow-http01-letsencrypt'
+  properties: {
+    description: 'Let\'s Encrypt HTTP-01 challenge (certbot standalone), only when enableLetsEncrypt is true.'
+    priority: 130
+    direction: 'Inbound'
+    access: 'Allow'
+    protocol: 'Tcp'
+    sourceAddressPrefix: 'Internet'
+    sourcePortRange: '*'
+    destinationAddressPrefix: '*'
+    destinationPortRange: '80'
+  }
+  // One change at a time to the NSG's rules: two child rules written at once can conflict.
+  dependsOn: [
+    websocketsRule
+  ]
 }
 
 resource virtualNetwork 'Microsoft.Network/virtualNetworks@2023-11-01' = {

@@ -309,7 +309,8 @@ def test_cloud_init_hardens_the_vm_and_holds_no_secret() -> None:
     assert "ufw default deny incoming" in cloud_init and "ufw allow 8883/tcp" in cloud_init
     assert set(re.findall(r"__[A-Z0-9_]+__", cloud_init)) == {
         "__MOSQUITTO_CONF_B64__", "__BROKER_FQDN__", "__ENABLE_WEBSOCKETS__", "__ADMIN_USERNAME__",
-        "__DYNSEC_BOOTSTRAP_B64__", "__KEY_VAULT_URI__"}
+        "__DYNSEC_BOOTSTRAP_B64__", "__KEY_VAULT_URI__", "__ROTATE_BROKER_CERT_B64__", "__LETSENCRYPT_SH_B64__",
+        "__LETSENCRYPT_EMAIL__", "__LETSENCRYPT_KEY_TYPE__"}
     replaced = {p["old_string"] for v in module("brokerVm")["variables"].values()
                 if isinstance(v["value"], dict) and (p := v["value"].get("function", {}).get("parameters"))
                 and "old_string" in p}
@@ -564,4 +565,4 @@ def test_custom_checks_fail_plain_mqtt_and_ssh_from_the_internet(index: int, bad
 @pytest.mark.parametrize("check_id", ["CKV_MQTTSAAS_1", "CKV_MQTTSAAS_2"])
 def test_custom_checks_pass_the_real_templates(checkov_report: dict[str, Any], check_id: str) -> None:
     passed = [c for c in checkov_report["results"]["passed_checks"] if c["check_id"] == check_id]
-    assert len(passed) == 2, "the NSG and the WebSockets rule"
+    assert len(passed) == 3, "the NSG, the WebSockets rule and the Let's Encrypt HTTP-01 rule"
