@@ -8,6 +8,7 @@ import { renderFleet } from './views/fleet.js';
 import { renderDevice } from './views/device.js';
 import { renderUsers } from './views/users.js';
 import { renderIngest } from './views/ingest.js';
+import { alertsNavLabel, offersAlerts, refreshAlertBadge, renderAlerts } from './views/alerts.js';
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');
@@ -28,10 +29,18 @@ let timer = null;
 
 function navLinks() {
   const links = [['#/fleet', 'nav_fleet']];
+  if (offersAlerts()) links.push(['#/alerts', 'nav_alerts']);
   if (ctx.can('owner', 'staff')) links.push(['#/ingest', 'nav_ingest']);
   if (ctx.can('owner')) links.push(['#/users', 'nav_users']);
   const here = location.hash.split('/').slice(0, 2).join('/');
-  replace(nav, links.map(([href, key]) => h('a', { href, 'aria-current': here === href ? 'page' : null, text: t(key) })));
+  replace(nav, links.map(([href, key]) => h('a', { href, 'aria-current': here === href ? 'page' : null },
+    key === 'nav_alerts' ? alertsNavLabel() : h('span', { class: 'nav-label', text: t(key) }))));
+  refreshBadge();
+}
+
+// The open-alerts count beside "Alerts", whatever view is shown, at the same cadence as the view.
+function refreshBadge() {
+  if (ctx.me !== null && offersAlerts()) refreshAlertBadge().catch(() => { /* next tick */ });
 }
 
 function showHeader() {
@@ -56,6 +65,7 @@ async function route() {
     if (view === 'device' && id) current = await renderDevice(ctx, id);
     else if (view === 'users' && ctx.can('owner')) current = await renderUsers(ctx);
     else if (view === 'ingest' && ctx.can('owner', 'staff')) current = await renderIngest(ctx);
+    else if (view === 'alerts' && offersAlerts()) current = await renderAlerts(ctx, id === 'rules' ? 'rules' : 'events');
     else current = await renderFleet(ctx);
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return;
@@ -77,9 +87,11 @@ function signedOutView() {
 function scheduleRefresh() {
   clearInterval(timer);
   timer = setInterval(() => {
-    if (document.visibilityState === 'visible' && current && current.refresh) {
+    if (document.visibilityState !== 'visible') return;
+    if (current && current.refresh) {
       current.refresh().catch(() => { /* the view shows its own error; try again next tick */ });
     }
+    refreshBadge();
   }, Math.max(1, ctx.config.refresh_s) * 1000);
 }
 

@@ -39,7 +39,9 @@ def layout_shift(page) -> float:
 
 
 def nav_texts(page) -> list[str]:
-    return page.locator("#nav a").all_inner_texts()
+    """The nav links' labels (without the open-alerts badge beside "Alerts")."""
+    page.locator("#nav a .nav-label").first.wait_for()
+    return page.locator("#nav a .nav-label").all_inner_texts()
 
 
 def test_each_role_sees_what_it_may(stack, page_for, screenshots):
@@ -60,9 +62,9 @@ def test_each_role_sees_what_it_may(stack, page_for, screenshots):
         seen[role]["device_actions"] = page.locator("[data-action=rotate], [data-action=disable], [data-action=delete]").count()
         assert page.errors == []
     # THEN the owner manages users and devices, staff manages devices, the viewer only reads
-    assert seen["owner"]["nav"] == ["Fleet", "Ingest", "Users"]
-    assert seen["staff"]["nav"] == ["Fleet", "Ingest"]
-    assert seen["viewer"]["nav"] == ["Fleet"]
+    assert seen["owner"]["nav"] == ["Fleet", "Alerts", "Ingest", "Users"]
+    assert seen["staff"]["nav"] == ["Fleet", "Alerts", "Ingest"]
+    assert seen["viewer"]["nav"] == ["Fleet", "Alerts"]
     assert [seen[r]["add"] for r in ("owner", "staff", "viewer")] == [1, 1, 0]
     assert [seen[r]["device_actions"] for r in ("owner", "staff", "viewer")] == [3, 3, 0]
     assert "viewer" in seen["viewer"]["who"]
@@ -313,7 +315,7 @@ def test_an_identity_providers_token_signs_in_and_its_role_claim_narrows(stack, 
     # THEN the page signs in as that user, with the narrowed role, and the token leaves the address bar
     page.locator("#signout").wait_for(state="visible")
     assert "viewer" in page.locator("#who").inner_text()
-    assert nav_texts(page) == ["Fleet"]
+    assert nav_texts(page) == ["Fleet", "Alerts"]
     assert token not in page.url
     assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
         token) == -1
