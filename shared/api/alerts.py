@@ -40,6 +40,9 @@ class RuleFields:
     value: float | None = None
     clear_value: float | None = None
     no_data_minutes: int | None = None
+    sensitivity: float | None = None
+    baseline_buckets: int | None = None
+    warmup_buckets: int | None = None
 
 
 def _rule(conn: DictConnection, principal: Principal, rule_id: uuid.UUID) -> dict[str, Any]:
@@ -65,6 +68,8 @@ def _params(principal: Principal, fields: RuleFields) -> dict[str, Any]:
     values = asdict(fields)
     if values["kind"] == "threshold" and values["clear_value"] is None:
         values["clear_value"] = values["value"]
+    if values["kind"] == "anomaly" and values["clear_value"] is None:
+        values["clear_value"] = values["sensitivity"] / 2
     return {**values, "tenant_id": principal.tenant_id}
 
 

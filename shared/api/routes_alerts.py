@@ -26,15 +26,22 @@ EventState = Literal["open", "acknowledged", "resolved"]
 _TEXT = r"^[^\x00-\x1f\x7f]+$"
 _SCOPE_FIELD = {"device": "device_id", "tag": "tag", "type": "device_type"}
 _THRESHOLD_FIELDS = ("metric", "aggregation", "window_s", "operator", "value")
+_ANOMALY_FIELDS = ("sensitivity", "baseline_buckets", "warmup_buckets")
+# Chosen on the labelled synthetic series of tests/integration/test_anomaly_detection.py (its figures
+# are in the README): one-minute buckets, an hour's memory (ten for the slow mean), an hour to warm up.
+ANOMALY_DEFAULTS: dict[str, float | int] = {"window_s": 60, "sensitivity": 4.0, "baseline_buckets": 60,
+                                            "warmup_buckets": 60}
 
 
 class RuleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1, max_length=200, pattern=_TEXT, examples=["Boiler too hot"])
-    kind: Literal["threshold", "no_data"] = Field(
+    kind: Kind = Field(
         description="threshold: an aggregate over a window passes a value; no_data: a device sent nothing "
-                    "for no_data_minutes, or its status says offline. (anomaly is not available yet.)")
+                    "for no_data_minutes, or its status says offline; anomaly: the metric's mean per window_s "
+                    "bucket strays more than `sensitivity` standard deviations from the device's own adaptive "
+                    "baseline (an EWMA over baseline_buckets buckets).")
     scope: Scope = Field("all", description="Which devices: one (device_id), those with a tag, those of a "
                                             "type (device_type), or all of the tenant's.")
     device_id: int | None = Field(None, ge=1, le=2**63 - 1)
@@ -42,15 +49,30 @@ class RuleRequest(BaseModel):
     device_type: str | None = Field(None, min_length=1, max_length=100, pattern=_TEXT)
     metric: str | None = Field(None, pattern=METRIC_NAME_PATTERN, examples=["temperature"])
     aggregation: Literal["avg", "min", "max", "last", "count"] | None = None
-    window_s: int | None = Field(None, ge=10, le=86400, description="The aggregation window, seconds.")
+    window_s: int | None = Field(None, ge=10, le=86400,
+                                 description="threshold: the aggregation window, seconds. anomaly: the bucket "
+                                             "whose mean is judged, 60-3600 seconds (default 60).")
     operator: Literal[">", ">=", "<", "<="] | None = None
     value: float | None = Field(None, ge=-1e300, le=1e300, description="The threshold.")
     clear_value: float | None = Field(
         None, ge=-1e300, le=1e300,
-        description="An open event resolves only when the aggregate no longer passes this (hysteresis); "
-                    "defaults to value. At most value for > and >=, at least value for < and <=.")
+        description="threshold: an open event resolves only when the aggregate no longer passes this "
+                    "(hysteresis); defaults to value; at most value for > and >=, at least value for < and <=. "
+                    "anomaly: resolves once a bucket is within this many standard deviations "
+                    "(default sensitivity / 2, below sensitivity).")
     consecutive: int = Field(1, ge=1, le=100, description="Breaching evaluations in a row before an event opens.")
     no_data_minutes: int | None = Field(None, ge=1, le=10080)
+    sensitivity: float | None = Field(
+        None, ge=1, le=20, description="anomaly: standard deviations from the baseline that count as anomalous "
+                                       f"(default {ANOMALY_DEFAULTS['sensitivity']}; lower finds more, and more "
+                                       "false alarms).")
+    baseline_buckets: int | None = Field(
+        None, ge=10, le=10080, description="anomaly: the baseline's memory in buckets, the EWMA's span "
+                                           f"(default {ANOMALY_DEFAULTS['baseline_buckets']}).")
+    warmup_buckets: int | None = Field(
+        None, ge=1, le=10080, description="anomaly: buckets the baseline must have seen before it may fire "
+                                          f"(default {ANOMALY_DEFAULTS['warmup_buckets']}); a new rule learns "
+                                          "from the last day's history at once.")
     severity: Severity = "warning"
     enabled: bool = True
 
@@ -59,6 +81,12 @@ class RuleRequest(BaseModel):
         for scope, name in _SCOPE_FIELD.items():
             if (self.scope == scope) != (getattr(self, name) is not None):
                 raise ValueError(f"{name} is required with scope {scope!r} and allowed only with it")
+        if self.kind != "anomaly":
+            extra = [name for name in _ANOMALY_FIELDS if getattr(self, name) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} belong to anomaly rules")
+        if self.kind == "anomaly":
+            return self._anomaly()
         if self.kind == "threshold":
             missing = [name for name in _THRESHOLD_FIELDS if getattr(self, name) is None]
             if missing:
@@ -78,6 +106,23 @@ class RuleRequest(BaseModel):
                 raise ValueError(f"a no_data rule takes no {', '.join(extra)}")
         return self
 
+    def _anomaly(self) -> Self:
+        if self.metric is None:
+            raise ValueError("an anomaly rule needs metric")
+        extra = [name for name in ("aggregation", "operator", "value", "no_data_minutes")
+                 if getattr(self, name) is not None]
+        if extra:
+            raise ValueError(f"an anomaly rule takes no {', '.join(extra)}")
+        for name, default in ANOMALY_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, default)
+        assert self.window_s is not None and self.sensitivity is not None
+        if not 60 <= self.window_s <= 3600:
+            raise ValueError("an anomaly rule's window_s (its bucket) is 60 to 3600 seconds")
+        if self.clear_value is not None and not 0 <= self.clear_value < self.sensitivity:
+            raise ValueError("an anomaly rule's clear_value is at least 0 and below sensitivity")
+        return self
+
 
 class Rule(BaseModel):
     id: str
@@ -95,6 +140,9 @@ class Rule(BaseModel):
     clear_value: float | None
     consecutive: int
     no_data_minutes: int | None
+    sensitivity: float | None
+    baseline_buckets: int | None
+    warmup_buckets: int | None
     severity: Severity
     enabled: bool
     created_by: str | None
@@ -116,8 +164,8 @@ class AlertEvent(BaseModel):
     severity: Severity
     state: EventState
     opened_at: datetime
-    value: float | None = Field(description="The aggregate (threshold) or the seconds silent (no_data) when "
-                                            "the event opened.")
+    value: float | None = Field(description="The aggregate (threshold), the seconds silent (no_data) or the "
+                                            "bucket's mean (anomaly) when the event opened.")
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     resolved_at: datetime | None

@@ -1,19 +1,22 @@
 -- insert_alert_rule --
 -- A new rule; the plan-limit trigger refuses one over the tenant's max_alert_rules (MQ402).
 INSERT INTO alert_rules (tenant_id, name, kind, scope, device_id, tag, device_type, metric, aggregation, window_s,
-                         operator, value, clear_value, consecutive, no_data_minutes, severity, enabled, created_by)
+                         operator, value, clear_value, consecutive, no_data_minutes, sensitivity, baseline_buckets,
+                         warmup_buckets, severity, enabled, created_by)
 VALUES (%(tenant_id)s, %(name)s, %(kind)s, %(scope)s, %(device_id)s, %(tag)s, %(device_type)s, %(metric)s,
         %(aggregation)s, %(window_s)s, %(operator)s, %(value)s, %(clear_value)s, %(consecutive)s,
-        %(no_data_minutes)s, %(severity)s, %(enabled)s, %(created_by)s)
+        %(no_data_minutes)s, %(sensitivity)s, %(baseline_buckets)s, %(warmup_buckets)s, %(severity)s, %(enabled)s,
+        %(created_by)s)
 RETURNING *
 
 -- update_alert_rule --
--- Replaces a rule's definition; its per-device state starts over (see delete_alert_rule_state).
+-- Replaces a rule's definition; its per-device state (breach counts, anomaly baselines) starts over.
 UPDATE alert_rules
 SET name = %(name)s, kind = %(kind)s, scope = %(scope)s, device_id = %(device_id)s, tag = %(tag)s,
     device_type = %(device_type)s, metric = %(metric)s, aggregation = %(aggregation)s, window_s = %(window_s)s,
     operator = %(operator)s, value = %(value)s, clear_value = %(clear_value)s, consecutive = %(consecutive)s,
-    no_data_minutes = %(no_data_minutes)s, severity = %(severity)s, enabled = %(enabled)s, updated_at = now()
+    no_data_minutes = %(no_data_minutes)s, sensitivity = %(sensitivity)s, baseline_buckets = %(baseline_buckets)s,
+    warmup_buckets = %(warmup_buckets)s, severity = %(severity)s, enabled = %(enabled)s, updated_at = now()
 WHERE tenant_id = %(tenant_id)s AND id = %(rule_id)s
 RETURNING *
 
@@ -151,6 +154,126 @@ SELECT %(tenant_id)s, rule_id, device_id, CASE WHEN breach THEN 1 ELSE 0 END, NO
 ON CONFLICT (tenant_id, rule_id, device_id) DO UPDATE
 SET breaches = CASE WHEN EXCLUDED.breaches = 1 THEN s.breaches + 1 ELSE 0 END,
     cleared = EXCLUDED.cleared, last_value = EXCLUDED.last_value, evaluated_at = EXCLUDED.evaluated_at
+
+-- evaluate_anomaly --
+-- Every enabled anomaly rule against every device in its scope, in one statement (0016 explains the
+-- model). Per (rule, device): the complete buckets after the state's watermark (a first evaluation
+-- seeds the baselines from the history they would have seen; never more than a day back) and each
+-- bucket's mean; then every EWMA after all of them and just before the newest, in closed form
+-- (weights (1 - alpha)^age: no recursion, one pass), centred on the previous mean so that
+-- E[y^2] - E[y]^2 does not cancel. The newest bucket is judged against the baselines before it.
+-- Deviations fed into the fast baseline and the noise are clipped at max(sensitivity, 3) of their
+-- widths (from the state before this run), so one spike barely widens them while a lasting change
+-- is still learned. A pair with no new complete bucket is left as it was. A bucket is complete once
+-- settle_s has passed since its end (its late readings have arrived by then).
+WITH targets AS (
+    SELECT r.id AS rule_id, d.id AS device_id, r.window_s, r.sensitivity, r.clear_value, r.warmup_buckets,
+           2.0::double precision / (r.baseline_buckets + 1) AS alpha,
+           2.0::double precision / (10 * r.baseline_buckets + 1) AS slow_alpha,
+           coalesce(s.samples, 0) AS samples0, s.ewma_mean AS mean0, anomaly_flush(coalesce(s.ewma_var, 0)) AS var0,
+           s.slow_mean AS slow0, anomaly_flush(coalesce(s.noise_var, 0)) AS noise0, s.last_value AS prev0, u.upto,
+           greatest(coalesce(s.watermark,
+                             u.upto - make_interval(secs => r.window_s * greatest(r.baseline_buckets, r.warmup_buckets))),
+                    coalesce(%(as_of)s::timestamptz, now()) - interval '1 day') AS since, r.metric
+    FROM alert_rules r
+    JOIN devices d ON d.tenant_id = r.tenant_id AND d.enabled
+     AND (r.scope = 'all' OR (r.scope = 'device' AND d.id = r.device_id) OR (r.scope = 'tag' AND r.tag = ANY (d.tags))
+          OR (r.scope = 'type' AND d.type = r.device_type))
+    LEFT JOIN alert_rule_state s ON s.tenant_id = r.tenant_id AND s.rule_id = r.id AND s.device_id = d.id
+    CROSS JOIN LATERAL (
+        SELECT to_timestamp(floor((extract(epoch FROM coalesce(%(as_of)s::timestamptz, now())) - %(settle_s)s)
+                                  / r.window_s) * r.window_s) AS upto
+    ) u
+    WHERE r.tenant_id = %(tenant_id)s AND r.enabled AND r.kind = 'anomaly'
+), buckets AS (
+    SELECT t.*, b.x, row_number() OVER w_desc - 1 AS age,
+           first_value(b.x) OVER w_asc AS first_x, coalesce(lag(b.x) OVER w_asc, t.prev0) AS prev_x
+    FROM targets t
+    CROSS JOIN LATERAL (
+        SELECT to_timestamp((floor(extract(epoch FROM x.ts) / t.window_s) + 1) * t.window_s) AS bucket_end,
+               avg(x.value) AS x
+        FROM telemetry x
+        WHERE x.tenant_id = %(tenant_id)s AND x.device_id = t.device_id AND x.metric = t.metric
+          AND x.ts >= t.since AND x.ts < t.upto AND x.value IS NOT NULL
+          -- a reading past 1e100 would overflow the squares; no sensor means it
+          AND abs(x.value) <= 1e100
+          -- the longest catch-up, as a constant: partitions older than a day are pruned
+          AND x.ts >= coalesce(%(as_of)s::timestamptz, now()) - interval '1 day'
+        GROUP BY 1
+    ) b
+    WINDOW w_asc AS (PARTITION BY t.rule_id, t.device_id ORDER BY b.bucket_end),
+           w_desc AS (PARTITION BY t.rule_id, t.device_id ORDER BY b.bucket_end DESC)
+), deviations AS (
+    SELECT b.*, c.centre, anomaly_flush(b.x - c.centre) AS u,
+           anomaly_flush(CASE WHEN c.warm AND b.var0 > 0
+                              THEN least(greatest(b.x - c.centre, -c.bound * sqrt(b.var0)), c.bound * sqrt(b.var0))
+                              ELSE b.x - c.centre END) AS y,
+           anomaly_flush(CASE WHEN c.warm AND b.noise0 > 0
+                              THEN least(greatest(b.x - b.prev_x, -c.bound * sqrt(2 * b.noise0)),
+                                         c.bound * sqrt(2 * b.noise0))
+                              ELSE b.x - b.prev_x END) AS dd
+    FROM buckets b
+    CROSS JOIN LATERAL (
+        SELECT coalesce(b.mean0, b.first_x) AS centre, b.samples0 >= b.warmup_buckets AS warm,
+               greatest(b.sensitivity, 3) AS bound
+    ) c
+), sums AS (
+    SELECT rule_id, device_id, count(*) AS k, max(alpha) AS alpha, max(slow_alpha) AS slow_alpha,
+           max(samples0) AS samples0, max(var0) AS var0, max(noise0) AS noise0, max(centre) AS centre,
+           anomaly_flush(coalesce(max(slow0) - max(centre), 0)) AS slow0, max(upto) AS upto,
+           max(sensitivity) AS sensitivity, max(clear_value) AS clear_value, max(warmup_buckets) AS warmup_buckets,
+           max(x) FILTER (WHERE age = 0) AS newest,
+           -- after every new bucket (fast mean and variance, slow mean, noise) ...
+           sum(anomaly_decay(alpha, age) * y) AS y1, sum(anomaly_decay(alpha, age) * y * y) AS y2,
+           sum(anomaly_decay(slow_alpha, age) * u) AS u1,
+           coalesce(sum(anomaly_decay(alpha, age) * dd * dd), 0) / 2 AS d2,
+           -- ... and before the newest one
+           coalesce(sum(anomaly_decay(alpha, age - 1) * y) FILTER (WHERE age >= 1), 0) AS py1,
+           coalesce(sum(anomaly_decay(alpha, age - 1) * y * y) FILTER (WHERE age >= 1), 0) AS py2,
+           coalesce(sum(anomaly_decay(slow_alpha, age - 1) * u) FILTER (WHERE age >= 1), 0) AS pu1,
+           coalesce(sum(anomaly_decay(alpha, age - 1) * dd * dd) FILTER (WHERE age >= 1), 0) / 2 AS pd2
+    FROM deviations
+    GROUP BY rule_id, device_id
+), baselines AS (
+    SELECT s.*, m.*,
+           s.centre + m.after1 AS mean_after, greatest(m.after2 - m.after1 * m.after1, 0) AS var_after,
+           -- a baseline that never moved still has a width: a thousandth of its level, at least 0.001
+           greatest(sqrt(greatest(m.before2 - m.before1 * m.before1, 0)),
+                    1e-3 * greatest(abs(s.centre + m.before1), 1)) AS sd_before,
+           greatest(sqrt(m.noise_before), 1e-3 * greatest(abs(s.centre + m.before1), 1)) AS noise_sd_before
+    FROM sums s
+    CROSS JOIN LATERAL (
+        SELECT anomaly_flush(s.alpha * s.py1) AS before1, anomaly_flush(s.alpha * s.y1) AS after1,
+               anomaly_decay(s.alpha, s.k - 1) * s.var0 + s.alpha * s.py2 AS before2,
+               anomaly_decay(s.alpha, s.k) * s.var0 + s.alpha * s.y2 AS after2,
+               s.centre + anomaly_decay(s.slow_alpha, s.k - 1) * s.slow0 + s.slow_alpha * s.pu1 AS slow_before,
+               s.centre + anomaly_decay(s.slow_alpha, s.k) * s.slow0 + s.slow_alpha * s.u1 AS slow_after,
+               anomaly_decay(s.alpha, s.k - 1) * s.noise0 + s.alpha * s.pd2 AS noise_before,
+               anomaly_decay(s.alpha, s.k) * s.noise0 + s.alpha * s.d2 AS noise_after
+    ) m
+), judged AS (
+    SELECT b.*, z.score, z.drift, z.level, b.samples0 + b.k - 1 >= b.warmup_buckets AS warm
+    FROM baselines b
+    CROSS JOIN LATERAL (
+        SELECT (b.newest - (b.centre + b.before1)) / b.sd_before AS score,
+               (b.mean_after - b.slow_before) / b.noise_sd_before AS drift,
+               (b.newest - b.slow_before) / b.noise_sd_before AS level
+    ) z
+)
+INSERT INTO alert_rule_state AS s (tenant_id, rule_id, device_id, breaches, cleared, last_value, evaluated_at,
+                                   samples, ewma_mean, ewma_var, slow_mean, noise_var, watermark, last_score,
+                                   last_drift)
+SELECT %(tenant_id)s, rule_id, device_id,
+       CASE WHEN warm AND (abs(score) > sensitivity OR abs(drift) > 1.25 * sensitivity) THEN 1 ELSE 0 END,
+       NOT warm OR (abs(score) <= clear_value AND abs(level) <= 0.625 * sensitivity),
+       newest, now(), samples0 + k, mean_after, var_after, slow_after, noise_after, upto, score, drift
+FROM judged
+ON CONFLICT (tenant_id, rule_id, device_id) DO UPDATE
+SET breaches = CASE WHEN EXCLUDED.breaches = 1 THEN s.breaches + 1 ELSE 0 END,
+    cleared = EXCLUDED.cleared, last_value = EXCLUDED.last_value, evaluated_at = EXCLUDED.evaluated_at,
+    samples = EXCLUDED.samples, ewma_mean = EXCLUDED.ewma_mean, ewma_var = EXCLUDED.ewma_var,
+    slow_mean = EXCLUDED.slow_mean, noise_var = EXCLUDED.noise_var, watermark = EXCLUDED.watermark,
+    last_score = EXCLUDED.last_score, last_drift = EXCLUDED.last_drift
 
 -- open_alert_events --
 -- An event for each (rule, device) evaluated in this transaction with enough consecutive breaches;

@@ -4,7 +4,7 @@ resolved with a comment (audited); evaluation on demand; and another tenant's ru
 Who may call what is tests/functions/test_role_matrix.py's."""
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -97,6 +97,33 @@ def test_rule_crud_with_the_unseen_metric_warning_and_audit(acme, app_pool, data
                                               ("alert_rule.delete", str(users["owner"]["id"]))]
 
 
+def test_anomaly_rule_takes_the_defaults_and_its_baseline_starts_from_history(acme, app_pool):
+    tenant, users = acme
+    # GIVEN a device with two hours of steady one-minute readings
+    device = int(create_device(app_pool, str(tenant["id"]), "press-01")["id"])
+    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+    with tenant_transaction(app_pool, str(tenant["id"])) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, %s, 'temperature', %s)",
+            [(tenant["id"], device, start + timedelta(minutes=i, seconds=30), 40 + (i % 3) * 0.1) for i in range(120)])
+
+    # WHEN staff create an anomaly rule naming only its metric
+    rule = created(users["staff"]["token"], {"name": "Press unusual", "kind": "anomaly", "metric": "temperature"})
+    # THEN the defaults are filled in, clear_value half the sensitivity
+    assert {key: rule[key] for key in ("window_s", "sensitivity", "baseline_buckets", "warmup_buckets",
+                                       "clear_value", "aggregation", "operator", "value")} == {
+        "window_s": 60, "sensitivity": 4.0, "baseline_buckets": 60, "warmup_buckets": 60, "clear_value": 2.0,
+        "aggregation": None, "operator": None, "value": None}
+
+    # WHEN it is evaluated through the API THEN the baseline learned the last hour at once, and nothing fired
+    reply = call("POST", "/api/alerts/evaluate", token=users["staff"]["token"])
+    assert (reply.status, reply.json["evaluated"], reply.json["opened"]) == (200, 1, 0)
+    with tenant_transaction(app_pool, str(tenant["id"])) as conn:
+        state = conn.execute("SELECT samples, ewma_mean FROM alert_rule_state").fetchone()
+    assert state is not None and state["samples"] >= 58
+    assert state["ewma_mean"] == pytest.approx(40.1, abs=0.05)
+
+
 def test_a_metric_a_device_sent_has_no_warning(acme, app_pool, database):
     tenant, users = acme
     # GIVEN a device whose temperature the drain has seen (device_metrics, kept by the drain)
@@ -114,7 +141,11 @@ def test_a_metric_a_device_sent_has_no_warning(acme, app_pool, database):
     {**HOT, "operator": "<", "clear_value": 70},                       # clear below a < threshold
     {**HOT, "scope": "device"},                                        # device scope without device_id
     {**HOT, "tag": "hall-b"},                                          # a tag without tag scope
-    {**HOT, "kind": "anomaly"},                                        # not available yet
+    {**HOT, "kind": "anomaly"},                                        # anomaly takes no threshold
+    {**HOT, "sensitivity": 3},                                         # sensitivity on a threshold rule
+    {"name": "Odd", "kind": "anomaly", "metric": "t", "sensitivity": 3, "clear_value": 3},  # clear not below
+    {"name": "Odd", "kind": "anomaly", "metric": "t", "window_s": 30},  # bucket under a minute
+    {"name": "Odd", "kind": "anomaly"},                                # anomaly without its metric
     {"name": "Silent", "kind": "no_data"},                             # no_data without minutes
     {"name": "Silent", "kind": "no_data", "no_data_minutes": 5, "metric": "temperature"},
     {**HOT, "window_s": 5},
