@@ -31,6 +31,12 @@ def _lock_rule(conn: DictConnection, principal: Principal, rule_id: uuid.UUID) -
         raise AlertRuleNotFound()
 
 
+def _rule_exists(conn: DictConnection, principal: Principal, rule_id: uuid.UUID) -> None:
+    if not one_row(conn.execute(QUERIES["webhook_rule_exists"], {
+            "tenant_id": principal.tenant_id, "rule_id": rule_id}), "webhook_rule_exists")["present"]:
+        raise AlertRuleNotFound()
+
+
 def _host(url: str) -> str:
     return urlsplit(url).hostname or ""
 
@@ -44,8 +50,11 @@ def _checked(url: str, settings: Settings) -> list[str]:
 
 def create_webhook(pool: DictPool, settings: Settings, principal: Principal, rule_id: uuid.UUID, url: str,
                    description: str | None, source: str) -> tuple[dict[str, Any], str, list[str]]:
-    """The new target, its secret (shown this once) and warnings. The URL is checked (and its host
-    resolved) before the transaction: no lock is held while DNS answers."""
+    """The new target, its secret (shown this once) and warnings. The caller and the rule are checked
+    first; then the URL (its host resolved) between two transactions, so no lock waits on DNS."""
+    with tenant_transaction(pool, str(principal.tenant_id)) as conn:
+        _acting_user(conn, principal, *WRITERS)
+        _rule_exists(conn, principal, rule_id)
     warnings = _checked(url, settings)
     secret = webhooks.new_secret()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
@@ -69,9 +78,7 @@ def list_webhooks(pool: DictPool, principal: Principal, rule_id: uuid.UUID, curs
     after_created_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         _acting_user(conn, principal, *WRITERS)
-        if not one_row(conn.execute(QUERIES["webhook_rule_exists"], {
-                "tenant_id": principal.tenant_id, "rule_id": rule_id}), "webhook_rule_exists")["present"]:
-            raise AlertRuleNotFound()
+        _rule_exists(conn, principal, rule_id)
         rows = conn.execute(QUERIES["list_rule_webhooks"], {
             "tenant_id": principal.tenant_id, "rule_id": rule_id, "after_created_at": after_created_at,
             "after_id": after_id, "limit": limit + 1}).fetchall()

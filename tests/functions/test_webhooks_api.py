@@ -164,6 +164,10 @@ def test_viewers_are_refused_and_another_tenants_rules_and_targets_are_not_found
     target = new_target(owner, rule)
     # viewers: neither targets nor deliveries
     assert call("POST", f"/api/alerts/rules/{rule}/webhooks", TARGET, token=viewer).status == 403
+    # (the role and the rule are checked before the URL: no resolving hosts for callers who may not add one)
+    assert call("POST", f"/api/alerts/rules/{rule}/webhooks", {"url": "https://127.0.0.1/"}, token=viewer).status == 403
+    assert call("POST", f"/api/alerts/rules/{rule}/webhooks", {"url": "https://127.0.0.1/"},
+                token=stranger).status == 404
     assert call("GET", f"/api/alerts/rules/{rule}/webhooks", token=viewer).status == 403
     assert call("GET", f"/api/alerts/webhooks/{target['id']}/deliveries", token=viewer).status == 403
     # another tenant's owner: 404 for the rule, the target and its deliveries, and nothing changes
