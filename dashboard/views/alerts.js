@@ -250,6 +250,9 @@ function conditionText(rule) {
     return parts.join(' · ');
   }
   if (rule.kind === 'no_data') return t('rule_no_data_for', { duration: duration(rule.no_data_minutes * 60) });
+  if (rule.kind === 'anomaly' && rule.metric && rule.sensitivity != null && rule.window_s) {
+    return t('rule_anomaly_summary', { metric: rule.metric, sigma: formatNumber(rule.sensitivity), window: duration(rule.window_s) });
+  }
   return [rule.metric, rule.window_s ? duration(rule.window_s) : null].filter(Boolean).join(' · ') || '—';
 }
 
