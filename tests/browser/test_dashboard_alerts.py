@@ -120,10 +120,8 @@ def test_owner_creates_a_rule_in_the_page_and_handles_its_events(stack, page_for
     api("POST", f"/api/alerts/events/{events['Press warm']['id']}/acknowledge", token)
     # THEN the events page lists them open first, then acknowledged, then resolved, and the nav
     # badge counts the one open event (refreshed at the page's cadence)
-    started = time.monotonic()
     page.locator(".tabs a[href='#/alerts']").click()
     page.locator("li[data-event][data-state=resolved]").wait_for()
-    shown_s = time.monotonic() - started
     page.locator("#nav [data-open-alerts='1']").wait_for()
     assert states_in_order(page) == ["open", "acknowledged", "resolved"]
     hot = page.locator("li[data-event][data-state=open]")
@@ -153,7 +151,6 @@ def test_owner_creates_a_rule_in_the_page_and_handles_its_events(stack, page_for
     assert row == [("resolved", "Pump replaced", str(owner["id"]), str(owner["id"]))]
     assert page.dialogs == [] and page.errors == []
     assert layout_shift(page) < 0.05
-    print(f"events shown {shown_s:.2f} s after the click")
 
 
 def test_filters_and_paging(stack, page_for):
@@ -259,6 +256,26 @@ def test_staff_disable_enable_and_delete_a_rule_with_an_inline_confirmation(stac
     page.locator("tr[data-rule]").first.wait_for(state="detached")
     assert query(database, "SELECT count(*) FROM alert_rules") == [(0,)]
     assert page.dialogs == [] and page.errors == []
+
+
+def test_alerts_are_not_offered_where_the_api_has_none(stack, page_for):
+    # GIVEN a deployment whose API lists no alerts operations (config.json, as an older API would)
+    page = page_for()
+
+    def without_alerts(route) -> None:
+        response = route.fetch()
+        config = response.json()
+        config["operations"] = [op for op in config["operations"] if "/api/alerts/" not in op]
+        route.fulfill(response=response, json=config)
+
+    page.route("**/config.json", without_alerts)
+    sign_in(page, stack["users"]["owner"])
+    # THEN the nav has no Alerts entry, and its address shows the fleet instead
+    page.locator("tr[data-device=press-01]").wait_for()
+    assert page.locator("#nav a .nav-label").all_inner_texts() == ["Fleet", "Ingest", "Users"]
+    page.goto("/api/dashboard/#/alerts")
+    page.locator("tr[data-device=press-01]").wait_for()
+    assert page.locator("[data-section]").count() == 0 and page.errors == []
 
 
 def test_language_switch_translates_the_alerts_view(stack, page_for):
