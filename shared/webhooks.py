@@ -7,9 +7,9 @@ lease (next_attempt_at moved past the attempt), so overlapping runs never send o
 call happens outside any transaction, then the attempt is recorded and the delivery settled
 (delivered, retried after an exponential backoff with jitter, or given up).
 
-Every tenant has one lane (a thread of a small pool): a slow receiver holds up only its own tenant,
-a target that failed once is passed over for the rest of the run, and a lane stops after
-PER_TENANT_LIMIT deliveries so no tenant can use up the run.
+Every tenant has one lane on a small thread pool, sending one delivery at a time, in turns of BATCH
+deliveries: a slow receiver holds up only its own tenant, a target that failed once is passed over
+for the rest of the run, and a tenant with a large backlog takes turns with the others.
 
 Server-side request forgery: a target must be https (unless WEBHOOK_ALLOW_HTTP) and, unless
 WEBHOOK_ALLOW_PRIVATE_TARGETS, every address its host resolves to must be global. This is checked
@@ -70,7 +70,8 @@ USER_AGENT = "mqtt-saas-webhooks/1"
 BACKOFF_FIRST_S = 30.0
 BACKOFF_MAX_S = 3600.0
 BACKOFF_JITTER = 0.2
-PER_TENANT_LIMIT = 50
+# A lane's turn: this many deliveries, then the tenant goes to the back of the queue.
+BATCH = 20
 WORKERS = 4
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _JITTER = random.Random()
@@ -421,13 +422,14 @@ def _attempt(settings: Settings, claimed: Mapping[str, Any], ca_file: str | None
     return post(str(claimed["url"]), body, signed_headers(secret, delivery_id, body), settings, ca_file)
 
 
-def deliver_tenant(pool: DictPool, settings: Settings, tenant_id: str, deadline: float,
-                   limit: int = PER_TENANT_LIMIT, ca_file: str | None = None,
+def deliver_tenant(pool: DictPool, settings: Settings, tenant_id: str, deadline: float, limit: int = BATCH,
+                   ca_file: str | None = None, skip: list[uuid.UUID] | None = None,
                    rng: random.Random | None = None) -> DeliveryReport:
-    """One tenant's lane: claim one due delivery, send it, record it; until nothing is due, the limit,
-    or too little time is left for a whole attempt. A target that failed is passed over from then on."""
+    """One batch of a tenant's lane: claim one due delivery, send it, record it; until nothing is due,
+    `limit` deliveries, or too little time is left for a whole attempt. A target that failed is added
+    to `skip` and passed over from then on (its deliveries wait for their backoff or the next run)."""
     report = DeliveryReport(tenants=1)
-    skip: list[uuid.UUID] = []
+    skip = [] if skip is None else skip
     while report.attempted < limit and time.monotonic() + settings.webhook_timeout_s <= deadline:
         claimed = _claim(pool, settings, tenant_id, skip)
         if claimed is None:
@@ -447,26 +449,53 @@ def deliver_tenant(pool: DictPool, settings: Settings, tenant_id: str, deadline:
 
 
 def deliver_due(pool: DictPool, settings: Settings, budget_s: float | None = None, *, workers: int = WORKERS,
-                per_tenant_limit: int = PER_TENANT_LIMIT, ca_file: str | None = None) -> DeliveryReport:
+                batch: int = BATCH, ca_file: str | None = None) -> DeliveryReport:
     """Every tenant's due deliveries, within budget_s (WEBHOOK_DELIVERY_BUDGET_S); ends as soon as
-    nothing is due. One tenant's lane failing (its database work) is logged; the others go on.
+    nothing is due. Each tenant's lane sends a batch, then goes to the back of the queue while it has
+    more, so a tenant with thousands of deliveries or a slow receiver takes turns with the others
+    instead of holding a worker. A lane that fails (its database work) is logged; the others go on.
     ca_file: a CA bundle to trust instead of the system's (tests' local TLS receivers)."""
     started = time.monotonic()
     deadline = started + (settings.webhook_delivery_budget_s if budget_s is None else budget_s)
     report = DeliveryReport()
     tenants = tenants_with_due_deliveries(pool)
-    if tenants:
-        with ThreadPoolExecutor(max_workers=min(workers, len(tenants)),
-                                thread_name_prefix="webhooks") as executor:
-            lanes = {tenant_id: executor.submit(deliver_tenant, pool, settings, tenant_id, deadline,
-                                                per_tenant_limit, ca_file)
-                     for tenant_id in tenants}
-            for tenant_id, lane in lanes.items():
-                try:
-                    report.add(lane.result())
-                    report.tenants += 1
-                except Exception:  # noqa: BLE001 - one tenant's failure must not stop the others' deliveries
-                    log.exception("webhook delivery failed", extra={"tenant_id": tenant_id})
+    if not tenants:
+        report.duration_ms = (time.monotonic() - started) * 1000
+        return report
+    skips: dict[str, list[uuid.UUID]] = {tenant_id: [] for tenant_id in tenants}
+    outstanding = 0
+    done = threading.Condition()
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(tenants)), thread_name_prefix="webhooks") as executor:
+
+        def queue(tenant_id: str) -> None:
+            nonlocal outstanding
+            with done:
+                outstanding += 1
+            executor.submit(lane, tenant_id)
+
+        def lane(tenant_id: str) -> None:
+            nonlocal outstanding
+            again = False
+            try:
+                result = deliver_tenant(pool, settings, tenant_id, deadline, batch, ca_file, skips[tenant_id])
+                with done:
+                    report.add(result)
+                again = result.attempted >= batch
+            except Exception:  # noqa: BLE001 - one tenant's failure must not stop the others' deliveries
+                log.exception("webhook delivery failed", extra={"tenant_id": tenant_id})
+                with done:
                     report.lane_errors.append(tenant_id)
+            if again and time.monotonic() + settings.webhook_timeout_s <= deadline:
+                queue(tenant_id)  # before this turn ends, so outstanding never reads 0 too early
+            with done:
+                outstanding -= 1
+                done.notify_all()
+
+        for tenant_id in tenants:
+            queue(tenant_id)
+        with done:
+            done.wait_for(lambda: outstanding == 0)
+    report.tenants = len(tenants) - len(report.lane_errors)
     report.duration_ms = (time.monotonic() - started) * 1000
     return report

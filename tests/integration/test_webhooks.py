@@ -487,3 +487,21 @@ def test_nothing_due_ends_at_once(app_pool, local):
     new_tenant(app_pool)
     report = webhooks.deliver_due(app_pool, local, 10)
     assert (report.tenants, report.attempted) == (0, 0)
+
+
+def test_a_tenant_with_a_backlog_takes_turns_with_the_others(app_pool, local, receive):
+    # GIVEN tenant A with 12 deliveries queued and tenant B with one, one worker, turns of 4 deliveries
+    busy, quiet = new_tenant(app_pool), new_tenant(app_pool)
+    receiver = receive()
+    add_target(app_pool, local, busy, add_rule(app_pool, busy), receiver.url)
+    add_target(app_pool, local, quiet, add_rule(app_pool, quiet), receiver.url)
+    for n in range(12):
+        hot(app_pool, busy, name=f"boiler-{n}")
+    hot(app_pool, quiet)
+    for tenant in (busy, quiet):
+        evaluate_tenant(app_pool, str(tenant["id"]))
+    # WHEN one run delivers THEN everything is sent, and B's delivery went out within A's first turn or before it
+    report = webhooks.deliver_due(app_pool, local, 30, workers=1, batch=4)
+    assert (report.tenants, report.delivered) == (2, 13)
+    order = [json.loads(r.body)["tenant"] for r in receiver.requests]
+    assert order.index(quiet["slug"]) <= 4
