@@ -6,6 +6,7 @@ import { api, getAll, offers } from '../api.js';
 import { h, replace } from '../dom.js';
 import { formatDate, formatNumber, has, t } from '../i18n.js';
 import { errorText, latestValues } from './common.js';
+import { refreshAlertBadge } from './alerts_nav.js';
 
 const STATES = ['open', 'acknowledged', 'resolved'];
 const SEVERITIES = ['critical', 'warning', 'info'];
@@ -20,30 +21,6 @@ const SCOPES = ['all', 'device', 'tag', 'type'];
 const READ_ONLY = ['id', 'created_by', 'created_at', 'updated_at', 'warnings'];
 
 let filters = { state: '', severity: '' };
-
-export function offersAlerts() {
-  return offers('GET', '/api/alerts/events');
-}
-
-// The nav badge: open (unacknowledged) events. One page of the API's largest size is enough for a
-// count that matters; past it the badge says "200+".
-const badge = h('span', { class: 'nav-badge zero', 'data-open-alerts': '0', 'aria-hidden': 'true', text: '0' });
-const badgeText = h('span', { class: 'sr-only' });
-
-export function alertsNavLabel() {
-  return [h('span', { class: 'nav-label', text: t('nav_alerts') }), ' ', badge, badgeText];
-}
-
-export async function refreshAlertBadge() {
-  if (!offersAlerts()) return;
-  const data = await api('GET', `/api/alerts/events?state=open&limit=${MAX_PAGE}`);
-  const n = (data.items || []).length;
-  const text = data.next_cursor ? `${formatNumber(n)}+` : formatNumber(n);
-  badge.textContent = text;
-  badge.dataset.openAlerts = String(n);
-  badge.classList.toggle('zero', n === 0);
-  badgeText.textContent = n ? t('alerts_open_n', { n: text }) : '';
-}
 
 export function severityBadge(severity) {
   return h('span', { class: `badge sev sev-${severity}`, text: has(`severity_${severity}`) ? t(`severity_${severity}`) : severity });
