@@ -505,3 +505,30 @@ def test_a_tenant_with_a_backlog_takes_turns_with_the_others(app_pool, local, re
     assert (report.tenants, report.delivered) == (2, 13)
     order = [json.loads(r.body)["tenant"] for r in receiver.requests]
     assert order.index(quiet["slug"]) <= 4
+
+
+def test_the_registered_alert_evaluator_timer_delivers_what_its_evaluation_opened(monkeypatch, database, app_pool,
+                                                                                 receive):
+    import azure.functions as func
+
+    from tests.support.api import close_api_pool, export_api_settings
+    from tests.support.devices import registered_functions
+
+    # GIVEN a rule with a target and a hot device, and the app's settings (http and loopback allowed, as locally)
+    tenant = new_tenant(app_pool)
+    receiver = receive()
+    export_api_settings(monkeypatch, database, WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
+    from shared.settings import get_settings
+
+    _, secret = add_target(app_pool, get_settings(), tenant, add_rule(app_pool, tenant), receiver.url)
+    hot(app_pool, tenant)
+    try:
+        # WHEN the registered timer runs once, as the host would call it
+        registered_functions()["alert_evaluator"].get_user_function()(func.timer.TimerRequest(past_due=False))
+    finally:
+        close_api_pool()
+    # THEN the event it opened was delivered in the same run, signed
+    [request] = receiver.requests
+    assert json.loads(request.body)["type"] == "alert.opened"
+    assert webhooks.verify(secret, request.headers, request.body)
+    assert [d["state"] for d in deliveries(app_pool, tenant)] == ["delivered"]
