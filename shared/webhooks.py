@@ -302,12 +302,22 @@ def post(url: str, body: bytes, headers: Mapping[str, str], settings: Settings,
         literal = _literal_address(host)
         addresses = [str(literal)] if literal is not None else resolve(host, port)
         _check_addresses(addresses, settings)
-        remaining = max(0.05, timeout_s - (time.monotonic() - started))
-        if parts.scheme == "https":
-            conn = _PinnedHTTPSConnection(host, port, addresses[0], remaining, _tls_context(ca_file))
-        else:
-            conn = _PinnedHTTPConnection(host, port, addresses[0], remaining)
-        conn.connect()
+        for index, address in enumerate(addresses):
+            remaining = max(0.05, timeout_s - (time.monotonic() - started))
+            conn = (_PinnedHTTPSConnection(host, port, address, remaining, _tls_context(ca_file))
+                    if parts.scheme == "https" else _PinnedHTTPConnection(host, port, address, remaining))
+            try:
+                conn.connect()
+                break
+            except ssl.SSLError:
+                raise
+            except OSError:
+                # an unreachable address (often IPv6 without a route): the next checked one, while time is left
+                conn.close()
+                if index == len(addresses) - 1 or time.monotonic() - started >= timeout_s:
+                    raise
+        if conn is None:
+            raise OSError("the host resolves to no address")
         watchdog = threading.Timer(max(0.0, timeout_s - (time.monotonic() - started)), _abort, (conn,))
         watchdog.daemon = True
         watchdog.start()
