@@ -47,7 +47,7 @@ function tabs(which) {
     h('a', { href: '#/alerts/rules', 'aria-current': which === 'rules' ? 'page' : null, text: t('alerts_rules') }));
 }
 
-function head(ctx, which, ...extra) {
+function head(which, ...extra) {
   return h('div', { class: 'page-head' }, h('div', {}, h('h1', { text: t('nav_alerts') }), tabs(which)), extra);
 }
 
@@ -68,7 +68,7 @@ async function renderEvents(ctx) {
   const message = h('div', { class: 'message' });
   const list = h('div', { class: 'event-sections', 'aria-busy': 'true' },
     h('p', { class: 'muted placeholder-line', text: t('loading') }));
-  replace(ctx.main, head(ctx, 'events'),
+  replace(ctx.main, head('events'),
     h('div', { class: 'toolbar', role: 'group', 'aria-label': t('filters') }, stateSelect, severitySelect),
     message, list);
 
@@ -242,8 +242,12 @@ function ruleBody(rule, changes) {
 }
 
 function problemLines(error) {
-  const params = (error && error.problem && error.problem['invalid-params']) || (error && error.problem && error.problem.invalid_params) || [];
-  return params.map((p) => String(p.reason || '').replace(/^Value error, /, '') + (p.name && !/^body$/.test(p.name) ? ` (${String(p.name).replace(/^body\./, '')})` : ''));
+  const params = (error && error.problem && error.problem['invalid-params']) || [];
+  // pydantic's reason, without its "Value error, " prefix, and the field it is about (not "body").
+  return params.map((p) => {
+    const field = String(p.name || '').replace(/^body\.?/, '');
+    return String(p.reason || '').replace(/^Value error, /, '') + (field ? ` (${field})` : '');
+  });
 }
 
 async function renderRules(ctx) {
@@ -255,7 +259,7 @@ async function renderRules(ctx) {
   if (canWrite) columns.push('actions');
   const addButton = canWrite ? h('button', { type: 'button', class: 'primary', 'data-action': 'add-rule', text: t('rule_new'),
     onclick: () => showCreate() }) : null;
-  replace(ctx.main, head(ctx, 'rules', addButton), slot, message,
+  replace(ctx.main, head('rules', addButton), slot, message,
     h('div', { class: 'table-wrap' }, h('table', { class: 'data rules' },
       h('caption', { class: 'sr-only', text: t('alerts_rules') }),
       h('thead', {}, h('tr', {}, columns.map((k) => h('th', { scope: 'col', text: t(k) })))), tbody)));
@@ -265,21 +269,20 @@ async function renderRules(ctx) {
   let confirming = false;
 
   function row(rule) {
-    const label = (key) => t(key);
     const enabled = canWrite
       ? h('button', { type: 'button', class: 'small toggle', 'data-action': 'toggle', 'aria-pressed': rule.enabled ? 'true' : 'false',
         'aria-label': t('rule_enabled_of', { name: rule.name }), text: t(rule.enabled ? 'on' : 'off'), onclick: () => toggle(rule) })
       : h('span', { text: t(rule.enabled ? 'on' : 'off') });
     const cells = [
-      h('td', { 'data-label': label('rule_name') }, h('span', { class: 'rule-name', text: rule.name })),
-      h('td', { 'data-label': label('rule_kind'), text: kindName(rule.kind) }),
-      h('td', { 'data-label': label('rule_scope') }, scopeText(rule, devices)),
-      h('td', { 'data-label': label('rule_condition') }, h('code', { text: conditionText(rule) })),
-      h('td', { 'data-label': label('rule_severity') }, severityBadge(rule.severity)),
-      h('td', { 'data-label': label('rule_enabled') }, enabled),
+      h('td', { 'data-label': t('rule_name') }, h('span', { class: 'rule-name', text: rule.name })),
+      h('td', { 'data-label': t('rule_kind'), text: kindName(rule.kind) }),
+      h('td', { 'data-label': t('rule_scope') }, scopeText(rule, devices)),
+      h('td', { 'data-label': t('rule_condition') }, h('code', { text: conditionText(rule) })),
+      h('td', { 'data-label': t('rule_severity') }, severityBadge(rule.severity)),
+      h('td', { 'data-label': t('rule_enabled') }, enabled),
     ];
     if (canWrite) {
-      const cell = h('td', { 'data-label': label('actions'), class: 'rule-actions' });
+      const cell = h('td', { 'data-label': t('actions'), class: 'rule-actions' });
       const deleteButton = h('button', { type: 'button', class: 'danger small', 'data-action': 'delete', text: t('delete'),
         onclick: () => confirmDelete(rule, cell, deleteButton) });
       replace(cell, deleteButton);
@@ -401,7 +404,7 @@ function ruleForm(ctx, devices, onSaved, onClose) {
       field('rule_type', h('input', { name: 'device_type', required: true, list: id('types'), autocomplete: 'off' }))),
   };
 
-  const form = h('form', { class: 'card form rule-form', 'aria-label': t('rule_new'), novalidate: false },
+  const form = h('form', { class: 'card form rule-form', 'aria-label': t('rule_new') },
     h('h2', { text: t('rule_new') }),
     field('rule_name', h('input', { name: 'name', required: true, maxlength: 200, autocomplete: 'off' })),
     field('rule_kind', kind),

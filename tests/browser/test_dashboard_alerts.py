@@ -5,7 +5,9 @@ disabling and deleting rules, languages and a phone-sized screen."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -128,8 +130,11 @@ def test_owner_creates_a_rule_in_the_page_and_handles_its_events(stack, page_for
     assert "Press too hot" in hot.inner_text() and "Critical" in hot.inner_text()
     assert "temp = 95" in hot.inner_text()
     assert hot.locator("a[href='#/device/%s']" % events["Press too hot"]["device_id"]).inner_text() == "press-01"
-    # (opened in the reader's time zone, Asia/Jakarta: the same instant the API gave)
-    assert hot.locator("time").get_attribute("datetime") == events["Press too hot"]["opened_at"]
+    # (opened at the API's instant, shown in the reader's time zone, Asia/Jakarta, and locale)
+    opened = hot.locator("dd time").first
+    assert opened.get_attribute("datetime") == events["Press too hot"]["opened_at"]
+    local = datetime.fromisoformat(events["Press too hot"]["opened_at"]).astimezone(ZoneInfo("Asia/Jakarta"))
+    assert local.strftime("%-I:%M:%S %p") in opened.inner_text().replace("\u202f", " ")
     page.screenshot(path=str(screenshots / "alerts.png"), full_page=True)
 
     # WHEN the owner acknowledges the open event with a comment, in the page
