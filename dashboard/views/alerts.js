@@ -55,6 +55,18 @@ export async function renderAlerts(ctx, which) {
   return which === 'rules' ? renderRules(ctx) : renderEvents(ctx);
 }
 
+// An auto-refresh redraws only what changed, and a redraw keeps the keyboard's place: the same
+// button of the same event or rule, or the item itself when that button is gone.
+function redrawKeepingFocus(container, attr, redraw) {
+  const active = container.contains(document.activeElement) ? document.activeElement : null;
+  const key = active?.closest(`[${attr}]`)?.getAttribute(attr);
+  const action = active?.dataset.action;
+  redraw();
+  if (!key) return;
+  const again = container.querySelector(`[${attr}="${CSS.escape(key)}"]`);
+  ((action && again?.querySelector(`[data-action="${CSS.escape(action)}"]`)) || again)?.focus();
+}
+
 // -- events ------------------------------------------------------------------------------------
 
 async function renderEvents(ctx) {
@@ -78,6 +90,7 @@ async function renderEvents(ctx) {
   let editing = false;
   // A filter change starts a new generation: an answer for the old filters arriving late is dropped.
   let generation = 0;
+  let drawn = null;
 
   function reset() {
     generation += 1;
@@ -178,7 +191,13 @@ async function renderEvents(ctx) {
         store.cursor ? h('button', { type: 'button', 'data-action': 'more', text: t('more'),
           onclick: async (e) => {
             e.target.disabled = true;
-            try { await load(state, true); draw(); list.querySelector(`[data-section=${state}] [data-action=more]`)?.focus(); }
+            const shown = stores[state].items.length;
+            try {
+              await load(state, true);
+              draw();
+              // The keyboard goes on from the first event the button brought.
+              list.querySelectorAll(`[data-section=${state}] li[data-event]`)[shown]?.focus();
+            }
             catch (err) { replace(message, errorText(err)); e.target.disabled = false; }
           } }) : null);
     }));
@@ -193,9 +212,10 @@ async function renderEvents(ctx) {
       replace(message);
     } catch (e) { replace(message, errorText(e)); return; }
     if ((editing && !force) || started !== generation) return;
-    const focused = list.contains(document.activeElement) ? document.activeElement.closest('li[data-event]')?.dataset.event : null;
-    draw();
-    if (focused) list.querySelector(`li[data-event="${CSS.escape(focused)}"]`)?.focus();
+    const snapshot = JSON.stringify([stores, [...rules.values()]]);
+    if (!force && snapshot === drawn) return;
+    drawn = snapshot;
+    redrawKeepingFocus(list, 'data-event', draw);
   }
 
   for (const [select, key] of [[stateSelect, 'state'], [severitySelect, 'severity']]) {
@@ -267,6 +287,7 @@ async function renderRules(ctx) {
   let rules = [];
   let devices = new Map();
   let confirming = false;
+  let drawn = null;
 
   function row(rule) {
     const enabled = canWrite
@@ -288,7 +309,7 @@ async function renderRules(ctx) {
       replace(cell, deleteButton);
       cells.push(cell);
     }
-    return h('tr', { 'data-rule': rule.id, class: rule.enabled ? null : 'rule-off' }, cells);
+    return h('tr', { 'data-rule': rule.id, class: rule.enabled ? null : 'rule-off', tabindex: -1 }, cells);
   }
 
   // An inline confirmation in the rule's own row: keyboard-usable, translatable, no modal dialog.
@@ -331,8 +352,11 @@ async function renderRules(ctx) {
       replace(message);
     } catch (e) { replace(message, errorText(e)); return; }
     if (confirming && !force) return;
-    replace(tbody, rules.length ? rules.map(row)
-      : h('tr', {}, h('td', { colspan: columns.length, class: 'muted', text: t('no_rules') })));
+    const snapshot = JSON.stringify(rules);
+    if (!force && snapshot === drawn) return;
+    drawn = snapshot;
+    redrawKeepingFocus(tbody, 'data-rule', () => replace(tbody, rules.length ? rules.map(row)
+      : h('tr', {}, h('td', { colspan: columns.length, class: 'muted', text: t('no_rules') }))));
   }
 
   function showCreate() {

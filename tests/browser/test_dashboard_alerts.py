@@ -250,6 +250,10 @@ def test_staff_disable_enable_and_delete_a_rule_with_an_inline_confirmation(stac
     assert query(database, "SELECT enabled, clear_value, consecutive FROM alert_rules") == [(False, 75.0, 3)]
     row.locator("[data-action=toggle]").click()
     row.locator("[data-action=toggle][aria-pressed=true]").wait_for()
+    # AND the page's auto-refresh leaves the keyboard where it was
+    with page.expect_response(lambda r: "/api/alerts/rules" in r.url and r.request.method == "GET"):
+        pass
+    assert page.evaluate("document.activeElement.dataset.action") == "toggle"
     # WHEN they press delete and then cancel THEN nothing happens
     row.locator("[data-action=delete]").click()
     row.get_by_role("button", name="Cancel").click()
