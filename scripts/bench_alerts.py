@@ -7,11 +7,15 @@ per-device loop over the same rules.
 Starts a private PostgreSQL (with Mosquitto and Azurite, unused) in a temporary folder, makes
 --tenants tenants sharing --devices devices, one 'temperature' reading per device and minute for
 --hours hours (written as the owner, generate_series), a tenth of the devices silent for the last
-hour, and per tenant 3 threshold rules (avg/max/last over 1-10 minutes) and 3 no-data rules
-(N = 1, so one run opens every event due). Anomaly rules are not implemented yet.
-  eval   shared.alerts.evaluate_rules as the app role (one statement per rule kind per tenant);
-  naive  the same rules, one query per (rule, device) as the app role, the comparison in Python,
-         in one read-only transaction per tenant, right after the evaluation.
+hour, a seventh of them reading 1000 for the last three minutes, and per tenant 3 threshold rules
+(avg/max/last over 10-60 minutes), 3 no-data rules and 3 anomaly rules (spans 30/60/120 buckets;
+N = 1, so one run opens every event due).
+  eval    shared.alerts.evaluate_rules as the app role (one statement per rule kind per tenant); the
+          anomaly rules' first run, which seeds each baseline from history (the costly one);
+  naive   the same rules, one query per (rule, device) as the app role, the comparison (and the
+          anomaly baseline, tests/support/anomaly.py) in Python, in one read-only transaction per
+          tenant, right after the evaluation; it keeps no state, so it is spared the writes;
+  steady  the next minute's run: each anomaly pair reads one new bucket (printed, not in the ratio).
 Both must find the same (rule, device) pairs. The last line is machine-readable:
 alerts_bench eval_s=<seconds> naive_s=<seconds> ratio=<naive/eval> events=<n>
 """
@@ -32,10 +36,12 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import psycopg  # noqa: E402
 
 from localstack import LocalStack  # noqa: E402
+from tests.support.anomaly import judge_first_run  # noqa: E402
 
 OPS = {">": op.gt, ">=": op.ge, "<": op.lt, "<=": op.le}
 THRESHOLDS = [("avg", 600, ">", 60.0), ("max", 3600, ">", 99.5), ("last", 3600, "<", 2.0)]
 NO_DATA_MINUTES = [10, 30, 60]
+ANOMALY = [(30, 3.0), (60, 4.0), (120, 5.0)]   # (span = warm-up in buckets, sensitivity)
 
 
 def main() -> None:
@@ -49,7 +55,7 @@ def main() -> None:
         env = stack.create_app_database("bench") | {"AUTH_JWT_SECRET": uuid.uuid4().hex * 2}
         os.environ.update(env)
         owner_dsn = stack.postgres.superuser_dsn("bench")
-        from shared.alerts import evaluate_rules
+        from shared.alerts import ANOMALY_SETTLE_S, evaluate_rules
         from shared.db import get_pool, tenant_transaction
 
         started = time.monotonic()
@@ -65,6 +71,8 @@ def main() -> None:
                 " FROM devices d, generate_series(date_trunc('minute', now()) - make_interval(hours => %s),"
                 "                                 date_trunc('minute', now()), interval '1 minute') m"
                 " WHERE d.id %% 10 <> 0 OR m < now() - interval '1 hour'", (args.hours,))
+            conn.execute("UPDATE telemetry SET value = 1000 WHERE device_id % 7 = 0"
+                         " AND ts > now() - interval '3 minutes'")
             conn.execute("UPDATE devices d SET status = 'online', last_seen = CASE WHEN d.id % 10 = 0"
                          " THEN now() - interval '1 hour' ELSE date_trunc('minute', now()) END")
             for aggregation, window_s, operator, value in THRESHOLDS:
@@ -76,11 +84,16 @@ def main() -> None:
             for minutes in NO_DATA_MINUTES:
                 conn.execute("INSERT INTO alert_rules (tenant_id, name, kind, scope, no_data_minutes)"
                              " SELECT id, %s, 'no_data', 'all', %s FROM tenants", (f"silent {minutes}m", minutes))
+            for span, sensitivity in ANOMALY:
+                conn.execute("INSERT INTO alert_rules (tenant_id, name, kind, scope, metric, window_s, sensitivity,"
+                             " baseline_buckets, warmup_buckets, clear_value) SELECT id, %s, 'anomaly', 'all',"
+                             " 'temperature', 60, %s, %s, %s, %s FROM tenants",
+                             (f"unusual {span}", sensitivity, span, span, sensitivity / 2))
             conn.execute("VACUUM ANALYZE")
             readings = conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]  # type: ignore[index]
             tenants = [str(row[0]) for row in conn.execute("SELECT id FROM tenants ORDER BY id")]
         print(f"setup: {args.tenants} tenants, {per_tenant * args.tenants} devices, {readings} readings, "
-              f"{6 * args.tenants} rules in {time.monotonic() - started:.1f}s", flush=True)
+              f"{9 * args.tenants} rules in {time.monotonic() - started:.1f}s", flush=True)
 
         pool = get_pool()
         pool.wait(30)
@@ -93,9 +106,22 @@ def main() -> None:
                     devices = conn.execute("SELECT id, status, last_seen, created_at FROM devices"
                                            " WHERE enabled").fetchall()
                     now = conn.execute("SELECT now() AS now").fetchone()["now"]  # type: ignore[index]
+                    # the newest complete anomaly bucket ends ANOMALY_SETTLE_S before now, on a minute mark
+                    upto = int((now.timestamp() - ANOMALY_SETTLE_S) // 60 * 60)
                     for rule in rules:
                         for device in devices:
-                            if rule["kind"] == "no_data":
+                            if rule["kind"] == "anomaly":
+                                span = rule["baseline_buckets"]
+                                rows = conn.execute(
+                                    "SELECT floor(extract(epoch FROM ts) / 60) AS bucket, avg(value) AS x"
+                                    " FROM telemetry WHERE tenant_id = %s AND device_id = %s AND metric = %s"
+                                    " AND ts >= to_timestamp(%s) AND ts < to_timestamp(%s) AND value IS NOT NULL"
+                                    " GROUP BY bucket ORDER BY bucket",
+                                    (tenant_id, device["id"], rule["metric"], upto - 60 * (span + 1), upto)
+                                ).fetchall()
+                                breach = bool(rows) and judge_first_run([row["x"] for row in rows], span, span,
+                                                                        rule["sensitivity"])
+                            elif rule["kind"] == "no_data":
                                 seen = device["last_seen"] or device["created_at"]
                                 breach = device["status"] == "offline" or (now - seen).total_seconds() > \
                                     60 * rule["no_data_minutes"]
@@ -129,6 +155,11 @@ def main() -> None:
               f"failed={len(report.failed)}; naive found {len(expected)}, same events: {got == expected}", flush=True)
         if got != expected:
             print(f"differ: only eval {len(got - expected)}, only naive {len(expected - got)}", flush=True)
+        time.sleep(60.5 - time.time() % 60)
+        started = time.monotonic()
+        steady = evaluate_rules(pool)
+        print(f"steady: the next minute's run took {time.monotonic() - started:.3f}s "
+              f"(evaluated={steady.evaluated} opened={steady.opened} resolved={steady.resolved})", flush=True)
         print(f"alerts_bench eval_s={eval_s:.3f} naive_s={naive_s:.3f} ratio={naive_s / eval_s:.1f} events={len(got)}")
 
 

@@ -158,7 +158,8 @@ SET breaches = CASE WHEN EXCLUDED.breaches = 1 THEN s.breaches + 1 ELSE 0 END,
 -- evaluate_anomaly --
 -- Every enabled anomaly rule against every device in its scope, in one statement (0016 explains the
 -- model). Per (rule, device): the complete buckets after the state's watermark (a first evaluation
--- seeds the baselines from the history they would have seen; never more than a day back) and each
+-- seeds the baselines from the history they would have seen, warm-up included, so a new rule on a
+-- device with history judges at once; never more than a day back) and each
 -- bucket's mean; then every EWMA after all of them and just before the newest, in closed form
 -- (weights (1 - alpha)^age: no recursion, one pass), centred on the previous mean so that
 -- E[y^2] - E[y]^2 does not cancel. The newest bucket is judged against the baselines before it.
@@ -172,8 +173,8 @@ WITH targets AS (
            2.0::double precision / (10 * r.baseline_buckets + 1) AS slow_alpha,
            coalesce(s.samples, 0) AS samples0, s.ewma_mean AS mean0, anomaly_flush(coalesce(s.ewma_var, 0)) AS var0,
            s.slow_mean AS slow0, anomaly_flush(coalesce(s.noise_var, 0)) AS noise0, s.last_value AS prev0, u.upto,
-           greatest(coalesce(s.watermark,
-                             u.upto - make_interval(secs => r.window_s * greatest(r.baseline_buckets, r.warmup_buckets))),
+           greatest(coalesce(s.watermark, u.upto - make_interval(
+                                 secs => r.window_s * (greatest(r.baseline_buckets, r.warmup_buckets) + 1))),
                     coalesce(%(as_of)s::timestamptz, now()) - interval '1 day') AS since, r.metric
     FROM alert_rules r
     JOIN devices d ON d.tenant_id = r.tenant_id AND d.enabled
@@ -181,17 +182,17 @@ WITH targets AS (
           OR (r.scope = 'type' AND d.type = r.device_type))
     LEFT JOIN alert_rule_state s ON s.tenant_id = r.tenant_id AND s.rule_id = r.id AND s.device_id = d.id
     CROSS JOIN LATERAL (
-        SELECT to_timestamp(floor((extract(epoch FROM coalesce(%(as_of)s::timestamptz, now())) - %(settle_s)s)
-                                  / r.window_s) * r.window_s) AS upto
+        SELECT date_bin(make_interval(secs => r.window_s),
+                        coalesce(%(as_of)s::timestamptz, now()) - make_interval(secs => %(settle_s)s),
+                        timestamptz 'epoch') AS upto
     ) u
     WHERE r.tenant_id = %(tenant_id)s AND r.enabled AND r.kind = 'anomaly'
 ), buckets AS (
-    SELECT t.*, b.x, row_number() OVER w_desc - 1 AS age,
+    SELECT t.*, b.x, count(*) OVER w_pair - row_number() OVER w_asc AS age,
            first_value(b.x) OVER w_asc AS first_x, coalesce(lag(b.x) OVER w_asc, t.prev0) AS prev_x
     FROM targets t
     CROSS JOIN LATERAL (
-        SELECT to_timestamp((floor(extract(epoch FROM x.ts) / t.window_s) + 1) * t.window_s) AS bucket_end,
-               avg(x.value) AS x
+        SELECT date_bin(make_interval(secs => t.window_s), x.ts, timestamptz 'epoch') AS bucket, avg(x.value) AS x
         FROM telemetry x
         WHERE x.tenant_id = %(tenant_id)s AND x.device_id = t.device_id AND x.metric = t.metric
           AND x.ts >= t.since AND x.ts < t.upto AND x.value IS NOT NULL
@@ -201,10 +202,12 @@ WITH targets AS (
           AND x.ts >= coalesce(%(as_of)s::timestamptz, now()) - interval '1 day'
         GROUP BY 1
     ) b
-    WINDOW w_asc AS (PARTITION BY t.rule_id, t.device_id ORDER BY b.bucket_end),
-           w_desc AS (PARTITION BY t.rule_id, t.device_id ORDER BY b.bucket_end DESC)
-), deviations AS (
-    SELECT b.*, c.centre, anomaly_flush(b.x - c.centre) AS u,
+    WINDOW w_pair AS (PARTITION BY t.rule_id, t.device_id), w_asc AS (w_pair ORDER BY b.bucket)
+), deviations AS MATERIALIZED (
+    -- each bucket's weights now and before the newest (a weight of 0 stays 0 before: below 1e-100).
+    -- MATERIALIZED: inlined, every use of y or a weight below would repeat its whole expression.
+    SELECT b.*, c.centre, anomaly_flush(b.x - c.centre) AS u, w.fast, w.fast / (1 - b.alpha) AS fast_before,
+           w.slow, w.slow / (1 - b.slow_alpha) AS slow_before,
            anomaly_flush(CASE WHEN c.warm AND b.var0 > 0
                               THEN least(greatest(b.x - c.centre, -c.bound * sqrt(b.var0)), c.bound * sqrt(b.var0))
                               ELSE b.x - c.centre END) AS y,
@@ -217,6 +220,7 @@ WITH targets AS (
         SELECT coalesce(b.mean0, b.first_x) AS centre, b.samples0 >= b.warmup_buckets AS warm,
                greatest(b.sensitivity, 3) AS bound
     ) c
+    CROSS JOIN LATERAL (SELECT anomaly_decay(b.alpha, b.age) AS fast, anomaly_decay(b.slow_alpha, b.age) AS slow) w
 ), sums AS (
     SELECT rule_id, device_id, count(*) AS k, max(alpha) AS alpha, max(slow_alpha) AS slow_alpha,
            max(samples0) AS samples0, max(var0) AS var0, max(noise0) AS noise0, max(centre) AS centre,
@@ -224,14 +228,13 @@ WITH targets AS (
            max(sensitivity) AS sensitivity, max(clear_value) AS clear_value, max(warmup_buckets) AS warmup_buckets,
            max(x) FILTER (WHERE age = 0) AS newest,
            -- after every new bucket (fast mean and variance, slow mean, noise) ...
-           sum(anomaly_decay(alpha, age) * y) AS y1, sum(anomaly_decay(alpha, age) * y * y) AS y2,
-           sum(anomaly_decay(slow_alpha, age) * u) AS u1,
-           coalesce(sum(anomaly_decay(alpha, age) * dd * dd), 0) / 2 AS d2,
+           sum(fast * y) AS y1, sum(fast * y * y) AS y2, sum(slow * u) AS u1,
+           coalesce(sum(fast * dd * dd), 0) / 2 AS d2,
            -- ... and before the newest one
-           coalesce(sum(anomaly_decay(alpha, age - 1) * y) FILTER (WHERE age >= 1), 0) AS py1,
-           coalesce(sum(anomaly_decay(alpha, age - 1) * y * y) FILTER (WHERE age >= 1), 0) AS py2,
-           coalesce(sum(anomaly_decay(slow_alpha, age - 1) * u) FILTER (WHERE age >= 1), 0) AS pu1,
-           coalesce(sum(anomaly_decay(alpha, age - 1) * dd * dd) FILTER (WHERE age >= 1), 0) / 2 AS pd2
+           coalesce(sum(fast_before * y) FILTER (WHERE age >= 1), 0) AS py1,
+           coalesce(sum(fast_before * y * y) FILTER (WHERE age >= 1), 0) AS py2,
+           coalesce(sum(slow_before * u) FILTER (WHERE age >= 1), 0) AS pu1,
+           coalesce(sum(fast_before * dd * dd) FILTER (WHERE age >= 1), 0) / 2 AS pd2
     FROM deviations
     GROUP BY rule_id, device_id
 ), baselines AS (

@@ -18,6 +18,7 @@ from shared.alerts import ANOMALY_SETTLE_S, evaluate_tenant
 from shared.api.routes_alerts import ANOMALY_DEFAULTS
 from shared.db import tenant_transaction
 from shared.registry import create_device, create_tenant
+from tests.support.anomaly import Baseline, reference_baseline
 from tests.support.api import new_tenant
 from tests.support.devices import unique_slug
 
@@ -65,37 +66,6 @@ def open_events(app_pool, tenant) -> dict[int, dict[str, Any]]:
             "SELECT * FROM alert_events WHERE state <> 'resolved'").fetchall()}
 
 
-@dataclass
-class Baseline:
-    mean: float
-    var: float
-    slow_mean: float
-    noise_var: float
-    samples: int
-
-
-def reference_baseline(values: list[float], span: int, warmup: int, sensitivity: float) -> Baseline:
-    """Bucket by bucket, as the SQL's closed form must equal: the West/Finch EWMA mean and variance, the
-    slow mean (span x 10) and the noise (EWMA of half the squared bucket-to-bucket difference);
-    deviations into the fast baseline and the noise clipped at max(sensitivity, 3) widths once warm."""
-    alpha, slow_alpha = 2 / (span + 1), 2 / (10 * span + 1)
-    mean, var, slow, noise, n, prev = values[0], 0.0, values[0], 0.0, 0, None
-    bound = max(sensitivity, 3)
-    for x in values:
-        warm = n >= warmup
-        diff = x - mean
-        if warm and var > 0:
-            diff = max(-bound * math.sqrt(var), min(bound * math.sqrt(var), diff))
-        if prev is not None:
-            step = x - prev
-            if warm and noise > 0:
-                step = max(-bound * math.sqrt(2 * noise), min(bound * math.sqrt(2 * noise), step))
-            noise = (1 - alpha) * noise + alpha * step * step / 2
-        slow += slow_alpha * (x - slow)
-        mean, var, n, prev = mean + alpha * diff, (1 - alpha) * (var + alpha * diff * diff), n + 1, x
-    return Baseline(mean, var, slow, noise, n)
-
-
 def assert_state_equals(row: dict[str, Any], expected: Baseline) -> None:
     assert row["samples"] == expected.samples
     assert row["ewma_mean"] == pytest.approx(expected.mean, rel=1e-9)
@@ -120,10 +90,11 @@ def test_baseline_is_incremental_and_equals_the_step_by_step_ewma(app_pool, plan
     write_series(app_pool, tenant, start, {device: values})
     add_anomaly_rule(app_pool, tenant, baseline_buckets=60, warmup_buckets=30)
 
-    # WHEN the rule is first evaluated at bucket 120 THEN it seeds from the 60 buckets before (its span)
+    # WHEN the rule is first evaluated at bucket 120 THEN it seeds from the buckets it needs to be warm
+    # (its span, and the bucket it judges)
     evaluate_tenant(app_pool, str(tenant["id"]), as_of=as_of_after(start, 120))
     first = state(app_pool, tenant)[device]
-    assert first["samples"] == 60
+    assert first["samples"] == 61
     assert first["watermark"] == start + 120 * MINUTE
 
     # WHEN it is evaluated minute by minute (and once more with nothing new) THEN each run consumes only the
@@ -132,9 +103,9 @@ def test_baseline_is_incremental_and_equals_the_step_by_step_ewma(app_pool, plan
         evaluate_tenant(app_pool, str(tenant["id"]), as_of=as_of_after(start, bucket))
     evaluate_tenant(app_pool, str(tenant["id"]), as_of=as_of_after(start, 180) + timedelta(seconds=20))
     last = state(app_pool, tenant)[device]
-    assert last["samples"] == 120
+    assert last["samples"] == 121
     assert last["watermark"] == start + 180 * MINUTE
-    assert_state_equals(last, reference_baseline(values[60:180], 60, 30, ANOMALY_DEFAULTS["sensitivity"]))
+    assert_state_equals(last, reference_baseline(values[59:180], 60, 30, ANOMALY_DEFAULTS["sensitivity"]))
     assert last["last_value"] == pytest.approx(values[179])
 
     # WHEN ten buckets arrive at once (the evaluator was down) THEN one run catches up to the same baseline
@@ -142,8 +113,8 @@ def test_baseline_is_incremental_and_equals_the_step_by_step_ewma(app_pool, plan
     write_series(app_pool, tenant, start + 180 * MINUTE, {device: more})
     evaluate_tenant(app_pool, str(tenant["id"]), as_of=as_of_after(start, 190))
     caught_up = state(app_pool, tenant)[device]
-    assert caught_up["samples"] == 130
-    assert_state_equals(caught_up, reference_baseline(values[60:180] + more, 60, 30, ANOMALY_DEFAULTS["sensitivity"]))
+    assert caught_up["samples"] == 131
+    assert_state_equals(caught_up, reference_baseline(values[59:180] + more, 60, 30, ANOMALY_DEFAULTS["sensitivity"]))
 
 
 def test_warm_up_keeps_a_new_baseline_quiet_then_a_spike_opens_and_clears(app_pool, plant):
