@@ -51,7 +51,10 @@ report() {
 
 [ -n "${LE_DOMAIN:-}" ] || { report failed "LE_DOMAIN is not set"; exit 1; }
 [ -n "${LE_EMAIL:-}" ] || { report failed "LE_EMAIL is not set"; exit 1; }
-case "$LE_KEY_TYPE" in ecdsa | rsa) ;; *) report failed "LE_KEY_TYPE must be ecdsa or rsa, not $LE_KEY_TYPE"; exit 1 ;; esac
+case "$LE_KEY_TYPE" in
+    ecdsa | rsa) ;;
+    *) report failed "LE_KEY_TYPE must be ecdsa or rsa, not $LE_KEY_TYPE"; exit 1 ;;
+esac
 [ -x "${DEPLOY_HOOK%% *}" ] || { report failed "deploy hook ${DEPLOY_HOOK%% *} is missing"; exit 1; }
 
 lineage="$LIVE_DIR/$LE_DOMAIN"
