@@ -7,7 +7,8 @@
   rule keeps 80 open, and the generated-CA mode runs none of it.
 - infra/letsencrypt.sh itself, run here with stand-ins for certbot, ufw and apt-get that behave as they do (certbot
   runs its pre, deploy and post hooks), and the real scripts/rotate_broker_cert as deploy hook, in a temporary folder.
-- scripts/deploy's preflight, dry run, package and its check of the broker's certificate against a real Mosquitto.
+- scripts/deploy's preflight, dry run, package, its check of the broker's certificate against a real Mosquitto, and its
+  steps against the real PostgreSQL and Mosquitto with the "system CA store" trusting the test broker (SSL_CERT_FILE).
 """
 from __future__ import annotations
 
@@ -619,3 +620,82 @@ def test_deploy_stops_with_a_clear_line_when_the_broker_certificate_is_not_publi
     assert summary.startswith(f"{mosquitto_broker.host}:{mosquitto_broker.port} presents a certificate for its name")
     with pytest.raises(ssl.SSLCertVerificationError):
         deploy_module.verify_broker_certificate(mosquitto_broker.host, mosquitto_broker.port)
+
+
+@pytest.fixture
+def empty_database(postgres_server: Any) -> Any:
+    import uuid
+
+    import psycopg
+
+    name = f"deploy_le_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield name
+    with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_deploy_with_lets_encrypt_runs_its_steps_against_real_services_with_the_system_store(
+        tmp_path: Path, postgres_server: Any, mosquitto_broker: Any, role_passwords: dict[str, str],
+        empty_database: str) -> None:
+    # GIVEN a deployment with letsEncryptEmail, Azure's tools standing in, and a "system CA store" that trusts the
+    # test broker's issuer (SSL_CERT_FILE: what Let's Encrypt's root is to a real one)
+    from shared.mqtt_drain import drop_session
+
+    where = f"127.0.0.1:{postgres_server.port}/{empty_database}"
+    env = {
+        "DATABASE_URL": f"postgresql://mqtt_saas_app:{role_passwords['mqtt_saas_app']}@{where}",
+        "INGEST_DATABASE_URL": f"postgresql://mqtt_saas_ingest:{role_passwords['mqtt_saas_ingest']}@{where}",
+        "MAINTENANCE_DATABASE_URL":
+            f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}@{where}",
+        "ADMIN_DATABASE_URL": postgres_server.superuser_dsn(empty_database),
+        "MQTT_INGEST_PASSWORD": mosquitto_broker.ingest.password,
+        "MQTT_PROVISIONER_PASSWORD": mosquitto_broker.provisioner.password,
+        "MQTT_COMMANDER_PASSWORD": "commander-for-the-le-test", "AUTH_JWT_SECRET": "e" * 64,
+        "ADMIN_SSH_PUBLIC_KEY": SECRETS["ADMIN_SSH_PUBLIC_KEY"],
+    }
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    log = tmp_path / "calls.log"
+    outputs = {"brokerHost": mosquitto_broker.host, "brokerPort": mosquitto_broker.port,
+               "functionAppName": "func-test", "functionAppUrl": "https://func-test.example.net",
+               "keyVaultName": "kv-test"}
+    (tools / "outputs.json").write_text(json.dumps({k: {"type": "String", "value": v} for k, v in outputs.items()}))
+    status = "ok 2026-11-24T10:00:00Z: certificate for mqtt.acme.test served by Mosquitto, valid until Feb 22 2027"
+    for name, body in {
+        "az": f'echo "az $*" >>{log}\ncase "$*" in *"deployment group create"*) cat {tools}/outputs.json;; esac',
+        "ssh": f'echo "ssh $*" >>{log}\ncase "$*" in *letsencrypt-status*) echo "{status}";; esac',
+        "scp": f'echo "scp $*" >>{log}\nexit 1',
+        "func": f'echo "func $*" >>{log}\nexit 1',
+    }.items():
+        (tools / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tools / name).chmod(0o755)
+    document = json.loads((INFRA / "main.parameters.json").read_text())
+    document["parameters"].update({"adminSourceCidr": {"value": "198.51.100.23/32"},
+                                   "alertEmail": {"value": "oncall@acme.test"},
+                                   "letsEncryptEmail": {"value": "certs@acme.test"}})
+    (tmp_path / "params.json").write_text(json.dumps(document))
+    ca_copy = tmp_path / "certs" / "broker-ca.crt"
+    settings = settings_from({**env, "MQTT_HOST": mosquitto_broker.host, "MQTT_PORT": str(mosquitto_broker.port),
+                              "MQTT_CA_FILE": str(mosquitto_broker.ca_file)})
+    try:
+        # WHEN deploy runs (publish and smoke need Azure)
+        done = subprocess.run(
+            [sys.executable, str(DEPLOY), "-g", "rg-test", "-p", str(tmp_path / "params.json"), "--ca-file",
+             str(ca_copy), "--skip-publish", "--skip-smoke"],
+            env={"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path), "SSL_CERT_FILE": str(mosquitto_broker.ca_file),
+                 **env}, capture_output=True, text=True, timeout=300)
+        # THEN step 4 printed the VM's status line and verified the broker with the system store, copying no CA;
+        # the drain's session was made the same way (no MQTT_CA_FILE), and the deployment completed
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"Let's Encrypt on the VM: {status}" in done.stdout
+        assert f"{mosquitto_broker.host}:{mosquitto_broker.port} presents a certificate for its name" in done.stdout
+        assert "MQTT_CA_FILE" not in done.stdout
+        assert not ca_copy.exists()
+        calls = log.read_text()
+        assert "scp" not in calls and "cloud-init status --wait" in calls
+        assert "the drain's session exists" in done.stdout
+        assert done.stdout.splitlines()[-1] == "deployed"
+    finally:
+        drop_session(settings)
