@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shared import observability
 from shared.db import DictPool, tenant_transaction
 from shared.settings import Settings
-from shared.sql import QUERIES
+from shared.sql import QUERIES, one_row
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ BACKOFF_MAX_S = 3600.0
 BACKOFF_JITTER = 0.2
 # A lane's turn: this many deliveries, then the tenant goes to the back of the queue.
 BATCH = 20
+# Delivered and failed deliveries (with their attempts) are kept this long for debugging receivers.
+RETENTION_DAYS = 30
+PRUNE_BATCH = 5000
 WORKERS = 4
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _JITTER = random.Random()
@@ -365,6 +368,7 @@ class DeliveryReport:
     retrying: int = 0
     failed: int = 0
     lane_errors: list[str] = field(default_factory=list)
+    pruned: int = 0
     duration_ms: float = 0.0
 
     def add(self, other: DeliveryReport) -> None:
@@ -461,17 +465,24 @@ def deliver_tenant(pool: DictPool, settings: Settings, tenant_id: str, deadline:
 def deliver_due(pool: DictPool, settings: Settings, budget_s: float | None = None, *, workers: int = WORKERS,
                 batch: int = BATCH, ca_file: str | None = None) -> DeliveryReport:
     """Every tenant's due deliveries, within budget_s (WEBHOOK_DELIVERY_BUDGET_S); ends as soon as
-    nothing is due. Each tenant's lane sends a batch, then goes to the back of the queue while it has
-    more, so a tenant with thousands of deliveries or a slow receiver takes turns with the others
-    instead of holding a worker. A lane that fails (its database work) is logged; the others go on.
+    nothing is due, then prunes settled deliveries past RETENTION_DAYS (a bounded batch).
     ca_file: a CA bundle to trust instead of the system's (tests' local TLS receivers)."""
     started = time.monotonic()
     deadline = started + (settings.webhook_delivery_budget_s if budget_s is None else budget_s)
     report = DeliveryReport()
     tenants = tenants_with_due_deliveries(pool)
-    if not tenants:
-        report.duration_ms = (time.monotonic() - started) * 1000
-        return report
+    if tenants:
+        _run_lanes(pool, settings, tenants, deadline, workers, batch, ca_file, report)
+    report.pruned = prune_deliveries(pool)
+    report.duration_ms = (time.monotonic() - started) * 1000
+    return report
+
+
+def _run_lanes(pool: DictPool, settings: Settings, tenants: list[str], deadline: float, workers: int, batch: int,
+               ca_file: str | None, report: DeliveryReport) -> None:
+    """Each tenant's lane sends a batch, then goes to the back of the queue while it has more, so a
+    tenant with thousands of deliveries or a slow receiver takes turns with the others instead of
+    holding a worker. A lane that fails (its database work) is logged; the others go on."""
     skips: dict[str, list[uuid.UUID]] = {tenant_id: [] for tenant_id in tenants}
     outstanding = 0
     done = threading.Condition()
@@ -507,5 +518,10 @@ def deliver_due(pool: DictPool, settings: Settings, budget_s: float | None = Non
         with done:
             done.wait_for(lambda: outstanding == 0)
     report.tenants = len(tenants) - len(report.lane_errors)
-    report.duration_ms = (time.monotonic() - started) * 1000
-    return report
+
+
+def prune_deliveries(pool: DictPool, keep_days: int = RETENTION_DAYS, max_rows: int = PRUNE_BATCH) -> int:
+    """Deletes settled deliveries older than keep_days (a bounded batch; the next run takes the rest)."""
+    with pool.connection() as conn:
+        return int(one_row(conn.execute(QUERIES["prune_webhook_deliveries"], {
+            "keep_days": keep_days, "max_rows": max_rows}), "prune_webhook_deliveries")["pruned"])

@@ -57,6 +57,8 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (tenant_id, next_attempt_at) WHERE state = 'pending';
 -- a target's deliveries, newest first
 CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (tenant_id, webhook_id, created_at DESC, id DESC);
+-- settled deliveries by age, for pruning
+CREATE INDEX webhook_deliveries_settled ON webhook_deliveries (created_at) WHERE state <> 'pending';
 
 CREATE TABLE webhook_attempts (
     tenant_id        uuid NOT NULL,
@@ -164,3 +166,21 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION webhook_tenants_with_due_deliveries() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhook_tenants_with_due_deliveries() TO mqtt_saas_app;
+
+-- Settled deliveries (and their attempts) older than keep_days go, at most max_rows a call, so the
+-- outbox does not grow forever; pending ones stay whatever their age. Every tenant's, hence SECURITY
+-- DEFINER: the app role has no DELETE on the outbox. Returns how many went.
+CREATE FUNCTION prune_webhook_deliveries(keep_days integer, max_rows integer) RETURNS bigint
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public
+AS $$
+    WITH gone AS (
+        DELETE FROM public.webhook_deliveries d
+         WHERE (d.tenant_id, d.id) IN (
+               SELECT o.tenant_id, o.id FROM public.webhook_deliveries o
+                WHERE o.state <> 'pending' AND o.created_at < now() - make_interval(days => keep_days)
+                ORDER BY o.created_at LIMIT max_rows)
+        RETURNING 1)
+    SELECT count(*) FROM gone
+$$;
+REVOKE ALL ON FUNCTION prune_webhook_deliveries(integer, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION prune_webhook_deliveries(integer, integer) TO mqtt_saas_app;

@@ -103,3 +103,7 @@ UPDATE webhook_deliveries
 -- The receiver answered 410 Gone: it asked not to be called again.
 UPDATE alert_webhooks SET enabled = false, disabled_reason = %(reason)s
 WHERE tenant_id = %(tenant_id)s AND id = %(webhook_id)s
+
+-- prune_webhook_deliveries --
+-- Settled deliveries older than keep_days, a bounded batch (0015's SECURITY DEFINER function).
+SELECT prune_webhook_deliveries(%(keep_days)s, %(max_rows)s) AS pruned

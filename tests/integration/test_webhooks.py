@@ -532,3 +532,24 @@ def test_the_registered_alert_evaluator_timer_delivers_what_its_evaluation_opene
     assert json.loads(request.body)["type"] == "alert.opened"
     assert webhooks.verify(secret, request.headers, request.body)
     assert [d["state"] for d in deliveries(app_pool, tenant)] == ["delivered"]
+
+
+def test_settled_deliveries_are_pruned_after_the_retention_and_pending_ones_kept(app_pool, database, local, plant,
+                                                                                 receive):
+    # GIVEN two events' deliveries: one delivered, one pending (its receiver failed), both older than the retention
+    tenant, rule = plant
+    receiver = receive()
+    receiver.script = [200, 500]
+    add_target(app_pool, local, tenant, rule, receiver.url)
+    for n in range(2):
+        hot(app_pool, tenant, name=f"boiler-{n}")
+    evaluate_tenant(app_pool, str(tenant["id"]))
+    webhooks.deliver_due(app_pool, local, 10, workers=1, batch=1)  # one a turn: both tried in this run
+    assert sorted(d["state"] for d in deliveries(app_pool, tenant)) == ["delivered", "pending"]
+    with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE webhook_deliveries SET created_at = now() - make_interval(days => %s),"
+                     " next_attempt_at = now() + interval '1 hour'", (webhooks.RETENTION_DAYS + 1,))
+    # WHEN a delivery run ends THEN the delivered one is gone with its attempt, the pending one stays
+    assert webhooks.deliver_due(app_pool, local, 10).pruned == 1
+    assert [d["state"] for d in deliveries(app_pool, tenant)] == ["pending"]
+    assert query(database, "SELECT count(*) FROM webhook_attempts") == [(1,)]
