@@ -26,6 +26,7 @@ const ctx = {
 
 let current = null;
 let timer = null;
+let routeSeq = 0;
 
 function navLinks() {
   const links = [['#/fleet', 'nav_fleet']];
@@ -52,6 +53,7 @@ function showHeader() {
 }
 
 async function route() {
+  const seq = ++routeSeq;
   if (current && current.dispose) current.dispose();
   current = null;
   if (ctx.me === null) {
@@ -61,20 +63,31 @@ async function route() {
   }
   showHeader();
   const [, view, id] = location.hash.split('/');
+  // Each route renders into a box of its own: a view still loading when the reader moves on (a
+  // slow device page, say) finishes into a detached box, and never becomes the refreshed view.
+  const box = h('div', { class: 'view' });
+  replace(main, box);
+  const viewCtx = Object.create(ctx, { main: { value: box } });
+  let shown = null;
   try {
-    if (view === 'device' && id) current = await renderDevice(ctx, id);
-    else if (view === 'users' && ctx.can('owner')) current = await renderUsers(ctx);
-    else if (view === 'ingest' && ctx.can('owner', 'staff')) current = await renderIngest(ctx);
+    if (view === 'device' && id) shown = await renderDevice(viewCtx, id);
+    else if (view === 'users' && ctx.can('owner')) shown = await renderUsers(viewCtx);
+    else if (view === 'ingest' && ctx.can('owner', 'staff')) shown = await renderIngest(viewCtx);
     else if (view === 'alerts' && offersAlerts()) {
       // Loaded on first visit: the page every other view opens with stays as light as it was.
       const { renderAlerts } = await import('./views/alerts.js');
-      current = await renderAlerts(ctx, id === 'rules' ? 'rules' : 'events');
+      shown = await renderAlerts(viewCtx, id === 'rules' ? 'rules' : 'events');
     }
-    else current = await renderFleet(ctx);
+    else shown = await renderFleet(viewCtx);
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return;
-    replace(main, h('p', { class: 'error', role: 'alert', text: error.message || t('error_generic') }));
+    replace(box, h('p', { class: 'error', role: 'alert', text: error.message || t('error_generic') }));
   }
+  if (seq !== routeSeq) {
+    if (shown && shown.dispose) shown.dispose();
+    return;
+  }
+  current = shown;
 }
 
 async function signedIn() {
