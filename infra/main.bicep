@@ -53,6 +53,9 @@ param brokerCustomDnsName string = ''
 ])
 param letsEncryptKeyType string = 'ecdsa'
 
+@description('Optional. The broker VM exists already (scripts/deploy sets this after az vm list finds it): the VM is referenced, not redeployed, because Azure refuses to change an existing VM\'s cloud-init (customData: PropertyChangeNotAllowed). Its network, identity and every output stay as they are; cloud-init changes are rolled as docs/runbook.md 6.8 says.')
+param brokerVmExists bool = false
+
 @description('Required. E-mail address the alerts go to.')
 @minLength(3)
 param alertEmail string
@@ -174,6 +177,7 @@ module brokerVm 'modules/brokerVm.bicep' = {
     keyVaultUri: keyVaultUri
     letsEncryptEmail: letsEncryptEmail
     letsEncryptKeyType: letsEncryptKeyType
+    brokerVmExists: brokerVmExists
   }
 }
 
@@ -272,6 +276,15 @@ output brokerCertificate string = letsEncrypt ? 'letsencrypt' : 'generated-ca'
 
 @description('Public IPv4 address of the broker.')
 output brokerIpAddress string = network.outputs.brokerIpAddress
+
+@description('Name of the broker VM (az vm run-command invoke -g <rg> -n <brokerVmName>).')
+output brokerVmName string = brokerVm.outputs.vmName
+
+@description('Whether this deployment left an existing broker VM as it was (brokerVmExists): its cloud-init was not reapplied.')
+output brokerVmReused bool = brokerVmExists
+
+@description('Hash of the cloud-init a broker VM created from this template gets; an existing VM\'s tag mqtt-saas-cloud-init says which one it was created with.')
+output brokerCloudInitHash string = brokerVm.outputs.cloudInitHash
 
 @description('How to get the broker\'s CA certificate. Generated CA: cloud-init generates a private CA on the VM; fetch it over SSH from the admin address, then ship it with each device\'s credentials and into the app package at certs/broker-ca.crt (MQTT_CA_FILE). Let\'s Encrypt: nothing to fetch for devices with a CA store; the same file holds ISRG Root X1 and X2 for devices without one.')
 output brokerCaCertificateCommand string = 'scp ${adminUsername}@${brokerHost}:ca.crt ./broker-ca.crt'

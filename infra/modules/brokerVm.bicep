@@ -2,6 +2,14 @@
 // mosquitto.conf is ../generated/mosquitto.conf (rendered from shared/broker_contract.py by
 // infra/render_broker_conf.py; tests/infra/test_bicep.py keeps the two identical). Its TLS certificate comes from a
 // CA generated on the VM, or, with letsEncryptEmail, from Let's Encrypt (../letsencrypt.sh).
+//
+// Azure never changes a VM's customData once the VM exists (osProfile.customData: "cannot be updated after the VM is
+// created"; a PUT with another value fails with PropertyChangeNotAllowed), and cloud-init reads it on the first boot
+// only. So with brokerVmExists the VM (./brokerVmInstance.bicep) is not deployed: it is referenced as `existing`, the NIC
+// and the outputs still resolve, and nothing of cloud-init is reapplied (scripts/deploy says so and how to roll
+// broker changes: docs/runbook.md 6.8). The VM carries the hash of the cloud-init it was created with (tag
+// mqtt-saas-cloud-init), and output cloudInitHash is the hash of what this template would give a new VM, so a
+// redeploy can tell whether the broker runs the repository's cloud-init.
 
 @description('Required. Base name of the resources, e.g. "mqtt-saas".')
 param name string
@@ -43,6 +51,9 @@ param enableWebsockets bool = false
 @description('Optional. E-mail address of the Let\'s Encrypt account. Set: ../letsencrypt.sh gets the broker a Let\'s Encrypt certificate for brokerFqdn (HTTP-01 on port 80, open only while certbot runs). Empty: the generated CA only.')
 param letsEncryptEmail string = ''
 
+@description('Optional. The VM exists already (scripts/deploy checks): it is referenced, not redeployed, since Azure refuses any change of its customData (cloud-init) and cloud-init would not run again anyway. vmSize, adminSshPublicKey and the cloud-init parameters then change nothing on it.')
+param brokerVmExists bool = false
+
 @description('Optional. Key type of the Let\'s Encrypt certificate: ecdsa (P-256) or rsa (2048).')
 @allowed([
   'ecdsa'
@@ -67,6 +78,9 @@ var letsEncryptScriptBase64 = loadFileAsBase64('../letsencrypt.sh')
 var cloudInitWithLetsEncrypt = replace(cloudInitWithRotate, '__LETSENCRYPT_SH_B64__', letsEncryptScriptBase64)
 var cloudInitWithEmail = replace(cloudInitWithLetsEncrypt, '__LETSENCRYPT_EMAIL__', letsEncryptEmail)
 var cloudInit = replace(cloudInitWithEmail, '__LETSENCRYPT_KEY_TYPE__', letsEncryptKeyType)
+// Identifies the cloud-init a VM was created with (13 characters; any change of the rendered text changes it).
+var cloudInitHash = uniqueString(cloudInit)
+var vmName = 'vm-${name}-${resourceToken}'
 
 resource networkInterface 'Microsoft.Network/networkInterfaces@2023-11-01' = {
   name: 'nic-${name}-${resourceToken}'
@@ -90,76 +104,35 @@ resource networkInterface 'Microsoft.Network/networkInterfaces@2023-11-01' = {
   }
 }
 
-resource virtualMachine 'Microsoft.Compute/virtualMachines@2024-03-01' = {
-  #checkov:skip=CKV_AZURE_97:Encryption at host needs the EncryptionAtHost feature registered on the subscription; the OS disk is encrypted at rest by the platform.
-  #checkov:skip=CKV_AZURE_151:Azure Disk Encryption is a Windows/BitLocker check; the Linux OS disk uses platform-managed encryption at rest.
-  #checkov:skip=CKV_AZURE_50:No VM extensions are installed; cloud-init does the setup. The check cannot tell a cloud-init VM from one with extensions.
-  name: 'vm-${name}-${resourceToken}'
-  location: location
-  tags: tags
-  identity: {
-    type: 'SystemAssigned'
-  }
-  properties: {
-    hardwareProfile: {
-      vmSize: vmSize
-    }
-    osProfile: {
-      computerName: 'mqtt-broker'
-      adminUsername: adminUsername
-      customData: base64(cloudInit)
-      linuxConfiguration: {
-        disablePasswordAuthentication: true
-        ssh: {
-          publicKeys: [
-            {
-              path: '/home/${adminUsername}/.ssh/authorized_keys'
-              keyData: adminSshPublicKey
-            }
-          ]
-        }
-        patchSettings: {
-          patchMode: 'ImageDefault'
-        }
-      }
-    }
-    storageProfile: {
-      imageReference: {
-        publisher: 'Canonical'
-        offer: 'ubuntu-24_04-lts'
-        sku: 'server'
-        version: 'latest'
-      }
-      osDisk: {
-        name: 'osdisk-${name}-${resourceToken}'
-        createOption: 'FromImage'
-        diskSizeGB: 30
-        managedDisk: {
-          storageAccountType: 'StandardSSD_LRS'
-        }
-        deleteOption: 'Delete'
-      }
-    }
-    networkProfile: {
-      networkInterfaces: [
-        {
-          id: networkInterface.id
-          properties: {
-            deleteOption: 'Delete'
-          }
-        }
-      ]
-    }
-    diagnosticsProfile: {
-      bootDiagnostics: {
-        enabled: true
-      }
-    }
+module virtualMachine 'brokerVmInstance.bicep' = if (!brokerVmExists) {
+  name: 'broker-vm-instance-${resourceToken}'
+  params: {
+    vmName: vmName
+    location: location
+    tags: tags
+    osDiskName: 'osdisk-${name}-${resourceToken}'
+    networkInterfaceId: networkInterface.id
+    vmSize: vmSize
+    adminUsername: adminUsername
+    adminSshPublicKey: adminSshPublicKey
+    customData: base64(cloudInit)
+    cloudInitHash: cloudInitHash
   }
 }
 
-@description('Resource ID of the VM (the CPU alert watches it).')
-output vmId string = virtualMachine.id
+// Read only when brokerVmExists; ARM's if() evaluates the branch it takes only, so a new VM is never looked up.
+resource existingVirtualMachine 'Microsoft.Compute/virtualMachines@2024-03-01' existing = if (brokerVmExists) {
+  name: vmName
+}
 
-@description('Object ID of the VM\'s system-assigned identity.')
-output principalId string = virtualMachine.identity.principalId
+@description('Resource ID of the VM (the CPU alert watches it).')
+output vmId string = brokerVmExists ? existingVirtualMachine.id : virtualMachine.outputs.vmId
+
+@description('Name of the VM (az vm run-command invoke -n, az vm show -n).')
+output vmName string = vmName
+
+@description('Object ID of the VM\'s system-assigned identity (Key Vault Secrets User on the broker\'s three passwords).')
+output principalId string = brokerVmExists ? existingVirtualMachine.identity.principalId : virtualMachine.outputs.principalId
+
+@description('Hash of the cloud-init this template gives a new VM; a VM created with it carries the same in its tag mqtt-saas-cloud-init.')
+output cloudInitHash string = cloudInitHash

@@ -94,10 +94,13 @@ def test_bicep_file_parses(path: Path) -> None:
 
 
 def test_main_composes_every_local_module() -> None:
+    # main.bicep's modules, and the one module brokerVm.bicep nests (the VM, deployed only while it does not exist)
     used = {m["detail"]["path"] for m in parse(MAIN)["modules"].values()}
+    used |= {f"modules/{m['detail']['path']}" for m in module("brokerVm").get("modules", {}).values()}
     on_disk = {f"modules/{p.name}" for p in MODULES.glob("*.bicep")}
     assert used == on_disk
-    assert all(m["type"] == "local" for m in parse(MAIN)["modules"].values()), "registry modules hide resources"
+    every = [*parse(MAIN)["modules"].values(), *module("brokerVm")["modules"].values()]
+    assert all(m["type"] == "local" for m in every), "registry modules hide resources"
 
 
 # -- parameters ------------------------------------------------------------------------------------------------------
@@ -197,17 +200,20 @@ def test_vm_size_defaults_to_b1s_and_main_passes_it_on() -> None:
     assert parse(MAIN)["parameters"]["vmSize"]["default"] == "Standard_B1s"
     assert module("brokerVm")["parameters"]["vmSize"]["default"] == "Standard_B1s"
     assert parse(MAIN)["modules"]["brokerVm"]["config"]["params"]["vmSize"] == "vmSize"
-    vm = resource_config(module("brokerVm")["resources"]["virtualMachine"])
+    assert module("brokerVm")["modules"]["virtualMachine"]["config"]["config"]["params"]["vmSize"] == "vmSize"
+    vm = resource_config(module("brokerVmInstance")["resources"]["virtualMachine"])
     assert vm["properties"]["hardwareProfile"]["vmSize"] == "vmSize"
 
 
 def test_vm_is_ubuntu_2404_with_ssh_keys_only() -> None:
-    vm = resource_config(module("brokerVm")["resources"]["virtualMachine"])["properties"]
+    vm = resource_config(module("brokerVmInstance")["resources"]["virtualMachine"])["properties"]
     assert vm["storageProfile"]["imageReference"]["offer"] == "ubuntu-24_04-lts"
     linux = vm["osProfile"]["linuxConfiguration"]
     assert linux["disablePasswordAuthentication"] is True
     assert "adminPassword" not in vm["osProfile"]
-    assert vm["osProfile"]["customData"] == {"function": {"type": "base64", "parameters": {"input_string": "cloudInit"}}}
+    assert vm["osProfile"]["customData"] == "customData"
+    passed = module("brokerVm")["modules"]["virtualMachine"]["config"]["config"]["params"]
+    assert passed["customData"] == {"function": {"type": "base64", "parameters": {"input_string": "cloudInit"}}}
 
 
 def cloud_init_as_deployed() -> str:

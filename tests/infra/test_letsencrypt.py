@@ -92,8 +92,8 @@ LE_PARAMS = {**BASE_PARAMS, "brokerFqdn": "mqtt.acme.test", "letsEncryptEmail": 
 
 def rendered_cloud_init(**params: Any) -> str:
     variables = module("brokerVm")["variables"]
-    vm = module("brokerVm")["resources"]["virtualMachine"]["config"]
-    assert vm["properties"]["osProfile"]["customData"]["function"]["parameters"]["input_string"] == "cloudInit"
+    vm = module("brokerVm")["modules"]["virtualMachine"]["config"]["config"]  # if (!brokerVmExists)
+    assert vm["params"]["customData"]["function"]["parameters"]["input_string"] == "cloudInit"
     text: str = evaluate("cloudInit", variables, params)
     assert not re.findall(r"__[A-Z0-9_]+__", text), "a placeholder left unfilled"
     return text
