@@ -167,7 +167,10 @@ SET breaches = CASE WHEN EXCLUDED.breaches = 1 THEN s.breaches + 1 ELSE 0 END,
 -- widths (from the state before this run), so one spike barely widens them while a lasting change
 -- is still learned. A pair with no new complete bucket is left as it was. A bucket is complete once
 -- settle_s has passed since its end (its late readings have arrived by then).
-WITH targets AS (
+-- targets is MATERIALIZED so that since and upto reach the telemetry scan as values: inlined, they
+-- are expressions of functions PostgreSQL does not mark leakproof, which row-level security keeps out
+-- of the index condition (every row of the device's day would be read and filtered).
+WITH targets AS MATERIALIZED (
     SELECT r.id AS rule_id, d.id AS device_id, r.window_s, r.sensitivity, r.clear_value, r.warmup_buckets,
            2.0::double precision / (r.baseline_buckets + 1) AS alpha,
            2.0::double precision / (10 * r.baseline_buckets + 1) AS slow_alpha,

@@ -40,15 +40,49 @@ def reference_baseline(values: list[float], span: int, warmup: int, sensitivity:
     return Baseline(mean, var, slow, noise, n)
 
 
-def judge_first_run(values: list[float], span: int, warmup: int, sensitivity: float) -> bool:
-    """Whether the newest bucket of `values` (oldest first) breaches in a pair's first evaluation, as
-    the evaluator decides it: against the baselines of the buckets before it, nothing clipped."""
-    before = reference_baseline(values[:-1], span, warmup, sensitivity, clip=False)
-    if before.samples < warmup:
-        return False
-    floor = 1e-3 * max(abs(before.mean), 1)
-    newest = values[-1]
-    mean_after = before.mean + 2 / (span + 1) * (newest - before.mean)
-    score = (newest - before.mean) / max(math.sqrt(before.var), floor)
-    drift = (mean_after - before.slow_mean) / max(math.sqrt(before.noise_var), floor)
-    return abs(score) > sensitivity or abs(drift) > 1.25 * sensitivity
+@dataclass
+class PairState:
+    """What alert_rule_state keeps for an anomaly (rule, device) pair."""
+    mean: float
+    var: float
+    slow_mean: float
+    noise_var: float
+    samples: int
+    last_value: float | None
+
+
+def evaluate_pair(state: PairState | None, buckets: list[float], span: int, warmup: int,
+                  sensitivity: float) -> tuple[PairState, bool]:
+    """One evaluation of a pair over its new complete buckets (oldest first), exactly as the SQL does it:
+    the moments centred on the run's starting mean, deviations clipped against the run's starting
+    widths; returns the new state and whether the newest bucket breaches."""
+    alpha, slow_alpha = 2 / (span + 1), 2 / (10 * span + 1)
+    if state is None:
+        state = PairState(buckets[0], 0.0, buckets[0], 0.0, 0, None)
+    centre, bound = state.mean, max(sensitivity, 3)
+    warm_at_start = state.samples >= warmup
+    s1, s2, slow, noise, prev = 0.0, state.var, state.slow_mean - centre, state.noise_var, state.last_value
+    before = (s1, s2, slow, noise)
+    for x in buckets:
+        before = (s1, s2, slow, noise)
+        y = x - centre
+        if warm_at_start and state.var > 0:
+            y = max(-bound * math.sqrt(state.var), min(bound * math.sqrt(state.var), y))
+        s1, s2 = (1 - alpha) * s1 + alpha * y, (1 - alpha) * s2 + alpha * y * y
+        slow = (1 - slow_alpha) * slow + slow_alpha * (x - centre)
+        if prev is not None:
+            step = x - prev
+            if warm_at_start and state.noise_var > 0:
+                limit = bound * math.sqrt(2 * state.noise_var)
+                step = max(-limit, min(limit, step))
+            noise = (1 - alpha) * noise + alpha * step * step / 2
+        prev = x
+    b1, b2, bslow, bnoise = before
+    newest, mean_before = buckets[-1], centre + b1
+    floor = 1e-3 * max(abs(mean_before), 1)
+    score = (newest - mean_before) / max(math.sqrt(max(b2 - b1 * b1, 0)), floor)
+    drift = (centre + s1 - (centre + bslow)) / max(math.sqrt(bnoise), floor)
+    warm = state.samples + len(buckets) - 1 >= warmup
+    breach = warm and (abs(score) > sensitivity or abs(drift) > 1.25 * sensitivity)
+    return PairState(centre + s1, max(s2 - s1 * s1, 0), centre + slow, noise, state.samples + len(buckets),
+                     newest), breach
