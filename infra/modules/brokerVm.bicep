@@ -5,11 +5,11 @@
 //
 // Azure never changes a VM's customData once the VM exists (osProfile.customData: "cannot be updated after the VM is
 // created"; a PUT with another value fails with PropertyChangeNotAllowed), and cloud-init reads it on the first boot
-// only. So with brokerVmExists the VM (./brokerVmInstance.bicep) is not deployed: it is referenced as `existing`, the NIC
-// and the outputs still resolve, and nothing of cloud-init is reapplied (scripts/deploy says so and how to roll
-// broker changes: docs/runbook.md 6.8). The VM carries the hash of the cloud-init it was created with (tag
-// mqtt-saas-cloud-init), and output cloudInitHash is the hash of what this template would give a new VM, so a
-// redeploy can tell whether the broker runs the repository's cloud-init.
+// only. So with brokerVmExists the VM (./brokerVmInstance.bicep) is not deployed: it is referenced as `existing`, the
+// NIC and the outputs still resolve, and nothing of cloud-init is reapplied (scripts/deploy says so and how to roll
+// broker changes: docs/runbook.md 6.8). The VM keeps the hash of the cloud-init it was created with (tag
+// mqtt-saas-cloud-init) and its certificate mode (tag mqtt-saas-broker-certificate); output cloudInitHash is the hash
+// of what this template would give a new VM, so a redeploy can tell whether the broker runs the repository's.
 
 @description('Required. Base name of the resources, e.g. "mqtt-saas".')
 param name string
@@ -109,14 +109,18 @@ module virtualMachine 'brokerVmInstance.bicep' = if (!brokerVmExists) {
   params: {
     vmName: vmName
     location: location
-    tags: tags
+    // What the VM was created with, kept on it: the VM is never redeployed, so these stay true of its first boot
+    // (scripts/deploy compares them with what the template renders now).
+    tags: union(tags, {
+      'mqtt-saas-cloud-init': cloudInitHash
+      'mqtt-saas-broker-certificate': empty(letsEncryptEmail) ? 'generated-ca' : 'letsencrypt'
+    })
     osDiskName: 'osdisk-${name}-${resourceToken}'
     networkInterfaceId: networkInterface.id
     vmSize: vmSize
     adminUsername: adminUsername
     adminSshPublicKey: adminSshPublicKey
     customData: base64(cloudInit)
-    cloudInitHash: cloudInitHash
   }
 }
 

@@ -9,7 +9,7 @@ param vmName string
 @description('Optional. Location of the VM.')
 param location string = resourceGroup().location
 
-@description('Optional. Tags of the VM.')
+@description('Optional. Tags of the VM (brokerVm.bicep adds what the VM was created with: mqtt-saas-cloud-init, mqtt-saas-broker-certificate).')
 param tags object = {}
 
 @description('Required. Name of the VM\'s OS disk.')
@@ -31,18 +31,13 @@ param adminSshPublicKey string
 @description('Required. The rendered cloud-init, base64 (osProfile.customData; no secret in it).')
 param customData string
 
-@description('Required. Hash of the rendered cloud-init, kept in the VM\'s tag mqtt-saas-cloud-init.')
-param cloudInitHash string
-
 resource virtualMachine 'Microsoft.Compute/virtualMachines@2024-03-01' = {
   #checkov:skip=CKV_AZURE_97:Encryption at host needs the EncryptionAtHost feature registered on the subscription; the OS disk is encrypted at rest by the platform.
   #checkov:skip=CKV_AZURE_151:Azure Disk Encryption is a Windows/BitLocker check; the Linux OS disk uses platform-managed encryption at rest.
   #checkov:skip=CKV_AZURE_50:No VM extensions are installed; cloud-init does the setup. The check cannot tell a cloud-init VM from one with extensions.
   name: vmName
   location: location
-  tags: union(tags, {
-    'mqtt-saas-cloud-init': cloudInitHash
-  })
+  tags: tags
   identity: {
     type: 'SystemAssigned'
   }

@@ -153,7 +153,8 @@ def test_deploy_dry_run_prints_every_step_calls_nothing_and_shows_no_secret(tmp_
     # GIVEN every tool, parameter and secret
     # WHEN deploy runs with --dry-run
     done = run_deploy(tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"), SECRET_VALUES, "--dry-run")
-    # THEN it prints the nine steps and the commands, calls no tool, and no secret appears
+    # THEN it prints the nine steps and the commands, calls no tool but the read-only look-up of the broker VM, and
+    # no secret appears
     assert done.returncode == 0, done.stdout + done.stderr
     for number in range(1, 10):
         assert f"[{number}/9]" in done.stdout
@@ -162,7 +163,11 @@ def test_deploy_dry_run_prints_every_step_calls_nothing_and_shows_no_secret(tmp_
     assert "cloud-init status --wait" in done.stdout
     assert "prepare_session(" in done.stdout
     assert "/api/devices" in done.stdout
-    assert calls(tmp_path) == ""
+    assert calls(tmp_path).splitlines() == [
+        "az vm list --resource-group rg-test --query [].{name: name, vmSize: hardwareProfile.vmSize, tags: tags} "
+        "--output json"]
+    # (the stand-in az fails, as it would without a login: the dry run says it could not look)
+    assert "could not list the group's VMs" in done.stdout
     for name, value in SECRET_VALUES.items():
         if name not in ("SMOKE_TENANT", "SMOKE_EMAIL", "ADMIN_SSH_PUBLIC_KEY"):
             assert value not in done.stdout + done.stderr, name
@@ -219,3 +224,96 @@ def test_the_published_package_holds_the_app_and_nothing_else(tmp_path: Path) ->
                           env={**os.environ, "PYTHONPATH": str(package)})
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip().splitlines()[-1]) >= 4
+
+
+# -- an existing broker VM -------------------------------------------------------------------------------------------
+
+BROKER_VM = "vm-mqtt-saas-abcdefgh23456"
+
+
+def az_listing(tmp_path: Path, vms: list[dict[str, object]]) -> None:
+    """An az stand-in that answers `az vm list` with these VMs (as az prints them) and fails anything else."""
+    folder = tmp_path / "bin"
+    folder.mkdir(exist_ok=True)
+    listing = json.dumps(vms)
+    assert "'" not in listing
+    stub = folder / "az"
+    # printf is the shell's own: PATH holds the stand-ins only
+    stub.write_text(f'#!/bin/sh\necho "az $*" >>"{tmp_path}/calls.log"\n'
+                    f'case "$*" in "vm list "*) printf %s \'{listing}\'; exit 0;; "group create "*) exit 0;; esac\n'
+                    'exit 1\n')
+    stub.chmod(0o755)
+
+
+def run_with_vms(tmp_path: Path, vms: list[dict[str, object]], params: Path, *extra: str,
+                 ) -> subprocess.CompletedProcess[str]:
+    tool_dir(tmp_path, ("func", "ssh", "scp"))
+    az_listing(tmp_path, vms)
+    environment = {"PATH": str(tmp_path / "bin"), "HOME": str(tmp_path), **SECRET_VALUES}
+    return subprocess.run([sys.executable, str(DEPLOY), "--resource-group", "rg-test", "--parameters", str(params),
+                           *extra], env=environment, capture_output=True, text=True, timeout=60)
+
+
+def test_dry_run_names_the_decision_when_the_broker_vm_exists(tmp_path: Path) -> None:
+    # GIVEN a group holding the deployment's broker VM (created with the generated CA) and an unrelated VM
+    vms = [{"name": BROKER_VM, "vmSize": "Standard_B1s",
+            "tags": {"mqtt-saas-cloud-init": "oldhash", "mqtt-saas-broker-certificate": "generated-ca"}},
+           {"name": "vm-mqtt-saas-other-abcdefgh23456", "vmSize": "Standard_B2s", "tags": None}]
+    # WHEN deploy runs with --dry-run
+    done = run_with_vms(tmp_path, vms, parameters(tmp_path), "--dry-run")
+    # THEN it names the VM and the decision, the template gets brokerVmExists=true, and it says how broker changes
+    # are rolled instead; it looked the VMs up and deployed nothing
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"broker VM: {BROKER_VM} exists (brokerVmExists=true)" in done.stdout
+    assert "PropertyChangeNotAllowed" in done.stdout
+    assert "--parameters brokerVmExists=true" in done.stdout
+    assert ("broker VM exists: its cloud-init is not reapplied; to roll broker changes use docs/runbook.md 6.8"
+            in done.stdout)
+    assert [line.split(" --")[0] for line in calls(tmp_path).splitlines()] == ["az vm list"]
+
+
+def test_dry_run_names_the_decision_when_there_is_no_broker_vm(tmp_path: Path) -> None:
+    # GIVEN a group with no VM of this deployment (another deployment's name does not count)
+    vms = [{"name": "vm-other-abcdefgh23456", "vmSize": "Standard_B1s", "tags": {}}]
+    done = run_with_vms(tmp_path, vms, parameters(tmp_path), "--dry-run")
+    # THEN the template creates the VM
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "broker VM: none yet; the template creates it" in done.stdout
+    assert "--parameters brokerVmExists=false" in done.stdout
+    assert "cloud-init is not reapplied" not in done.stdout
+
+
+def test_deploy_refuses_to_switch_an_existing_brokers_certificate_mode(tmp_path: Path) -> None:
+    # GIVEN a broker VM created with the generated CA, and parameters that now ask for Let's Encrypt
+    vms = [{"name": BROKER_VM, "vmSize": "Standard_B1s", "tags": {"mqtt-saas-broker-certificate": "generated-ca"}}]
+    params = parameters(tmp_path, letsEncryptEmail="certs@acme.test")
+    # WHEN deploy runs (for real: no --dry-run)
+    done = run_with_vms(tmp_path, vms, params)
+    # THEN it refuses before the template (the app would get an empty MQTT_CA_FILE while the VM keeps its CA), says
+    # how to switch the broker and record it
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "created with certificate mode generated-ca and the parameters ask for letsencrypt" in done.stderr
+    assert f"az vm update -g rg-test -n {BROKER_VM} --set tags.mqtt-saas-broker-certificate=letsencrypt" in done.stderr
+    assert "deployment group create" not in calls(tmp_path)
+
+
+def test_deploy_points_at_a_size_it_does_not_change_and_refuses_two_broker_vms(tmp_path: Path) -> None:
+    # GIVEN an existing broker VM of another size than the parameters say
+    vms = [{"name": BROKER_VM, "vmSize": "Standard_B2s", "tags": {}}]
+    done = run_with_vms(tmp_path, vms, parameters(tmp_path), "--dry-run")
+    # THEN deploy says it does not resize it, and how
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"az vm resize -g rg-test -n {BROKER_VM} --size Standard_B1s" in done.stdout
+    # AND two VMs of the same deployment's shape: it cannot tell which one the template manages, and refuses
+    vms.append({"name": "vm-mqtt-saas-zyxwvuts98765", "vmSize": "Standard_B1s", "tags": {}})
+    done = run_with_vms(tmp_path, vms, parameters(tmp_path), "--dry-run")
+    assert done.returncode == 2
+    assert "2 broker VMs in rg-test" in done.stderr
+
+
+def test_broker_vm_name_follows_the_name_parameter() -> None:
+    module = load_deploy_module()
+    assert module.broker_vm_pattern({}).fullmatch(BROKER_VM)
+    assert module.broker_vm_pattern({"name": "plant-2"}).fullmatch("vm-plant-2-0123456789abc")
+    assert not module.broker_vm_pattern({"name": "plant-2"}).fullmatch(BROKER_VM)
+    assert not module.broker_vm_pattern({}).fullmatch("vm-mqtt-saas-other-abcdefgh23456")

@@ -557,7 +557,8 @@ def test_deploy_dry_run_with_lets_encrypt_copies_no_ca_and_checks_the_public_cer
     assert "no CA (Let's Encrypt: the system CA store)" in out
     assert "(broker verified with the system CA store)" in out
     assert "scp" not in out and "broker-ca.crt" not in out
-    assert not (tmp_path / "calls.log").exists()
+    # the one call: the read-only look-up of an existing broker VM
+    assert [line.split(" --")[0] for line in (tmp_path / "calls.log").read_text().splitlines()] == ["az vm list"]
 
 
 def test_deploy_dry_run_without_lets_encrypt_is_the_generated_ca_plan(tmp_path: Path) -> None:
