@@ -1,6 +1,7 @@
 """scripts/deploy's own steps against the test PostgreSQL and Mosquitto, with az, ssh and scp standing in for Azure:
 the migrations, the roles' passwords and the drain's persistent session are in place after one run, and a second
-run changes nothing and succeeds (the script is safe to run again)."""
+run, over the broker VM the first one created, changes nothing and succeeds (the script is safe to run again): it
+leaves the VM out of the template (brokerVmExists) and says that its cloud-init is not reapplied."""
 from __future__ import annotations
 
 import json
@@ -24,12 +25,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def stub_tools(folder: Path, outputs: dict[str, object], ca_file: Path) -> Path:
-    """az prints the deployment's outputs; ssh succeeds (cloud-init done); scp copies the test broker's CA to its
-    last argument; func must not be called (--skip-publish). Every call is logged."""
+    """az prints the deployment's outputs, and the group's VMs from vms.json (none at first); ssh succeeds (cloud-init
+    done); scp copies the test broker's CA to its last argument; func must not be called (--skip-publish). Every
+    call is logged."""
     folder.mkdir()
     log = folder / "calls.log"
+    (folder / "vms.json").write_text("[]")
     tools = {
-        "az": f'echo "az $*" >>{log}\ncase "$*" in *"deployment group create"*) cat {folder}/outputs.json;; esac',
+        "az": f'echo "az $*" >>{log}\ncase "$*" in *"deployment group create"*) cat {folder}/outputs.json;;\n'
+              f'  "vm list "*) cat {folder}/vms.json;; esac',
         "ssh": f'echo "ssh $*" >>{log}',
         "scp": f'echo "scp $*" >>{log}\nfor last; do :; done\ncp {ca_file} "$last"',
         "func": f'echo "func $*" >>{log}\nexit 1',
@@ -95,7 +99,8 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
     }
     outputs = {"brokerHost": mosquitto_broker.host, "brokerPort": mosquitto_broker.port,
                "functionAppName": "func-test", "functionAppUrl": "https://func-test.example.net",
-               "keyVaultName": "kv-test"}
+               "keyVaultName": "kv-test", "brokerVmName": "vm-mqtt-saas-abcdefgh23456",
+               "brokerCloudInitHash": "newcloudinit1"}
     tools = stub_tools(tmp_path / "bin", outputs, mosquitto_broker.ca_file)
     params = json.loads((REPO / "infra" / "main.parameters.json").read_text())
     params["parameters"]["adminSourceCidr"] = {"value": "198.51.100.23/32"}
@@ -122,6 +127,10 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         assert session_present(mosquitto_broker, ingest.username, ingest.password)
         calls = (tools / "calls.log").read_text()
         assert "az deployment group create --resource-group rg-test" in calls
+        # a new group: the template creates the broker VM
+        assert "broker VM: none yet" in first.stdout
+        assert "--parameters brokerVmExists=false" in calls
+        assert "cloud-init is not reapplied" not in first.stdout
         assert "cloud-init status --wait" in calls
         assert "func " not in calls
         # AND no secret reached the output or the tools' command lines
@@ -129,13 +138,25 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
             assert env[name] not in first.stdout + first.stderr + calls, name
         assert role_passwords["mqtt_saas_app"] not in first.stdout + calls
 
-        # WHEN it runs again, after the drain has run once
+        # WHEN it runs again, after the drain has run once, over the VM the first run created (since then the
+        # repository's cloud-init changed: the VM's tag holds another hash than the template's output)
         with psycopg.connect(env["ADMIN_DATABASE_URL"], autocommit=True) as conn:
             conn.execute("INSERT INTO ingest_runs (status, finished_at) VALUES ('ok', now())")
+        (tools / "vms.json").write_text(json.dumps([{
+            "name": "vm-mqtt-saas-abcdefgh23456", "vmSize": "Standard_B1s",
+            "tags": {"mqtt-saas-cloud-init": "oldcloudinit1", "mqtt-saas-broker-certificate": "generated-ca"}}]))
+        (tools / "calls.log").write_text("")
         second = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=300)
         # THEN it succeeds, applying nothing new and leaving the drain's session alone (connecting with the drain's
         # client id would kick a run in progress)
         assert second.returncode == 0, second.stdout + second.stderr
+        # AND the template leaves the VM out, and deploy says so, that the VM's cloud-init differs, and how to roll it
+        calls = (tools / "calls.log").read_text()
+        assert "--parameters brokerVmExists=true" in calls
+        assert "broker VM: vm-mqtt-saas-abcdefgh23456 exists (brokerVmExists=true)" in second.stdout
+        assert ("broker VM exists: its cloud-init is not reapplied; to roll broker changes use docs/runbook.md 6.8"
+                in second.stdout)
+        assert "its cloud-init (oldcloudinit1) differs from the repository's (newcloudinit1)" in second.stdout
         assert "applied: nothing pending" in second.stdout
         assert "the drain has run" in second.stdout
         assert "deployed" in second.stdout.splitlines()[-1]
