@@ -4,6 +4,8 @@
     .venv/bin/python scripts/rotate_secrets.py db-role mqtt_saas_app|mqtt_saas_ingest  -g RG --app APP --vault KV
     .venv/bin/python scripts/rotate_secrets.py broker-client mqtt-saas-ingest|mqtt-saas-provisioner -g RG --app APP \
         --vault KV --broker-host HOST [--ca-file certs/broker-ca.crt]
+        (the broker is verified as the app verifies it: --ca-file, else $MQTT_CA_FILE; empty or unset, the system CA
+        store, which trusts a Let's Encrypt broker; the generated CA needs --ca-file certs/broker-ca.crt)
     .venv/bin/python scripts/rotate_secrets.py jwt -g RG --app APP --vault KV
     add --dry-run to print the steps without changing anything
 
@@ -22,7 +24,8 @@ leaves its messages on the broker for the next run, an API call gets 503 and can
 step 3: after 4 every access token signed with the old secret is refused, and clients log in again or refresh.
 
 Needs: ADMIN_DATABASE_URL (db-role: the owner that may ALTER ROLE), MQTT_PROVISIONER_PASSWORD (broker-client: the
-provisioner's current password; it may change any client's password, its own included).
+provisioner's current password; it may change any client's password, its own included). A broker-client rotation
+first connects as the provisioner, so a broker it cannot verify or log in to stops it before Key Vault changes.
 The broker VM reads the two service passwords from Key Vault only at first boot, so nothing there needs updating.
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -79,12 +82,33 @@ def set_role_password(admin_url: str, role: str, password: str) -> None:
         conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
 
 
-def set_broker_password(host: str, port: int, ca_file: str, provisioner_user: str, provisioner_password: str,
+def broker_ca_file(argument: str | None, environ: Mapping[str, str]) -> str | None:
+    """The app's rule (shared/settings.py, MQTT_CA_FILE): a file verifies the broker; empty or unset means the system
+    CA store (a broker with Let's Encrypt's certificate)."""
+    value = argument if argument is not None else environ.get("MQTT_CA_FILE", "")
+    return value or None
+
+
+def set_broker_password(host: str, port: int, ca_file: str | None, provisioner_user: str, provisioner_password: str,
                         username: str, password: str) -> None:
     from shared.dynsec import DynsecClient
 
     with DynsecClient(host, port, ca_file, provisioner_user, provisioner_password) as dynsec:
         dynsec.set_client_password(username, password)
+
+
+def check_broker(host: str, port: int, ca_file: str | None, provisioner_user: str, provisioner_password: str) -> None:
+    """Connects and logs in as the provisioner, changing nothing; SystemExit saying how the broker was verified."""
+    from shared.dynsec import DynsecClient
+    from shared.exceptions import BrokerUnavailable
+
+    try:
+        with DynsecClient(host, port, ca_file, provisioner_user, provisioner_password):
+            pass
+    except BrokerUnavailable as error:
+        verified = f"the CA {ca_file}" if ca_file else "the system CA store (no --ca-file, MQTT_CA_FILE unset)"
+        raise SystemExit(f"broker {host}:{port} not usable, verified with {verified}: {error}. A broker with the "
+                         "generated CA needs --ca-file certs/broker-ca.crt. Nothing was changed.") from None
 
 
 class Azure:
@@ -135,10 +159,14 @@ def rotate_db_role(azure: Azure, role: str, admin_url: str | None) -> None:
         set_role_password(admin_url, role, password)
 
 
-def rotate_broker_client(azure: Azure, username: str, host: str, port: int, ca_file: str) -> None:
+def rotate_broker_client(azure: Azure, username: str, host: str, port: int, ca_file: str | None) -> None:
     secret_name = BROKER_CLIENTS[username]
     provisioner_password = os.environ.get("MQTT_PROVISIONER_PASSWORD") or azure.read_secret(
         BROKER_CLIENTS["mqtt-saas-provisioner"])
+    print(f"[0/4] broker {host}:{port}: log in as mqtt-saas-provisioner, verified with "
+          + (f"the CA {ca_file}" if ca_file else "the system CA store"))
+    if not azure.dry_run:
+        check_broker(host, port, ca_file, "mqtt-saas-provisioner", provisioner_password)
     print(f"[1/4] new password for broker client {username}")
     password = new_password()
     print(f"[2/4] Key Vault {secret_name}: new version")
@@ -164,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vault", required=True, help="key vault name (deploy output keyVaultName)")
     parser.add_argument("--broker-host")
     parser.add_argument("--broker-port", type=int, default=8883)
-    parser.add_argument("--ca-file", default=str(REPO / "certs" / "broker-ca.crt"))
+    parser.add_argument("--ca-file", help="CA file that verifies the broker (generated CA: certs/broker-ca.crt); "
+                        "default $MQTT_CA_FILE; empty or unset: the system CA store (Let's Encrypt)")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     azure = Azure(args.resource_group, args.app, args.vault, args.dry_run)
@@ -177,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"broker-client needs one of {', '.join(BROKER_CLIENTS)}")
         if not args.broker_host:
             parser.error("broker-client needs --broker-host (deploy output brokerHost)")
-        rotate_broker_client(azure, args.name, args.broker_host, args.broker_port, args.ca_file)
+        ca_file = broker_ca_file(args.ca_file, os.environ)
+        if ca_file is not None and not Path(ca_file).is_file():
+            parser.error(f"CA file {ca_file} not found (empty --ca-file: the system CA store)")
+        rotate_broker_client(azure, args.name, args.broker_host, args.broker_port, ca_file)
     else:
         rotate_jwt(azure)
     print("[4/4] the app re-reads its Key Vault references and restarts")
