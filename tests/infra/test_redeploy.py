@@ -5,6 +5,9 @@ is deployed the same either way."""
 from __future__ import annotations
 
 import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +144,70 @@ def test_deploy_uses_the_tag_names_the_template_writes() -> None:
     text = (Path(__file__).resolve().parents[2] / "scripts" / "deploy").read_text()
     assert 'CLOUD_INIT_TAG = "mqtt-saas-cloud-init"' in text
     assert 'CERTIFICATE_TAG = "mqtt-saas-broker-certificate"' in text
+
+
+# -- rolling the repository's cloud-init onto an existing VM --------------------------------------------------------
+
+LE = {"broker_host": "mqtt.acme.test", "key_vault_uri": "https://kv-mqtt-saas.vault.azure.net/",
+      "lets_encrypt_email": "certs@acme.test"}
+
+
+@pytest.mark.parametrize("lets_encrypt", [False, True])
+def test_render_gives_what_the_template_gives_a_new_vm(lets_encrypt: bool) -> None:
+    # GIVEN the cloud-init as tests/infra/test_letsencrypt.py evaluates brokerVm.bicep for each mode
+    from infra.render_cloud_init import render
+    from tests.infra.test_letsencrypt import BASE_PARAMS, LE_PARAMS, rendered_cloud_init
+
+    params = LE_PARAMS if lets_encrypt else BASE_PARAMS
+    # WHEN the operators' renderer renders it THEN it is the same text
+    assert render(params["brokerFqdn"], params["keyVaultUri"], params["enableWebsockets"], params["adminUsername"],
+                  params["letsEncryptEmail"], params["letsEncryptKeyType"]) == rendered_cloud_init(**params)
+
+
+def test_reapply_script_writes_every_file_cloud_init_writes_and_runs_the_setup(tmp_path: Path) -> None:
+    # GIVEN the reapply script of a Let's Encrypt broker, and stand-ins for what only root on the VM may run
+    from infra.render_cloud_init import reapply_script, render
+    from tests.infra.test_letsencrypt import file_content, write_files
+
+    cloud_init = render(LE["broker_host"], LE["key_vault_uri"], lets_encrypt_email=LE["lets_encrypt_email"])
+    script = tmp_path / "reapply.sh"
+    script.write_text(reapply_script(cloud_init))
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for tool in ("apt-get", "chown", "systemctl", "bash"):
+        (stubs / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >>"{tmp_path}/calls.log"\n')
+        (stubs / tool).chmod(0o755)
+    root = tmp_path / "vm"
+    # WHEN it runs twice into a scratch root (a second run, as after a failed first one, changes nothing)
+    for _ in range(2):
+        done = subprocess.run(["/bin/bash", str(script)], env={"PATH": f"{stubs}:/usr/bin:/bin", "ROOT": str(root)},
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    # THEN every write_files entry is there, byte for byte, with its mode, and nothing else
+    entries = write_files(cloud_init)
+    written = {"/" + str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert written == set(entries)
+    for path, entry in entries.items():
+        assert (root / path.lstrip("/")).read_bytes() == file_content(cloud_init, path), path
+        mode = int(entry.get("permissions", "0644").strip('"'), 8)
+        assert (root / path.lstrip("/")).stat().st_mode & 0o777 == mode, path
+    # AND the packages, the owners, systemd and cloud-init's runcmd (setup-broker.sh: safe to re-run) ran, in order
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls[0] == "apt-get update -q"
+    assert calls[1].startswith("apt-get install -y -q mosquitto mosquitto-clients openssl ufw")
+    assert f"chown root:root {root}/opt/mqtt-saas/setup-broker.sh.new" in calls
+    assert calls[-2:] == ["systemctl daemon-reload", "bash /opt/mqtt-saas/setup-broker.sh"]
+
+
+def test_render_reads_the_deploys_parameters_file(tmp_path: Path) -> None:
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"parameters": {"letsEncryptEmail": {"value": "certs@acme.test"},
+                                                 "letsEncryptKeyType": {"value": "rsa"},
+                                                 "adminUsername": {"value": "ops"}}}))
+    done = subprocess.run([sys.executable, str(INFRA / "render_cloud_init.py"), "--broker-host", "mqtt.acme.test",
+                           "--key-vault-name", "kv-mqtt-saas-abc", "--parameters", str(params)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "LE_EMAIL='certs@acme.test'" in done.stdout and "LE_KEY_TYPE='rsa'" in done.stdout
+    assert 'admin_user="ops"' in done.stdout
+    assert 'key_vault_uri="https://kv-mqtt-saas-abc.vault.azure.net/"' in done.stdout
