@@ -157,6 +157,8 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         assert ("broker VM exists: its cloud-init is not reapplied; to roll broker changes use docs/runbook.md 6.8"
                 in second.stdout)
         assert "its cloud-init (oldcloudinit1) differs from the repository's (newcloudinit1)" in second.stdout
+        assert ("az vm update -g rg-test -n vm-mqtt-saas-abcdefgh23456 --set tags.mqtt-saas-cloud-init=newcloudinit1"
+                in second.stdout)
         assert "applied: nothing pending" in second.stdout
         assert "the drain has run" in second.stdout
         assert "deployed" in second.stdout.splitlines()[-1]
