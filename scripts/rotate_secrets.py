@@ -21,7 +21,8 @@ Order, for every kind:
     24 hours: "Use Key Vault references as app settings", section Rotation) and restarts.
 Between 3 and 4 (about a minute) new connections of the old app instance are refused: a drain run that fails then
 leaves its messages on the broker for the next run, an API call gets 503 and can be retried. The JWT secret has no
-step 3: after 4 every access token signed with the old secret is refused, and clients log in again or refresh.
+step 3: after 4 every access token signed with the old secret is refused, and clients log in again or refresh; and
+the alert-webhook secrets, encrypted with a key derived from it, must be rotated per target (it says so).
 
 Needs: ADMIN_DATABASE_URL (db-role: the owner that may ALTER ROLE), MQTT_PROVISIONER_PASSWORD (broker-client: the
 provisioner's current password; it may change any client's password, its own included). A broker-client rotation
@@ -181,6 +182,10 @@ def rotate_jwt(azure: Azure) -> None:
     print(f"[2/4] Key Vault {JWT_SECRET_NAME}: new version")
     azure.write_secret(JWT_SECRET_NAME, secrets.token_hex(32))
     print("[3/4] nothing outside the app checks it")
+    # The webhook signing secrets are encrypted with a key derived from this one (shared/webhooks.py).
+    print("WARNING: every stored alert-webhook secret becomes unreadable with the new secret: rotate each target's "
+          "secret afterwards (POST /api/alerts/rules/{rule}/webhooks/{id}/rotate-secret) and give receivers the new "
+          "one; until then their deliveries fail with 'secret unavailable'", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

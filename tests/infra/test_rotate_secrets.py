@@ -66,3 +66,12 @@ def test_a_missing_ca_file_is_refused_before_anything(tmp_path: Path, mosquitto_
     assert done.returncode == 2
     assert "nowhere.crt not found" in done.stderr
     assert calls == ""
+
+
+def test_rotating_the_jwt_secret_warns_that_webhook_secrets_must_be_rotated() -> None:
+    # The webhook signing secrets are encrypted with a key derived from AUTH_JWT_SECRET (shared/webhooks.py).
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "rotate_secrets.py"), "jwt", "-g", "rg",
+                             "--app", "app", "--vault", "kv", "--dry-run"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "webhook secret becomes unreadable" in result.stderr and "rotate-secret" in result.stderr
