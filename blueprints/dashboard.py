@@ -28,7 +28,8 @@ def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
         ca_available = dashboard.broker_ca(settings.mqtt_ca_file) is not None
         external = bool(settings.auth_external_issuer)
         operations = dashboard.offered_operations(api_app.openapi())  # FastAPI builds the document once
-        return _reply(dashboard.page_config(settings.ingest_schedule, ca_available, external, operations))
+        return _reply(dashboard.page_config(settings.ingest_schedule, ca_available, settings.mqtt_ca_file is None,
+                                            external, operations))
     if path == "broker-ca.pem":
         return _reply(dashboard.broker_ca(get_settings().mqtt_ca_file))
     return _reply(dashboard.find_asset(path))

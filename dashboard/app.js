@@ -18,7 +18,7 @@ const langSelect = document.getElementById('lang');
 
 const ctx = {
   me: null,
-  config: { refresh_s: 60, ca_url: null, external_sign_in: false, operations: [] },
+  config: { refresh_s: 60, ca_url: null, system_ca: false, external_sign_in: false, operations: [] },
   main,
   can(...roles) { return this.me !== null && roles.includes(this.me.role); },
   go(hash) { if (location.hash === hash) route(); else location.hash = hash; },

@@ -118,11 +118,15 @@ def offered_operations(openapi: Mapping[str, Any]) -> list[str]:
                   for method in item if method in methods)
 
 
-def page_config(ingest_schedule: str, ca_available: bool, external_sign_in: bool, operations: list[str]) -> Asset:
-    """config.json: what the page needs to know of this deployment (nothing secret)."""
+def page_config(ingest_schedule: str, ca_available: bool, system_ca: bool, external_sign_in: bool,
+                operations: list[str]) -> Asset:
+    """config.json: what the page needs to know of this deployment (nothing secret). system_ca: the
+    broker's certificate is publicly trusted (no MQTT_CA_FILE, e.g. Let's Encrypt), so a device's own CA
+    store verifies it and the page shows examples without a CA file."""
     body = json.dumps({
         "refresh_s": refresh_interval_s(ingest_schedule),
         "ca_url": "broker-ca.pem" if ca_available else None,
+        "system_ca": system_ca,
         "external_sign_in": external_sign_in,
         "operations": operations,
     }).encode()

@@ -78,13 +78,16 @@ export function codeBlock(label, text) {
 export function credentialPanel(ctx, credential, onDone) {
   const { username, password, client_id: clientId, topic_prefix: prefix, broker_host: host, broker_port: port } = credential;
   const caFile = 'broker-ca.pem';
-  const pub = `mosquitto_pub -h ${host} -p ${port} --cafile ${caFile} -V mqttv5 -q 1 \\\n  -i '${clientId}' -u '${username}' -P '${password}' \\\n  -t '${prefix}/telemetry' -m '{"ts": '$(date +%s%3N)', "metrics": {"temp": 21.5}}'`;
+  // A publicly trusted broker certificate (no CA file configured) is verified by the device's own CA store.
+  const systemCa = ctx.config.system_ca && !ctx.config.ca_url;
+  const trust = systemCa ? '--tls-use-os-certs' : `--cafile ${caFile}`;
+  const pub = `mosquitto_pub -h ${host} -p ${port} ${trust} -V mqttv5 -q 1 \\\n  -i '${clientId}' -u '${username}' -P '${password}' \\\n  -t '${prefix}/telemetry' -m '{"ts": '$(date +%s%3N)', "metrics": {"temp": 21.5}}'`;
   const python = [
     'import json, ssl, time',
     'import paho.mqtt.client as mqtt',
     `c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=${JSON.stringify(clientId)}, protocol=mqtt.MQTTv5)`,
     `c.username_pw_set(${JSON.stringify(username)}, ${JSON.stringify(password)})`,
-    `c.tls_set(ca_certs=${JSON.stringify(caFile)}, cert_reqs=ssl.CERT_REQUIRED)`,
+    systemCa ? 'c.tls_set(cert_reqs=ssl.CERT_REQUIRED)' : `c.tls_set(ca_certs=${JSON.stringify(caFile)}, cert_reqs=ssl.CERT_REQUIRED)`,
     `c.connect(${JSON.stringify(host)}, ${port})`,
     'c.loop_start()',
     'reading = {"ts": int(time.time() * 1000), "metrics": {"temp": 21.5}}',
@@ -103,7 +106,7 @@ export function credentialPanel(ctx, credential, onDone) {
     credential.broker_synced === false ? h('p', { class: 'warning', text: t('cred_not_synced') }) : null,
     ctx.config.ca_url
       ? h('p', {}, h('a', { href: ctx.config.ca_url, download: caFile, text: t('cred_ca_download') }))
-      : h('p', { class: 'muted', text: t('cred_ca_ask') }),
+      : h('p', { class: 'muted', text: t(systemCa ? 'cred_ca_system' : 'cred_ca_ask') }),
     codeBlock(t('cred_example_shell'), pub),
     codeBlock(t('cred_example_python'), python),
   ];

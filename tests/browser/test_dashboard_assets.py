@@ -106,10 +106,12 @@ def test_config_json_carries_the_cadence_and_nothing_secret(monkeypatch):
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     config = json.loads(get("config.json").get_body())
-    assert (config["refresh_s"], config["ca_url"], config["external_sign_in"]) == (10, None, False)
+    # no MQTT_CA_FILE: a publicly trusted broker certificate, verified by the device's own CA store
+    assert (config["refresh_s"], config["ca_url"], config["system_ca"], config["external_sign_in"]) == (
+        10, None, True, False)
     # the API's operations, so the page offers only views whose endpoints exist
     assert {"GET /api/devices", "POST /api/devices", "GET /api/me"} <= set(config["operations"])
-    assert set(config) == {"refresh_s", "ca_url", "external_sign_in", "operations"}
+    assert set(config) == {"refresh_s", "ca_url", "system_ca", "external_sign_in", "operations"}
 
 
 def test_broker_ca_is_offered_only_as_a_certificate(tmp_path):
