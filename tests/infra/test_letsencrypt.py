@@ -29,6 +29,7 @@ import pytest
 from pycep import BicepParser
 
 from infra.render_broker_conf import VM_CERTFILE, VM_KEYFILE, render_vm_conf
+from infra.render_cloud_init import evaluate
 from shared.settings import settings_from
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,33 +56,6 @@ def module(name: str) -> dict[str, Any]:
 
 
 # -- cloud-init as deployed ------------------------------------------------------------------------------------------
-
-
-def evaluate(expression: Any, variables: dict[str, Any], params: dict[str, Any]) -> Any:
-    """The few Bicep forms brokerVm.bicep builds cloud-init with. pycep writes a reference and a string literal
-    alike, so a bare string is a variable or parameter when one has that name, else itself."""
-    if isinstance(expression, str):
-        if expression in variables:
-            return evaluate(variables[expression]["value"], variables, params)
-        return params.get(expression, expression)
-    if isinstance(expression, bool):
-        return expression
-    if "function" in expression:
-        function = expression["function"]
-        arguments = function["parameters"]
-        if function["type"] == "load_text_content":
-            return (MODULES / arguments["file_path"]).resolve().read_text()
-        if function["type"] == "load_file_as_base64":
-            return base64.b64encode((MODULES / arguments["file_path"]).resolve().read_bytes()).decode()
-        if function["type"] == "replace":
-            original, old, new = (evaluate(arguments[k], variables, params)
-                                  for k in ("original_string", "old_string", "new_string"))
-            return original.replace(old, new)
-    if expression.get("operator", {}).get("type") == "conditional":
-        operands = expression["operator"]["operands"]
-        chosen = "true_value" if evaluate(operands["condition"], variables, params) else "false_value"
-        return evaluate(operands[chosen], variables, params)
-    raise AssertionError(f"not evaluated here: {expression}")
 
 
 BASE_PARAMS = {"brokerFqdn": "mqtt-saas-abc123.westeurope.cloudapp.azure.com", "enableWebsockets": False,
