@@ -33,7 +33,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import psycopg  # noqa: E402
 
 from localstack import AzuriteServer, PostgresServer  # noqa: E402
-from shared.archive import archive_container, blob_name, run_blob_archiver  # noqa: E402
+from shared.archive import archive_container, blob_name, day_range, run_blob_archiver  # noqa: E402
 from shared.migrate import apply_migrations  # noqa: E402
 from shared.retention import maintenance_connection  # noqa: E402
 from shared.rollups import roll_up  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
             with maintenance_connection(settings) as conn:
                 started = time.perf_counter()
                 with csv_path.open("wb") as out, conn.cursor().copy(
-                        QUERIES["export_day_csv"], {"tenant_id": tenant, "day": day.date()}) as copy:
+                        QUERIES["export_range_csv_raw"], day_range(tenant, day.date())) as copy:
                     for chunk in copy:
                         out.write(chunk)
                 baseline_s = time.perf_counter() - started

@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -67,7 +67,7 @@ ARCHIVE_SCHEMA = pa.schema([
     pa.field("value_bool", pa.bool_()),
     pa.field("value_text", pa.string()),
 ])
-# export_day_csv's columns, in order.
+# export_range_csv_raw's columns, in order.
 _CSV_COLUMNS = ["device_id", "device", "metric", "ts", "seq", "received_at", "value", "value_bool", "value_text"]
 _CSV_TYPES = {"device_id": pa.int64(), "device": pa.string(), "metric": pa.string(), "ts": pa.int64(),
               "seq": pa.int64(), "received_at": pa.int64(), "value": pa.float64(), "value_bool": pa.bool_(),
@@ -111,12 +111,18 @@ class ArchiveReport:
 
 # --- the file -----------------------------------------------------------------------------------
 
+def day_range(tenant_id: UUID, day: date) -> dict[str, Any]:
+    """export_range_csv_raw's parameters for one tenant's UTC day, every device."""
+    start = datetime.combine(day, datetime.min.time(), UTC)
+    return {"tenant_id": tenant_id, "from": start, "to": start + timedelta(days=1), "device_id": None}
+
+
 def export_day(conn: psycopg.Connection[DictRow], tenant_id: UUID, day: date, workdir: Path) -> DayFile:
     """Writes one tenant's day as Parquet under workdir: COPY to CSV (PostgreSQL's fastest way
     out), then pyarrow's multi-threaded CSV reader, batch by batch, so memory stays bounded."""
     csv_path = workdir / f"{tenant_id}-{day}.csv"
-    with csv_path.open("wb") as out, conn.cursor().copy(
-            QUERIES["export_day_csv"], {"tenant_id": tenant_id, "day": day}) as copy:
+    with csv_path.open("wb") as out, conn.cursor().copy(QUERIES["export_range_csv_raw"],
+                                                        day_range(tenant_id, day)) as copy:
         for chunk in copy:
             out.write(chunk)
     path = workdir / f"{tenant_id}-{day}.parquet"
@@ -124,7 +130,7 @@ def export_day(conn: psycopg.Connection[DictRow], tenant_id: UUID, day: date, wo
 
 
 def write_parquet(csv_path: Path, path: Path, tenant_id: UUID, metadata: dict[str, str]) -> DayFile:
-    """Turns export_day_csv-shaped CSV into an archive-schema Parquet file (the CSV is removed)."""
+    """Turns export_range_csv_raw-shaped CSV into an archive-schema Parquet file (the CSV is removed)."""
     meta = {b"mqtt_saas.schema_version": str(SCHEMA_VERSION).encode(), b"mqtt_saas.tenant_id": str(tenant_id).encode(),
             **{f"mqtt_saas.{k}".encode(): v.encode() for k, v in metadata.items()}}
     schema = ARCHIVE_SCHEMA.with_metadata(meta)

@@ -30,22 +30,6 @@ days AS (
 )
 SELECT tenant_id, day FROM days ORDER BY day, tenant_id;
 
--- export_day_csv --
--- One tenant's day of readings, in the archive's column order, as CSV for pyarrow. ts and
--- received_at as epoch microseconds: exact, and no time-zone text to parse.
-COPY (
-    SELECT t.device_id, d.name, t.metric,
-           (extract(epoch FROM t.ts) * 1000000)::bigint,
-           t.seq,
-           (extract(epoch FROM t.received_at) * 1000000)::bigint,
-           t.value, t.value_bool, t.value_text
-    FROM telemetry t LEFT JOIN devices d ON d.tenant_id = t.tenant_id AND d.id = t.device_id
-    WHERE t.tenant_id = %(tenant_id)s
-      AND t.ts >= %(day)s::date::timestamp AT TIME ZONE 'UTC'
-      AND t.ts < (%(day)s::date + 1)::timestamp AT TIME ZONE 'UTC'
-    ORDER BY t.device_id, t.metric, t.ts, t.seq
-) TO STDOUT (FORMAT csv);
-
 -- count_day --
 -- How many rows one tenant's day holds now.
 SELECT count(*) AS rows FROM telemetry
@@ -103,8 +87,10 @@ SELECT pg_try_advisory_lock(hashtextextended('mqtt_saas.blob_archiver', 0)) AS l
 SELECT pg_advisory_unlock(hashtextextended('mqtt_saas.blob_archiver', 0)) AS released;
 
 -- export_range_csv_raw --
--- POST /api/exports as Parquet: the caller's readings in [from, to), optionally one device's, in
--- the archive's column order (as export_day_csv) for pyarrow. Runs in the caller's tenant_transaction.
+-- One tenant's readings in [from, to), optionally one device's, in the archive's column order, as
+-- CSV for pyarrow: the archiver's day files (as the maintenance role) and POST /api/exports as
+-- Parquet (in the caller's tenant_transaction). ts and received_at as epoch microseconds: exact,
+-- and no time-zone text to parse.
 COPY (
     SELECT t.device_id, d.name, t.metric,
            (extract(epoch FROM t.ts) * 1000000)::bigint,
