@@ -40,6 +40,7 @@ class Database:
     owner_dsn: str
     app_dsn: str
     ingest_dsn: str
+    maintenance_dsn: str
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +69,8 @@ def database(postgres_server, role_passwords) -> Iterator[Database]:
         owner_dsn=postgres_server.superuser_dsn(name),
         app_dsn=f"postgresql://mqtt_saas_app:{role_passwords['mqtt_saas_app']}@{host}:{port}/{name}",
         ingest_dsn=f"postgresql://mqtt_saas_ingest:{role_passwords['mqtt_saas_ingest']}@{host}:{port}/{name}",
+        maintenance_dsn=(f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}"
+                         f"@{host}:{port}/{name}"),
     )
     with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -80,6 +83,34 @@ def app_pool(database: Database) -> Iterator[ConnectionPool]:
     pool = create_pool(settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn}))
     yield pool
     pool.close()
+
+
+@pytest.fixture
+def maintenance_settings(database: Database) -> Settings:
+    """Settings with the maintenance role (rollups, retention, the archive) on this test's database."""
+    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
+                          "MAINTENANCE_DATABASE_URL": database.maintenance_dsn})
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch, database: Database) -> Iterator[None]:
+    """The admin API on this test's database (settings exported for get_settings(), a fresh pool closed after)."""
+    from tests.support.api import close_api_pool, export_api_settings
+
+    export_api_settings(monkeypatch, database)
+    yield
+    close_api_pool()
+
+
+@pytest.fixture
+def broker_api(monkeypatch: pytest.MonkeyPatch, database: Database, settings: Settings) -> Iterator[Settings]:
+    """The admin API with the live broker too (settings exports the MQTT_* keys): device changes provision
+    their credentials. Yields the settings, for clients of the broker."""
+    from tests.support.api import close_api_pool, export_api_settings
+
+    export_api_settings(monkeypatch, database)
+    yield settings
+    close_api_pool()
 
 
 @pytest.fixture

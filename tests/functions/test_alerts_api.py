@@ -15,8 +15,6 @@ from shared.registry import create_device, create_tenant
 from tests.support.api import (
     Reply,
     call,
-    close_api_pool,
-    export_api_settings,
     mint_token,
     new_user,
     users_of_each_role,
@@ -27,13 +25,6 @@ from tests.support.waiting import query
 PROBLEM = "application/problem+json"
 HOT = {"name": "Boiler too hot", "kind": "threshold", "metric": "temperature", "aggregation": "last",
        "window_s": 300, "operator": ">", "value": 80, "clear_value": 70, "severity": "critical"}
-
-
-@pytest.fixture
-def api(monkeypatch, database):
-    export_api_settings(monkeypatch, database)
-    yield
-    close_api_pool()
 
 
 def tenant_with_users(app_pool, plan: str = "industrial") -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

@@ -35,13 +35,6 @@ PROBLEM_KEYS = {"type", "title", "status", "detail"}
 
 
 @pytest.fixture
-def api(monkeypatch, database):
-    export_api_settings(monkeypatch, database)
-    yield
-    close_api_pool()
-
-
-@pytest.fixture
 def tenant(app_pool):
     return new_tenant(app_pool)
 

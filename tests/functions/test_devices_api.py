@@ -14,8 +14,6 @@ from shared.registry import DeviceCredential, create_tenant
 from tests.support.api import (
     Reply,
     call,
-    close_api_pool,
-    export_api_settings,
     new_tenant,
     users_of_each_role,
 )
@@ -24,11 +22,9 @@ from tests.support.waiting import query
 
 
 @pytest.fixture
-def api(monkeypatch, database, settings):
-    """The API with this test's database and live broker (settings exports the MQTT_* keys)."""
-    export_api_settings(monkeypatch, database)
-    yield settings
-    close_api_pool()
+def api(broker_api):
+    """Here the API runs with the live broker (tests/conftest.py broker_api); its settings reach the broker."""
+    return broker_api
 
 
 @pytest.fixture

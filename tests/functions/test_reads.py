@@ -19,17 +19,10 @@ from shared.payloads import Limits
 from shared.registry import create_device
 from shared.retention import maintenance_connection
 from shared.rollups import roll_up
-from shared.settings import Settings, settings_from
-from tests.support.api import ROLES, call, close_api_pool, export_api_settings, new_tenant, users_of_each_role
+from shared.settings import Settings
+from tests.support.api import ROLES, call, new_tenant, users_of_each_role
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def api(monkeypatch, database):
-    export_api_settings(monkeypatch, database)
-    yield
-    close_api_pool()
 
 
 @pytest.fixture
@@ -317,14 +310,6 @@ def test_admin_ingest_refuses_a_cursor_it_did_not_issue(acme):
 
 
 # --------------------------------------------------------------------------- series from the rollups
-
-
-@pytest.fixture
-def maintenance_settings(database, role_passwords, postgres_server) -> Settings:
-    dsn = (f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}"
-           f"@127.0.0.1:{postgres_server.port}/{database.name}")
-    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
-                          "MAINTENANCE_DATABASE_URL": dsn})
 
 
 def roll_up_as_of(settings: Settings, now: datetime | None = None) -> None:

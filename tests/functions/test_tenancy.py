@@ -23,8 +23,6 @@ from tests.support.api import (
     PASSWORD,
     PASSWORD_HASH,
     call,
-    close_api_pool,
-    export_api_settings,
     mint_token,
     new_tenant,
     new_user,
@@ -36,21 +34,6 @@ from tests.support.waiting import query, wait_for
 
 OPERATOR_EMAIL = "ops@example.com"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def api(monkeypatch, database):
-    export_api_settings(monkeypatch, database)
-    yield
-    close_api_pool()
-
-
-@pytest.fixture
-def device_api(monkeypatch, database, settings):
-    """The API with the live broker too: creating devices provisions their credentials."""
-    export_api_settings(monkeypatch, database)
-    yield settings
-    close_api_pool()
 
 
 @pytest.fixture
@@ -83,7 +66,7 @@ def free_tenant(pool) -> dict[str, Any]:
 
 
 def test_device_limit_answers_402_naming_the_limit_and_plan_and_an_upgrade_lifts_it(
-        device_api, app_pool, operator):
+        broker_api, app_pool, operator):
     # GIVEN a tenant on the free plan (3 devices) with a staff member
     tenant = free_tenant(app_pool)
     staff = {**(user := new_user(app_pool, tenant, "staff")), "token": mint_token(user)}

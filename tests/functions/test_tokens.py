@@ -74,13 +74,6 @@ def owner(app_pool, tenant):
 
 
 @pytest.fixture
-def own_api(monkeypatch, database):
-    export_api_settings(monkeypatch, database)
-    yield
-    close_api_pool()
-
-
-@pytest.fixture
 def secret_api(monkeypatch, database):
     """The API with an external provider that signs with a shared HS256 secret (Supabase's legacy mode)."""
     export_api_settings(monkeypatch, database, AUTH_EXTERNAL_ISSUER=EXT_ISSUER, AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
@@ -177,7 +170,7 @@ def move_to_other_tenant(database, user: dict[str, Any], other: dict[str, Any]) 
 # --------------------------------------------------------------------------- our own tokens
 
 
-def test_own_token_opens_me(own_api, owner):
+def test_own_token_opens_me(api, owner):
     reply = me(token_for(owner))
     assert reply.status == 200 and reply.json["id"] == str(owner["id"]), reply.body
 
@@ -187,7 +180,7 @@ OWN_BAD = ["forged_signature", "expired", "wrong_issuer", "wrong_audience", "alg
 
 
 @pytest.mark.parametrize("case", OWN_BAD)
-def test_own_bad_tokens_are_refused(own_api, owner, jwks, case):
+def test_own_bad_tokens_are_refused(api, owner, jwks, case):
     # GIVEN an owner, and a token for them that is wrong in one way
     long_ago = int(time.time()) - 3600
     bad = {
@@ -209,20 +202,20 @@ def test_own_bad_tokens_are_refused(own_api, owner, jwks, case):
     assert_refused(me(bad()))
 
 
-def test_own_token_within_small_leeway_passes_and_beyond_it_fails(own_api, owner):
+def test_own_token_within_small_leeway_passes_and_beyond_it_fails(api, owner):
     now = int(time.time())
     assert me(jwt.encode(ours(owner, iat=now - 900, exp=now - 2), JWT_SECRET, algorithm="HS256")).status == 200
     assert_refused(me(jwt.encode(ours(owner, iat=now - 900, exp=now - 30), JWT_SECRET, algorithm="HS256")))
 
 
-def test_own_token_of_a_deleted_user_is_refused(own_api, app_pool, database, tenant, owner):
+def test_own_token_of_a_deleted_user_is_refused(api, app_pool, database, tenant, owner):
     token = token_for(owner)
     with psycopg.connect(database.owner_dsn) as conn:
         conn.execute("DELETE FROM users WHERE id = %s", (owner["id"],))
     assert_refused(me(token))
 
 
-def test_own_token_of_a_user_moved_to_another_tenant_is_refused(own_api, app_pool, database, owner):
+def test_own_token_of_a_user_moved_to_another_tenant_is_refused(api, app_pool, database, owner):
     token = token_for(owner)
     move_to_other_tenant(database, owner, new_tenant(app_pool))
     assert_refused(me(token))
@@ -345,7 +338,7 @@ def test_the_two_secrets_never_stand_in_for_each_other(secret_api, owner):
     assert_refused(me(jwt.encode(theirs(owner), JWT_SECRET, algorithm="HS256")))
 
 
-def test_external_tokens_are_refused_while_no_provider_is_configured(own_api, owner):
+def test_external_tokens_are_refused_while_no_provider_is_configured(api, owner):
     assert_refused(me(jwt.encode(theirs(owner), EXT_SECRET, algorithm="HS256")))
 
 

@@ -27,13 +27,6 @@ TARGET = {"url": "https://hooks.example.com/mqtt-saas?token=abc", "description":
 
 
 @pytest.fixture
-def api(monkeypatch, database):
-    export_api_settings(monkeypatch, database)
-    yield
-    close_api_pool()
-
-
-@pytest.fixture
 def local_api(monkeypatch, database):
     """The API as scripts/dev runs it: http and private targets allowed."""
     export_api_settings(monkeypatch, database, WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE_TARGETS="true",

@@ -31,12 +31,12 @@ class Crash(Exception):
 
 
 @pytest.fixture
-def maintenance_settings(database, role_passwords, postgres_server, azurite_server) -> Settings:
-    dsn = (f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}"
-           f"@127.0.0.1:{postgres_server.port}/{database.name}")
+def maintenance_settings(database, azurite_server) -> Settings:
+    """The maintenance role with a blob container of this test's own."""
     return settings_from({
         "DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
-        "MAINTENANCE_DATABASE_URL": dsn, "STORAGE_CONNECTION_STRING": azurite_server.connection_string,
+        "MAINTENANCE_DATABASE_URL": database.maintenance_dsn,
+        "STORAGE_CONNECTION_STRING": azurite_server.connection_string,
         "ARCHIVE_CONTAINER": f"archive-{uuid.uuid4().hex[:12]}",
     })
 

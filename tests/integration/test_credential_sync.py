@@ -20,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from shared.broker_contract import device_acls, device_role
 from shared.credentials import reconcile, run_broker_sync, sync_outbox
 from shared.registry import DeviceCredential, create_tenant
-from tests.support.api import call, close_api_pool, export_api_settings, new_tenant, users_of_each_role
+from tests.support.api import call, new_tenant, users_of_each_role
 from tests.support.devices import Device, provisioner, registered_functions, run_mqtt_ingest, unique_slug
 from tests.support.waiting import query, wait_for
 
@@ -64,10 +64,9 @@ def connects(settings, credential: dict[str, Any]) -> bool:
 
 
 @pytest.fixture
-def api(monkeypatch, database, settings):
-    export_api_settings(monkeypatch, database)
-    yield settings
-    close_api_pool()
+def api(broker_api):
+    """Here the API runs with the live broker (tests/conftest.py broker_api); its settings reach the broker."""
+    return broker_api
 
 
 @pytest.fixture

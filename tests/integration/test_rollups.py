@@ -14,7 +14,7 @@ from shared.api.tokens import Principal
 from shared.db import tenant_transaction
 from shared.retention import maintenance_connection
 from shared.rollups import JOB, roll_up, series_points
-from shared.settings import Settings, settings_from
+from shared.settings import Settings
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -28,14 +28,6 @@ GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
 ROLLED = """
 SELECT tenant_id, device_id, metric, bucket, count, sum, min, max, avg, last FROM {table} ORDER BY 1, 2, 3, 4
 """
-
-
-@pytest.fixture
-def maintenance_settings(database, role_passwords, postgres_server) -> Settings:
-    dsn = (f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}"
-           f"@127.0.0.1:{postgres_server.port}/{database.name}")
-    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
-                          "MAINTENANCE_DATABASE_URL": dsn})
 
 
 @pytest.fixture
