@@ -167,9 +167,11 @@ SET breaches = CASE WHEN EXCLUDED.breaches = 1 THEN s.breaches + 1 ELSE 0 END,
 -- widths (from the state before this run), so one spike barely widens them while a lasting change
 -- is still learned. A pair with no new complete bucket is left as it was. A bucket is complete once
 -- settle_s has passed since its end (its late readings have arrived by then).
--- targets is MATERIALIZED so that since and upto reach the telemetry scan as values: inlined, they
--- are expressions of functions PostgreSQL does not mark leakproof, which row-level security keeps out
--- of the index condition (every row of the device's day would be read and filtered).
+-- targets is MATERIALIZED so that since and upto reach the telemetry scan as plain values. Inlined,
+-- they are COALESCE/GREATEST/date_bin expressions over the joined rows, and as the app role (under
+-- row-level security; not as the owner) PostgreSQL 15 put them in a Filter instead of the index
+-- condition: every row of each device's day was read (measured: 0.8-1.0 s against 0.17 s for 300
+-- pairs). The threshold query's plainer bounds (now() - make_interval(...)) stay index conditions.
 WITH targets AS MATERIALIZED (
     SELECT r.id AS rule_id, d.id AS device_id, r.window_s, r.sensitivity, r.clear_value, r.warmup_buckets,
            2.0::double precision / (r.baseline_buckets + 1) AS alpha,
