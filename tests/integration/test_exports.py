@@ -49,7 +49,8 @@ def fetch(url: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(url, timeout=10) as reply:
             return reply.status, reply.read()
     except urllib.error.HTTPError as error:
-        return error.code, b""
+        with error:  # it holds the response's socket; left to the garbage collector it warns in a later test
+            return error.code, b""
 
 
 def export(app_pool, settings, user, **kwargs):
