@@ -6,7 +6,7 @@ import azure.functions as func
 
 from shared.alerts import evaluate_rules
 from shared.db import get_pool
-from shared.observability import timer_run
+from shared.observability import event, timer_run
 from shared.settings import get_settings
 from shared.webhooks import deliver_due
 
@@ -25,9 +25,8 @@ def alert_evaluator(timer: func.TimerRequest) -> None:
             report = evaluate_rules(get_pool())
         finally:
             sent = deliver_due(get_pool(), settings)
-            log.info("webhook deliveries done", extra={
-                "tenants": sent.tenants, "attempted": sent.attempted, "delivered": sent.delivered,
-                "retrying": sent.retrying, "failed": sent.failed, "duration_ms": round(sent.duration_ms)})
-    log.info("alert_evaluator done", extra={"tenants": report.tenants, "evaluated": report.evaluated,
-                                            "opened": report.opened, "resolved": report.resolved,
-                                            "failed": len(report.failed)})
+            event(log, "webhook.run", {"tenants": sent.tenants, "attempted": sent.attempted,
+                                       "delivered": sent.delivered, "retrying": sent.retrying, "failed": sent.failed,
+                                       "duration_ms": round(sent.duration_ms)})
+    event(log, "alerts.run", {"tenants": report.tenants, "evaluated": report.evaluated, "opened": report.opened,
+                               "resolved": report.resolved, "failed": len(report.failed)})

@@ -5,7 +5,7 @@ import logging
 import azure.functions as func
 
 from shared.archive import run_blob_archiver
-from shared.observability import timer_run
+from shared.observability import event, timer_run
 from shared.rollups import run_rollups
 from shared.settings import get_settings
 
@@ -28,4 +28,4 @@ def blob_archiver(timer: func.TimerRequest) -> None:
     with timer_run("blob_archiver", settings):
         report = run_blob_archiver(settings)
     if report.days_left:
-        log.warning("blob_archiver ran out of time", extra={"days_left": report.days_left})
+        event(log, "archive.out_of_time", {"days_left": report.days_left}, logging.WARNING)

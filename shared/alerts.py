@@ -83,7 +83,7 @@ def evaluate_rules(pool: DictPool) -> EvaluationReport:
         try:
             result = evaluate_tenant(pool, tenant_id)
         except Exception as exc:  # noqa: BLE001 - one tenant's bad rule must not stop the others
-            log.exception("alert evaluation failed", extra={"tenant_id": tenant_id})
+            observability.event(log, "alerts.tenant_failed", {"tenant_id": tenant_id}, logging.ERROR, exc_info=True)
             report.failed.append(tenant_id)
             last_error = exc
             continue

@@ -38,6 +38,7 @@ import pyarrow.csv as pacsv  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from psycopg.rows import DictRow
 
+from shared import observability
 from shared.exceptions import ConfigurationError
 from shared.retention import (
     TenantWindow,
@@ -250,8 +251,8 @@ def archive_day(conn: psycopg.Connection[DictRow], container: Any, tenant_id: UU
         row = _manifest(conn, tenant_id, day)
         state = row["state"] if row else None
         if state == "deleted":
-            log.warning("rows reappeared in an archived day; left in place",
-                        extra={"tenant_id": str(tenant_id), "day": day.isoformat()})
+            # rows reappeared in a day already archived and deleted: left in place
+            observability.event(log, "archive.rows_reappeared", {"tenant_id": tenant_id, "day": day}, logging.WARNING)
             return None
         if state in (None, "pending"):
             file = export_day(conn, tenant_id, day, workdir)
@@ -273,8 +274,8 @@ def archive_day(conn: psycopg.Connection[DictRow], container: Any, tenant_id: UU
             try:
                 download_verified(container, manifest, workdir / "verify.parquet").unlink()
             except ArchiveVerificationError:
-                log.warning("archive verification failed; exporting again",
-                            extra={"tenant_id": str(tenant_id), "day": day.isoformat()})
+                observability.event(log, "archive.verification_failed", {"tenant_id": tenant_id, "day": day},
+                                    logging.WARNING)
                 _advance(conn, tenant_id, day, "uploaded", "pending")
                 continue
             _advance(conn, tenant_id, day, "uploaded", "verified")
@@ -293,8 +294,7 @@ def archive_day(conn: psycopg.Connection[DictRow], container: Any, tenant_id: UU
             except _RowsChanged:
                 # Rows arrived (or went) since the export: the file no longer is the day. Nothing
                 # was deleted (rolled back); export again.
-                log.warning("archived day changed before its delete; exporting again",
-                            extra={"tenant_id": str(tenant_id), "day": day.isoformat()})
+                observability.event(log, "archive.day_changed", {"tenant_id": tenant_id, "day": day}, logging.WARNING)
                 _advance(conn, tenant_id, day, "verified", "pending")
                 continue
             point("deleted")
@@ -335,8 +335,8 @@ def archive_due_days(conn: psycopg.Connection[DictRow], container: Any, windows:
                 report.days_archived += 1
                 report.rows_deleted += done[0]
                 report.bytes_uploaded += done[1]
-                log.info("day archived", extra={"tenant_id": str(tenant_id), "day": day.isoformat(),
-                                                 "rows": done[0], "bytes": done[1]})
+                observability.event(log, "archive.day_archived", {"tenant_id": tenant_id, "day": day,
+                                                                  "rows": done[0], "bytes": done[1]})
     finally:
         if not conn.closed and not conn.broken:
             conn.execute(QUERIES["release_archiver_lock"])
@@ -379,9 +379,9 @@ def run_blob_archiver(settings: Settings, *, container: Any = None, today: date 
             drop_empty_partitions(conn, today, settings.ingest_max_past_days)
             delete_old_rollups(conn, minute_days=settings.rollup_1m_retention_days,
                                hour_days=settings.rollup_1h_retention_days, now=now)
-    log.info("blob_archiver run", extra={"days": report.days_archived, "rows": report.rows_deleted,
-                                         "bytes": report.bytes_uploaded, "days_left": report.days_left,
-                                         "busy": report.busy})
+    observability.event(log, "archive.run", {"days": report.days_archived, "rows": report.rows_deleted,
+                                             "bytes": report.bytes_uploaded, "days_left": report.days_left,
+                                             "busy": report.busy})
     return report
 
 

@@ -35,6 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
+from shared import observability
 from shared.api.auth import audit
 from shared.api.errors import (
     CommandArgsInvalid,
@@ -276,12 +277,13 @@ def send_command(pool: DictPool, settings: Settings, principal: Principal, devic
         _publish(settings, topic, payload, properties)
     except BrokerUnavailable as exc:
         failure = "broker_unreachable"
-        log.warning("command not delivered: %s", exc, extra={"tenant_id": str(principal.tenant_id),
-                                                               "device_id": device_id})
+        observability.event(log, "command.not_delivered", {"tenant_id": principal.tenant_id, "device_id": device_id,
+                                                           "error": str(exc)[:300]}, logging.WARNING)
     except PublishRefused as exc:
         failure = "broker_refused"
-        log.error("command refused by the broker: %s", exc, extra={"tenant_id": str(principal.tenant_id),
-                                                                   "device_id": device_id})
+        observability.event(log, "command.refused_by_broker", {"tenant_id": principal.tenant_id,
+                                                               "device_id": device_id, "error": str(exc)[:300]},
+                            logging.ERROR)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         recorded = _set_outcome(conn, principal.tenant_id, command["id"], failure)
     if failure == "broker_unreachable":

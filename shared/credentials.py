@@ -29,6 +29,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from psycopg.types.json import Jsonb
 
+from shared import observability
 from shared.broker_contract import (
     Acl,
     device_acls,
@@ -194,7 +195,8 @@ def _sync_device(pool: DictPool, settings: Settings, dynsec: DynsecClient, key: 
                 # The plugin's error text names the command and the client, never a password.
                 conn.execute(QUERIES["outbox_failed"], {"id": row["id"], "error": str(exc)})
                 report.failed += 1
-                log.warning("broker_sync: command refused", extra={"device_key": key, "op": row["op"]})
+                observability.event(log, "broker_sync.command_refused", {"device_key": key, "op": row["op"]},
+                                    logging.WARNING)
                 return True
             conn.execute(QUERIES["outbox_applied"], {"id": row["id"]})
             report.applied += 1
@@ -213,8 +215,9 @@ def _apply(settings: Settings, dynsec: DynsecClient, row: Mapping[str, Any], rep
             # Encrypted under an earlier provisioner password: nobody can recover it, so the device
             # needs a new one (the reconciliation flags it once it sees the client missing).
             report.lost_passwords += 1
-            log.warning("broker_sync: a queued password cannot be decrypted; the device needs a rotation",
-                        extra={"tenant_slug": tenant, "device_name": device})
+            # the queued password cannot be decrypted: the device needs a rotation
+            observability.event(log, "broker_sync.password_undecryptable", {"tenant_slug": tenant,
+                                                                             "device_name": device}, logging.WARNING)
             return
         dynsec.put_device_client(username, password, device_role(tenant, device))
     elif op == "delete_client":
@@ -344,8 +347,10 @@ def reconcile(pool: DictPool, settings: Settings, only_tenants: Collection[str] 
                     conn.execute(QUERIES["flag_needs_rotation"],
                                  {"tenant_id": device["tenant_id"], "device_id": device["device_id"]})
                 report.flagged_devices.append(key)
-                log.warning("broker_sync: the broker lost a device's client; its credential needs a rotation",
-                            extra={"tenant_slug": device["tenant_slug"], "device_name": device["device_name"]})
+                # the broker lost the device's client: its credential needs a rotation
+                observability.event(log, "broker_sync.client_lost", {"tenant_slug": device["tenant_slug"],
+                                                                      "device_name": device["device_name"]},
+                                    logging.WARNING)
 
         for rolename in roles:
             owner = _role_device(rolename)

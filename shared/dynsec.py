@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
+from shared import observability
 from shared.broker_contract import DEFAULT_ACL_ACCESS, Acl, device_acls, device_role, device_username
 from shared.exceptions import BrokerUnavailable, DynsecError
 
@@ -133,7 +134,7 @@ class DynsecClient:
         except BaseException:
             self.close()
             raise
-        log.debug("dynsec connected", extra={"mqtt_username": self.username})
+        observability.event(log, "dynsec.connected", {"mqtt_username": self.username}, logging.DEBUG)
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -271,7 +272,7 @@ class DynsecClient:
             ],
             tolerated=(ROLE_EXISTS,),
         )
-        log.info("device provisioned", extra={"tenant_slug": tenant, "device_name": device})
+        observability.event(log, "dynsec.device_provisioned", {"tenant_slug": tenant, "device_name": device})
         return username
 
     def deprovision_device(self, tenant: str, device: str) -> None:
@@ -283,7 +284,7 @@ class DynsecClient:
             ],
             tolerated=(CLIENT_NOT_FOUND, ROLE_NOT_FOUND),
         )
-        log.info("device deprovisioned", extra={"tenant_slug": tenant, "device_name": device})
+        observability.event(log, "dynsec.device_deprovisioned", {"tenant_slug": tenant, "device_name": device})
 
     def execute_tolerating(self, commands: list[dict[str, Any]], tolerated: Collection[str]) -> list[dict[str, Any]]:
         """execute(), treating the plugin's error texts in ``tolerated`` as success (for idempotent replays)."""
@@ -364,7 +365,7 @@ class DynsecClient:
         try:
             responses = json.loads(message.payload)["responses"]
         except (ValueError, KeyError, TypeError):
-            log.warning("ignoring malformed dynsec response", extra={"topic": message.topic})
+            observability.event(log, "dynsec.malformed_response", {"topic": message.topic}, logging.WARNING)
             return
         with self._cond:
             for response in responses:

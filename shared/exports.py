@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from shared import observability
 from shared.api.auth import audit
 from shared.api.errors import DeviceNotFound, InvalidRange
 from shared.api.tokens import Principal
@@ -84,8 +85,8 @@ def create_export(pool: DictPool, principal: Principal, settings: Settings, cont
                                   metadata={"row_count": str(file.row_count), "sha256": file.sha256})
     expires_at = now + timedelta(seconds=settings.export_link_ttl_s)
     url = read_link(container, name, now, expires_at)
-    log.info("export written", extra={"tenant_id": str(principal.tenant_id), "rows": file.row_count,
-                                      "bytes": file.bytes, "format": fmt})
+    observability.event(log, "export.written", {"tenant_id": principal.tenant_id, "rows": file.row_count,
+                                                "bytes": file.bytes, "format": fmt})
     return Export(url, expires_at, name, fmt, file.row_count, file.bytes, file.sha256)
 
 

@@ -145,11 +145,14 @@ def bound(**fields: Any) -> Iterator[None]:
 
 
 def event(logger: logging.Logger, name: str, fields: Mapping[str, Any] | None = None,
-          level: int = logging.INFO) -> None:
+          level: int = logging.INFO, exc_info: bool = False) -> None:
     """Writes `<name> <JSON>`: one line KQL can parse_json() (see infra/queries), with the bound
-    fields. The names tenant_id, device_id and run_id are used for those ids everywhere."""
+    fields. The names tenant_id, device_id and run_id are used for those ids everywhere. Fields go in
+    the message because the Functions host drops a record's `extra`; exc_info=True (inside an
+    except block) adds the traceback, as logger.exception does."""
     merged = {**_bound.get(), **(fields or {})}
-    logger.log(level, "%s %s", name, json.dumps(merged, sort_keys=True, default=str, separators=(",", ":")))
+    logger.log(level, "%s %s", name, json.dumps(merged, sort_keys=True, default=str, separators=(",", ":")),
+               exc_info=exc_info)
 
 
 def record_counts(counter: metrics.Counter, counts: Mapping[str, int], attribute: str) -> None:

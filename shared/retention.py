@@ -17,6 +17,7 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import DictRow, dict_row
 
+from shared import observability
 from shared.exceptions import ConfigurationError
 from shared.settings import Settings
 from shared.sql import QUERIES, one_row
@@ -72,5 +73,5 @@ def drop_empty_partitions(conn: psycopg.Connection[DictRow], today: date, max_pa
     rows = conn.execute(QUERIES["drop_empty_partitions"], {"before": before}).fetchall()
     dropped = [str(r["name"]) for r in rows]
     if dropped:
-        log.info("telemetry partitions dropped", extra={"partitions": dropped})
+        observability.event(log, "retention.partitions_dropped", {"partitions": dropped})
     return dropped

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow
 
+from shared import observability
 from shared.settings import Settings
 from shared.sql import QUERIES, one_row
 
@@ -76,8 +77,8 @@ def roll_up(
         report.minute_buckets += minutes
         report.hour_buckets += hours
         report.watermark = to
-    log.info("rollup run", extra={"chunks": report.chunks, "minute_buckets": report.minute_buckets,
-                                  "hour_buckets": report.hour_buckets, "caught_up": report.caught_up})
+    observability.event(log, "rollup.run", {"chunks": report.chunks, "minute_buckets": report.minute_buckets,
+                                            "hour_buckets": report.hour_buckets, "caught_up": report.caught_up})
     return report
 
 

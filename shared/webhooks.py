@@ -504,7 +504,7 @@ def _run_lanes(pool: DictPool, settings: Settings, tenants: list[str], deadline:
                     report.add(result)
                 again = result.attempted >= batch
             except Exception:  # noqa: BLE001 - one tenant's failure must not stop the others' deliveries
-                log.exception("webhook delivery failed", extra={"tenant_id": tenant_id})
+                observability.event(log, "webhook.lane_failed", {"tenant_id": tenant_id}, logging.ERROR, exc_info=True)
                 with done:
                     report.lane_errors.append(tenant_id)
             if again and time.monotonic() + settings.webhook_timeout_s <= deadline:
