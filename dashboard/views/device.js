@@ -235,7 +235,7 @@ export async function renderDevice(ctx, id) {
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
       const data = new FormData(form);
-      let args = {};
+      let args;
       try {
         args = data.get('args') ? JSON.parse(String(data.get('args'))) : {};
         if (!args || typeof args !== 'object' || Array.isArray(args)) throw new Error('not an object');
