@@ -137,19 +137,19 @@ function perMinuteData(data) {
   return [xs, messages, dead];
 }
 
-let perMinuteChart = null;
-async function drawPerMinute(box, data) {
+// Draws into the box's holder: moves `chart` there with the new points, or returns a new chart.
+async function drawPerMinute(box, data, chart) {
   const holder = box.querySelector('[data-chart=per-minute]');
-  if (!holder) return;
+  if (!holder) return chart;
   const points = perMinuteData(data);
-  if (perMinuteChart) {
-    holder.append(perMinuteChart.root);
-    perMinuteChart.setData(points);
-    return;
+  if (chart) {
+    holder.append(chart.root);
+    chart.setData(points);
+    return chart;
   }
   const uPlot = await loadUPlot();
   const fmt = new Intl.DateTimeFormat(currentLocale(), { hour: 'numeric', minute: '2-digit' });
-  perMinuteChart = new uPlot({
+  return new uPlot({
     width: Math.max(260, holder.clientWidth), height: 160,
     series: [{ value: (u, v) => (v == null ? '—' : fmt.format(new Date(v * 1000))) },
       { label: t('ingest_messages_col'), stroke: '#1d4ed8', width: 2, fill: 'rgba(37,99,235,0.10)', points: { show: false } },
@@ -169,6 +169,9 @@ export async function renderIngest(ctx) {
   replace(ctx.main, h('div', { class: 'page-head' }, h('h1', { text: t('nav_ingest') })),
     parts.map(([key], i) => h('section', { class: 'card' }, h('h2', { text: t(key) }), boxes[i])));
 
+  // This view's own chart: a view left while still loading is disposed after the next one has
+  // drawn, and must destroy its chart, not the one on screen.
+  let perMinuteChart = null;
   async function refresh() {
     await Promise.all(parts.map(async ([key, method, path], i) => {
       if (!offers(method, path.split('?')[0])) { replace(boxes[i], unavailable(t(key))); return; }
@@ -177,7 +180,7 @@ export async function renderIngest(ctx) {
         if (key === 'ingest_monitor') {
           if (perMinuteChart) perMinuteChart.root.remove();
           replace(boxes[i], ingestView(data));
-          await drawPerMinute(boxes[i], data);
+          perMinuteChart = await drawPerMinute(boxes[i], data, perMinuteChart);
         }
         else if (key === 'usage') replace(boxes[i], usageView(data));
         else if (key === 'audit') {
