@@ -26,10 +26,16 @@ async function fetchMessages(tag) {
   return response.json();
 }
 
+// The reader may pick another language while a file is still loading: only the latest pick applies,
+// whichever file arrives last.
+let latestPick = 0;
 export async function setLocale(tag, remember = false) {
   if (!LOCALES.includes(tag)) tag = 'en';
+  const pick = ++latestPick;
   if (!Object.keys(fallback).length) fallback = await fetchMessages('en');
-  messages = tag === 'en' ? fallback : await fetchMessages(tag);
+  const loaded = tag === 'en' ? fallback : await fetchMessages(tag);
+  if (pick !== latestPick) return;
+  messages = loaded;
   locale = tag;
   if (remember) localStorage.setItem(STORE_KEY, tag);
   document.documentElement.lang = tag;
