@@ -4,11 +4,11 @@ import logging
 
 import azure.functions as func
 
-from shared.alerts import evaluate_rules
-from shared.db import get_pool
-from shared.observability import event, timer_run
-from shared.settings import get_settings
-from shared.webhooks import deliver_due
+from shared.alerts.delivery import deliver_due
+from shared.alerts.evaluator import evaluate_rules
+from shared.core.db import get_pool
+from shared.core.observability import event, timer_run
+from shared.core.settings import get_settings
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ FastAPI app in shared/api through the Functions ASGI adapter. The app authentica
 itself (bearer tokens), so the route is anonymous to the host."""
 import azure.functions as func
 
-from shared.api.app import api as asgi_app
+from shared.http.app import api as asgi_app
 
 bp = func.Blueprint()
 _asgi = func.AsgiMiddleware(asgi_app)

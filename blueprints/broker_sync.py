@@ -1,10 +1,10 @@
 """broker_sync: applies the device-credential outbox to the broker, then reconciles drift, every minute."""
 import azure.functions as func
 
-from shared.credentials import run_broker_sync
-from shared.db import get_pool
-from shared.observability import timer_run
-from shared.settings import get_settings
+from shared.broker.credential_sync import run_broker_sync
+from shared.core.db import get_pool
+from shared.core.observability import timer_run
+from shared.core.settings import get_settings
 
 bp = func.Blueprint()
 

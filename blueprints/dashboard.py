@@ -3,9 +3,9 @@ API's own origin. Anonymous like the page itself: everything it shows comes from
 checks the bearer token on every call."""
 import azure.functions as func
 
-from shared import dashboard
-from shared.api.app import api as api_app
-from shared.settings import get_settings
+from shared.core.settings import get_settings
+from shared.http import static as dashboard
+from shared.http.app import api as api_app
 
 bp = func.Blueprint()
 

@@ -3,8 +3,8 @@ import json
 
 import azure.functions as func
 
-from shared.db import get_pool
-from shared.health import check_health
+from shared.core.db import get_pool
+from shared.core.health import check_health
 
 bp = func.Blueprint()
 

@@ -1,9 +1,9 @@
 """mqtt_ingest: drains the broker's persistent session into PostgreSQL on a timer."""
 import azure.functions as func
 
-from shared.mqtt_drain import drain_once
-from shared.observability import timer_run
-from shared.settings import get_settings
+from shared.core.observability import timer_run
+from shared.core.settings import get_settings
+from shared.ingest.drain import drain_once
 
 bp = func.Blueprint()
 

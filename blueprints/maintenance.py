@@ -4,10 +4,10 @@ import logging
 
 import azure.functions as func
 
-from shared.archive import run_blob_archiver
-from shared.observability import event, timer_run
-from shared.rollups import run_rollups
-from shared.settings import get_settings
+from shared.core.observability import event, timer_run
+from shared.core.settings import get_settings
+from shared.telemetry.archive import run_blob_archiver
+from shared.telemetry.rollups import run_rollups
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 import json  # noqa: E402
 import shlex  # noqa: E402
 
-from shared.broker_contract import (  # noqa: E402
+from shared.broker.contract import (  # noqa: E402
     COMMANDER_ROLE,
     COMMANDER_USERNAME,
     INGEST_CLIENT_ID,

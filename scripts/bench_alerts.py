@@ -58,8 +58,8 @@ def main() -> None:
         env = stack.create_app_database("bench") | {"AUTH_JWT_SECRET": uuid.uuid4().hex * 2}
         os.environ.update(env)
         owner_dsn = stack.postgres.superuser_dsn("bench")
-        from shared.alerts import ANOMALY_SETTLE_S, evaluate_rules
-        from shared.db import get_pool, tenant_transaction
+        from shared.alerts.evaluator import ANOMALY_SETTLE_S, evaluate_rules
+        from shared.core.db import get_pool, tenant_transaction
 
         started = time.monotonic()
         with psycopg.connect(owner_dsn, autocommit=True) as conn:

@@ -33,12 +33,12 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import psycopg  # noqa: E402
 
 from localstack import AzuriteServer, PostgresServer  # noqa: E402
-from shared.archive import archive_container, blob_name, day_range, run_blob_archiver  # noqa: E402
-from shared.migrate import apply_migrations  # noqa: E402
-from shared.retention import maintenance_connection  # noqa: E402
-from shared.rollups import roll_up  # noqa: E402
-from shared.settings import settings_from  # noqa: E402
-from shared.sql import QUERIES  # noqa: E402
+from shared.core.migrate import apply_migrations  # noqa: E402
+from shared.core.settings import settings_from  # noqa: E402
+from shared.core.sql import QUERIES  # noqa: E402
+from shared.telemetry.archive import archive_container, blob_name, day_range, run_blob_archiver  # noqa: E402
+from shared.telemetry.retention import maintenance_connection  # noqa: E402
+from shared.telemetry.rollups import roll_up  # noqa: E402
 
 METRICS = 5  # per reading, as generated below
 

@@ -27,7 +27,7 @@ import psycopg  # noqa: E402
 from localstack import AzuriteServer, PostgresServer  # noqa: E402
 from scripts.pg_backup import backup, container_client  # noqa: E402
 from scripts.pg_restore_drill import drill  # noqa: E402
-from shared.migrate import apply_migrations  # noqa: E402
+from shared.core.migrate import apply_migrations  # noqa: E402
 
 FIRST_DAY = "2026-11-01"
 

@@ -195,9 +195,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from localstack import MosquittoBroker
-    from shared.dynsec import DynsecClient, generate_password
-    from shared.mqtt_transport import DrainConnection, prepare_session
-    from shared.settings import settings_from
+    from shared.broker.dynsec import DynsecClient, generate_password
+    from shared.core.settings import settings_from
+    from shared.ingest.transport import DrainConnection, prepare_session
 
     with tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp:
         broker = MosquittoBroker(Path(tmp) / "mosquitto")

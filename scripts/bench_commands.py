@@ -69,14 +69,14 @@ def main() -> None:
             "MQTT_COMMANDER_PASSWORD": broker.commander.password}
         os.environ.update(env)
         from function_app import app
-        from shared import commands
-        from shared.api.passwords import hash_password
-        from shared.api.tokens import issue_access_token
-        from shared.broker_contract import command_topic
-        from shared.db import get_pool, tenant_transaction
-        from shared.dynsec import DynsecClient
-        from shared.registry import create_tenant, provision_device
-        from shared.settings import get_settings
+        from shared.accounts.passwords import hash_password
+        from shared.accounts.tokens import issue_access_token
+        from shared.broker.contract import command_topic
+        from shared.broker.dynsec import DynsecClient
+        from shared.core.db import get_pool, tenant_transaction
+        from shared.core.settings import get_settings
+        from shared.devices import commands
+        from tests.support.registry import create_tenant, provision_device
 
         settings = get_settings()
         api = next(f for f in app.get_functions() if f.get_function_name() == "api").get_user_function()

@@ -163,17 +163,17 @@ class Bench:
     admin_dsn: str
 
     def settings(self, **overrides: object):
-        from shared.settings import settings_from
+        from shared.core.settings import settings_from
 
         return settings_from(self.env | {k: str(v) for k, v in overrides.items()})
 
 
 def _prepare(stack, devices: int) -> Bench:
-    from shared.db import create_pool
-    from shared.dynsec import DynsecClient
-    from shared.mqtt_drain import prepare_session
-    from shared.registry import create_tenant, provision_device
-    from shared.settings import settings_from
+    from shared.broker.dynsec import DynsecClient
+    from shared.core.db import create_pool
+    from shared.core.settings import settings_from
+    from shared.ingest.drain import prepare_session
+    from tests.support.registry import create_tenant, provision_device
 
     env = stack.create_app_database("bench")
     settings = settings_from(env)
@@ -439,7 +439,7 @@ class _MarkerProbe:
 
     @contextmanager
     def installed(self):
-        from shared.mqtt_transport import DrainConnection
+        from shared.ingest.transport import DrainConnection
 
         if "caught_up" in vars(DrainConnection):
             raise RuntimeError("DrainConnection.caught_up is a class attribute now; the probe needs a look")
@@ -452,7 +452,7 @@ class _MarkerProbe:
 
 def _timed_run(settings, probe: _MarkerProbe):
     """drain_once, plus when its marker came back (s from the start) and the messages read before it."""
-    from shared.mqtt_drain import drain_once
+    from shared.ingest.drain import drain_once
 
     probe.events.clear()
     started = time.monotonic()
@@ -485,7 +485,7 @@ STEPS = (
 
 def _fixed_cost(bench: Bench, repeats: int) -> Fixed:
     """Idle runs (nothing queued, fleet connected and quiet), and the same steps timed from outside."""
-    from shared.mqtt_drain import drain_once
+    from shared.ingest.drain import drain_once
 
     settings = bench.settings(INGEST_TIME_BUDGET_S=_budget(60))
     fixed = Fixed()
@@ -521,8 +521,8 @@ def _timed_steps(settings) -> dict[str, float]:
     drain's own pieces (shared.ingest.IngestStore, shared.mqtt_transport.DrainConnection) and
     notes the time at paho's connect() returning, at CONNACK and at SUBACK by wrapping them in
     this process only; nothing in shared/ changes."""
-    from shared import mqtt_transport
-    from shared.ingest import BatchOutcome, IngestStore
+    from shared.ingest import transport as mqtt_transport
+    from shared.ingest.pipeline import BatchOutcome, IngestStore
 
     marks: dict[str, float] = {}
 
@@ -603,7 +603,7 @@ def _throughput(bench: Bench, fleet: Publishers, messages: int, fixed_setup_s: f
     time to the last commit less an idle run's setup. (Not less this run's own setup_s: with a
     backlog queued the broker streams it right after CONNACK, so the SUBACK that ends setup_s
     queues behind thousands of messages, and setup_s already holds part of the storing.)"""
-    from shared.mqtt_drain import drain_once
+    from shared.ingest.drain import drain_once
 
     if messages <= 0:
         return math.nan
@@ -672,7 +672,7 @@ def _scenario(bench: Bench, fleet: Publishers, probe: _MarkerProbe, name: str, r
               runs: int, seq_base: int, fixed_s: float, throughput: float) -> Row:
     import psycopg
 
-    from shared.mqtt_drain import drain_once
+    from shared.ingest.drain import drain_once
 
     budget = _budget(cadence)
     settings = bench.settings(INGEST_TIME_BUDGET_S=budget)

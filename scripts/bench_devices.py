@@ -45,11 +45,11 @@ def main() -> None:
         env = stack.create_app_database("bench") | {"AUTH_JWT_SECRET": uuid.uuid4().hex * 2}
         os.environ.update(env)
         from function_app import app
-        from shared.api.passwords import hash_password
-        from shared.api.tokens import issue_access_token
-        from shared.db import get_pool, tenant_transaction
-        from shared.registry import create_tenant
-        from shared.settings import get_settings
+        from shared.accounts.passwords import hash_password
+        from shared.accounts.tokens import issue_access_token
+        from shared.core.db import get_pool, tenant_transaction
+        from shared.core.settings import get_settings
+        from tests.support.registry import create_tenant
 
         api = next(f for f in app.get_functions() if f.get_function_name() == "api").get_user_function()
         pool = get_pool()

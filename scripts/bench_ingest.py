@@ -50,15 +50,15 @@ from paho.mqtt.properties import Properties  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from localstack import LocalStack, descendants, process_table  # noqa: E402
-from shared.broker_contract import INGEST_ROLE  # noqa: E402
-from shared.db import create_pool  # noqa: E402
-from shared.dynsec import DynsecClient, generate_password  # noqa: E402
-from shared.ingest import DeviceDirectory  # noqa: E402
-from shared.mqtt_drain import drain_once  # noqa: E402
-from shared.mqtt_transport import FAST_PATH, DrainConnection, drop_session, prepare_session  # noqa: E402
-from shared.registry import create_tenant, provision_device  # noqa: E402
-from shared.settings import settings_from  # noqa: E402
-from shared.sql import one_row  # noqa: E402
+from shared.broker.contract import INGEST_ROLE  # noqa: E402
+from shared.broker.dynsec import DynsecClient, generate_password  # noqa: E402
+from shared.core.db import create_pool  # noqa: E402
+from shared.core.settings import settings_from  # noqa: E402
+from shared.core.sql import one_row  # noqa: E402
+from shared.ingest.drain import drain_once  # noqa: E402
+from shared.ingest.pipeline import DeviceDirectory  # noqa: E402
+from shared.ingest.transport import FAST_PATH, DrainConnection, drop_session, prepare_session  # noqa: E402
+from tests.support.registry import create_tenant, provision_device  # noqa: E402
 
 DEVICES = 20
 METRICS = 3

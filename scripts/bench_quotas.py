@@ -48,11 +48,11 @@ def main() -> None:
         os.environ.update(env)
         owner_dsn = stack.postgres.superuser_dsn("bench")
         from function_app import app
-        from shared.api.passwords import hash_password
-        from shared.api.tokens import issue_access_token
-        from shared.db import get_pool, tenant_transaction
-        from shared.registry import create_tenant
-        from shared.settings import get_settings
+        from shared.accounts.passwords import hash_password
+        from shared.accounts.tokens import issue_access_token
+        from shared.core.db import get_pool, tenant_transaction
+        from shared.core.settings import get_settings
+        from tests.support.registry import create_tenant
 
         with psycopg.connect(owner_dsn, autocommit=True) as conn:
             conn.execute("UPDATE plans SET max_devices = 1000000 WHERE name = 'professional'")

@@ -50,14 +50,13 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from localstack import PostgresServer  # noqa: E402
-from shared import rollups  # noqa: E402
-from shared.api import reads  # noqa: E402
-from shared.api.passwords import hash_password  # noqa: E402
-from shared.api.tokens import Principal  # noqa: E402
-from shared.db import create_pool, tenant_transaction  # noqa: E402
-from shared.migrate import apply_migrations  # noqa: E402
-from shared.retention import maintenance_connection  # noqa: E402
-from shared.settings import settings_from  # noqa: E402
+from shared.accounts.passwords import hash_password  # noqa: E402
+from shared.accounts.tokens import Principal  # noqa: E402
+from shared.core.db import create_pool, tenant_transaction  # noqa: E402
+from shared.core.migrate import apply_migrations  # noqa: E402
+from shared.core.settings import settings_from  # noqa: E402
+from shared.telemetry import reads, rollups  # noqa: E402
+from shared.telemetry.retention import maintenance_connection  # noqa: E402
 
 RANGES = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 DB = "bench_series"
@@ -246,7 +245,7 @@ def check_equal(got: list, raw: list, label: str) -> None:
 
 
 def raw_query(pool, principal: Principal, device_id: int, frm: datetime, to: datetime, width: int) -> list:
-    from shared.sql import QUERIES
+    from shared.core.sql import QUERIES
 
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         return conn.execute(QUERIES["series_buckets"], {
@@ -274,7 +273,7 @@ def count_query(pool, tenant_id: uuid.UUID, device_id: int, frm: datetime, to: d
 def explain(pool, principal: Principal, device_id: int, frm: datetime, to: datetime, label: str) -> None:
     """One line per range: how many partitions the plan kept and how it reads each; the whole plan
     with BENCH_SERIES_PLAN=1."""
-    from shared.sql import QUERIES
+    from shared.core.sql import QUERIES
 
     params = {"tenant_id": principal.tenant_id, "device_id": device_id, "metric": "temp", "from": frm, "to": to,
               "bucket": timedelta(seconds=reads.bucket_width_s(to - frm, reads.SERIES_DEFAULT_POINTS))}
@@ -338,8 +337,8 @@ def api_caller(env: dict[str, str], user_id: uuid.UUID, tenant_id: uuid.UUID) ->
     import azure.functions as func
 
     from function_app import app
-    from shared.api.tokens import issue_access_token
-    from shared.settings import get_settings
+    from shared.accounts.tokens import issue_access_token
+    from shared.core.settings import get_settings
 
     get_settings.cache_clear()
     token = issue_access_token(get_settings(), user_id, tenant_id)

@@ -28,7 +28,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import psycopg  # noqa: E402
 
 from localstack import PostgresServer  # noqa: E402
-from shared.migrate import apply_migrations  # noqa: E402
+from shared.core.migrate import apply_migrations  # noqa: E402
 
 NUMERIC = ("temp", "humidity", "pressure", "rpm")
 DAY = "2026-11-20"

@@ -68,9 +68,9 @@ def main() -> None:
             "AUTH_JWT_SECRET": uuid.uuid4().hex * 2, "WEBHOOK_ALLOW_HTTP": "true",
             "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"}
         os.environ.update(env)
-        from shared import webhooks
-        from shared.db import get_pool
-        from shared.settings import get_settings
+        from shared.alerts import delivery as webhooks
+        from shared.core.db import get_pool
+        from shared.core.settings import get_settings
 
         settings = get_settings()
         secret = webhooks.new_secret()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import psycopg  # noqa: E402
 from create_user import ensure_local_jwt_secret, owner_dsn  # noqa: E402
 
-from shared.api.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password  # noqa: E402
+from shared.accounts.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from psycopg.types.json import Jsonb  # noqa: E402
 
-from shared.api.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password  # noqa: E402
+from shared.accounts.passwords import MIN_PASSWORD_LENGTH, generate_password, hash_password  # noqa: E402
 
 SETTINGS_FILE = ROOT / "local.settings.json"
 SUPERUSER_PASSWORD_FILE = ROOT / ".localstack" / "postgres" / "superuser-password"

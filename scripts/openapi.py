@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.api.app import api  # noqa: E402
+from shared.http.app import api  # noqa: E402
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ def broker_ca_file(argument: str | None, environ: Mapping[str, str]) -> str | No
 
 def set_broker_password(host: str, port: int, ca_file: str | None, provisioner_user: str, provisioner_password: str,
                         username: str, password: str) -> None:
-    from shared.dynsec import DynsecClient
+    from shared.broker.dynsec import DynsecClient
 
     with DynsecClient(host, port, ca_file, provisioner_user, provisioner_password) as dynsec:
         dynsec.set_client_password(username, password)
@@ -100,8 +100,8 @@ def set_broker_password(host: str, port: int, ca_file: str | None, provisioner_u
 
 def check_broker(host: str, port: int, ca_file: str | None, provisioner_user: str, provisioner_password: str) -> None:
     """Connects and logs in as the provisioner, changing nothing; SystemExit saying how the broker was verified."""
-    from shared.dynsec import DynsecClient
-    from shared.exceptions import BrokerUnavailable
+    from shared.broker.dynsec import DynsecClient
+    from shared.core.exceptions import BrokerUnavailable
 
     try:
         with DynsecClient(host, port, ca_file, provisioner_user, provisioner_password):

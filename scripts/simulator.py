@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared.registry import DeviceCredential  # noqa: E402 - after the path set-up
+from tests.support.registry import DeviceCredential  # noqa: E402 - after the path set-up
 
 log = logging.getLogger("simulator")
 

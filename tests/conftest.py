@@ -13,9 +13,9 @@ import pytest
 from psycopg_pool import ConnectionPool
 from pydantic import SecretStr
 
-from shared.migrate import apply_migrations
-from shared.mqtt_drain import drop_session
-from shared.settings import Settings, get_settings, settings_from
+from shared.core.migrate import apply_migrations
+from shared.core.settings import Settings, get_settings, settings_from
+from shared.ingest.drain import drop_session
 
 pytest_plugins = ["tests.stack_fixtures"]
 
@@ -78,7 +78,7 @@ def database(postgres_server, role_passwords) -> Iterator[Database]:
 
 @pytest.fixture
 def app_pool(database: Database) -> Iterator[ConnectionPool]:
-    from shared.db import create_pool
+    from shared.core.db import create_pool
 
     pool = create_pool(settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn}))
     yield pool
@@ -117,7 +117,7 @@ def broker_api(monkeypatch: pytest.MonkeyPatch, database: Database, settings: Se
 def ingest_identity(mosquitto_broker) -> Iterator[tuple[str, str]]:
     """A drain credential of this test's own, so no test inherits another's queued messages.
     Bound to its client id like the real one."""
-    from shared.dynsec import generate_password
+    from shared.broker.dynsec import generate_password
 
     username = f"ingest-{uuid.uuid4().hex[:10]}"
     password = generate_password()
@@ -160,7 +160,7 @@ def make_settings(database: Database, mosquitto_broker, ingest_identity) -> Iter
 def settings(make_settings, settings_env) -> Settings:
     """This test's settings, exported for get_settings(), with the drain's session primed as a
     deployment would, so what devices publish before the first run is queued for it."""
-    from shared.mqtt_drain import prepare_session
+    from shared.ingest.drain import prepare_session
 
     primed = settings_env(make_settings())
     prepare_session(primed)
@@ -185,7 +185,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch):
 
 
 def _dynsec(broker):
-    from shared.dynsec import DynsecClient
+    from shared.broker.dynsec import DynsecClient
 
     admin = broker.admin
     return DynsecClient(broker.host, broker.port, str(broker.ca_file), admin.username, admin.password)

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shared.exceptions import MqttSaasError
+from shared.core.exceptions import MqttSaasError
 
 from .azurite import AzuriteServer
 from .mosquitto import MosquittoBroker
@@ -333,7 +333,7 @@ def prepare_database(layout: Layout, postgres: PostgresServer) -> dict[str, str]
     import psycopg
     from psycopg import sql
 
-    from shared.migrate import apply_migrations
+    from shared.core.migrate import apply_migrations
 
     passwords = load_json(layout.passwords_file) or {}
     if not all(isinstance(passwords.get(role), str) for role in (APP_ROLE, INGEST_ROLE, MAINTENANCE_ROLE)):
@@ -400,7 +400,7 @@ def settings_values(layout: Layout, postgres: PostgresServer, broker: MosquittoB
 
 
 def load_settings(values: Mapping[str, str]) -> Any:
-    from shared.settings import settings_from
+    from shared.core.settings import settings_from
 
     return settings_from(dict(values))
 
@@ -418,10 +418,10 @@ def ensure_demo_device(layout: Layout, postgres: PostgresServer, settings: Any) 
     import psycopg
     from psycopg.rows import dict_row
 
-    from shared.db import create_pool
-    from shared.dynsec import DynsecClient, device_username, generate_password
-    from shared.exceptions import DynsecError
-    from shared.registry import DeviceCredential, create_tenant, provision_device
+    from shared.broker.dynsec import DynsecClient, device_username, generate_password
+    from shared.core.db import create_pool
+    from shared.core.exceptions import DynsecError
+    from tests.support.registry import DeviceCredential, create_tenant, provision_device
 
     def lookup() -> tuple[dict[str, Any] | None, bool]:
         # As the owner: the app role sees a tenant only once it acts for it, and finds none by slug.
@@ -472,8 +472,8 @@ def ensure_demo_device(layout: Layout, postgres: PostgresServer, settings: Any) 
 def ensure_demo_owner(layout: Layout, settings: Any, tenant_id: str) -> None:
     """The demo tenant's owner, to log in to the API with; the password is kept in demo-owner.json
     (`scripts/dev secret demo-owner`). A user whose password file is gone gets a new password."""
-    from shared.api.passwords import generate_password, hash_password
-    from shared.db import create_pool, tenant_transaction
+    from shared.accounts.passwords import generate_password, hash_password
+    from shared.core.db import create_pool, tenant_transaction
 
     stored = load_json(layout.owner_file) or {}
     with create_pool(settings) as pool, tenant_transaction(pool, tenant_id) as conn:
@@ -497,7 +497,7 @@ def ensure_demo_owner(layout: Layout, settings: Any, tenant_id: str) -> None:
 def prime_drain_session(values: Mapping[str, str]) -> None:
     """Creates the drain's persistent session and subscriptions, so readings published before the first timer
     tick wait on the broker instead of being dropped (kept as it is on later `up`s)."""
-    from shared.mqtt_drain import prepare_session
+    from shared.ingest.drain import prepare_session
 
     prepare_session(load_settings(values))
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.broker_contract import (
+from shared.broker.contract import (
     COMMANDER_ROLE,
     COMMANDER_USERNAME,
     INGEST_CLIENT_ID,
@@ -238,7 +238,7 @@ class MosquittoBroker:
     def _apply_broker_contract(self) -> None:
         """On every start, not only the first: a broker set up by an older version (or changed by hand) gets today's
         default access and service rights. Each step leaves what is already right as it is."""
-        from shared.dynsec import DynsecClient  # paho-mqtt: `scripts/dev down` and friends must not need it
+        from shared.broker.dynsec import DynsecClient  # paho-mqtt: `scripts/dev down` and friends must not need it
 
         admin, provisioner, ingest, commander = self.admin, self.provisioner, self.ingest, self.commander
         assert self.port is not None

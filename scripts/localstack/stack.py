@@ -77,7 +77,7 @@ class LocalStack:
         import psycopg
         from psycopg import sql
 
-        from shared.migrate import apply_migrations
+        from shared.core.migrate import apply_migrations
 
         postgres = self.postgres
         with psycopg.connect(postgres.superuser_dsn(), autocommit=True) as conn:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from shared.commands import close_commander_connection
+from shared.devices.commands import close_commander_connection
 from tests.support.api import call, close_api_pool, export_api_settings, new_user
 from tests.support.devices import new_tenant_with_devices, registered_functions
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.registry import DeviceCredential
 from tests.browser.conftest import api_offers, off_loop, sign_in
 from tests.support.api import call, token_for
 from tests.support.devices import Device, run_mqtt_ingest
+from tests.support.registry import DeviceCredential
 from tests.support.waiting import query, wait_for
 
 HOSTILE = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
@@ -293,7 +293,7 @@ def test_an_identity_providers_token_signs_in_and_its_role_claim_narrows(stack, 
 
     import jwt
 
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     # GIVEN an external provider configured (HS256, Supabase-shaped claims) and the owner's token
     # from it that narrows the role to viewer, handed over in the URL fragment as a redirect would

@@ -13,7 +13,7 @@ from pathlib import Path
 import azure.functions as func
 import pytest
 
-from shared import dashboard
+from shared.http import static as dashboard
 from tests.support.devices import registered_functions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ def test_page_refreshes_at_the_drains_cadence(schedule, seconds):
 
 
 def test_config_json_carries_the_cadence_and_nothing_secret(monkeypatch):
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     for key, value in {"DATABASE_URL": "postgresql://app@127.0.0.1:1/x", "INGEST_DATABASE_URL": "postgresql://i@127.0.0.1:1/x",
                        "INGEST_SCHEDULE": "*/10 * * * * *"}.items():

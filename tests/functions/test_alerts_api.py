@@ -10,8 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.db import tenant_transaction
-from shared.registry import create_device, create_tenant
+from shared.core.db import tenant_transaction
 from tests.support.api import (
     Reply,
     call,
@@ -20,6 +19,7 @@ from tests.support.api import (
     users_of_each_role,
 )
 from tests.support.devices import unique_slug
+from tests.support.registry import create_device, create_tenant
 from tests.support.waiting import query
 
 PROBLEM = "application/problem+json"

@@ -17,7 +17,7 @@ import jwt
 import psycopg
 import pytest
 
-from shared.db import tenant_transaction
+from shared.core.db import tenant_transaction
 from tests.support.api import (
     JWT_SECRET,
     PASSWORD,
@@ -93,9 +93,9 @@ def test_database_outage_is_a_503_problem_without_driver_text(monkeypatch, datab
     unreachable = "postgresql://nobody:not-a-secret-really@127.0.0.1:1/none?connect_timeout=1"
     export_api_settings(monkeypatch, database, DATABASE_URL=unreachable)
     try:
-        from shared import db
-        from shared.db import create_pool
-        from shared.settings import get_settings
+        from shared.core import db
+        from shared.core.db import create_pool
+        from shared.core.settings import get_settings
 
         db._pool = create_pool(get_settings(), wait=False)
         db._pool.timeout = 1.0

@@ -14,8 +14,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from scripts.localstack.process import free_port
-from shared.broker_contract import COMMANDER_USERNAME, command_topic
-from shared.commands import close_commander_connection
+from shared.broker.contract import COMMANDER_USERNAME, command_topic
+from shared.devices.commands import close_commander_connection
 from tests.support.api import call, close_api_pool, export_api_settings, mint_token, new_user
 from tests.support.devices import Device, new_tenant_with_devices, run_mqtt_ingest
 from tests.support.waiting import query, wait_for
@@ -88,7 +88,7 @@ def fleet(app_pool, settings, commands_api):
 
 
 def query_device_id(pool, tenant, name: str) -> int:
-    from shared.db import tenant_transaction
+    from shared.core.db import tenant_transaction
 
     with tenant_transaction(pool, str(tenant["id"])) as conn:
         row = conn.execute("SELECT id FROM devices WHERE tenant_id = %s AND name = %s", (tenant["id"], name)).fetchone()
@@ -196,7 +196,7 @@ def test_invalid_commands_are_refused_before_anything_is_recorded(database, flee
 def test_broker_down_records_the_command_failed_and_answers_503(monkeypatch, database, fleet):
     # GIVEN the API pointed at a broker address where nothing listens
     monkeypatch.setenv("MQTT_PORT", str(free_port()))
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     get_settings.cache_clear()
     close_commander_connection()
@@ -218,7 +218,7 @@ def test_broker_down_records_the_command_failed_and_answers_503(monkeypatch, dat
 def test_a_wrong_commander_password_is_a_refusal_not_an_outage(monkeypatch, database, fleet):
     # GIVEN the API configured with a commander password the broker does not know
     monkeypatch.setenv("MQTT_COMMANDER_PASSWORD", "not-the-password")
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     get_settings.cache_clear()
     close_commander_connection()

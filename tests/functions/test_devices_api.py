@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from shared.registry import DeviceCredential, create_tenant
 from tests.support.api import (
     Reply,
     call,
@@ -18,6 +17,7 @@ from tests.support.api import (
     users_of_each_role,
 )
 from tests.support.devices import Device, unique_slug
+from tests.support.registry import DeviceCredential, create_tenant
 from tests.support.waiting import query
 
 

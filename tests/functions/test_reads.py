@@ -13,14 +13,14 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from shared.db import tenant_transaction
-from shared.ingest import DeviceDirectory, InboundMessage, IngestStore, TimeWindow, prepare_batch, topic_keys
-from shared.payloads import Limits
-from shared.registry import create_device
-from shared.retention import maintenance_connection
-from shared.rollups import roll_up
-from shared.settings import Settings
+from shared.core.db import tenant_transaction
+from shared.core.settings import Settings
+from shared.ingest.pipeline import DeviceDirectory, InboundMessage, IngestStore, TimeWindow, prepare_batch, topic_keys
+from shared.ingest.validation import Limits
+from shared.telemetry.retention import maintenance_connection
+from shared.telemetry.rollups import roll_up
 from tests.support.api import ROLES, call, new_tenant, users_of_each_role
+from tests.support.registry import create_device
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 

@@ -37,8 +37,8 @@ def call_health() -> func.HttpResponse:
 @pytest.fixture
 def app_settings(monkeypatch):
     """Exports database settings for get_settings(), and gives each test a fresh app pool."""
-    from shared import db
-    from shared.settings import get_settings
+    from shared.core import db
+    from shared.core.settings import get_settings
 
     def export(**values: str) -> None:
         for key, value in values.items():
@@ -74,7 +74,7 @@ def test_health_answers_503_with_a_fixed_message_when_the_database_is_unreachabl
     response = call_health()
 
     # The body says only that it is unreachable; the log says why, without the password.
-    [logged] = [r.getMessage() for r in caplog.records if r.name == "shared.health"]
+    [logged] = [r.getMessage() for r in caplog.records if r.name == "shared.core.health"]
     assert "database unreachable" in logged and "refused" in logged.lower()
     assert "not-a-secret-really" not in logged
     assert response.status_code == 503

@@ -16,9 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.api.app import api
-from shared.commands import close_commander_connection
-from shared.registry import create_tenant
+from shared.devices.commands import close_commander_connection
+from shared.http.app import api
 from tests.support.api import (
     PASSWORD,
     PASSWORD_HASH,
@@ -31,6 +30,7 @@ from tests.support.api import (
     users_of_each_role,
 )
 from tests.support.devices import unique_slug
+from tests.support.registry import create_tenant
 
 CALLERS = ("owner", "staff", "viewer", "operator", "anonymous")
 OPERATOR_EMAIL = "matrix-ops@example.com"

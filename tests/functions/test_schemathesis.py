@@ -25,9 +25,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from shared.api.app import api
-from shared.commands import close_commander_connection
-from shared.registry import create_tenant
+from shared.devices.commands import close_commander_connection
+from shared.http.app import api
 from tests.support.api import (
     PASSWORD,
     PASSWORD_HASH,
@@ -38,6 +37,7 @@ from tests.support.api import (
     users_of_each_role,
 )
 from tests.support.devices import unique_slug
+from tests.support.registry import create_tenant
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]

@@ -17,8 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.db import tenant_transaction
-from shared.registry import create_tenant
+from shared.core.db import tenant_transaction
 from tests.support.api import (
     PASSWORD,
     PASSWORD_HASH,
@@ -30,6 +29,7 @@ from tests.support.api import (
     users_of_each_role,
 )
 from tests.support.devices import unique_slug
+from tests.support.registry import create_tenant
 from tests.support.waiting import query, wait_for
 
 OPERATOR_EMAIL = "ops@example.com"

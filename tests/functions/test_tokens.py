@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from shared.api import tokens
+from shared.accounts import tokens
 from tests.support.api import (
     JWT_SECRET,
     call,

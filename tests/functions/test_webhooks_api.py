@@ -14,11 +14,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared import webhooks
-from shared.registry import create_device, create_tenant
-from shared.settings import get_settings
+from shared.alerts import delivery as webhooks
+from shared.core.settings import get_settings
 from tests.support.api import call, close_api_pool, export_api_settings, users_of_each_role
 from tests.support.devices import unique_slug
+from tests.support.registry import create_device, create_tenant
 from tests.support.waiting import query
 
 PROBLEM = "application/problem+json"

@@ -22,7 +22,7 @@ from pycep import BicepParser
 from pydantic import SecretStr
 
 from infra.render_broker_conf import GENERATED_CONF, GENERATED_DYNSEC, render_dynsec_bootstrap, render_vm_conf
-from shared.settings import Settings
+from shared.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"

@@ -20,7 +20,7 @@ from infra.render_broker_conf import GENERATED_DYNSEC
 from scripts.localstack import MosquittoBroker
 from scripts.localstack.mosquitto import dynsec_plugin_path
 from scripts.localstack.process import LOCALHOST, free_port
-from shared.broker_contract import (
+from shared.broker.contract import (
     COMMANDER_ROLE,
     COMMANDER_USERNAME,
     DEFAULT_ACL_ACCESS,
@@ -34,8 +34,8 @@ from shared.broker_contract import (
     provisioner_acls,
     render_mosquitto_conf,
 )
-from shared.dynsec import DynsecClient
-from shared.exceptions import DynsecError
+from shared.broker.dynsec import DynsecClient
+from shared.core.exceptions import DynsecError
 
 
 class FreshBroker:

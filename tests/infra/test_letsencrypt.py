@@ -30,7 +30,7 @@ from pycep import BicepParser
 
 from infra.render_broker_conf import VM_CERTFILE, VM_KEYFILE, render_vm_conf
 from infra.render_cloud_init import evaluate
-from shared.settings import settings_from
+from shared.core.settings import settings_from
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -616,7 +616,7 @@ def test_deploy_with_lets_encrypt_runs_its_steps_against_real_services_with_the_
         empty_database: str) -> None:
     # GIVEN a deployment with letsEncryptEmail, Azure's tools standing in, and a "system CA store" that trusts the
     # test broker's issuer (SSL_CERT_FILE: what Let's Encrypt's root is to a real one)
-    from shared.mqtt_drain import drop_session
+    from shared.ingest.drain import drop_session
 
     where = f"127.0.0.1:{postgres_server.port}/{empty_database}"
     env = {

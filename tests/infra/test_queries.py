@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.mqtt_drain import DrainReport, _log_summary
-from shared.observability import METRIC_NAMES
+from shared.core.observability import METRIC_NAMES
+from shared.ingest.drain import DrainReport, _log_summary
 
 QUERIES = Path(__file__).resolve().parents[2] / "infra" / "queries"
 KQL_FILES = sorted(QUERIES.glob("*.kql"))
@@ -67,9 +67,9 @@ def test_summary_fields_are_logged_by_the_drain(path: Path) -> None:
 
 
 def test_queries_filter_on_the_prefix_the_drain_logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="shared.mqtt_drain")
+    caplog.set_level(logging.INFO, logger="shared.ingest.drain")
     _log_summary(DrainReport(), time.monotonic())
-    lines = [r.getMessage() for r in caplog.records if r.name == "shared.mqtt_drain"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.ingest.drain"]
     assert len(lines) == 1
     assert lines[0].startswith(SUMMARY_PREFIX)
     assert set(json.loads(lines[0][len(SUMMARY_PREFIX):])) == _summary_keys()
@@ -99,7 +99,7 @@ def test_metric_names_are_ones_the_code_records(path: Path) -> None:
 
 
 def test_metric_names_match_the_instruments() -> None:
-    from shared import observability
+    from shared.core import observability
 
     instruments = {value._name for value in vars(observability).values() if hasattr(value, "_name")
                    and type(value).__name__.endswith(("Counter", "Histogram", "Gauge"))}

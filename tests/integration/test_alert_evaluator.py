@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.alerts import evaluate_rules, evaluate_tenant
-from shared.db import tenant_transaction
-from shared.registry import create_device
+from shared.alerts.evaluator import evaluate_rules, evaluate_tenant
+from shared.core.db import tenant_transaction
 from tests.support.api import new_tenant
+from tests.support.registry import create_device
 
 THRESHOLD = {"kind": "threshold", "scope": "all", "metric": "temperature", "aggregation": "last", "window_s": 300,
              "operator": ">", "value": 80.0, "clear_value": 70.0, "consecutive": 2}

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from shared.alerts import ANOMALY_SETTLE_S, evaluate_tenant
-from shared.api.routes_alerts import ANOMALY_DEFAULTS
-from shared.db import tenant_transaction
-from shared.registry import create_device, create_tenant
+from shared.alerts.evaluator import ANOMALY_SETTLE_S, evaluate_tenant
+from shared.core.db import tenant_transaction
+from shared.http.routes.alerts import ANOMALY_DEFAULTS
 from tests.support.anomaly import Baseline, reference_baseline
 from tests.support.api import new_tenant
 from tests.support.devices import unique_slug
+from tests.support.registry import create_device, create_tenant
 
 MINUTE = timedelta(minutes=1)
 

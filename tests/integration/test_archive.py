@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.archive import HOOK_POINTS, blob_name, restore_days, run_blob_archiver
-from shared.retention import maintenance_connection
-from shared.settings import Settings, settings_from
+from shared.core.settings import Settings, settings_from
+from shared.telemetry.archive import HOOK_POINTS, blob_name, restore_days, run_blob_archiver
+from shared.telemetry.retention import maintenance_connection
 
 REPO = Path(__file__).resolve().parents[2]
 TODAY = datetime.now(UTC).date()

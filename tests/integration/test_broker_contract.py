@@ -14,14 +14,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.broker_contract import (
+from shared.broker.contract import (
     DEVICE_NAME_PATTERN,
     DEVICE_PUBLISH_FORMS,
     TENANT_SLUG_PATTERN,
     command_topic,
     drain_marker_topic,
 )
-from shared.mqtt_drain import drain_once
+from shared.ingest.drain import drain_once
 from tests.support.devices import Device, new_tenant_with_devices, run_mqtt_ingest
 from tests.support.waiting import query, wait_for
 

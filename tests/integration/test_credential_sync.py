@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.broker_contract import device_acls, device_role
-from shared.credentials import reconcile, run_broker_sync, sync_outbox
-from shared.registry import DeviceCredential, create_tenant
+from shared.broker.contract import device_acls, device_role
+from shared.broker.credential_sync import reconcile, run_broker_sync, sync_outbox
 from tests.support.api import call, new_tenant, users_of_each_role
 from tests.support.devices import Device, provisioner, registered_functions, run_mqtt_ingest, unique_slug
+from tests.support.registry import DeviceCredential, create_tenant
 from tests.support.waiting import query, wait_for
 
 
@@ -167,7 +167,7 @@ def test_disable_or_delete_disconnects_at_once_and_reconnect_is_refused(api, tok
 def test_broker_down_requests_succeed_and_the_sync_catches_up(api, token, tenant, app_pool, database, monkeypatch):
     # GIVEN the API pointed at a broker that does not answer (a closed port)
     monkeypatch.setenv("MQTT_PORT", str(closed_port()))
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     get_settings.cache_clear()
     # WHEN devices are created and one is rotated
@@ -208,7 +208,7 @@ def test_outbox_apply_is_idempotent_create_over_existing_and_delete_of_missing(a
                                                                               database, monkeypatch):
     # GIVEN a device created while the broker was unreachable, and a stale client of the same name
     monkeypatch.setenv("MQTT_PORT", str(closed_port()))
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     get_settings.cache_clear()
     device = create(token, "dup-1")
@@ -236,7 +236,7 @@ def test_outbox_apply_is_idempotent_create_over_existing_and_delete_of_missing(a
 def test_a_bulk_beyond_the_requests_time_budget_answers_and_the_timer_finishes(api, token, tenant, app_pool,
                                                                              database, monkeypatch):
     # GIVEN a request budget already spent when the commit is done (a huge CSV on a big broker)
-    from shared import credentials
+    from shared.broker import credential_sync as credentials
 
     monkeypatch.setattr(credentials, "INLINE_BUDGET_S", 0.0)
     # WHEN a CSV of devices is created
@@ -315,7 +315,7 @@ def test_reconciliation_never_touches_service_clients(api, token, tenant, app_po
 def test_app_role_cannot_read_queued_passwords_nor_other_tenants_commands(api, token, tenant, app_pool, database,
                                                                          monkeypatch):
     monkeypatch.setenv("MQTT_PROVISIONER_PASSWORD", "")
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     get_settings.cache_clear()
     create(token, "quiet")

@@ -18,8 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.mqtt_drain import drop_session
-from shared.settings import settings_from
+from shared.core.settings import settings_from
+from shared.ingest.drain import drop_session
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,11 +13,11 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from shared.api.errors import DeviceNotFound, Forbidden, InvalidRange
-from shared.api.tokens import Principal
-from shared.archive import archive_container
-from shared.exports import create_export
-from shared.settings import Settings, settings_from
+from shared.accounts.tokens import Principal
+from shared.core.errors import DeviceNotFound, Forbidden, InvalidRange
+from shared.core.settings import Settings, settings_from
+from shared.telemetry.archive import archive_container
+from shared.telemetry.exports import create_export
 from tests.support.api import new_tenant, new_user
 from tests.support.waiting import wait_for
 

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from shared.registry import set_device_enabled
 from tests.support.devices import (
     Device,
     new_tenant_with_devices,
@@ -15,6 +14,7 @@ from tests.support.devices import (
     provisioner,
     run_mqtt_ingest,
 )
+from tests.support.registry import set_device_enabled
 from tests.support.waiting import query
 
 NOW_MS = lambda: int(time.time() * 1000)  # noqa: E731
@@ -126,7 +126,7 @@ def test_bad_inputs_are_dead_lettered_and_their_neighbours_stored(make_settings,
     # and a device the broker knows but the database does not (an out-of-sync credential)
     with provisioner(settings) as dynsec:
         dynsec.provision_device(tenant["slug"], "ghost", "ghost-password-0123456789")
-    from shared.registry import DeviceCredential
+    from tests.support.registry import DeviceCredential
 
     ghost = Device(settings, DeviceCredential(tenant["slug"], "ghost", f"{tenant['slug']}.ghost",
                                               f"{tenant['slug']}.ghost", "ghost-password-0123456789"))
@@ -259,7 +259,7 @@ def test_a_message_the_database_refuses_is_isolated_and_dead_lettered_not_retrie
 
 def test_without_the_fast_path_paho_s_own_path_stores_and_acks_everything(settings, app_pool, database, monkeypatch):
     # GIVEN a paho whose internals the fast path does not recognise (as after an upgrade)
-    from shared import mqtt_transport
+    from shared.ingest import transport as mqtt_transport
 
     monkeypatch.setattr(mqtt_transport, "FAST_PATH", False)
     _, creds = new_tenant_with_devices(app_pool, settings, ["slow"])
@@ -271,7 +271,7 @@ def test_without_the_fast_path_paho_s_own_path_stores_and_acks_everything(settin
     device.close()
 
     # WHEN the drain runs twice
-    from shared.mqtt_drain import drain_once
+    from shared.ingest.drain import drain_once
 
     first, second = drain_once(settings), drain_once(settings)
 

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from scripts.localstack import AzuriteServer, Credentials, MosquittoBroker, PostgresServer
-from shared.broker_contract import (
+from shared.broker.contract import (
     BROKER_SETTINGS,
     DEFAULT_ACL_ACCESS,
     DRAIN_SUBSCRIPTIONS,
@@ -36,8 +36,8 @@ from shared.broker_contract import (
     Acl,
     provisioner_acls,
 )
-from shared.dynsec import DynsecClient, device_username, generate_password
-from shared.exceptions import BrokerUnavailable, DynsecError
+from shared.broker.dynsec import DynsecClient, device_username, generate_password
+from shared.core.exceptions import BrokerUnavailable, DynsecError
 
 TIMEOUT = 15.0
 NOT_AUTHORIZED = 135
@@ -421,7 +421,7 @@ def acl_rows(acls: list[Acl] | list[dict]) -> list[tuple]:
     return sorted((c["acltype"], c["topic"], c["allow"], c["priority"]) for c in commands)
 
 
-from shared.broker_contract import SERVICE_ROLES  # noqa: E402
+from shared.broker.contract import SERVICE_ROLES  # noqa: E402
 
 
 def test_rendered_mosquitto_conf_holds_every_broker_setting(mosquitto_broker: MosquittoBroker) -> None:

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import psycopg
 import pytest
 
-from shared.db import tenant_transaction
-from shared.ingest import DeviceDirectory, InboundMessage, IngestStore, TimeWindow, prepare_batch, topic_keys
-from shared.payloads import Limits
-from shared.registry import create_device
+from shared.core.db import tenant_transaction
+from shared.ingest.pipeline import DeviceDirectory, InboundMessage, IngestStore, TimeWindow, prepare_batch, topic_keys
+from shared.ingest.validation import Limits
 from tests.support.api import new_tenant
+from tests.support.registry import create_device
 
 WINDOW = TimeWindow(max_past_s=30 * 86400, max_future_s=300)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import psycopg
 
-from shared.migrate import apply_migrations, list_migrations
+from shared.core.migrate import apply_migrations, list_migrations
 
 
 def test_migrations_apply_once_and_rerun_is_a_no_op(postgres_server, role_passwords):

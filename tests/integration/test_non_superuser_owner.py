@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.api.passwords import hash_password
-from shared.migrate import apply_migrations, list_migrations
+from shared.accounts.passwords import hash_password
+from shared.core.migrate import apply_migrations, list_migrations
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"

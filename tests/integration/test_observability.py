@@ -13,7 +13,7 @@ import uuid
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from shared import observability
+from shared.core import observability
 from tests.support.devices import Device, new_tenant_with_devices, run_mqtt_ingest
 
 _reader = InMemoryMetricReader()

@@ -9,12 +9,12 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from shared.api import reads
-from shared.api.tokens import Principal
-from shared.db import tenant_transaction
-from shared.retention import maintenance_connection
-from shared.rollups import JOB, roll_up, series_points
-from shared.settings import Settings
+from shared.accounts.tokens import Principal
+from shared.core.db import tenant_transaction
+from shared.core.settings import Settings
+from shared.telemetry import reads
+from shared.telemetry.retention import maintenance_connection
+from shared.telemetry.rollups import JOB, roll_up, series_points
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

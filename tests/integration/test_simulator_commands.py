@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.commands import close_commander_connection
+from shared.devices.commands import close_commander_connection
 from tests.support.api import call, close_api_pool, export_api_settings, mint_token, new_user
 from tests.support.devices import new_tenant_with_devices, run_mqtt_ingest
 from tests.support.waiting import query, wait_for

@@ -3,9 +3,9 @@ batch's transaction, and GET /api/devices/{id}/status-history reads them newest 
 device's own tenant only."""
 from __future__ import annotations
 
-from shared.registry import create_device
 from tests.integration.test_metric_units import message, now_ms, store
 from tests.support.api import call, new_tenant, new_user, token_for
+from tests.support.registry import create_device
 
 
 def test_changes_are_recorded_once_each_and_read_newest_first(api, database, app_pool):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from shared.db import tenant_transaction
-from shared.registry import create_device, create_tenant
+from shared.core.db import tenant_transaction
+from tests.support.registry import create_device, create_tenant
 
 
 @pytest.fixture

@@ -22,12 +22,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared import webhooks
-from shared.alerts import evaluate_tenant
-from shared.db import tenant_transaction
-from shared.registry import create_device
-from shared.settings import Settings, settings_from
+from shared.alerts import delivery as webhooks
+from shared.alerts.evaluator import evaluate_tenant
+from shared.core.db import tenant_transaction
+from shared.core.settings import Settings, settings_from
 from tests.support.api import new_tenant
+from tests.support.registry import create_device
 from tests.support.waiting import query
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
@@ -518,7 +518,7 @@ def test_the_registered_alert_evaluator_timer_delivers_what_its_evaluation_opene
     tenant = new_tenant(app_pool)
     receiver = receive()
     export_api_settings(monkeypatch, database, WEBHOOK_ALLOW_HTTP="true", WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     _, secret = add_target(app_pool, get_settings(), tenant, add_rule(app_pool, tenant), receiver.url)
     hot(app_pool, tenant)

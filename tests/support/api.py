@@ -13,10 +13,10 @@ from typing import Any
 
 import azure.functions as func
 
-from shared.api.passwords import hash_password
-from shared.db import tenant_transaction
-from shared.registry import create_tenant
+from shared.accounts.passwords import hash_password
+from shared.core.db import tenant_transaction
 from tests.support.devices import registered_functions, unique_slug
+from tests.support.registry import create_tenant
 
 JWT_SECRET = secrets.token_hex(32)
 PASSWORD = "correct horse battery staple"
@@ -26,8 +26,8 @@ PASSWORD_HASH = hash_password(PASSWORD)
 
 def export_api_settings(monkeypatch, database, **overrides: str) -> None:
     """Settings for get_settings() and a fresh app pool (closed by close_api_pool)."""
-    from shared import db
-    from shared.settings import get_settings
+    from shared.core import db
+    from shared.core.settings import get_settings
 
     values = {"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
               "AUTH_JWT_SECRET": JWT_SECRET, "AUTH_JWT_ISSUER": "mqtt-saas-test", "AUTH_JWT_AUDIENCE": "mqtt-saas-api"}
@@ -43,7 +43,7 @@ def export_api_settings(monkeypatch, database, **overrides: str) -> None:
 
 
 def close_api_pool() -> None:
-    from shared import db
+    from shared.core import db
 
     if db._pool is not None:
         db._pool.close()
@@ -106,8 +106,8 @@ def token_for(user: dict[str, Any]) -> str:
 def mint_token(user: dict[str, Any]) -> str:
     """An access token as login would issue it, without login's argon2 work, throttle or audit row
     (for tests that need many callers; export_api_settings first)."""
-    from shared.api.tokens import issue_access_token
-    from shared.settings import get_settings
+    from shared.accounts.tokens import issue_access_token
+    from shared.core.settings import get_settings
 
     return issue_access_token(get_settings(), user["id"], user["tenant"]["id"])
 

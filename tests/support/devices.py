@@ -13,9 +13,9 @@ from collections.abc import Iterable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.dynsec import DynsecClient
-from shared.mqtt_drain import prepare_session
-from shared.registry import DeviceCredential, create_tenant, provision_device
+from shared.broker.dynsec import DynsecClient
+from shared.ingest.drain import prepare_session
+from tests.support.registry import DeviceCredential, create_tenant, provision_device
 
 
 def unique_slug(prefix: str = "acme") -> str:

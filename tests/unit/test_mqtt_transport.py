@@ -5,8 +5,8 @@ import struct
 
 import pytest
 
-from shared import mqtt_transport
-from shared.mqtt_transport import Publish, parse_publish
+from shared.ingest import transport as mqtt_transport
+from shared.ingest.transport import Publish, parse_publish
 
 PUBLISH = 0x30
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.ingest import DeviceDirectory, DeviceRef, InboundMessage, TimeWindow, prepare_batch
-from shared.payloads import Limits, Rejected, parse_topic, timestamp_us, validate_status, validate_telemetry
+from shared.ingest.pipeline import DeviceDirectory, DeviceRef, InboundMessage, TimeWindow, prepare_batch
+from shared.ingest.validation import Limits, Rejected, parse_topic, timestamp_us, validate_status, validate_telemetry
 
 NOW_US = 1_763_900_000_000_000
 WINDOW = TimeWindow(max_past_s=30 * 86400, max_future_s=3600)
