@@ -521,7 +521,7 @@ def _timed_steps(settings) -> dict[str, float]:
     drain's own pieces (shared.ingest.IngestStore, shared.mqtt_transport.DrainConnection) and
     notes the time at paho's connect() returning, at CONNACK and at SUBACK by wrapping them in
     this process only; nothing in shared/ changes."""
-    from shared.ingest import transport as mqtt_transport
+    from shared.ingest import transport
     from shared.ingest.pipeline import BatchOutcome, IngestStore
 
     marks: dict[str, float] = {}
@@ -549,9 +549,9 @@ def _timed_steps(settings) -> dict[str, float]:
         t = time.perf_counter()
         run_id = store.start_run()
         times["start_run"] = time.perf_counter() - t
-        Connection = mqtt_transport.DrainConnection
+        Connection = transport.DrainConnection
         t = time.perf_counter()
-        with _patched(mqtt_transport, "_connect_with_retry", mark_after("tls")), \
+        with _patched(transport, "_connect_with_retry", mark_after("tls")), \
                 _patched(Connection, "_on_connect", mark_after("connack")), \
                 _patched(Connection, "_on_subscribe", mark_after("suback")):
             connection = Connection(settings)

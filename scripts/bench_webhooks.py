@@ -68,13 +68,13 @@ def main() -> None:
             "AUTH_JWT_SECRET": uuid.uuid4().hex * 2, "WEBHOOK_ALLOW_HTTP": "true",
             "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"}
         os.environ.update(env)
-        from shared.alerts import delivery as webhooks
+        from shared.alerts import delivery
         from shared.core.db import get_pool
         from shared.core.settings import get_settings
 
         settings = get_settings()
-        secret = webhooks.new_secret()
-        encrypted = webhooks.encrypt_secret(settings, secret)
+        secret = delivery.new_secret()
+        encrypted = delivery.encrypt_secret(settings, secret)
         with psycopg.connect(stack.postgres.superuser_dsn("bench"), autocommit=True) as conn:
             conn.execute("INSERT INTO tenants (slug, name, plan) SELECT 'bench-' || g, 'Bench ' || g, 'industrial'"
                          " FROM generate_series(1, %s) g", (args.tenants,))
@@ -95,20 +95,20 @@ def main() -> None:
         pool = get_pool()
         pool.wait(30)
         started = time.perf_counter()
-        report = webhooks.deliver_due(pool, settings, 600)
+        report = delivery.deliver_due(pool, settings, 600)
         deliver_s = time.perf_counter() - started
         assert report.delivered == total, report
         print(f"deliver_due  {total} delivered in {deliver_s:.2f} s: {total / deliver_s:.0f} deliveries/s", flush=True)
 
-        bodies = [webhooks.body_of(delivery_id, payload) for delivery_id, payload in payloads]
+        bodies = [delivery.body_of(delivery_id, payload) for delivery_id, payload in payloads]
 
         def send(index: int) -> None:
             body = bodies[index]
-            result = webhooks.post(url, body, webhooks.signed_headers(secret, payloads[index][0], body), settings)
+            result = delivery.post(url, body, delivery.signed_headers(secret, payloads[index][0], body), settings)
             assert result.ok, result
 
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=webhooks.WORKERS) as executor:
+        with ThreadPoolExecutor(max_workers=delivery.WORKERS) as executor:
             list(executor.map(send, range(total)))
         http_s = time.perf_counter() - started
         print(f"http only    {total} POSTs in {http_s:.2f} s: {total / http_s:.0f} requests/s", flush=True)
@@ -116,7 +116,7 @@ def main() -> None:
         idle = []
         for _ in range(20):
             started = time.perf_counter()
-            assert webhooks.deliver_due(pool, settings, 10).attempted == 0
+            assert delivery.deliver_due(pool, settings, 10).attempted == 0
             idle.append((time.perf_counter() - started) * 1000)
         idle_ms = statistics.median(idle)
         print(f"idle         deliver_due with nothing due: median {idle_ms:.2f} ms", flush=True)

@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from shared.accounts.passwords import hash_password, needs_rehash, verify_password
 from shared.accounts.tokens import issue_access_token, new_refresh_token, parse_refresh_token
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.errors import InvalidCredentials, InvalidRefreshToken, TooManyLoginAttempts
+from shared.core.exceptions import InvalidCredentials, InvalidRefreshToken, TooManyLoginAttempts
 from shared.core.observability import event
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES

@@ -23,7 +23,7 @@ from shared.accounts.tokens import (
     verify_external_token,
 )
 from shared.core.db import DictPool, tenant_transaction
-from shared.core.errors import Unauthenticated
+from shared.core.exceptions import Unauthenticated
 from shared.core.observability import event
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES

@@ -26,7 +26,12 @@ from typing import Any
 
 import jwt
 
-from shared.core.errors import ExternalAuthNotConfigured, IdentityProviderUnavailable, NotConfigured, Unauthenticated
+from shared.core.exceptions import (
+    ExternalAuthNotConfigured,
+    IdentityProviderUnavailable,
+    NotConfigured,
+    Unauthenticated,
+)
 from shared.core.settings import Settings
 
 ALGORITHM = "HS256"

@@ -15,7 +15,7 @@ from shared.accounts.auth import audit
 from shared.accounts.passwords import hash_password
 from shared.accounts.tokens import Principal, effective_role
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.errors import EmailTaken, Forbidden, LastOwner, Unauthenticated, UserNotFound
+from shared.core.exceptions import EmailTaken, Forbidden, LastOwner, Unauthenticated, UserNotFound
 from shared.core.paging import decode_cursor, page_of
 from shared.core.sql import QUERIES, one_row
 

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.core import observability
 from shared.core.db import DictPool, tenant_transaction
+from shared.core.exceptions import UnsafeTarget
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
 
@@ -78,10 +79,6 @@ PRUNE_BATCH = 5000
 WORKERS = 4
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _JITTER = random.Random()
-
-
-class UnsafeTarget(ValueError):
-    """A webhook URL the app will not call; the message says why (a fixed phrase, never the URL)."""
 
 
 # -- secrets -----------------------------------------------------------------------------------------------------

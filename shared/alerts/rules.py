@@ -15,7 +15,7 @@ from shared.accounts.tokens import Principal
 from shared.accounts.users import _acting_user
 from shared.alerts.evaluator import TenantEvaluation, evaluate_tenant
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.errors import AlertDeviceNotFound, AlertEventNotFound, AlertEventResolved, AlertRuleNotFound
+from shared.core.exceptions import AlertDeviceNotFound, AlertEventNotFound, AlertEventResolved, AlertRuleNotFound
 from shared.core.paging import decode_cursor, encode_cursor, page_of
 from shared.core.sql import QUERIES, one_row
 

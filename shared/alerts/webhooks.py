@@ -4,7 +4,7 @@ a credential of the receiver's, and its deliveries show the receiver's answers).
 Every function runs in tenant_transaction with the tenant from the verified token and re-reads the
 acting user's role; changes are audited in the same transaction, naming the URL's host only (its
 path or query may be a credential). A target's signing secret is returned once, at creation and at
-rotation; the database keeps it only encrypted (shared/webhooks.py).
+rotation; the database keeps it only encrypted (shared/delivery.py).
 """
 from __future__ import annotations
 
@@ -15,9 +15,15 @@ from urllib.parse import urlsplit
 from shared.accounts.auth import audit
 from shared.accounts.tokens import Principal
 from shared.accounts.users import _acting_user
-from shared.alerts import delivery as webhooks
+from shared.alerts import delivery
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.errors import AlertRuleNotFound, WebhookLimitReached, WebhookNotFound, WebhookUrlRefused
+from shared.core.exceptions import (
+    AlertRuleNotFound,
+    UnsafeTarget,
+    WebhookLimitReached,
+    WebhookNotFound,
+    WebhookUrlRefused,
+)
 from shared.core.paging import decode_cursor, encode_cursor, page_of
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
@@ -43,8 +49,8 @@ def _host(url: str) -> str:
 
 def _checked(url: str, settings: Settings) -> list[str]:
     try:
-        return webhooks.check_target(url, settings)
-    except webhooks.UnsafeTarget as exc:
+        return delivery.check_target(url, settings)
+    except UnsafeTarget as exc:
         raise WebhookUrlRefused(f"The webhook URL is refused: {exc}.") from None
 
 
@@ -56,17 +62,17 @@ def create_webhook(pool: DictPool, settings: Settings, principal: Principal, rul
         _acting_user(conn, principal, *WRITERS)
         _rule_exists(conn, principal, rule_id)
     warnings = _checked(url, settings)
-    secret = webhooks.new_secret()
+    secret = delivery.new_secret()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         _acting_user(conn, principal, *WRITERS)
         _lock_rule(conn, principal, rule_id)
         params = {"tenant_id": principal.tenant_id, "rule_id": rule_id}
         if one_row(conn.execute(QUERIES["count_rule_webhooks"], params), "count_rule_webhooks")["n"] \
-                >= webhooks.MAX_TARGETS_PER_RULE:
+                >= delivery.MAX_TARGETS_PER_RULE:
             raise WebhookLimitReached()
         row = one_row(conn.execute(QUERIES["insert_webhook"], {
             **params, "url": url, "description": description,
-            "secret_encrypted": webhooks.encrypt_secret(settings, secret), "created_by": principal.user_id}),
+            "secret_encrypted": delivery.encrypt_secret(settings, secret), "created_by": principal.user_id}),
             "insert_webhook")
         audit(conn, principal.tenant_id, principal.user_id, "alert_webhook.create", "alert_webhook", row["id"],
               source, {"rule_id": str(rule_id), "host": _host(url)})
@@ -101,12 +107,12 @@ def delete_webhook(pool: DictPool, principal: Principal, rule_id: uuid.UUID, web
 def rotate_secret(pool: DictPool, settings: Settings, principal: Principal, rule_id: uuid.UUID,
                   webhook_id: uuid.UUID, source: str) -> tuple[dict[str, Any], str]:
     """A new secret, shown this once; every attempt from now on (retries included) is signed with it."""
-    secret = webhooks.new_secret()
+    secret = delivery.new_secret()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         _acting_user(conn, principal, *WRITERS)
         row = conn.execute(QUERIES["rotate_webhook_secret"], {
             "tenant_id": principal.tenant_id, "rule_id": rule_id, "webhook_id": webhook_id,
-            "secret_encrypted": webhooks.encrypt_secret(settings, secret)}).fetchone()
+            "secret_encrypted": delivery.encrypt_secret(settings, secret)}).fetchone()
         if row is None:
             raise WebhookNotFound()
         audit(conn, principal.tenant_id, principal.user_id, "alert_webhook.rotate_secret", "alert_webhook",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psycopg
 
+from shared.core.exceptions import MigrationChanged
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "sql" / "migrations"
@@ -31,10 +33,6 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
-
-
-class MigrationChanged(RuntimeError):
-    """An applied migration file no longer matches what was applied."""
 
 
 def list_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:

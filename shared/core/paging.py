@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from shared.core.errors import InvalidCursor
+from shared.core.exceptions import InvalidCursor
 
 Item = TypeVar("Item")
 

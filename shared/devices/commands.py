@@ -41,7 +41,8 @@ from shared.accounts.users import _acting_user
 from shared.broker.contract import command_topic, device_prefix
 from shared.core import observability
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.errors import (
+from shared.core.exceptions import (
+    BrokerUnavailable,
     CommandArgsInvalid,
     CommandNotDelivered,
     CommandRefused,
@@ -49,7 +50,6 @@ from shared.core.errors import (
     DeviceDisabled,
     DeviceNotFound,
 )
-from shared.core.exceptions import BrokerUnavailable
 from shared.core.paging import decode_cursor, page_of
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row

@@ -27,7 +27,7 @@ from shared.broker.contract import DEVICE_NAME_PATTERN, CredentialSlot, device_p
 from shared.broker.credential_sync import Command, device_key, queue_commands, queue_many, try_sync_now
 from shared.broker.dynsec import generate_password
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.errors import DeviceNameTaken, DeviceNotFound, InvalidCsv, InvalidCursor
+from shared.core.exceptions import DeviceNameTaken, DeviceNotFound, InvalidCsv, InvalidCursor
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
 

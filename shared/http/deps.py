@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from shared.accounts.external_identity import authenticate
 from shared.accounts.tokens import Principal
 from shared.core.db import DictPool, get_pool
-from shared.core.errors import Unauthenticated
+from shared.core.exceptions import Unauthenticated
 from shared.core.settings import Settings, get_settings
 from shared.http.problems import PROBLEM_MEDIA_TYPE, Problem
 

@@ -17,13 +17,40 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.core.errors import ApiError, ServiceUnavailable
+from shared.core.exceptions import (
+    Conflict,
+    DatabaseUnavailable,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    PlanLimitReached,
+    RequestError,
+    ServerMisconfigured,
+    TooManyRequests,
+    Unauthenticated,
+    Unavailable,
+    Unprocessable,
+)
 
 log = logging.getLogger(__name__)
 
 # RFC 9457 types are URIs; a URN names the kind without implying a page that does not exist.
 PROBLEM_TYPE_BASE = "urn:mqtt-saas:problem:"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# Each category of RequestError as HTTP says it; a subclass answers as its nearest listed ancestor.
+_STATUS: dict[type[RequestError], tuple[int, str]] = {
+    InvalidRequest: (400, "Bad Request"),
+    Unauthenticated: (401, "Unauthorized"),
+    PlanLimitReached: (402, "Payment Required"),
+    Forbidden: (403, "Forbidden"),
+    NotFound: (404, "Not Found"),
+    Conflict: (409, "Conflict"),
+    Unprocessable: (422, "Unprocessable Content"),
+    TooManyRequests: (429, "Too Many Requests"),
+    ServerMisconfigured: (500, "Internal Server Error"),
+    Unavailable: (503, "Service Unavailable"),
+}
 
 # Messages for the statuses the framework itself raises (unknown route, wrong method, ...).
 _FRAMEWORK_DETAILS = {
@@ -58,9 +85,27 @@ def problem_response(status: int, kind: str, title: str, detail: str, *,
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
-def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return problem_response(exc.status, exc.kind, exc.title, exc.detail, headers=exc.headers)
+def status_of(error: type[RequestError]) -> tuple[int, str]:
+    """The HTTP status and title a RequestError answers with."""
+    for cls in error.__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500, "Internal Server Error"
+
+
+def error_response(exc: RequestError) -> JSONResponse:
+    status, title = status_of(type(exc))
+    headers = {}
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="mqtt-saas"'
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return problem_response(status, exc.kind, title, exc.detail, headers=headers)
+
+
+def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return error_response(exc)
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:
@@ -112,9 +157,7 @@ def _unexpected(scope: Scope, exc: Exception) -> Response:
     where = f"{scope.get('method')} {scope.get('path')}"
     if isinstance(exc, PoolTimeout | psycopg.OperationalError):
         log.warning("api: database unavailable for %s: %s", where, type(exc).__name__)
-        unavailable = ServiceUnavailable()
-        return problem_response(unavailable.status, unavailable.kind, unavailable.title, unavailable.detail,
-                                headers={"Retry-After": "5"})
+        return error_response(DatabaseUnavailable())
     log.error("api: unexpected error in %s", where, exc_info=exc)
     return problem_response(500, "internal", "Internal Server Error",
                             "The server failed to complete the request; it has been logged.")
@@ -127,13 +170,12 @@ def _database_error(request: Request, exc: Exception) -> Response:
 
     if is_plan_limit(exc):
         assert isinstance(exc, psycopg.Error)
-        error = plan_limit_error(exc)
-        return problem_response(error.status, error.kind, error.title, error.detail)
+        return error_response(plan_limit_error(exc))
     return _unexpected(request.scope, exc)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(psycopg.Error, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -16,7 +16,7 @@ import psycopg
 from shared.accounts.tokens import Principal
 from shared.accounts.users import _acting_user
 from shared.core.db import DictPool, tenant_transaction
-from shared.core.errors import PlanLimitReached
+from shared.core.exceptions import PlanLimitReached
 from shared.core.sql import QUERIES, one_row
 
 # The SQLSTATE enforce_plan_limit() raises (class MQ is not PostgreSQL's).

@@ -30,7 +30,7 @@ from shared.accounts.passwords import hash_password, verify_password
 from shared.accounts.tokens import ALGORITHM, Principal, _secret
 from shared.accounts.users import _acting_user
 from shared.core.db import DictPool, tenant_transaction
-from shared.core.errors import (
+from shared.core.exceptions import (
     InvalidCredentials,
     InvalidCursor,
     InvalidTenant,

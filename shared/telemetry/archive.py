@@ -39,7 +39,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from psycopg.rows import DictRow
 
 from shared.core import observability
-from shared.core.exceptions import ConfigurationError
+from shared.core.exceptions import ArchiveVerificationError, ConfigurationError
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
 from shared.telemetry.retention import (
@@ -78,10 +78,6 @@ _CHUNK = 4 << 20
 # Crash points a test can inject failures at (hook(point, tenant_id, day) raising there).
 HOOK_POINTS = ("pending", "blob_written", "uploaded", "verified", "rows_deleted", "deleted")
 Hook = Callable[[str, UUID, date], None]
-
-
-class ArchiveVerificationError(RuntimeError):
-    """The blob read back does not match the manifest."""
 
 
 class _RowsChanged(Exception):

@@ -21,7 +21,7 @@ from shared.accounts.tokens import Principal
 from shared.accounts.users import _acting_user
 from shared.core import observability
 from shared.core.db import DictPool, tenant_transaction
-from shared.core.errors import DeviceNotFound, InvalidRange
+from shared.core.exceptions import DeviceNotFound, InvalidRange
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES
 from shared.telemetry.archive import DayFile, sha256_file, write_parquet

@@ -20,7 +20,7 @@ from typing import Any
 from shared.accounts.tokens import Principal
 from shared.accounts.users import _acting_user
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.errors import DeviceNotFound, InvalidCursor, InvalidRange, MetricNotNumeric
+from shared.core.exceptions import DeviceNotFound, InvalidCursor, InvalidRange, MetricNotNumeric
 from shared.core.sql import QUERIES
 from shared.telemetry import rollups
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import azure.functions as func
 import pytest
 
-from shared.http import static as dashboard
+from shared.http import static
 from tests.support.devices import registered_functions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_page_code_never_turns_text_into_markup_or_code():
                                                    ("0 */5 * * * *", 300), ("0 * * * * *", 60),
                                                    ("* * * * * *", 1), ("15 30 2 * * *", 60), ("nonsense", 60)])
 def test_page_refreshes_at_the_drains_cadence(schedule, seconds):
-    assert dashboard.refresh_interval_s(schedule) == seconds
+    assert static.refresh_interval_s(schedule) == seconds
 
 
 def test_config_json_carries_the_cadence_and_nothing_secret(monkeypatch):
@@ -117,12 +117,12 @@ def test_config_json_carries_the_cadence_and_nothing_secret(monkeypatch):
 def test_broker_ca_is_offered_only_as_a_certificate(tmp_path):
     cert = tmp_path / "ca.crt"
     cert.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    served = dashboard.broker_ca(str(cert))
+    served = static.broker_ca(str(cert))
     assert served is not None and served.body.startswith(b"-----BEGIN CERTIFICATE-----")
     mixed = tmp_path / "mixed.pem"
     mixed.write_text(cert.read_text() + "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
-    assert dashboard.broker_ca(str(mixed)) is None
-    assert dashboard.broker_ca(str(tmp_path / "absent.crt")) is None
+    assert static.broker_ca(str(mixed)) is None
+    assert static.broker_ca(str(tmp_path / "absent.crt")) is None
 
 
 def test_vendored_uplot_is_the_locked_version():

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from shared.alerts import delivery as webhooks
+from shared.alerts import delivery
 from shared.core.settings import get_settings
 from tests.support.api import call, close_api_pool, export_api_settings, users_of_each_role
 from tests.support.devices import unique_slug
@@ -96,7 +96,7 @@ def test_a_targets_secret_is_shown_once_never_listed_and_rotated(app_pool, api, 
     assert rotated.json["secret"].startswith("whsec_") and rotated.json["secret"] != created["secret"]
     assert rotated.json["secret_rotated_at"] is not None
     [(stored,)] = query(database, "SELECT secret_encrypted FROM alert_webhooks")
-    assert webhooks.decrypt_secret(get_settings(), stored) == rotated.json["secret"]
+    assert delivery.decrypt_secret(get_settings(), stored) == rotated.json["secret"]
 
     # WHEN it is deleted THEN it is gone (and deleting again is 404)
     path = f"/api/alerts/rules/{rule}/webhooks/{created['id']}"
@@ -202,10 +202,10 @@ def test_acknowledge_and_resolve_through_the_api_are_delivered_and_listed(app_po
         ("alert.resolved", 0, []), ("alert.acknowledged", 0, []), ("alert.opened", 0, [])]
 
     # WHEN the deliveries run THEN the receiver gets all three, each signed, with what was true at each change
-    report = webhooks.deliver_due(app_pool, get_settings(), 10)
+    report = delivery.deliver_due(app_pool, get_settings(), 10)
     assert report.delivered == 3
-    secret = webhooks.decrypt_secret(get_settings(), query(database, "SELECT secret_encrypted FROM alert_webhooks")[0][0])
-    assert secret is not None and all(webhooks.verify(secret, r["headers"], r["body"]) for r in got)
+    secret = delivery.decrypt_secret(get_settings(), query(database, "SELECT secret_encrypted FROM alert_webhooks")[0][0])
+    assert secret is not None and all(delivery.verify(secret, r["headers"], r["body"]) for r in got)
     bodies = sorted((json.loads(r["body"]) for r in got), key=lambda b: ["alert.opened", "alert.acknowledged",
                                                                              "alert.resolved"].index(b["type"]))
     assert [(b["type"], b["event"]["state"], b["event"]["comment"]) for b in bodies] == [

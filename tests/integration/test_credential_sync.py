@@ -236,9 +236,9 @@ def test_outbox_apply_is_idempotent_create_over_existing_and_delete_of_missing(a
 def test_a_bulk_beyond_the_requests_time_budget_answers_and_the_timer_finishes(api, token, tenant, app_pool,
                                                                              database, monkeypatch):
     # GIVEN a request budget already spent when the commit is done (a huge CSV on a big broker)
-    from shared.broker import credential_sync as credentials
+    from shared.broker import credential_sync
 
-    monkeypatch.setattr(credentials, "INLINE_BUDGET_S", 0.0)
+    monkeypatch.setattr(credential_sync, "INLINE_BUDGET_S", 0.0)
     # WHEN a CSV of devices is created
     reply = call("POST", "/api/devices/bulk", token=token, raw=b"name\nb-1\nb-2\nb-3\n",
                  headers={"Content-Type": "text/csv"})

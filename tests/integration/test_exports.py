@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from shared.accounts.tokens import Principal
-from shared.core.errors import DeviceNotFound, Forbidden, InvalidRange
+from shared.core.exceptions import DeviceNotFound, Forbidden, InvalidRange
 from shared.core.settings import Settings, settings_from
 from shared.telemetry.archive import archive_container
 from shared.telemetry.exports import create_export

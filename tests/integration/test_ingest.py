@@ -259,9 +259,9 @@ def test_a_message_the_database_refuses_is_isolated_and_dead_lettered_not_retrie
 
 def test_without_the_fast_path_paho_s_own_path_stores_and_acks_everything(settings, app_pool, database, monkeypatch):
     # GIVEN a paho whose internals the fast path does not recognise (as after an upgrade)
-    from shared.ingest import transport as mqtt_transport
+    from shared.ingest import transport
 
-    monkeypatch.setattr(mqtt_transport, "FAST_PATH", False)
+    monkeypatch.setattr(transport, "FAST_PATH", False)
     _, creds = new_tenant_with_devices(app_pool, settings, ["slow"])
     device = Device(settings, creds["slow"])
     ts = NOW_MS()

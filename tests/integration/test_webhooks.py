@@ -25,6 +25,7 @@ import pytest
 from shared.alerts import delivery as webhooks
 from shared.alerts.evaluator import evaluate_tenant
 from shared.core.db import tenant_transaction
+from shared.core.exceptions import UnsafeTarget
 from shared.core.settings import Settings, settings_from
 from tests.support.api import new_tenant
 from tests.support.registry import create_device
@@ -434,7 +435,7 @@ def test_https_target_is_reached_at_the_checked_address_with_the_certificate_che
 ])
 def test_unsafe_targets_are_refused_where_private_targets_are_not_allowed(url):
     strict = settings_from({"DATABASE_URL": "postgresql://x", "INGEST_DATABASE_URL": "postgresql://x"})
-    with pytest.raises(webhooks.UnsafeTarget):
+    with pytest.raises(UnsafeTarget):
         webhooks.check_target(url, strict)
 
 

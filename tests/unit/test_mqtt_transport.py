@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from shared.ingest import transport as mqtt_transport
+from shared.ingest import transport
 from shared.ingest.transport import Publish, parse_publish
 
 PUBLISH = 0x30
@@ -88,4 +88,4 @@ def test_what_the_lean_path_does_not_take_goes_to_paho(what, cmd, raw):
 def test_the_pinned_paho_has_the_internals_the_fast_path_uses():
     # requirements.txt pins paho-mqtt exactly; if this fails after an upgrade, the drain still
     # works through paho's own path, several times slower: re-check the overridden internals.
-    assert mqtt_transport.FAST_PATH
+    assert transport.FAST_PATH

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Self
 from fastapi import APIRouter, Path, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.alerts import rules as alerts
+from shared.alerts import rules
 from shared.broker.contract import METRIC_NAME_PATTERN
 from shared.core.paging import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.devices.manage import TAG_PATTERN
@@ -205,15 +205,15 @@ def _event(row: dict[str, Any]) -> AlertEvent:
                                       "resolved_by": _str(row["resolved_by"])})
 
 
-def _fields(body: RuleRequest) -> alerts.RuleFields:
-    return alerts.RuleFields(**body.model_dump())
+def _fields(body: RuleRequest) -> rules.RuleFields:
+    return rules.RuleFields(**body.model_dump())
 
 
 @router.get("/alerts/rules", responses=problems(401, 422))
 def list_rules(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max_length=200)] = None,
                limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> Page[Rule]:
     """The tenant's alert rules, oldest first, a page at a time (every role)."""
-    rows, next_cursor = alerts.list_rules(db, caller, cursor, limit)
+    rows, next_cursor = rules.list_rules(db, caller, cursor, limit)
     return Page[Rule](items=[_rule(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -221,21 +221,21 @@ def list_rules(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max
 def create_rule(body: RuleRequest, db: Pool, caller: Caller, source: Source) -> SavedRule:
     """Adds an alert rule (staff, owners); 402 at the plan's limit. A metric no device sent yet is allowed,
     with a warning in the answer."""
-    row, warnings = alerts.create_rule(db, caller, _fields(body), source)
+    row, warnings = rules.create_rule(db, caller, _fields(body), source)
     return _saved(row, warnings)
 
 
 @router.get("/alerts/rules/{rule_id}", responses=problems(401, 404, 422))
 def get_rule(rule_id: uuid.UUID, db: Pool, caller: Caller) -> Rule:
     """One alert rule (every role)."""
-    return _rule(alerts.get_rule(db, caller, rule_id))
+    return _rule(rules.get_rule(db, caller, rule_id))
 
 
 @router.put("/alerts/rules/{rule_id}", responses=problems(401, 403, 404, 422))
 def replace_rule(rule_id: uuid.UUID, body: RuleRequest, db: Pool, caller: Caller, source: Source) -> SavedRule:
     """Replaces an alert rule's definition (staff, owners); its consecutive-breach counts start over, open
     events stay."""
-    row, warnings = alerts.update_rule(db, caller, rule_id, _fields(body), source)
+    row, warnings = rules.update_rule(db, caller, rule_id, _fields(body), source)
     return _saved(row, warnings)
 
 
@@ -243,7 +243,7 @@ def replace_rule(rule_id: uuid.UUID, body: RuleRequest, db: Pool, caller: Caller
                responses=problems(401, 403, 404, 422))
 def delete_rule(rule_id: uuid.UUID, db: Pool, caller: Caller, source: Source) -> Response:
     """Deletes an alert rule and its events (staff, owners)."""
-    alerts.delete_rule(db, caller, rule_id, source)
+    rules.delete_rule(db, caller, rule_id, source)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -254,7 +254,7 @@ def list_events(db: Pool, caller: Caller, state: EventState | None = None, sever
                 limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> Page[AlertEvent]:
     """The tenant's alert events, newest first, a page at a time, optionally one state, severity or device
     (every role)."""
-    rows, next_cursor = alerts.list_events(db, caller, cursor=cursor, limit=limit, state=state, severity=severity,
+    rows, next_cursor = rules.list_events(db, caller, cursor=cursor, limit=limit, state=state, severity=severity,
                                            device_id=device_id)
     return Page[AlertEvent](items=[_event(row) for row in rows], next_cursor=next_cursor)
 
@@ -266,7 +266,7 @@ EventId = Annotated[uuid.UUID, Path(description="The event's id.")]
 def acknowledge_event(event_id: EventId, db: Pool, caller: Caller, source: Source,
                       body: EventChange | None = None) -> AlertEvent:
     """Acknowledges an open event, with an optional comment (staff, owners; audited). 409 when resolved."""
-    return _event(alerts.acknowledge_event(db, caller, event_id, body.comment if body else None, source))
+    return _event(rules.acknowledge_event(db, caller, event_id, body.comment if body else None, source))
 
 
 @router.post("/alerts/events/{event_id}/resolve", responses=problems(401, 403, 404, 409, 422))
@@ -274,10 +274,10 @@ def resolve_event(event_id: EventId, db: Pool, caller: Caller, source: Source,
                   body: EventChange | None = None) -> AlertEvent:
     """Resolves an open or acknowledged event, with an optional comment (staff, owners; audited). 409 when
     already resolved."""
-    return _event(alerts.resolve_event(db, caller, event_id, body.comment if body else None, source))
+    return _event(rules.resolve_event(db, caller, event_id, body.comment if body else None, source))
 
 
 @router.post("/alerts/evaluate", responses=problems(401, 403))
 def evaluate(db: Pool, caller: Caller) -> Evaluation:
     """Evaluates the tenant's enabled rules now (staff, owners), as the alert_evaluator timer does."""
-    return Evaluation.model_validate(asdict(alerts.evaluate_now(db, caller)))
+    return Evaluation.model_validate(asdict(rules.evaluate_now(db, caller)))
