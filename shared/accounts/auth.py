@@ -13,10 +13,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from psycopg.types.json import Jsonb
-
+from shared.accounts.access import audit
 from shared.accounts.passwords import hash_password, needs_rehash, verify_password
 from shared.accounts.tokens import issue_access_token, new_refresh_token, parse_refresh_token
 from shared.core.db import DictConnection, DictPool, tenant_transaction
@@ -35,13 +33,13 @@ class TokenPair:
     refresh_token: str
 
 
-def _throttle_keys(tenant_slug: str, email: str, source: str) -> tuple[bytes, bytes]:
+def throttle_keys(tenant_slug: str, email: str, source: str) -> tuple[bytes, bytes]:
     source_key = hashlib.sha256(f"source\0{source}".encode()).digest()
     account_key = hashlib.sha256(f"account\0{tenant_slug}\0{email.lower()}\0{source}".encode()).digest()
     return source_key, account_key
 
 
-def _refuse_if_throttled(conn: DictConnection, settings: Settings, source_key: bytes, account_key: bytes) -> None:
+def refuse_if_throttled(conn: DictConnection, settings: Settings, source_key: bytes, account_key: bytes) -> None:
     limits = {source_key: settings.auth_login_max_failures_per_source,
               account_key: settings.auth_login_max_failures_per_account}
     rows = conn.execute(QUERIES["login_failures"],
@@ -50,17 +48,6 @@ def _refuse_if_throttled(conn: DictConnection, settings: Settings, source_key: b
         if row["failures"] >= limits[bytes(row["key"])]:
             wait = (row["window_end"] - datetime.now(UTC)).total_seconds()
             raise TooManyLoginAttempts(int(wait) + 1)
-
-
-def audit(conn: DictConnection, tenant_id: uuid.UUID, actor: uuid.UUID | None, action: str,
-          target_type: str | None, target_id: uuid.UUID | str | None, source: str,
-          detail: dict[str, Any] | None = None) -> None:
-    """Appends one audit row in the caller's transaction, so the change and its record commit together."""
-    conn.execute(QUERIES["insert_audit"], {
-        "tenant_id": tenant_id, "actor_user_id": actor, "action": action, "target_type": target_type,
-        "target_id": None if target_id is None else str(target_id), "source_address": source,
-        "detail": Jsonb(detail or {}),
-    })
 
 
 def _issue(conn: DictConnection, settings: Settings, user_id: uuid.UUID, tenant_id: uuid.UUID) -> TokenPair:
@@ -72,9 +59,9 @@ def _issue(conn: DictConnection, settings: Settings, user_id: uuid.UUID, tenant_
 
 def login(pool: DictPool, settings: Settings, tenant_slug: str, email: str, password: str, source: str) -> TokenPair:
     email = email.strip().lower()
-    source_key, account_key = _throttle_keys(tenant_slug, email, source)
+    source_key, account_key = throttle_keys(tenant_slug, email, source)
     with pool.connection() as conn:
-        _refuse_if_throttled(conn, settings, source_key, account_key)
+        refuse_if_throttled(conn, settings, source_key, account_key)
         found = conn.execute(QUERIES["find_login"], {"tenant_slug": tenant_slug, "email": email}).fetchone()
         conn.commit()  # no transaction held open across the deliberate slowness of argon2
     # Unknown tenant, unknown email and wrong password all do the same argon2 work and give the

@@ -13,7 +13,7 @@ import logging
 
 import psycopg
 
-from shared.accounts.auth import audit
+from shared.accounts.access import audit
 from shared.accounts.tokens import (
     ExternalIdentity,
     Principal,

@@ -73,7 +73,7 @@ class ExternalIdentity:
     role_cap: str | None
 
 
-def _secret(settings: Settings) -> bytes:
+def signing_secret(settings: Settings) -> bytes:
     secret = settings.auth_jwt_secret.get_secret_value().encode()
     if len(secret) < MIN_SECRET_BYTES or b"CHANGE-ME" in secret:
         raise NotConfigured()
@@ -91,11 +91,11 @@ def issue_access_token(settings: Settings, user_id: uuid.UUID, tenant_id: uuid.U
         "exp": now + settings.auth_access_token_ttl_s,
         "jti": secrets.token_hex(8),
     }
-    return jwt.encode(claims, _secret(settings), algorithm=ALGORITHM)
+    return jwt.encode(claims, signing_secret(settings), algorithm=ALGORITHM)
 
 
 def verify_access_token(settings: Settings, token: str) -> Principal:
-    secret = _secret(settings)
+    secret = signing_secret(settings)
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], audience=settings.auth_jwt_audience,

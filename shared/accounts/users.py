@@ -11,26 +11,15 @@ from typing import Any
 
 import psycopg
 
-from shared.accounts.auth import audit
+from shared.accounts.access import acting_user, audit
 from shared.accounts.passwords import hash_password
-from shared.accounts.tokens import Principal, effective_role
+from shared.accounts.tokens import Principal
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.exceptions import EmailTaken, Forbidden, LastOwner, Unauthenticated, UserNotFound
+from shared.core.exceptions import EmailTaken, LastOwner, UserNotFound
 from shared.core.paging import decode_cursor, page_of
 from shared.core.sql import QUERIES, one_row
 
 ROLES = ("owner", "staff", "viewer")
-
-
-def _acting_user(conn: DictConnection, principal: Principal, *allowed_roles: str) -> dict[str, Any]:
-    row = conn.execute(QUERIES["get_user"], {"tenant_id": principal.tenant_id, "user_id": principal.user_id}).fetchone()
-    if row is None:
-        raise Unauthenticated()
-    # An external token's role claim narrows the stored role for this request (never raises it).
-    row = {**row, "role": effective_role(row["role"], principal)}
-    if allowed_roles and row["role"] not in allowed_roles:
-        raise Forbidden()
-    return row
 
 
 def _user(conn: DictConnection, principal: Principal, user_id: uuid.UUID) -> dict[str, Any]:
@@ -49,14 +38,14 @@ def _keep_an_owner(conn: DictConnection, principal: Principal, target: dict[str,
 
 def me(pool: DictPool, principal: Principal) -> dict[str, Any]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        return _acting_user(conn, principal)
+        return acting_user(conn, principal)
 
 
 def list_users(pool: DictPool, principal: Principal, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]],
                                                                                              str | None]:
     after_created_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, "owner")
+        acting_user(conn, principal, "owner")
         rows = conn.execute(QUERIES["list_users"], {
             "tenant_id": principal.tenant_id, "after_created_at": after_created_at, "after_id": after_id,
             "limit": limit + 1,
@@ -66,7 +55,7 @@ def list_users(pool: DictPool, principal: Principal, cursor: str | None, limit: 
 
 def get_user(pool: DictPool, principal: Principal, user_id: uuid.UUID) -> dict[str, Any]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, "owner")
+        acting_user(conn, principal, "owner")
         return _user(conn, principal, user_id)
 
 
@@ -75,7 +64,7 @@ def create_user(pool: DictPool, principal: Principal, email: str, role: str, pas
     password_hash = hash_password(password)  # before the transaction: argon2 is slow on purpose
     try:
         with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-            _acting_user(conn, principal, "owner")
+            acting_user(conn, principal, "owner")
             row = one_row(conn.execute(QUERIES["insert_user"], {
                 "tenant_id": principal.tenant_id, "email": email.strip().lower(), "role": role,
                 "password_hash": password_hash,
@@ -89,7 +78,7 @@ def create_user(pool: DictPool, principal: Principal, email: str, role: str, pas
 
 def change_role(pool: DictPool, principal: Principal, user_id: uuid.UUID, role: str, source: str) -> dict[str, Any]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, "owner")
+        acting_user(conn, principal, "owner")
         target = _user(conn, principal, user_id)
         if target["role"] == role:
             return target
@@ -103,7 +92,7 @@ def change_role(pool: DictPool, principal: Principal, user_id: uuid.UUID, role: 
 
 def delete_user(pool: DictPool, principal: Principal, user_id: uuid.UUID, source: str) -> None:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, "owner")
+        acting_user(conn, principal, "owner")
         target = _user(conn, principal, user_id)
         _keep_an_owner(conn, principal, target)
         conn.execute(QUERIES["delete_user"], {"tenant_id": principal.tenant_id, "user_id": user_id})

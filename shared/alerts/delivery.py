@@ -49,12 +49,11 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.core import observability
 from shared.core.db import DictPool, tenant_transaction
 from shared.core.exceptions import UnsafeTarget
+from shared.core.keys import derived_fernet
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
 
@@ -88,10 +87,7 @@ def new_secret() -> str:
 
 
 def _fernet(settings: Settings) -> Fernet:
-    # A label of its own: the key can never coincide with the token signing key or any other derived key.
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"mqtt-saas webhook secrets v1").derive(
-        settings.auth_jwt_secret.get_secret_value().encode())
-    return Fernet(base64.urlsafe_b64encode(key))
+    return derived_fernet(settings.auth_jwt_secret.get_secret_value(), "mqtt-saas webhook secrets v1")
 
 
 def encrypt_secret(settings: Settings, secret: str) -> str:

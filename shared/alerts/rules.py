@@ -10,9 +10,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.accounts.auth import audit
+from shared.accounts.access import acting_user, audit
 from shared.accounts.tokens import Principal
-from shared.accounts.users import _acting_user
 from shared.alerts.evaluator import TenantEvaluation, evaluate_tenant
 from shared.core.db import DictConnection, DictPool, tenant_transaction
 from shared.core.exceptions import AlertDeviceNotFound, AlertEventNotFound, AlertEventResolved, AlertRuleNotFound
@@ -81,7 +80,7 @@ def list_rules(pool: DictPool, principal: Principal, cursor: str | None,
                limit: int) -> tuple[list[dict[str, Any]], str | None]:
     after_created_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         rows = conn.execute(QUERIES["list_alert_rules"], {
             "tenant_id": principal.tenant_id, "after_created_at": after_created_at, "after_id": after_id,
             "limit": limit + 1}).fetchall()
@@ -90,14 +89,14 @@ def list_rules(pool: DictPool, principal: Principal, cursor: str | None,
 
 def get_rule(pool: DictPool, principal: Principal, rule_id: uuid.UUID) -> dict[str, Any]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         return _rule(conn, principal, rule_id)
 
 
 def create_rule(pool: DictPool, principal: Principal, fields: RuleFields,
                 source: str) -> tuple[dict[str, Any], list[str]]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         warnings = _check_and_warn(conn, principal, fields)
         row = one_row(conn.execute(QUERIES["insert_alert_rule"], {
             **_params(principal, fields), "created_by": principal.user_id}), "insert_alert_rule")
@@ -109,7 +108,7 @@ def create_rule(pool: DictPool, principal: Principal, fields: RuleFields,
 def update_rule(pool: DictPool, principal: Principal, rule_id: uuid.UUID, fields: RuleFields,
                 source: str) -> tuple[dict[str, Any], list[str]]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         _rule(conn, principal, rule_id)
         warnings = _check_and_warn(conn, principal, fields)
         row = one_row(conn.execute(QUERIES["update_alert_rule"], {**_params(principal, fields), "rule_id": rule_id}),
@@ -122,7 +121,7 @@ def update_rule(pool: DictPool, principal: Principal, rule_id: uuid.UUID, fields
 
 def delete_rule(pool: DictPool, principal: Principal, rule_id: uuid.UUID, source: str) -> None:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         row = conn.execute(QUERIES["delete_alert_rule"], {"tenant_id": principal.tenant_id,
                                                            "rule_id": rule_id}).fetchone()
         if row is None:
@@ -135,7 +134,7 @@ def list_events(pool: DictPool, principal: Principal, *, cursor: str | None, lim
                 severity: str | None, device_id: int | None) -> tuple[list[dict[str, Any]], str | None]:
     after_opened_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         rows = conn.execute(QUERIES["list_alert_events"], {
             "tenant_id": principal.tenant_id, "state": state, "severity": severity, "device_id": device_id,
             "after_opened_at": after_opened_at, "after_id": after_id, "limit": limit + 1}).fetchall()
@@ -150,7 +149,7 @@ def _change_event(pool: DictPool, principal: Principal, event_id: uuid.UUID, com
     params = {"tenant_id": principal.tenant_id, "event_id": event_id, "user_id": principal.user_id,
               "comment": comment}
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         event = conn.execute(QUERIES["get_alert_event_for_update"], params).fetchone()
         if event is None:
             raise AlertEventNotFound()
@@ -182,5 +181,5 @@ def evaluate_now(pool: DictPool, principal: Principal) -> TenantEvaluation:
     """Runs the caller's tenant's rules now. Authorised first, in its own short transaction: the
     evaluation takes its own (the timer's code path exactly)."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
     return evaluate_tenant(pool, str(principal.tenant_id))

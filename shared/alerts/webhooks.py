@@ -12,9 +12,8 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.accounts.auth import audit
+from shared.accounts.access import acting_user, audit
 from shared.accounts.tokens import Principal
-from shared.accounts.users import _acting_user
 from shared.alerts import delivery
 from shared.core.db import DictConnection, DictPool, tenant_transaction
 from shared.core.exceptions import (
@@ -59,12 +58,12 @@ def create_webhook(pool: DictPool, settings: Settings, principal: Principal, rul
     """The new target, its secret (shown this once) and warnings. The caller and the rule are checked
     first; then the URL (its host resolved) between two transactions, so no lock waits on DNS."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         _rule_exists(conn, principal, rule_id)
     warnings = _checked(url, settings)
     secret = delivery.new_secret()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         _lock_rule(conn, principal, rule_id)
         params = {"tenant_id": principal.tenant_id, "rule_id": rule_id}
         if one_row(conn.execute(QUERIES["count_rule_webhooks"], params), "count_rule_webhooks")["n"] \
@@ -83,7 +82,7 @@ def list_webhooks(pool: DictPool, principal: Principal, rule_id: uuid.UUID, curs
                   limit: int) -> tuple[list[dict[str, Any]], str | None]:
     after_created_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         _rule_exists(conn, principal, rule_id)
         rows = conn.execute(QUERIES["list_rule_webhooks"], {
             "tenant_id": principal.tenant_id, "rule_id": rule_id, "after_created_at": after_created_at,
@@ -95,7 +94,7 @@ def delete_webhook(pool: DictPool, principal: Principal, rule_id: uuid.UUID, web
                    source: str) -> None:
     """Deletes the target with its deliveries (pending ones are never sent)."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         row = conn.execute(QUERIES["delete_webhook"], {"tenant_id": principal.tenant_id, "rule_id": rule_id,
                                                         "webhook_id": webhook_id}).fetchone()
         if row is None:
@@ -109,7 +108,7 @@ def rotate_secret(pool: DictPool, settings: Settings, principal: Principal, rule
     """A new secret, shown this once; every attempt from now on (retries included) is signed with it."""
     secret = delivery.new_secret()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         row = conn.execute(QUERIES["rotate_webhook_secret"], {
             "tenant_id": principal.tenant_id, "rule_id": rule_id, "webhook_id": webhook_id,
             "secret_encrypted": delivery.encrypt_secret(settings, secret)}).fetchone()
@@ -125,7 +124,7 @@ def list_deliveries(pool: DictPool, principal: Principal, webhook_id: uuid.UUID,
     """A target's deliveries, newest first, each with its attempts."""
     after_created_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         if conn.execute(QUERIES["get_webhook"], {"tenant_id": principal.tenant_id, "webhook_id": webhook_id,
                                                   "rule_id": None}).fetchone() is None:
             raise WebhookNotFound()

@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from psycopg.types.json import Jsonb
 
 from shared.broker.contract import (
@@ -39,6 +39,7 @@ from shared.broker.dynsec import CLIENT_NOT_FOUND, ROLE_NOT_FOUND, DynsecClient
 from shared.core import observability
 from shared.core.db import DictConnection, DictPool
 from shared.core.exceptions import BrokerUnavailable, DynsecError
+from shared.core.keys import derived_fernet
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
 
@@ -55,10 +56,12 @@ SYNC_BATCH = 500
 
 # -- the outbox's password encryption ---------------------------------------------------------------------------
 
-def _fernet(settings: Settings) -> Fernet:
-    secret = settings.mqtt_provisioner_password.get_secret_value().encode()
-    key = hashlib.sha256(b"mqtt-saas broker_outbox v1\x00" + secret).digest()
-    return Fernet(base64.urlsafe_b64encode(key))
+def _fernet(settings: Settings) -> MultiFernet:
+    secret = settings.mqtt_provisioner_password.get_secret_value()
+    # Rows queued by the previous release (a plain SHA-256 of label and secret) stay readable until applied.
+    previous = Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"mqtt-saas broker_outbox v1\x00" + secret.encode())
+                                               .digest()))
+    return MultiFernet([derived_fernet(secret, "mqtt-saas broker_outbox v2"), previous])
 
 
 def encrypt_password(settings: Settings, password: str) -> str:

@@ -35,9 +35,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from psycopg.types.json import Jsonb
 from pydantic import SecretStr
 
-from shared.accounts.auth import audit
+from shared.accounts.access import acting_user, audit
 from shared.accounts.tokens import Principal
-from shared.accounts.users import _acting_user
 from shared.broker.contract import command_topic, device_prefix
 from shared.core import observability
 from shared.core.db import DictConnection, DictPool, tenant_transaction
@@ -255,7 +254,7 @@ def send_command(pool: DictPool, settings: Settings, principal: Principal, devic
     if _holds_nul(args):  # jsonb cannot hold NUL: PostgreSQL would refuse the record
         raise CommandArgsInvalid()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, "owner", "staff")
+        acting_user(conn, principal, "owner", "staff")
         target = conn.execute(QUERIES["command_target"], {"tenant_id": principal.tenant_id,
                                                           "device_id": device_id}).fetchone()
         if target is None:
@@ -317,7 +316,7 @@ def list_commands(pool: DictPool, principal: Principal, device_id: int, cursor: 
     """One page of the device's commands, newest first (every role may read)."""
     after_created_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         params = {"tenant_id": principal.tenant_id, "device_id": device_id}
         if conn.execute(QUERIES["command_target"], params).fetchone() is None:
             raise DeviceNotFound()

@@ -20,9 +20,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from shared.accounts.auth import audit
+from shared.accounts.access import acting_user, audit
 from shared.accounts.tokens import Principal
-from shared.accounts.users import _acting_user
 from shared.broker.contract import DEVICE_NAME_PATTERN, CredentialSlot, device_prefix, device_username
 from shared.broker.credential_sync import Command, device_key, queue_commands, queue_many, try_sync_now
 from shared.broker.dynsec import generate_password
@@ -78,7 +77,7 @@ def _device(conn: DictConnection, principal: Principal, device_id: int) -> dict[
 
 def get_device(pool: DictPool, principal: Principal, device_id: int) -> dict[str, Any]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         return _device(conn, principal, device_id)
 
 
@@ -103,7 +102,7 @@ def list_devices(pool: DictPool, principal: Principal, *, cursor: str | None, li
                  tag: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
     after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         rows = conn.execute(QUERIES["list_devices"], {
             "tenant_id": principal.tenant_id, "after_id": after_id, "status": status, "name_prefix": name_prefix,
             "name_contains": name_contains, "tag": tag, "limit": limit + 1,
@@ -116,7 +115,7 @@ def list_devices(pool: DictPool, principal: Principal, *, cursor: str | None, li
 def authorize_write(pool: DictPool, principal: Principal) -> None:
     """Refuses a caller who may not change devices, before their request body is even read."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
 
 
 # -- create --------------------------------------------------------------------------------------------------------
@@ -141,7 +140,7 @@ def create_devices(pool: DictPool, settings: Settings, principal: Principal, dev
     passwords = {device.name: generate_password() for device in devices}
     try:
         with tenant_transaction(pool, str(tenant_id)) as conn:
-            _acting_user(conn, principal, *WRITERS)
+            acting_user(conn, principal, *WRITERS)
             slug = _tenant_slug(conn, principal)
             created = conn.execute(QUERIES["insert_devices"], {"tenant_id": tenant_id, "rows": Jsonb([
                 {"name": d.name, "display_name": d.display_name, "type": d.type, "location": d.location,
@@ -258,7 +257,7 @@ def update_device(pool: DictPool, principal: Principal, device_id: int, changes:
                   source: str) -> dict[str, Any]:
     """changes holds only the fields the caller sent; None clears one (tags: to none)."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         _locked(conn, principal, device_id)
         params: dict[str, Any] = {"tenant_id": principal.tenant_id, "device_id": device_id}
         for column in ("display_name", "type", "location"):
@@ -275,7 +274,7 @@ def set_enabled(pool: DictPool, settings: Settings, principal: Principal, device
                 source: str) -> dict[str, Any]:
     """Disabling refuses the device's clients and disconnects their sessions at once (disableClient)."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         device = _locked(conn, principal, device_id)
         conn.execute(QUERIES["set_enabled"], {"tenant_id": principal.tenant_id, "device_id": device_id,
                                               "enabled": enabled})
@@ -296,7 +295,7 @@ def delete_device(pool: DictPool, settings: Settings, principal: Principal, devi
     """The row goes (its telemetry stays); both broker clients and the role are deleted, which
     disconnects the device at once."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         device = _locked(conn, principal, device_id)
         conn.execute(QUERIES["delete_device"], {"tenant_id": principal.tenant_id, "device_id": device_id})
         queue_commands(conn, settings, principal.tenant_id, device["tenant_slug"], device_id, device["name"],
@@ -316,7 +315,7 @@ def rotate_credential(pool: DictPool, settings: Settings, principal: Principal, 
         raise ValueError("overlap_s out of range")
     password = generate_password()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         device = _locked(conn, principal, device_id)
         slug, name = device["tenant_slug"], device["name"]
         slots = {row["slot"]: row for row in conn.execute(
@@ -351,7 +350,7 @@ def revoke_credentials(pool: DictPool, settings: Settings, principal: Principal,
                        source: str) -> dict[str, Any]:
     """Both clients go (disconnecting the device); the device row stays, and a rotation issues a new one."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, *WRITERS)
+        acting_user(conn, principal, *WRITERS)
         device = _locked(conn, principal, device_id)
         conn.execute(QUERIES["drop_credentials"], {"tenant_id": principal.tenant_id, "device_id": device_id})
         queue_commands(conn, settings, principal.tenant_id, device["tenant_slug"], device_id, device["name"],

@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
+from shared.accounts.access import acting_user
 from shared.accounts.tokens import Principal
-from shared.accounts.users import _acting_user
 from shared.core.db import DictPool, tenant_transaction
 from shared.core.exceptions import PlanLimitReached
 from shared.core.sql import QUERIES, one_row
@@ -49,7 +49,7 @@ def _quota(used: int, limit: int | None) -> dict[str, Any]:
 def usage(pool: DictPool, principal: Principal) -> dict[str, Any]:
     """Each quota's use, limit (None: unlimited) and percent, for any role of the tenant."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         row = one_row(conn.execute(QUERIES["tenant_usage"], {"tenant_id": principal.tenant_id}), "tenant_usage")
         alert_rules = 0  # until issue 13 creates the table
         if one_row(conn.execute(QUERIES["alert_rules_table"]), "alert_rules_table")["present"]:

@@ -25,10 +25,10 @@ from typing import Any
 import jwt
 import psycopg
 
-from shared.accounts.auth import _refuse_if_throttled, _throttle_keys
+from shared.accounts.access import acting_user
+from shared.accounts.auth import refuse_if_throttled, throttle_keys
 from shared.accounts.passwords import hash_password, verify_password
-from shared.accounts.tokens import ALGORITHM, Principal, _secret
-from shared.accounts.users import _acting_user
+from shared.accounts.tokens import ALGORITHM, Principal, signing_secret
 from shared.core.db import DictPool, tenant_transaction
 from shared.core.exceptions import (
     InvalidCredentials,
@@ -75,7 +75,7 @@ def list_audit(pool: DictPool, principal: Principal, cursor: str | None, limit: 
     """The tenant's audit log, newest first, a page at a time (owners only)."""
     before_id = _decode_audit_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal, "owner")
+        acting_user(conn, principal, "owner")
         rows = conn.execute(QUERIES["list_audit"], {
             "tenant_id": principal.tenant_id, "before_id": before_id, "action": action, "actor": actor,
             "since": since, "limit": limit + 1,
@@ -100,13 +100,13 @@ def issue_operator_token(settings: Settings, operator_id: uuid.UUID) -> str:
     claims = {"iss": settings.auth_jwt_issuer, "aud": settings.platform_jwt_audience, "sub": str(operator_id),
               "scope": OPERATOR_SCOPE, "iat": now, "exp": now + settings.platform_access_token_ttl_s,
               "jti": secrets.token_hex(8)}
-    return jwt.encode(claims, _secret(settings), algorithm=ALGORITHM)
+    return jwt.encode(claims, signing_secret(settings), algorithm=ALGORITHM)
 
 
 def verify_operator_token(pool: DictPool, settings: Settings, token: str) -> Operator:
     """The operator of a valid operator token; a user's token (wrong audience, a tenant claim)
     and a deleted operator's token are refused alike."""
-    secret = _secret(settings)
+    secret = signing_secret(settings)
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], audience=settings.platform_jwt_audience,
                             issuer=settings.auth_jwt_issuer, options={"require": _OPERATOR_CLAIMS}, leeway=5)
@@ -125,9 +125,9 @@ def verify_operator_token(pool: DictPool, settings: Settings, token: str) -> Ope
 def operator_login(pool: DictPool, settings: Settings, email: str, password: str, source: str) -> str:
     """An operator token for email and password; throttled like users' logins."""
     email = email.strip().lower()
-    source_key, account_key = _throttle_keys(_THROTTLE_SCOPE, email, source)
+    source_key, account_key = throttle_keys(_THROTTLE_SCOPE, email, source)
     with pool.connection() as conn:
-        _refuse_if_throttled(conn, settings, source_key, account_key)
+        refuse_if_throttled(conn, settings, source_key, account_key)
         found = conn.execute(QUERIES["find_operator"], {"email": email}).fetchone()
         conn.commit()  # no transaction held open across argon2
     if not verify_password(found["password_hash"] if found else None, password) or found is None:

@@ -16,9 +16,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared.accounts.auth import audit
+from shared.accounts.access import acting_user, audit
 from shared.accounts.tokens import Principal
-from shared.accounts.users import _acting_user
 from shared.core import observability
 from shared.core.db import DictPool, tenant_transaction
 from shared.core.exceptions import DeviceNotFound, InvalidRange
@@ -59,7 +58,7 @@ def create_export(pool: DictPool, principal: Principal, settings: Settings, cont
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         csv_path = Path(tmp) / "rows.csv"
         with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-            user = _acting_user(conn, principal, *EXPORT_ROLES)
+            user = acting_user(conn, principal, *EXPORT_ROLES)
             if device_id is not None and conn.execute(QUERIES["device_exists"], {
                     "tenant_id": principal.tenant_id, "device_id": device_id}).fetchone() is None:
                 raise DeviceNotFound()

@@ -2,7 +2,7 @@
 series and the ingest overview. Every role reads; the ingest overview is for staff and owners.
 
 Each read runs in tenant_transaction with the tenant of the verified token and re-checks the
-caller (users._acting_user), so a deleted user or another tenant's device id reads nothing.
+caller (users.acting_user), so a deleted user or another tenant's device id reads nothing.
 Latest values and units come from device_metrics and the per-minute ingest counts from
 ingest_minute_counts, both kept by the drain with each batch (sql/migrations/0007). Series in
 whole minutes or hours come from the rollups where the rollup job's watermark says they are
@@ -17,8 +17,8 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.accounts.access import acting_user
 from shared.accounts.tokens import Principal
-from shared.accounts.users import _acting_user
 from shared.core.db import DictConnection, DictPool, tenant_transaction
 from shared.core.exceptions import DeviceNotFound, InvalidCursor, InvalidRange, MetricNotNumeric
 from shared.core.sql import QUERIES
@@ -49,7 +49,7 @@ def _require_device(conn: DictConnection, principal: Principal, device_id: int) 
 def latest(pool: DictPool, principal: Principal, device_id: int) -> list[dict[str, Any]]:
     """The newest value (number, boolean or text), its ts and unit, of each metric of the device."""
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         _require_device(conn, principal, device_id)
         rows = conn.execute(QUERIES["latest_metrics"], {"tenant_id": principal.tenant_id,
                                                         "device_id": device_id}).fetchall()
@@ -69,7 +69,7 @@ def _latest_view(row: dict[str, Any]) -> dict[str, Any]:
 
 def fleet(pool: DictPool, principal: Principal) -> dict[str, int]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         row = conn.execute(QUERIES["fleet_counts"], {"tenant_id": principal.tenant_id}).fetchone()
     return dict(row) if row else {"online": 0, "offline": 0, "never_seen": 0, "disabled": 0, "total": 0}
 
@@ -105,7 +105,7 @@ def series(pool: DictPool, principal: Principal, device_id: int, metric: str, st
         raise InvalidRange(f"A series spans at most {SERIES_MAX_RANGE.days} days; narrow 'from'..'to'.")
     width = bucket_width_s(end - start, max_points, bucket_s or 1)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         _require_device(conn, principal, device_id)
         meta = conn.execute(QUERIES["metric_meta"], {"tenant_id": principal.tenant_id, "device_id": device_id,
                                                      "metric": metric}).fetchone()
@@ -156,7 +156,7 @@ def status_history(pool: DictPool, principal: Principal, device_id: int, cursor:
     """The device's status changes, newest first, as the drain recorded them."""
     before_id = decode_dead_letter_cursor(cursor, "sh")
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        _acting_user(conn, principal)
+        acting_user(conn, principal)
         _require_device(conn, principal, device_id)
         rows = conn.execute(QUERIES["status_history"], {
             "tenant_id": principal.tenant_id, "device_id": device_id, "before_id": before_id,
@@ -171,7 +171,7 @@ def ingest_overview(pool: DictPool, principal: Principal, *, minutes: int, quiet
     before_id = decode_dead_letter_cursor(cursor)
     tenant = principal.tenant_id
     with tenant_transaction(pool, str(tenant)) as conn:
-        _acting_user(conn, principal, *ADMIN_ROLES)
+        acting_user(conn, principal, *ADMIN_ROLES)
         per_minute = conn.execute(QUERIES["ingest_per_minute"], {"tenant_id": tenant, "minutes": minutes}).fetchall()
         by_reason = conn.execute(QUERIES["dead_letters_by_reason"],
                                  {"tenant_id": tenant, "minutes": minutes}).fetchall()
