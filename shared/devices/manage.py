@@ -9,8 +9,6 @@ the outbox an encrypted copy until it is applied.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import io
 import re
@@ -26,7 +24,8 @@ from shared.broker.contract import DEVICE_NAME_PATTERN, CredentialSlot, device_p
 from shared.broker.credential_sync import Command, device_key, queue_commands, queue_many, try_sync_now
 from shared.broker.dynsec import generate_password
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.exceptions import DeviceNameTaken, DeviceNotFound, InvalidCsv, InvalidCursor
+from shared.core.exceptions import DeviceNameTaken, DeviceNotFound, InvalidCsv
+from shared.core.paging import decode_id_cursor, encode_id_cursor
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
 
@@ -81,26 +80,10 @@ def get_device(pool: DictPool, principal: Principal, device_id: int) -> dict[str
         return _device(conn, principal, device_id)
 
 
-def encode_cursor(device_id: int) -> str:
-    return base64.urlsafe_b64encode(f"d:{device_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        if kind != "d" or not value.isdigit() or int(value) > MAX_DEVICE_ID:
-            raise ValueError(cursor)
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor() from None
-
-
 def list_devices(pool: DictPool, principal: Principal, *, cursor: str | None, limit: int, status: str | None = None,
                  name_prefix: str | None = None, name_contains: str | None = None,
                  tag: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-    after_id = decode_cursor(cursor)
+    after_id = decode_id_cursor(cursor, "d")
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         acting_user(conn, principal)
         rows = conn.execute(QUERIES["list_devices"], {
@@ -109,7 +92,7 @@ def list_devices(pool: DictPool, principal: Principal, *, cursor: str | None, li
         }).fetchall()
     if len(rows) <= limit:
         return rows, None
-    return rows[:limit], encode_cursor(rows[limit - 1]["id"])
+    return rows[:limit], encode_id_cursor("d", rows[limit - 1]["id"])
 
 
 def authorize_write(pool: DictPool, principal: Principal) -> None:

@@ -14,13 +14,15 @@ from fastapi import APIRouter, FastAPI, Query, Response, status
 
 from shared.accounts import auth, users
 from shared.accounts.passwords import generate_password
-from shared.core.paging import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.http.deps import PREFIX, Caller, Config, Pool, Source, problems
 from shared.http.models import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
     ChangeRoleRequest,
     CreatedUser,
     CreateUserRequest,
     LoginRequest,
+    Page,
     RefreshRequest,
     TokenResponse,
     User,

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.accounts.passwords import MIN_PASSWORD_LENGTH
+
+Item = TypeVar("Item")
 
 Role = Literal["owner", "staff", "viewer"]
 # Deliberately loose (the database checks one '@' and no spaces): deliverability is not ours to judge.
@@ -58,3 +60,12 @@ class CreatedUser(User):
 
 class ChangeRoleRequest(Body):
     role: Role
+
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+class Page(BaseModel, Generic[Item]):
+    items: list[Item]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")

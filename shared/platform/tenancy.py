@@ -12,8 +12,6 @@ token everywhere else.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import secrets
 import time
@@ -32,14 +30,13 @@ from shared.accounts.tokens import ALGORITHM, Principal, signing_secret
 from shared.core.db import DictPool, tenant_transaction
 from shared.core.exceptions import (
     InvalidCredentials,
-    InvalidCursor,
     InvalidTenant,
     TenantNotFound,
     TenantSlugTaken,
     Unauthenticated,
 )
 from shared.core.observability import event
-from shared.core.paging import decode_cursor, page_of
+from shared.core.paging import decode_cursor, decode_id_cursor, encode_id_cursor, page_of
 from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
 
@@ -53,27 +50,10 @@ _THROTTLE_SCOPE = "platform operators"
 
 # --- the audit log
 
-def _encode_audit_cursor(entry_id: int) -> str:
-    return base64.urlsafe_b64encode(f"audit:{entry_id}".encode()).decode().rstrip("=")
-
-
-def _decode_audit_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        kind, _, value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        entry_id = int(value)
-        if kind != "audit" or not 0 < entry_id < 2**63:  # a bigint, as audit_log.id
-            raise ValueError(kind)
-        return entry_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor() from None
-
-
 def list_audit(pool: DictPool, principal: Principal, cursor: str | None, limit: int, action: str | None,
                actor: uuid.UUID | None, since: datetime | None) -> tuple[list[dict[str, Any]], str | None]:
     """The tenant's audit log, newest first, a page at a time (owners only)."""
-    before_id = _decode_audit_cursor(cursor)
+    before_id = decode_id_cursor(cursor, "audit")
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         acting_user(conn, principal, "owner")
         rows = conn.execute(QUERIES["list_audit"], {
@@ -82,7 +62,7 @@ def list_audit(pool: DictPool, principal: Principal, cursor: str | None, limit: 
         }).fetchall()
     if len(rows) <= limit:
         return rows, None
-    return rows[:limit], _encode_audit_cursor(rows[limit - 1]["id"])
+    return rows[:limit], encode_id_cursor("audit", rows[limit - 1]["id"])
 
 
 # --- the platform operator

@@ -11,7 +11,6 @@ complete, and from raw elsewhere (shared/rollups.py); the buckets are the same e
 from __future__ import annotations
 
 import base64
-import binascii
 import math
 import unicodedata
 from datetime import datetime, timedelta
@@ -20,7 +19,8 @@ from typing import Any
 from shared.accounts.access import acting_user
 from shared.accounts.tokens import Principal
 from shared.core.db import DictConnection, DictPool, tenant_transaction
-from shared.core.exceptions import DeviceNotFound, InvalidCursor, InvalidRange, MetricNotNumeric
+from shared.core.exceptions import DeviceNotFound, InvalidRange, MetricNotNumeric
+from shared.core.paging import decode_id_cursor, encode_id_cursor
 from shared.core.sql import QUERIES
 from shared.telemetry import rollups
 
@@ -131,44 +131,26 @@ def series_points(conn: DictConnection, principal: Principal, device_id: int, me
 
 # -- ingest overview -----------------------------------------------------------------------------------------------
 
-def encode_dead_letter_cursor(dead_letter_id: int, kind: str = "dl") -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{dead_letter_id}".encode()).decode().rstrip("=")
-
-
-def decode_dead_letter_cursor(cursor: str | None, kind: str = "dl") -> int | None:
-    """The id a page of newest-first rows continues before; kind keeps one list's cursor out of another."""
-    if cursor is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, number = raw.partition(":")
-        if prefix != kind or not number.isdigit():
-            raise ValueError(raw)
-        return int(number)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor() from None
-
-
 # -- status history ------------------------------------------------------------------------------------------------
 
 def status_history(pool: DictPool, principal: Principal, device_id: int, cursor: str | None,
                    limit: int) -> tuple[list[dict[str, Any]], str | None]:
     """The device's status changes, newest first, as the drain recorded them."""
-    before_id = decode_dead_letter_cursor(cursor, "sh")
+    before_id = decode_id_cursor(cursor, "sh")
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         acting_user(conn, principal)
         _require_device(conn, principal, device_id)
         rows = conn.execute(QUERIES["status_history"], {
             "tenant_id": principal.tenant_id, "device_id": device_id, "before_id": before_id,
             "limit": limit + 1}).fetchall()
-    next_cursor = encode_dead_letter_cursor(rows[limit - 1]["id"], "sh") if len(rows) > limit else None
+    next_cursor = encode_id_cursor("sh", rows[limit - 1]["id"]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
 def ingest_overview(pool: DictPool, principal: Principal, *, minutes: int, quiet_minutes: int, cursor: str | None,
                     limit: int) -> dict[str, Any]:
     """What the drain did for the caller's tenant, and what it could not store."""
-    before_id = decode_dead_letter_cursor(cursor)
+    before_id = decode_id_cursor(cursor, "dl")
     tenant = principal.tenant_id
     with tenant_transaction(pool, str(tenant)) as conn:
         acting_user(conn, principal, *ADMIN_ROLES)
@@ -180,7 +162,7 @@ def ingest_overview(pool: DictPool, principal: Principal, *, minutes: int, quiet
         runs = conn.execute(QUERIES["recent_ingest_runs"], {"limit": RECENT_RUNS}).fetchall()
         quiet = conn.execute(QUERIES["quiet_devices"], {"tenant_id": tenant, "quiet_minutes": quiet_minutes,
                                                         "limit": 100}).fetchall()
-    next_cursor = encode_dead_letter_cursor(dead[limit - 1]["id"]) if len(dead) > limit else None
+    next_cursor = encode_id_cursor("dl", dead[limit - 1]["id"]) if len(dead) > limit else None
     return {
         "minutes": minutes,
         "messages_per_minute": per_minute,

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.alerts import rules
 from shared.broker.contract import METRIC_NAME_PATTERN
-from shared.core.paging import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.devices.manage import TAG_PATTERN
 from shared.http.deps import PREFIX, Caller, Pool, Source, problems
+from shared.http.models import DEFAULT_LIMIT, MAX_LIMIT, Page
 
 router = APIRouter(prefix=PREFIX, tags=["alerts"])
 

@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.core.paging import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.devices import commands
 from shared.http.deps import PREFIX, Caller, Config, Pool, Source, problems
+from shared.http.models import DEFAULT_LIMIT, MAX_LIMIT, Page
 
 router = APIRouter(prefix=PREFIX, tags=["commands"])
 

@@ -12,9 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.broker.contract import DEVICE_NAME_PATTERN
 from shared.core.exceptions import InvalidCsv
-from shared.core.paging import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.devices import manage
 from shared.http.deps import PREFIX, Caller, Config, Pool, Source, problems
+from shared.http.models import DEFAULT_LIMIT, MAX_LIMIT, Page
 
 router = APIRouter(prefix=PREFIX, tags=["devices"])
 

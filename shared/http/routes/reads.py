@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
 from shared.broker.contract import METRIC_NAME_PATTERN
-from shared.core.paging import DEFAULT_LIMIT, MAX_LIMIT
 from shared.http.deps import PREFIX, Caller, Pool, problems
+from shared.http.models import DEFAULT_LIMIT, MAX_LIMIT
 from shared.telemetry import reads
 
 router = APIRouter(prefix=PREFIX, tags=["reads"])

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.accounts.passwords import MIN_PASSWORD_LENGTH, generate_password
 from shared.broker.contract import TENANT_SLUG_PATTERN
 from shared.core.exceptions import Unauthenticated
-from shared.core.paging import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.http.deps import PREFIX, Caller, Config, Pool, Source, problems
+from shared.http.models import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.platform import quotas, tenancy
 
 router = APIRouter(prefix=PREFIX)

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.alerts import webhooks
 from shared.alerts.delivery import MAX_URL_LENGTH
-from shared.core.paging import DEFAULT_LIMIT, MAX_LIMIT, Page
 from shared.http.deps import PREFIX, Caller, Config, Pool, Source, problems
+from shared.http.models import DEFAULT_LIMIT, MAX_LIMIT, Page
 
 router = APIRouter(prefix=PREFIX, tags=["alerts"])
 
