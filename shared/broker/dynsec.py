@@ -14,21 +14,17 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import ssl
-import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags, MQTTMessage
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.client import Client, MQTTMessage
 from pydantic import SecretStr
 
 from shared.broker.contract import DEFAULT_ACL_ACCESS, Acl, device_acls, device_role, device_username
+from shared.broker.mqtt import BlockingConnection
 from shared.core import observability
 from shared.core.exceptions import BrokerUnavailable, DynsecError
 
@@ -49,8 +45,8 @@ def generate_password() -> str:
     return secrets.token_urlsafe(24)
 
 
-class DynsecClient:
-    """An admin connection to the dynamic-security plugin over verified TLS, MQTT v5."""
+class DynsecClient(BlockingConnection):
+    """An admin connection to the dynamic-security plugin."""
 
     def __init__(
         self,
@@ -62,26 +58,10 @@ class DynsecClient:
         timeout: float = 10.0,
         client_id: str | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
-        # None: the system's trust store (a broker with a publicly trusted certificate).
-        self.ca_file = None if ca_file is None else str(ca_file)
-        self.username = username
-        # Kept as SecretStr so no repr or traceback local shows it: an admin password owns the broker.
-        self._password = password if isinstance(password, SecretStr) else SecretStr(password)
-        self.timeout = timeout
+        super().__init__(host, port, ca_file, username, password, timeout)
         # Admin connections are short-lived and never share a session: a random id cannot kick another admin.
         self.client_id = client_id or f"dynsec-{username}-{secrets.token_hex(4)}"
-        self._client: Client | None = None
-        self._cond = threading.Condition()
-        self._connack: ReasonCode | None = None
-        self._disconnected: ReasonCode | None = None
-        self._subacks: dict[int, list[ReasonCode]] = {}
-        self._pubacks: dict[int, ReasonCode] = {}
         self._responses: dict[str, dict[str, Any] | None] = {}
-
-    def __repr__(self) -> str:
-        return f"DynsecClient({self.host}:{self.port}, username={self.username!r})"
 
     # -- connection ------------------------------------------------------------------------------------------------
 
@@ -95,40 +75,12 @@ class DynsecClient:
         self.close()
 
     def connect(self) -> None:
-        client = Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
-            # A dropped admin connection must fail the pending command, not silently come back without our
-            # subscription.
-            reconnect_on_failure=False,
-        )
-        client.tls_set(ca_certs=self.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        client.username_pw_set(self.username, self._password.get_secret_value())
-        client.connect_timeout = self.timeout
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
         deadline = time.monotonic() + self.timeout
+        connack = self._open(self.client_id, keepalive=max(5, int(self.timeout * 3)))
         try:
-            client.connect(self.host, self.port, keepalive=max(5, int(self.timeout * 3)), clean_start=True)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerUnavailable(f"cannot connect to MQTT broker {self.host}:{self.port}: {exc}") from exc
-        self._client = client
-        client.loop_start()
-        try:
-            self._wait(lambda: self._connack is not None, deadline, "CONNACK")
-            assert self._connack is not None
-            if self._connack.is_failure:
-                raise BrokerUnavailable(f"MQTT broker refused the connection: {self._connack.getName()}")
-            result, mid = client.subscribe(RESPONSE_TOPIC, qos=1)
-            self._check_queued(result, "subscribe")
-            assert mid is not None
-            self._wait(lambda: mid in self._subacks, deadline, "SUBACK")
-            with self._cond:
-                granted = self._subacks.pop(mid)[0]
+            if connack.is_failure:
+                raise BrokerUnavailable(f"MQTT broker refused the connection: {connack.getName()}")
+            granted = self._subscribe_and_wait(RESPONSE_TOPIC, deadline)
             if granted.is_failure:
                 raise DynsecError(f"not allowed to subscribe to {RESPONSE_TOPIC}: {granted.getName()}")
         except BaseException:
@@ -136,12 +88,8 @@ class DynsecClient:
             raise
         observability.event(log, "dynsec.connected", {"mqtt_username": self.username}, logging.DEBUG)
 
-    def close(self) -> None:
-        client, self._client = self._client, None
-        if client is None:
-            return
-        client.disconnect()
-        client.loop_stop()
+    def _bind(self, client: Client) -> None:
+        client.on_message = self._on_message
 
     # -- commands --------------------------------------------------------------------------------------------------
 
@@ -167,11 +115,7 @@ class DynsecClient:
         with self._cond:
             self._responses.update((cid, None) for cid in ids)
         try:
-            info = client.publish(REQUEST_TOPIC, json.dumps(payload), qos=1)
-            self._check_queued(info.rc, "publish")
-            self._wait(lambda: info.mid in self._pubacks, deadline, "PUBACK")
-            with self._cond:
-                puback = self._pubacks.pop(info.mid)
+            puback = self._publish_and_wait(REQUEST_TOPIC, json.dumps(payload), deadline)
             if puback.is_failure:
                 # The broker checks ACLs before the plugin sees anything: a v5 PUBACK 135 means this credential
                 # is not an admin.
@@ -326,40 +270,7 @@ class DynsecClient:
         if "error" in created:
             self.execute([{"command": "modifyRole", "rolename": name, "acls": commands}])
 
-    # -- paho callbacks (network thread) and waiting ---------------------------------------------------------------
-
-    def _on_connect(
-        self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None
-    ) -> None:
-        with self._cond:
-            self._connack = reason
-            self._cond.notify_all()
-
-    def _on_disconnect(
-        self,
-        client: Client,
-        userdata: Any,
-        flags: DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
-        with self._cond:
-            self._disconnected = reason
-            self._cond.notify_all()
-
-    def _on_subscribe(
-        self, client: Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Properties | None
-    ) -> None:
-        with self._cond:
-            self._subacks[mid] = reasons
-            self._cond.notify_all()
-
-    def _on_publish(
-        self, client: Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties | None
-    ) -> None:
-        with self._cond:
-            self._pubacks[mid] = reason
-            self._cond.notify_all()
+    # -- paho callbacks (network thread) ---------------------------------------------------------------------------
 
     def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
         try:
@@ -374,23 +285,6 @@ class DynsecClient:
                 if cid in self._responses:
                     self._responses[cid] = response
             self._cond.notify_all()
-
-    def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
-        with self._cond:
-            while not ready():
-                if self._disconnected is not None:
-                    raise BrokerUnavailable(
-                        f"MQTT broker closed the connection while waiting for {what}: {self._disconnected.getName()}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BrokerUnavailable(f"no {what} from the MQTT broker within {self.timeout:g} s")
-                self._cond.wait(remaining)
-
-    @staticmethod
-    def _check_queued(result: MQTTErrorCode, what: str) -> None:
-        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise BrokerUnavailable(f"MQTT {what} failed: {result.name}")
 
 
 def _subject(command: Mapping[str, Any]) -> str:

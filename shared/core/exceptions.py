@@ -28,6 +28,10 @@ class BrokerUnavailable(MqttSaasError):
     """The MQTT broker could not be reached or refused the connection."""
 
 
+class BrokerConnectionLost(BrokerUnavailable):
+    """The connection to the MQTT broker was lost (e.g. the broker restarted); a new one may work at once."""
+
+
 class DynsecError(MqttSaasError):
     """The broker's dynamic-security plugin refused a command."""
 

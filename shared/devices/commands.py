@@ -20,15 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
-from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -38,9 +34,11 @@ from pydantic import SecretStr
 from shared.accounts.access import acting_user, audit
 from shared.accounts.tokens import Principal
 from shared.broker.contract import command_topic, device_prefix
+from shared.broker.mqtt import BlockingConnection
 from shared.core import observability
 from shared.core.db import DictConnection, DictPool, tenant_transaction
 from shared.core.exceptions import (
+    BrokerConnectionLost,
     BrokerUnavailable,
     CommandArgsInvalid,
     CommandNotDelivered,
@@ -81,121 +79,32 @@ class PublishRefused(Exception):
         super().__init__(f"broker refused the {what}: {reason.getName()} ({reason.value})")
 
 
-class ConnectionLost(BrokerUnavailable):
-    """The kept connection was found dead when publishing (e.g. after a broker restart)."""
-
-
-class CommanderConnection:
-    """One MQTT v5 connection over verified TLS with the commander credential; publish() is QoS 1 and waits for
-    the PUBACK. Safe to share between threads (paho serialises writes; each publish waits for its own mid)."""
+class CommanderConnection(BlockingConnection):
+    """The API's connection with the commander credential; publish() is QoS 1 and waits for the PUBACK."""
 
     def __init__(self, host: str, port: int, ca_file: str | None, username: str, password: SecretStr,
                  timeout: float) -> None:
+        super().__init__(host, port, ca_file, username, password, timeout)
         self.key = (host, port, ca_file, username, password.get_secret_value())
-        self.host, self.port, self.ca_file, self.username = host, port, ca_file, username
-        self._password = password
-        self.timeout = timeout
-        self._cond = threading.Condition()
-        self._client: Client | None = None
-        self._connack: ReasonCode | None = None
-        self._connected = False
-        self._pubacks: dict[int, ReasonCode] = {}
-
-    def __repr__(self) -> str:
-        return f"CommanderConnection({self.host}:{self.port}, username={self.username!r})"
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None and self._connected
 
     def connect(self) -> None:
         # Not bound to a client id: each process has its own, so instances never kick each other off.
-        client = Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                        client_id=f"mqtt-saas-commander-{secrets.token_hex(6)}",
-                        protocol=MQTTProtocolVersion.MQTTv5, reconnect_on_failure=False)
-        client.tls_set(ca_certs=self.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        client.username_pw_set(self.username, self._password.get_secret_value())
-        client.connect_timeout = self.timeout
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        deadline = time.monotonic() + self.timeout
-        self._connack, self._connected = None, False
-        try:
-            client.connect(self.host, self.port, keepalive=60, clean_start=True)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerUnavailable(f"cannot connect to MQTT broker {self.host}:{self.port}: {exc}") from exc
-        self._client = client
-        client.loop_start()
-        try:
-            self._wait(lambda: self._connack is not None, deadline, "CONNACK")
-            assert self._connack is not None
-            if self._connack.is_failure:
-                raise PublishRefused(self._connack, "connection")
-        except BaseException:
+        connack = self._open(f"mqtt-saas-commander-{secrets.token_hex(6)}", keepalive=60)
+        if connack.is_failure:
             self.close()
-            raise
-
-    def close(self) -> None:
-        client, self._client = self._client, None
-        with self._cond:  # a publish waiting on this connection gives up now, not at its deadline
-            self._connected = False
-            self._cond.notify_all()
-        if client is None:
-            return
-        client.disconnect()
-        client.loop_stop()
+            raise PublishRefused(connack, "connection")
 
     def publish(self, topic: str, payload: bytes, properties: Properties) -> None:
-        """QoS 1; returns once the broker acknowledged it. BrokerUnavailable if it cannot tell in time
-        (the connection is then dropped, the next publish opens another); PublishRefused on PUBACK >= 128."""
-        client = self._client
-        if client is None or not self._connected:
-            raise ConnectionLost("not connected")
-        deadline = time.monotonic() + self.timeout
-        info = client.publish(topic, payload, qos=1, properties=properties)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.close()
-            raise ConnectionLost(f"publish not queued: {info.rc}")
+        """Returns once the broker acknowledged it. BrokerUnavailable if it cannot tell in time (the connection
+        is then dropped, the next publish opens another); BrokerConnectionLost when the connection was found
+        dead; PublishRefused on PUBACK >= 128."""
         try:
-            self._wait(lambda: info.mid in self._pubacks or not self._connected, deadline, "PUBACK")
+            reason = self._publish_and_wait(topic, payload, time.monotonic() + self.timeout, properties)
         except BrokerUnavailable:
             self.close()
             raise
-        with self._cond:
-            reason = self._pubacks.pop(info.mid, None)
-        if reason is None:
-            self.close()
-            raise ConnectionLost("connection lost before the PUBACK")
         if reason.is_failure:
             raise PublishRefused(reason)
-
-    def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
-        with self._cond:
-            while not ready():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BrokerUnavailable(f"no {what} from the MQTT broker within {self.timeout:g}s")
-                self._cond.wait(remaining)
-
-    def _on_connect(self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode,
-                    properties: Properties | None) -> None:
-        with self._cond:
-            self._connack, self._connected = reason, not reason.is_failure
-            self._cond.notify_all()
-
-    def _on_disconnect(self, client: Client, userdata: Any, flags: DisconnectFlags, reason: ReasonCode,
-                       properties: Properties | None) -> None:
-        with self._cond:
-            self._connected = False
-            self._connack = self._connack or reason
-            self._cond.notify_all()
-
-    def _on_publish(self, client: Client, userdata: Any, mid: int, reason: ReasonCode,
-                    properties: Properties | None) -> None:
-        with self._cond:
-            self._pubacks[mid] = reason
-            self._cond.notify_all()
 
 
 _connection: CommanderConnection | None = None
@@ -296,7 +205,7 @@ def _publish(settings: Settings, topic: str, payload: bytes, properties: Propert
     connection = commander_connection(settings)
     try:
         connection.publish(topic, payload, properties)
-    except ConnectionLost:
+    except BrokerConnectionLost:
         # A kept connection that died since the last command (a broker restart) may be found dead only now:
         # one try on a fresh connection (not after a timeout: a broker that is slow now would be twice as slow).
         # Should the first copy have reached the broker after all, the device sees the command twice, with the

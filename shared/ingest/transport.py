@@ -21,7 +21,6 @@ import inspect
 import logging
 import select
 import socket
-import ssl
 import struct
 import time
 import uuid
@@ -38,6 +37,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.broker.contract import DRAIN_SUBSCRIPTIONS, drain_marker_topic
+from shared.broker.mqtt import tls_client
 from shared.core.exceptions import BrokerUnavailable
 from shared.core.settings import Settings
 from shared.ingest.pipeline import InboundMessage
@@ -156,15 +156,10 @@ class DrainConnection:
         self._control_mids: list[int] = []  # markers to ack; they are not data
         self._connack: ReasonCode | None = None
         self._suback: list[ReasonCode] | None = None
-        client = _DrainClient(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=settings.mqtt_ingest_client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        client.username_pw_set(settings.mqtt_ingest_username, settings.mqtt_ingest_password.get_secret_value())
-        client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED,
-                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client = tls_client(settings.mqtt_ingest_client_id, settings.mqtt_ingest_username,
+                            settings.mqtt_ingest_password, settings.mqtt_ca_file, client_class=_DrainClient,
+                            manual_ack=True)
+        assert isinstance(client, _DrainClient)
         client.connection = self
         client.on_message = self._on_message
         client.on_connect = self._on_connect
