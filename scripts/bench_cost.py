@@ -522,7 +522,8 @@ def _timed_steps(settings) -> dict[str, float]:
     notes the time at paho's connect() returning, at CONNACK and at SUBACK by wrapping them in
     this process only; nothing in shared/ changes."""
     from shared.ingest import transport
-    from shared.ingest.pipeline import BatchOutcome, IngestStore
+    from shared.ingest.messages import BatchOutcome
+    from shared.ingest.store import IngestStore
 
     marks: dict[str, float] = {}
 

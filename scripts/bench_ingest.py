@@ -56,7 +56,7 @@ from shared.core.db import create_pool  # noqa: E402
 from shared.core.settings import settings_from  # noqa: E402
 from shared.core.sql import one_row  # noqa: E402
 from shared.ingest.drain import drain_once  # noqa: E402
-from shared.ingest.pipeline import DeviceDirectory  # noqa: E402
+from shared.ingest.store import DeviceDirectory  # noqa: E402
 from shared.ingest.transport import FAST_PATH, DrainConnection, drop_session, prepare_session  # noqa: E402
 from tests.support.registry import create_tenant, provision_device  # noqa: E402
 

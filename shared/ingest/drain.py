@@ -32,17 +32,9 @@ from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_
 
 from shared.core import observability
 from shared.core.settings import Settings
-from shared.ingest.pipeline import (
-    BatchOutcome,
-    DeviceDirectory,
-    InboundMessage,
-    IngestStore,
-    PreparedBatch,
-    TimeWindow,
-    prepare_batch,
-    record_skipped_run,
-    topic_keys,
-)
+from shared.ingest.batch import prepare_batch, topic_keys
+from shared.ingest.messages import BatchOutcome, InboundMessage, PreparedBatch, TimeWindow
+from shared.ingest.store import DeviceDirectory, IngestStore, record_skipped_run
 from shared.ingest.transport import DrainConnection, drop_session, prepare_session
 from shared.ingest.validation import Limits
 

@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from shared.core.observability import QUOTA_USAGE
 from shared.core.sql import QUERIES
+from shared.ingest.messages import DeadLetter, DeviceRef, InboundMessage, MessageSpan, PreparedBatch, TenantCounts
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg.rows import TupleRow
-
-    from shared.ingest.pipeline import InboundMessage, PreparedBatch
 
 QUOTA_REASON = "quota"
 
@@ -101,9 +100,7 @@ class MessageMeter:
 
     def _metered(self, conn: psycopg.Connection[TupleRow], messages: Sequence[InboundMessage],
                  batch: PreparedBatch, hour: datetime) -> PreparedBatch:
-        from shared.ingest.pipeline import DeadLetter, DeviceRef, PreparedBatch
-
-        wanted = {tenant: counts[0] for tenant, counts in batch.tenant_counts.items() if counts[0]}
+        wanted = {tenant: counts.messages for tenant, counts in batch.tenant_counts.items() if counts.messages}
         if not wanted:
             return batch
         admitted = self.admissible(conn, wanted, hour)
@@ -111,7 +108,8 @@ class MessageMeter:
             return batch
         metered = PreparedBatch(dead_letters=list(batch.dead_letters), presence=batch.presence,
                                 oldest_ts_us=batch.oldest_ts_us, units=batch.units,
-                                tenant_counts={t: list(c) for t, c in batch.tenant_counts.items()})
+                                tenant_counts={t: TenantCounts(c.messages, c.readings, c.dead_lettered)
+                                              for t, c in batch.tenant_counts.items()})
         left = dict(admitted)
         for index, start, end in batch.spans:
             tenant_id, device_id, _ = batch.copy_lines[start].split("\t", 2)
@@ -120,28 +118,28 @@ class MessageMeter:
                     left[tenant_id] -= 1
                 first = len(metered.copy_lines)
                 metered.copy_lines.extend(batch.copy_lines[start:end])
-                metered.spans.append((index, first, len(metered.copy_lines)))
+                metered.spans.append(MessageSpan(index, first, len(metered.copy_lines)))
                 continue
             message = messages[index]
             metered.dead_letters.append(DeadLetter(message.topic, QUOTA_REASON, self.describe(tenant_id),
                                                    message.payload, DeviceRef(tenant_id, int(device_id), True)))
             counts = metered.tenant_counts[tenant_id]
-            counts[0] -= 1
-            counts[1] -= end - start
-            counts[2] += 1
+            counts.messages -= 1
+            counts.readings -= end - start
+            counts.dead_lettered += 1
         return metered
 
 
 def usage_params(batch: PreparedBatch, hour: datetime) -> dict[str, Any] | None:
     """count_usage's parameters for a batch about to commit; None when it meters nothing."""
     over = Counter(d.device.tenant_id for d in batch.dead_letters if d.reason == QUOTA_REASON and d.device)
-    tenants = sorted({t for t, c in batch.tenant_counts.items() if c[0]} | set(over))
+    tenants = sorted({t for t, c in batch.tenant_counts.items() if c.messages} | set(over))
     if not tenants:
         return None
     return {"hour": hour, "tenant_ids": tenants,
-            "messages": [batch.tenant_counts.get(t, [0])[0] for t in tenants],
+            "messages": [batch.tenant_counts[t].messages if t in batch.tenant_counts else 0 for t in tenants],
             "over_quota": [over[t] for t in tenants]}
 
 
 def counted(batch: PreparedBatch) -> dict[str, int]:
-    return {t: c[0] for t, c in batch.tenant_counts.items() if c[0]}
+    return {t: c.messages for t, c in batch.tenant_counts.items() if c.messages}

@@ -40,7 +40,7 @@ from shared.broker.contract import DRAIN_SUBSCRIPTIONS, drain_marker_topic
 from shared.broker.mqtt import tls_client
 from shared.core.exceptions import BrokerUnavailable
 from shared.core.settings import Settings
-from shared.ingest.pipeline import InboundMessage
+from shared.ingest.messages import InboundMessage
 
 log = logging.getLogger(__name__)
 

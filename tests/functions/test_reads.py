@@ -15,7 +15,9 @@ import pytest
 
 from shared.core.db import tenant_transaction
 from shared.core.settings import Settings
-from shared.ingest.pipeline import DeviceDirectory, InboundMessage, IngestStore, TimeWindow, prepare_batch, topic_keys
+from shared.ingest.batch import prepare_batch, topic_keys
+from shared.ingest.messages import InboundMessage, TimeWindow
+from shared.ingest.store import DeviceDirectory, IngestStore
 from shared.ingest.validation import Limits
 from shared.telemetry.retention import maintenance_connection
 from shared.telemetry.rollups import roll_up

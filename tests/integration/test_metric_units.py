@@ -10,7 +10,9 @@ import psycopg
 import pytest
 
 from shared.core.db import tenant_transaction
-from shared.ingest.pipeline import DeviceDirectory, InboundMessage, IngestStore, TimeWindow, prepare_batch, topic_keys
+from shared.ingest.batch import prepare_batch, topic_keys
+from shared.ingest.messages import InboundMessage, TimeWindow
+from shared.ingest.store import DeviceDirectory, IngestStore
 from shared.ingest.validation import Limits
 from tests.support.api import new_tenant
 from tests.support.registry import create_device

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.ingest.pipeline import DeviceDirectory, DeviceRef, InboundMessage, TimeWindow, prepare_batch
+from shared.ingest.batch import prepare_batch
+from shared.ingest.messages import DeviceRef, InboundMessage, Presence, TimeWindow
+from shared.ingest.store import DeviceDirectory
 from shared.ingest.validation import Limits, Rejected, parse_topic, timestamp_us, validate_status, validate_telemetry
 
 NOW_US = 1_763_900_000_000_000
@@ -73,7 +75,7 @@ def test_prepare_batch_escapes_text_and_keeps_one_line_per_reading():
         f"{TENANT}\t1\ton\t1763900000000000\t3\t\\N\tf\t\\N\n",
         f"{TENANT}\t1\tt\t1763900000000000\t3\t2.5\t\\N\t\\N\n",
     ]
-    assert batch.presence == {(TENANT, 1): [1763900000000000, "online"]}
+    assert batch.presence == {(TENANT, 1): Presence(1763900000000000, "online")}
 
 
 def test_prepare_batch_stamps_a_reading_without_ts_with_its_receive_time():
@@ -100,4 +102,4 @@ def test_last_status_message_in_a_batch_wins():
         InboundMessage("t/acme/d/p1/status", b"offline", NOW_US),
     ]
     batch = prepare_batch(messages, directory("p1"), Limits(), WINDOW, NOW_US)
-    assert batch.presence[(TENANT, 1)] == [NOW_US, "offline"]
+    assert batch.presence[(TENANT, 1)] == Presence(NOW_US, "offline")
