@@ -56,7 +56,7 @@ def test_bare_path_redirects_so_relative_files_resolve():
     assert (bare.status_code, bare.headers["Location"]) == (308, "/api/dashboard/")
 
 
-@pytest.mark.parametrize("path", ["../function_app.py", "../shared/settings.py", "vendor_assets.py", ".hidden.js",
+@pytest.mark.parametrize("path", ["../function_app.py", "../shared/core/settings.py", "vendor_assets.py", ".hidden.js",
                                   "i18n/../../function_app.py", "views/../../README.md", "missing.js", "%2e%2e/x.js",
                                   "vendor/uplot/LICENSE"])
 def test_only_the_pages_own_files_are_served(path):

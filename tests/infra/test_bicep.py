@@ -476,7 +476,7 @@ def test_alerts_watch_failures_drain_summaries_and_vm_cpu() -> None:
 
 
 def test_drain_summary_line_is_what_the_alerts_look_for() -> None:
-    source = (ROOT / "shared" / "mqtt_drain.py").read_text()
+    source = (ROOT / "shared" / "ingest" / "drain.py").read_text()
     assert 'log.info("ingest.summary %s"' in source
 
 

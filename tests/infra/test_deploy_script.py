@@ -216,7 +216,7 @@ def test_the_published_package_holds_the_app_and_nothing_else(tmp_path: Path) ->
     assert not list(package.rglob("__pycache__"))
     # AND the app imports from it alone (nothing it needs lives in scripts/ or tests/), with its functions registered
     done = subprocess.run([sys.executable, "-P", "-c",
-                           "import function_app; from shared import dashboard; "
+                           "import function_app; from shared.http import static as dashboard; "
                            "assert dashboard.ROOT.is_relative_to(__import__('pathlib').Path.cwd()); "
                            "assert dashboard.find_asset('index.html') is not None; "
                            "print(len(function_app.app.get_functions()))"],
