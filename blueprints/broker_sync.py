@@ -3,8 +3,7 @@ import azure.functions as func
 
 from shared.broker.credential_sync import run_broker_sync
 from shared.core.db import get_pool
-from shared.core.observability import timer_run
-from shared.core.settings import get_settings
+from shared.core.observability import run_timer
 
 bp = func.Blueprint()
 
@@ -13,6 +12,4 @@ bp = func.Blueprint()
 # app from indexing, and every minute is what the outbox's retry promise is written against.
 @bp.timer_trigger(arg_name="timer", schedule="0 */1 * * * *", run_on_startup=False, use_monitor=False)
 def broker_sync(timer: func.TimerRequest) -> None:
-    settings = get_settings()
-    with timer_run("broker_sync", settings):
-        run_broker_sync(get_pool(), settings)
+    run_timer("broker_sync", lambda settings: run_broker_sync(get_pool(), settings))

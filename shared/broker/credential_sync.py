@@ -155,15 +155,15 @@ def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str]
     except (BrokerUnavailable, DynsecError, OSError, ValueError) as exc:
         report.broker_unavailable = True
         _note_unreachable(pool, keys, exc)
-        log.warning("broker_sync: broker unavailable, %d device queues stay pending: %s", len(keys),
-                    type(exc).__name__)
+        observability.event(log, "broker_sync.broker_unavailable", {"pending_devices": len(keys),
+                                                                    "error": type(exc).__name__}, logging.WARNING)
         return report
     deadline = None if budget_s is None else time.monotonic() + budget_s
     try:
         for done, key in enumerate(keys):
             if deadline is not None and time.monotonic() > deadline:
                 report.deferred = len(keys) - done
-                log.info("broker_sync: time budget spent, %d device queues left to the timer", report.deferred)
+                observability.event(log, "broker_sync.out_of_time", {"deferred": report.deferred})
                 break
             if not _sync_device(pool, settings, dynsec, key, wait, report):
                 break
@@ -400,6 +400,6 @@ def run_broker_sync(pool: DictPool, settings: Settings, only_tenants: Collection
     retired = retire_expired_credentials(pool)
     sync = sync_outbox(pool, settings)
     drift = None if sync.broker_unavailable else reconcile(pool, settings, only_tenants)
-    log.info("broker_sync: retired %d, applied %d, failed %d, reconciled %s", retired, sync.applied, sync.failed,
-             drift is not None)
+    observability.event(log, "broker_sync.run", {"retired": retired, "applied": sync.applied, "failed": sync.failed,
+                                                 "deferred": sync.deferred, "reconciled": drift is not None})
     return BrokerSyncReport(retired, sync, drift)

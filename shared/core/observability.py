@@ -24,17 +24,17 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 
+from shared.core.settings import Settings, get_settings
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
-
-    from shared.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,15 @@ def record_counts(counter: metrics.Counter, counts: Mapping[str, int], attribute
     for key, count in counts.items():
         if count:
             counter.add(count, {attribute: key})
+
+
+def run_timer(function_name: str, work: Callable[[Settings], object]) -> None:
+    """One timer run, the same for every timer: settings read, metrics export configured, the work (which logs
+    its own summary line), its duration recorded and the metrics pushed before the run returns. What the work
+    raises propagates, so the invocation shows as failed in Application Insights."""
+    settings = get_settings()
+    with timer_run(function_name, settings):
+        work(settings)
 
 
 @contextmanager

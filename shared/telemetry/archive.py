@@ -378,6 +378,8 @@ def run_blob_archiver(settings: Settings, *, container: Any = None, today: date 
     observability.event(log, "archive.run", {"days": report.days_archived, "rows": report.rows_deleted,
                                              "bytes": report.bytes_uploaded, "days_left": report.days_left,
                                              "busy": report.busy})
+    if report.days_left:
+        observability.event(log, "archive.out_of_time", {"days_left": report.days_left}, logging.WARNING)
     return report
 
 
