@@ -77,7 +77,7 @@ def broker_of_each_key_type(request, tmp_path: Path):
     """The local stack's certificates (P-256), and the VM's (RSA 3072 CA, RSA 2048 server key, as cloud-init)."""
     folder = tmp_path / "mosquitto"
     if request.param == "rsa2048-vm":
-        from scripts.bench_broker import vm_like_certificates
+        from scripts.bench.broker import vm_like_certificates
 
         vm_like_certificates(folder)
     broker = MosquittoBroker(folder)

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Times a backup to Blob and a restore drill on a database of known size: what a restore costs in time (RTO).
 
-    .venv/bin/python scripts/bench_backup.py [--device-days 4]
+    .venv/bin/python scripts/bench/backup.py [--device-days 4]
 
 Starts a private PostgreSQL and Azurite in a temporary folder, migrates a database, fills --device-days of raw
-readings (one device-day: 5 metrics every second, 432,000 rows, ~97 MB; as scripts/bench_storage.py writes them),
+readings (one device-day: 5 metrics every second, 432,000 rows, ~97 MB; as scripts/bench/storage.py writes them),
 then runs scripts/pg_backup.py's backup() to Azurite and scripts/pg_restore_drill.py's drill() from it, and prints
 the database size, the dump's size and both durations. The last line is machine-readable:
 backup_bench db_bytes=... dump_bytes=... backup_s=... restore_s=... drill_s=... ok=...
@@ -19,7 +19,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import psycopg  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks the blob_archiver: one tenant-day of --rows readings to Parquet in Azurite, verified, deleted.
 
-    .venv/bin/python scripts/bench_archive.py [--rows 1000000] [--devices 3]
+    .venv/bin/python scripts/bench/archive.py [--rows 1000000] [--devices 3]
 
 Starts a private PostgreSQL and Azurite in a temporary folder, migrates, and loads --rows readings of a
 free-plan tenant on one day 40 days back (5 metrics per reading: 3 numbers, a boolean, a short text; 1-s
@@ -27,7 +27,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import psycopg  # noqa: E402

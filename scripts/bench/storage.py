@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measures PostgreSQL storage per device and day: raw readings in telemetry, and what rollups would take.
 
-    .venv/bin/python scripts/bench_storage.py [--metrics 5] [--interval-s 1]
+    .venv/bin/python scripts/bench/storage.py [--metrics 5] [--interval-s 1]
 
 Starts a private PostgreSQL in a temporary folder, applies sql/migrations, and fills one day's partition of
 telemetry with one device's readings: one every --interval-s seconds, --metrics metrics each (four numbers and a
@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import psycopg  # noqa: E402

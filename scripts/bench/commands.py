@@ -2,7 +2,7 @@
 """Benchmarks commands to devices: time per command through the API, and a kept broker connection against a
 connection per command.
 
-    .venv/bin/python scripts/bench_commands.py [--commands 200]
+    .venv/bin/python scripts/bench/commands.py [--commands 200]
 
 Starts a private PostgreSQL, Mosquitto (TLS + dynamic security) and Azurite in a temporary folder, provisions one
 device and subscribes as that device to its command topic (every command must arrive), then times:
@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import azure.functions as func  # noqa: E402

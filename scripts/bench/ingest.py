@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks the mqtt_ingest drain against its own transport and against a fair naive design.
 
-    .venv/bin/python scripts/bench_ingest.py [--messages 200000] [--naive-messages 20000]
+    .venv/bin/python scripts/bench/ingest.py [--messages 200000] [--naive-messages 20000]
 
 Starts a private PostgreSQL and Mosquitto in a temporary folder and, for each phase, pre-queues a
 backlog of telemetry messages (3 metrics each, 20 devices) on a persistent session of the drain's
@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import paho.mqtt.client as mqtt  # noqa: E402

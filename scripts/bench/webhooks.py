@@ -2,7 +2,7 @@
 """Benchmarks webhook delivery: the outbox's throughput to a local receiver against the same HTTP calls with no
 database work, and a delivery step with nothing due.
 
-    .venv/bin/python scripts/bench_webhooks.py [--tenants 20] [--events 50]
+    .venv/bin/python scripts/bench/webhooks.py [--tenants 20] [--events 50]
 
 Starts a private PostgreSQL (and the rest of the local stack) in a temporary folder, and a receiver (http.server,
 threaded, answering 204) on 127.0.0.1. Each tenant gets one rule with one target and --events open events (inserted
@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import psycopg  # noqa: E402

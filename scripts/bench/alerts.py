@@ -2,7 +2,7 @@
 """Benchmarks the alert evaluator (issue 13 §5): one set-based run over every tenant against a naive
 per-device loop over the same rules.
 
-    .venv/bin/python scripts/bench_alerts.py [--tenants 100] [--devices 10000] [--hours 24]
+    .venv/bin/python scripts/bench/alerts.py [--tenants 100] [--devices 10000] [--hours 24]
 
 Starts a private PostgreSQL (with Mosquitto and Azurite, unused) in a temporary folder, makes
 --tenants tenants sharing --devices devices, one 'temperature' reading per device and minute for
@@ -32,7 +32,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import psycopg  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks what the scheduled mqtt_ingest drain costs on Flex Consumption, per cadence and fleet.
 
-    .venv/bin/python scripts/bench_cost.py [--cadences 10,30,60] [--fleets idle,0.1,1] [--runs N]
+    .venv/bin/python scripts/bench/cost.py [--cadences 10,30,60] [--fleets idle,0.1,1] [--runs N]
                                            [--default-cadence 60] [--quick]
 
 Starts a private PostgreSQL and Mosquitto in a temporary folder, creates a tenant with 50 devices
@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import paho.mqtt.client as mqtt  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks device creation through the admin API, broker sync included.
 
-    .venv/bin/python scripts/bench_devices.py [--creates 50] [--bulk-rows 500] [--bulk-runs 3]
+    .venv/bin/python scripts/bench/devices.py [--creates 50] [--bulk-rows 500] [--bulk-runs 3]
 
 Starts a private PostgreSQL, Mosquitto (TLS + dynamic security) and Azurite in a temporary folder,
 then drives the app's registered `api` function as the Functions host would (the ASGI adapter and
@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import azure.functions as func  # noqa: E402

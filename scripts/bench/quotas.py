@@ -2,7 +2,7 @@
 """Benchmarks what plan quotas cost the API: the database's quota trigger on device inserts, and
 GET /api/usage.
 
-    .venv/bin/python scripts/bench_quotas.py [--devices 1000] [--inserts 200]
+    .venv/bin/python scripts/bench/quotas.py [--devices 1000] [--inserts 200]
 
 Starts a private PostgreSQL, Mosquitto and Azurite in a temporary folder (only PostgreSQL is
 used), makes a tenant on a metered plan (its device limit raised out of the way) holding
@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import azure.functions as func  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measures Mosquitto's own CPU time per message in, per message out to the drain, and per TLS handshake.
 
-    .venv/bin/python scripts/bench_broker.py [--devices 50] [--messages 50000] [--handshakes 500] [--idle-s 20]
+    .venv/bin/python scripts/bench/broker.py [--devices 50] [--messages 50000] [--handshakes 500] [--idle-s 20]
 
 Starts a private Mosquitto in a temporary folder as the local stack does (TLS, dynamic security, the broker contract's
 settings: persistence, queue limits), provisions --devices device credentials, and reads the broker process's
@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import paho.mqtt.client as mqtt  # noqa: E402

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmarks GET /api/devices/{id}/series on a month of one-second data for one device.
 
-    .venv/bin/python scripts/bench_series.py [--days 30] [--repeat 5] [--cold-repeat 3]
+    .venv/bin/python scripts/bench/series.py [--days 30] [--repeat 5] [--cold-repeat 3]
 
-Starts a private PostgreSQL in a temporary folder (scripts/localstack, as bench_ingest.py does),
+Starts a private PostgreSQL in a temporary folder (scripts/localstack, as bench/ingest.py does),
 migrates a database and loads with COPY, in ts order as the drain writes: one device's metric
 `temp` every second for --days days (30: 2,592,000 rows), the same device's `rpm` every 10 s,
 --other-devices (3) other devices and another tenant's device every 10 s, each received 2 s after its
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import psycopg  # noqa: E402
