@@ -18,20 +18,12 @@ PAGES = {
 
 
 def script_exists(script: str) -> bool:
-    # The benchmarks move from scripts/bench_<name>.py to scripts/bench/<name>.py; the docs name the new place,
-    # and until the move lands the old file stands for it.
-    if (REPO / script).exists():
-        return True
-    if script == "scripts/bench":
-        return any((REPO / "scripts").glob("bench_*.py"))
-    old = re.fullmatch(r"scripts/bench/([a-z_]+\.py)", script)
-    return bool(old) and (REPO / "scripts" / f"bench_{old.group(1)}").is_file()
+    return (REPO / script).exists()
 
 
 def benchmark_names() -> set[str]:
     # A benchmark is a script (it runs as __main__); a helper module beside them is not one.
-    scripts = [*(REPO / "scripts" / "bench").glob("*.py"), *(REPO / "scripts").glob("bench_*.py")]
-    return {path.stem.removeprefix("bench_") for path in scripts if "__main__" in path.read_text()}
+    return {path.stem for path in (REPO / "scripts" / "bench").glob("*.py") if "__main__" in path.read_text()}
 
 
 def test_the_runbook_cites_every_operator_query_and_only_existing_ones() -> None:
