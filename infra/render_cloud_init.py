@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import shlex
 import sys
@@ -63,9 +64,16 @@ def evaluate(expression: Any, variables: dict[str, Any], params: dict[str, Any])
     raise ValueError(f"brokerVm.bicep builds cloud-init with a form not evaluated here: {expression}")
 
 
+@functools.cache
+def _variables() -> dict[str, Any]:
+    # Parsing the template is most of a render's time; it does not change while a process runs.
+    variables: dict[str, Any] = BicepParser().parse(file_path=MODULES / "brokerVm.bicep")["variables"]
+    return variables
+
+
 def render(broker_host: str, key_vault_uri: str, enable_websockets: bool = False, admin_username: str = "azureuser",
            lets_encrypt_email: str = "", lets_encrypt_key_type: str = "ecdsa") -> str:
-    variables = BicepParser().parse(file_path=MODULES / "brokerVm.bicep")["variables"]
+    variables = _variables()
     params = {"brokerFqdn": broker_host, "keyVaultUri": key_vault_uri, "enableWebsockets": enable_websockets,
               "adminUsername": admin_username, "letsEncryptEmail": lets_encrypt_email,
               "letsEncryptKeyType": lets_encrypt_key_type}

@@ -20,7 +20,18 @@ from shared.ingest.drain import drop_session
 pytest_plugins = ["tests.stack_fixtures"]
 
 TEMPLATE_DB = "mqtt_saas_template"
+
+# A test whose fixtures reach one of these needs a server; every other test is in the fast tier
+# (`scripts/test --fast`). A test that starts a server without them says so with @pytest.mark.server.
+SERVER_FIXTURES = frozenset({"postgres_server", "mosquitto_broker", "azurite_server", "browser", "host"})
 _PROJECT_ENV_PREFIXES = ("DATABASE_", "INGEST_", "MQTT_", "STORAGE_")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures.isdisjoint(SERVER_FIXTURES) and item.get_closest_marker("server") is None:
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from scripts.localstack import PostgresServer, is_running, process_table
+
+# Each test starts its own server(s), not the harness's.
+pytestmark = pytest.mark.server
 
 REPO = Path(__file__).resolve().parents[2]
 DEV = REPO / "scripts" / "dev"

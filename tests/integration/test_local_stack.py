@@ -697,6 +697,7 @@ def test_postgres_refuses_a_tcp_login_without_the_right_password(
         assert conn.execute("SELECT current_user").fetchone() == (role,)
 
 
+@pytest.mark.server
 def test_postgres_cluster_from_before_passwords_requires_them_after_a_start(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,9 @@ from scripts.localstack import MosquittoBroker
 from scripts.rotate_secrets import set_broker_password, set_role_password, url_password, with_password
 from tests.support.waiting import wait_for
 
+# Each test starts its own server(s), not the harness's.
+pytestmark = pytest.mark.server
+
 REPO = Path(__file__).resolve().parents[2]
 
 
