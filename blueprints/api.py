@@ -1,5 +1,5 @@
 """The admin API: every /api/... request (other than the more specific /api/health) goes to the
-FastAPI app in shared/api through the Functions ASGI adapter. The app authenticates requests
+FastAPI app in shared/http through the Functions ASGI adapter. The app authenticates requests
 itself (bearer tokens), so the route is anonymous to the host."""
 import azure.functions as func
 

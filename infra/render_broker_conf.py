@@ -1,4 +1,4 @@
-"""Renders what the broker VM takes from shared/broker_contract.py into infra/generated/:
+"""Renders what the broker VM takes from shared/broker/contract.py into infra/generated/:
 mosquitto.conf (BROKER_SETTINGS with the VM's paths) and dynsec-bootstrap.sh (default ACL access, the
 provisioner's, the drain's and the API commander's roles and clients, as mosquitto_ctrl commands).
 
@@ -67,7 +67,7 @@ def render_dynsec_bootstrap() -> str:
     and the roles' ACLs to the contract; it never changes a password."""
     lines = [
         "#!/usr/bin/env bash",
-        "# Rendered from shared/broker_contract.py by infra/render_broker_conf.py; edits are lost.",
+        "# Rendered from shared/broker/contract.py by infra/render_broker_conf.py; edits are lost.",
         "set -euo pipefail",
         "# The VM's broker unless told otherwise (the tests point it at their own).",
         'ctrl() { mosquitto_ctrl -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" '
@@ -75,7 +75,7 @@ def render_dynsec_bootstrap() -> str:
         '-P "$MQTT_ADMIN_PASSWORD" dynsec "$@"; }',
         *(f"ctrl createRole {role} || true" for role in SERVICE_ROLES),
         # Default access and the roles' whole ACL lists (modifyRole replaces them, so a re-run after a contract
-        # change also drops what the contract dropped), as JSON to the control topic, the way shared/dynsec.py
+        # change also drops what the contract dropped), as JSON to the control topic, the way shared/broker/dynsec.py
         # sends them: mosquitto_ctrl's setDefaultACLAccess changes nothing on 2.0.11 (measured) though it exits 0.
         'mosquitto_pub -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" '
         '--cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" '

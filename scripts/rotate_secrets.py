@@ -84,8 +84,8 @@ def set_role_password(admin_url: str, role: str, password: str) -> None:
 
 
 def broker_ca_file(argument: str | None, environ: Mapping[str, str]) -> str | None:
-    """The app's rule (shared/settings.py, MQTT_CA_FILE): a file verifies the broker; empty or unset means the system
-    CA store (a broker with Let's Encrypt's certificate)."""
+    """The app's rule (shared/core/settings.py, MQTT_CA_FILE): a file verifies the broker; empty or unset means the
+    system CA store (a broker with Let's Encrypt's certificate)."""
     value = argument if argument is not None else environ.get("MQTT_CA_FILE", "")
     return value or None
 
@@ -182,7 +182,7 @@ def rotate_jwt(azure: Azure) -> None:
     print(f"[2/4] Key Vault {JWT_SECRET_NAME}: new version")
     azure.write_secret(JWT_SECRET_NAME, secrets.token_hex(32))
     print("[3/4] nothing outside the app checks it")
-    # The webhook signing secrets are encrypted with a key derived from this one (shared/webhooks.py).
+    # The webhook signing secrets are encrypted with a key derived from this one (shared/alerts/delivery.py).
     print("WARNING: every stored alert-webhook secret becomes unreadable with the new secret: rotate each target's "
           "secret afterwards (POST /api/alerts/rules/{rule}/webhooks/{id}/rotate-secret) and give receivers the new "
           "one; until then their deliveries fail with 'secret unavailable'", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Custom checkov checks on NSG rules, for the Bicep templates in infra/.
 
 CKV_MQTTSAAS_1: no rule allows inbound TCP to 1883 (plain-text MQTT), from anywhere. The broker has no plain-text
-listener (shared/broker_contract.render_mosquitto_conf renders one TLS listener), so such a rule is always a mistake.
+listener (shared/broker/contract.py render_mosquitto_conf renders one TLS listener), so such a rule is always a mistake.
 No built-in check knows MQTT.
 
 CKV_MQTTSAAS_2: no rule allows inbound SSH (22) from the Internet. Checkov 3.3.30's own CKV_AZURE_10 compares the

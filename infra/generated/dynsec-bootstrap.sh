@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rendered from shared/broker_contract.py by infra/render_broker_conf.py; edits are lost.
+# Rendered from shared/broker/contract.py by infra/render_broker_conf.py; edits are lost.
 set -euo pipefail
 # The VM's broker unless told otherwise (the tests point it at their own).
 ctrl() { mosquitto_ctrl -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" --cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" -P "$MQTT_ADMIN_PASSWORD" dynsec "$@"; }

@@ -1,5 +1,5 @@
 // The Mosquitto VM: Ubuntu 24.04, SSH keys only, configured on first boot by ../cloud-init.yaml, whose
-// mosquitto.conf is ../generated/mosquitto.conf (rendered from shared/broker_contract.py by
+// mosquitto.conf is ../generated/mosquitto.conf (rendered from shared/broker/contract.py by
 // infra/render_broker_conf.py; tests/infra/test_bicep.py keeps the two identical). Its TLS certificate comes from a
 // CA generated on the VM, or, with letsEncryptEmail, from Let's Encrypt (../letsencrypt.sh).
 //

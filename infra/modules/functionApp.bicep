@@ -1,5 +1,5 @@
 // The function app on Flex Consumption (FC1, Linux): its own host storage (timer leases, the deployment
-// package container), the plan, the site with a system-assigned identity, every app setting shared/settings.py
+// package container), the plan, the site with a system-assigned identity, every app setting shared/core/settings.py
 // reads (secrets as Key Vault references), and the identity's role assignments.
 
 @description('Required. Base name of the resources, e.g. "mqtt-saas".')
@@ -162,7 +162,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
-// Secrets come from Key Vault; everything else is a plain value. Keep in step with shared/settings.py:
+// Secrets come from Key Vault; everything else is a plain value. Keep in step with shared/core/settings.py:
 // tests/infra/test_bicep.py fails when a setting the app reads is missing here or one set here is read by nobody.
 var appSettings = [
   {

@@ -107,7 +107,7 @@ resource functionFailuresAlert 'Microsoft.Insights/scheduledQueryRules@2023-03-1
   }
 }
 
-// Every drain run logs one "ingest.summary {json}" line (shared/mqtt_drain.py). A run with status "failed".
+// Every drain run logs one "ingest.summary {json}" line (shared/ingest/drain.py). A run with status "failed".
 resource drainFailedAlert 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = {
   name: 'alert-drain-failed-${resourceToken}'
   location: location

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmarks the alert evaluator (issue 13 §5): one set-based run over every tenant against a naive
+"""Benchmarks the alert evaluator: one set-based run over every tenant against a naive
 per-device loop over the same rules.
 
     .venv/bin/python scripts/bench/alerts.py [--tenants 100] [--devices 10000] [--hours 24]
@@ -10,7 +10,7 @@ Starts a private PostgreSQL (with Mosquitto and Azurite, unused) in a temporary 
 hour, a seventh of them reading 1000 for the last three minutes, and per tenant 3 threshold rules
 (avg/max/last over 10-60 minutes), 3 no-data rules and 3 anomaly rules (spans 30/60/120 buckets;
 N = 1, so one run opens every event due). Two minutes in a row, each:
-  eval    shared.alerts.evaluate_rules as the app role (one statement per rule kind per tenant);
+  eval    shared.alerts.evaluator.evaluate_rules as the app role (one statement per rule kind per tenant);
   naive   the same rules and the same algorithm, one query per (rule, device) as the app role, the
           comparison and the anomaly arithmetic (tests/support/anomaly.py evaluate_pair) in Python,
           in one transaction per tenant, right after the evaluation, at the evaluation's moment; it

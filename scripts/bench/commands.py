@@ -6,7 +6,7 @@ connection per command.
 
 Starts a private PostgreSQL, Mosquitto (TLS + dynamic security) and Azurite in a temporary folder, provisions one
 device and subscribes as that device to its command topic (every command must arrive), then times:
-  publish kept     the commander credential's one connection (shared.commands.CommanderConnection), one QoS 1
+  publish kept     the commander credential's one connection (shared.devices.commands.CommanderConnection), one QoS 1
                    publish per command, each waiting for its PUBACK;
   publish per-cmd  a new TLS connection per command: connect, publish, PUBACK, disconnect;
   api kept         POST /api/devices/{id}/commands through the registered `api` function as the host calls it

@@ -518,7 +518,7 @@ def _patched(owner, name: str, wrapper):
 
 def _timed_steps(settings) -> dict[str, float]:
     """What drain_once does before and after its loop, step by step, on an empty queue. Calls the
-    drain's own pieces (shared.ingest.IngestStore, shared.mqtt_transport.DrainConnection) and
+    drain's own pieces (shared.ingest.store.IngestStore, shared.ingest.transport.DrainConnection) and
     notes the time at paho's connect() returning, at CONNACK and at SUBACK by wrapping them in
     this process only; nothing in shared/ changes."""
     from shared.ingest import transport

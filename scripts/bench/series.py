@@ -7,10 +7,10 @@ Starts a private PostgreSQL in a temporary folder (scripts/localstack, as bench/
 migrates a database and loads with COPY, in ts order as the drain writes: one device's metric
 `temp` every second for --days days (30: 2,592,000 rows), the same device's `rpm` every 10 s,
 --other-devices (3) other devices and another tenant's device every 10 s, each received 2 s after its
-ts. Then VACUUM ANALYZE, the rollup job (shared.rollups.roll_up as the maintenance role, timed) up
+ts. Then VACUUM ANALYZE, the rollup job (shared.telemetry.rollups.roll_up as the maintenance role, timed) up
 to now - ROLLUP_LAG_S, and for 1 h, 1 day, 7 days and 30 days ending at the newest reading, times
 (median of --repeat, milliseconds):
-  series   the endpoint's own read (shared.api.reads.series_points, default cap 500 points): the
+  series   the endpoint's own read (shared.telemetry.reads.series_points, default cap 500 points): the
            rollups where complete (1 d: 5-minute buckets from the 1-minute rollups; 7 d and 30 d:
            30-minute and 2-hour buckets from the 1-minute and 1-hour ones; 1 h: 10 s buckets, raw),
            as the app role in tenant_transaction (RLS on);

@@ -7,9 +7,9 @@ database work, and a delivery step with nothing due.
 Starts a private PostgreSQL (and the rest of the local stack) in a temporary folder, and a receiver (http.server,
 threaded, answering 204) on 127.0.0.1. Each tenant gets one rule with one target and --events open events (inserted
 as the owner: the trigger enqueues one delivery each), then times:
-  deliver_due   shared.webhooks.deliver_due as the alert_evaluator timer runs it (4 lanes, one per tenant at a
+  deliver_due   shared.alerts.delivery.deliver_due as the alert_evaluator timer runs it (4 lanes, one per tenant at a
                 time): per delivery a claim, the signed POST, the attempt recorded and the delivery settled;
-  http only     the same signed POSTs (shared.webhooks.post, same bodies), 4 threads, no database;
+  http only     the same signed POSTs (shared.alerts.delivery.post, same bodies), 4 threads, no database;
   idle          deliver_due with nothing due (median of 20): what the timer pays every minute when all is quiet.
 The last line is machine-readable:
 webhooks_bench deliveries=<n> deliver_s=<s> deliveries_per_s=<n/s> http_only_per_s=<n/s> idle_ms=<ms>

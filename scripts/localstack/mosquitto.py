@@ -62,7 +62,7 @@ def dynsec_plugin_path() -> Path:
 
 class MosquittoBroker:
     """A private Mosquitto with TLS and dynamic security under ``base_dir``, configured by the broker contract
-    (shared/broker_contract.py).
+    (shared/broker/contract.py).
 
     First start: a local CA and server certificate, and the dynsec file with an ``admin`` client. Every start then
     applies the contract over the dynsec API as that admin: default ACL access, the service roles' ACLs, and the

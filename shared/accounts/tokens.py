@@ -11,7 +11,7 @@ rows to search (inside that tenant's RLS scope); the random part must match a st
 An external identity provider's token (AUTH_EXTERNAL_*) is verified here too, each source with its
 own algorithm allow-list: HS256 with the shared secret, or RS256/ES256 with a key from the
 provider's JWKS (never both, never `none`; an HS256 token signed with the public key fails both
-ways). What it yields is a claim set, not a user: shared/api/external_identity.py maps it to one.
+ways). What it yields is a claim set, not a user: shared/accounts/external_identity.py maps it to one.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Signed webhooks for alert events (issue 13 §3): target checks, secrets, signing, and the outbox's delivery.
+"""Signed webhooks for alert events: target checks, secrets, signing, and the outbox's delivery.
 
 Deliveries are enqueued by the database (0015's trigger on alert_events), in the transaction that
 changed the event. deliver_due() sends what is due: tenants come from a SECURITY DEFINER function

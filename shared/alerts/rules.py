@@ -2,7 +2,7 @@
 
 Every function runs in tenant_transaction with the tenant from the verified token and re-reads the
 acting user's role; changes are audited in the same transaction. The plan's max_alert_rules is the
-database's trigger (402 through shared/api/problems.py), not a count here.
+database's trigger (402 through shared/http/problems.py), not a count here.
 """
 from __future__ import annotations
 

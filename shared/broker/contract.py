@@ -23,7 +23,7 @@ from typing import Literal
 
 # -- names -----------------------------------------------------------------------------------------
 # Defined once; the SQL CHECKs in sql/migrations repeat them (PostgreSQL cannot import Python), and
-# tests/unit/test_broker_contract.py proves the two agree. Neither may contain "." or "/", so the
+# tests/integration/test_broker_contract.py proves the two agree. Neither may contain "." or "/", so the
 # username "{tenant}.{device}" and the topics split back unambiguously.
 TENANT_SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -279,7 +279,7 @@ def render_mosquitto_conf(
     """The whole mosquitto.conf: one TLS listener (no plain-text one) and BROKER_SETTINGS.
     log_dest is a mosquitto log_dest value ("file /path" or "syslog")."""
     lines = [
-        "# Rendered from shared/broker_contract.py; edits are lost.",
+        "# Rendered from shared/broker/contract.py; edits are lost.",
         f"listener {listener_port} {listener_host}",
         f"certfile {certfile}",
         f"keyfile {keyfile}",

@@ -93,7 +93,7 @@ class Settings(BaseModel):
     auth_external_role_claim: str = Field("app_metadata.role", alias="AUTH_EXTERNAL_ROLE_CLAIM")
     auth_external_email_claim: str = Field("email", alias="AUTH_EXTERNAL_EMAIL_CLAIM")
 
-    # --- archive (issue 14): rollups, retention and the blob archive, run by the maintenance timers
+    # --- archive: rollups, retention and the blob archive, run by the maintenance timers
     # as their own role (reads and deletes every tenant's telemetry through narrow policies; owns nothing).
     maintenance_database_url: SecretStr | None = Field(None, alias="MAINTENANCE_DATABASE_URL")
     rollup_schedule: str = Field("0 */5 * * * *", alias="ROLLUP_SCHEDULE")
@@ -117,7 +117,7 @@ class Settings(BaseModel):
     export_link_ttl_s: int = Field(3600, alias="EXPORT_LINK_TTL_S", ge=1, le=7 * 24 * 3600)
     export_max_days: int = Field(31, alias="EXPORT_MAX_DAYS", ge=1, le=366)
 
-    # --- commands to devices (issue 12 §4): the API's own broker credential, which may only publish
+    # --- commands to devices: the API's own broker credential, which may only publish
     # to devices' command topics (the broker contract's commander role), never the provisioner's.
     mqtt_commander_username: str = Field("mqtt-saas-commander", alias="MQTT_COMMANDER_USERNAME")
     mqtt_commander_password: SecretStr = Field(SecretStr(""), alias="MQTT_COMMANDER_PASSWORD")
@@ -126,15 +126,15 @@ class Settings(BaseModel):
     # A command queued for an offline device (persistent session) is dropped by the broker after this.
     mqtt_command_expiry_s: int = Field(3600, alias="MQTT_COMMAND_EXPIRY_S", ge=1)
 
-    # --- platform operators (issue 12 §2): their tokens are signed like users' but carry this
+    # --- platform operators: their tokens are signed like users' but carry this
     # audience (and no tenant), so neither kind of token is accepted where the other belongs.
     platform_jwt_audience: str = Field("mqtt-saas-platform", alias="PLATFORM_JWT_AUDIENCE", min_length=1)
     platform_access_token_ttl_s: int = Field(900, alias="PLATFORM_ACCESS_TOKEN_TTL_S", ge=60, le=3600)
 
-    # --- alerts (issue 13): the alert_evaluator timer's NCRONTAB schedule (second 30: off the drain's minute)
+    # --- alerts: the alert_evaluator timer's NCRONTAB schedule (second 30: off the drain's minute)
     alert_schedule: str = Field("30 */1 * * * *", alias="ALERT_SCHEDULE")
 
-    # --- alert webhooks (issue 13 §3): delivered by the alert_evaluator timer after its evaluation.
+    # --- alert webhooks: delivered by the alert_evaluator timer after its evaluation.
     # Off Azure only: plain http targets, and targets on private, loopback or link-local addresses
     # (in Azure a tenant must not make the app call into its own network or the metadata endpoint).
     webhook_allow_http: bool = Field(False, alias="WEBHOOK_ALLOW_HTTP")

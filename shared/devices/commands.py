@@ -11,7 +11,7 @@ a reading of metric ``cmd_ack`` = the id (and optionally ``cmd_result``) in its 
 it publish readings only. Listing a device's commands marks those the drain has stored an ack for.
 
 One broker connection is kept per process (created on first use, replaced when it drops; every instance has its
-own client id). Measured with scripts/bench_commands.py on the local stack: a QoS 1 publish on the kept connection
+own client id). Measured with scripts/bench/commands.py on the local stack: a QoS 1 publish on the kept connection
 takes 0.3 ms to its PUBACK, a connection per command 3.3 ms (TLS handshake and CONNACK), and across the network to
 the broker VM the handshake's round trips only widen the gap; through the API that is 8.3 ms against 13.3 ms.
 """

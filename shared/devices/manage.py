@@ -1,7 +1,7 @@
 """A tenant's devices and their broker credentials (staff and owners change them, viewers read).
 
 Every change runs in tenant_transaction with the tenant from the verified token, writes its audit
-row and queues the broker commands it implies (shared/credentials.py) in the same transaction;
+row and queues the broker commands it implies (shared/broker/credential_sync.py) in the same transaction;
 after the commit the request applies those commands itself, so a new password works when the
 response arrives, but a broker outage leaves them to the broker_sync timer instead of failing.
 Passwords are generated here, returned once and never stored in clear: the broker keeps a hash,

@@ -1,6 +1,6 @@
 """What every route module shares: the /api prefix, the request dependencies (pool, settings,
 verified caller, source address) and the problem responses routes declare for the OpenAPI document.
-Route modules (shared/api/routes_*.py) import from here, and app.py includes their routers."""
+Route modules (shared/http/routes/) import from here, and app.py includes their routers."""
 from __future__ import annotations
 
 from typing import Annotated, Any

@@ -1,6 +1,6 @@
 """One run of the MQTT drain: the broker's persistent session into PostgreSQL, then leave.
 
-A run takes the lock, connects (shared/mqtt_transport.py), and publishes a marker to a topic only
+A run takes the lock, connects (shared/ingest/transport.py), and publishes a marker to a topic only
 it reads. The broker queues the marker behind everything already queued for the session, so
 when it comes back the backlog the run started with has been read. The run then stores what it
 has, acknowledges it, and ends: it is billed by duration, so it never waits for more. Messages
@@ -338,7 +338,7 @@ def _finish(store: IngestStore, report: DrainReport) -> None:
 
 
 def record_drain_metrics(report: DrainReport) -> None:
-    """The run's figures as metrics (shared/observability.py); the summary line keeps the detail."""
+    """The run's figures as metrics (shared/core/observability.py); the summary line keeps the detail."""
     outcome = report.outcome
     observability.BACKLOG_SIZE.record(outcome.messages)
     if outcome.max_lag_ms is not None:

@@ -1,4 +1,4 @@
-"""The plans' messages-per-hour quota, as the drain applies it (issue 12 §6).
+"""The plans' messages-per-hour quota, as the drain applies it.
 
 Each tenant's accepted messages are counted per UTC hour in usage_hourly, one upsert per tenant
 per batch in the batch's own transaction, so the count commits exactly when the messages do. A

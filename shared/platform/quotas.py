@@ -4,7 +4,7 @@
 The limits on rows (devices, users, alert rules) are enforced by the database
 (enforce_plan_limit() in sql/migrations/0008), so no code path can exceed them; this module only
 turns the trigger's error into a message naming the limit and the plan. The message rate is
-metered by the drain (shared/metering.py).
+metered by the drain (shared/ingest/metering.py).
 """
 from __future__ import annotations
 
@@ -51,10 +51,8 @@ def usage(pool: DictPool, principal: Principal) -> dict[str, Any]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         acting_user(conn, principal)
         row = one_row(conn.execute(QUERIES["tenant_usage"], {"tenant_id": principal.tenant_id}), "tenant_usage")
-        alert_rules = 0  # until issue 13 creates the table
-        if one_row(conn.execute(QUERIES["alert_rules_table"]), "alert_rules_table")["present"]:
-            alert_rules = one_row(conn.execute(QUERIES["count_alert_rules"], {"tenant_id": principal.tenant_id}),
-                                  "count_alert_rules")["n"]
+        alert_rules = one_row(conn.execute(QUERIES["count_alert_rules"], {"tenant_id": principal.tenant_id}),
+                              "count_alert_rules")["n"]
     return {
         "plan": row["plan"],
         "hour": row["hour"],

@@ -1,4 +1,4 @@
-"""Reads for dashboards (issue 12 §5): latest values with units, the fleet overview, bucketed
+"""Reads for dashboards: latest values with units, the fleet overview, bucketed
 series and the ingest overview. Every role reads; the ingest overview is for staff and owners.
 
 Each read runs in tenant_transaction with the tenant of the verified token and re-checks the
@@ -6,7 +6,7 @@ caller (users.acting_user), so a deleted user or another tenant's device id read
 Latest values and units come from device_metrics and the per-minute ingest counts from
 ingest_minute_counts, both kept by the drain with each batch (sql/migrations/0007). Series in
 whole minutes or hours come from the rollups where the rollup job's watermark says they are
-complete, and from raw elsewhere (shared/rollups.py); the buckets are the same either way.
+complete, and from raw elsewhere (shared/telemetry/rollups.py); the buckets are the same either way.
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def series(pool: DictPool, principal: Principal, device_id: int, metric: str, st
 def series_points(conn: DictConnection, principal: Principal, device_id: int, metric: str, start: datetime,
                   end: datetime, bucket_s: int) -> list[dict[str, Any]]:
     """The one place that reads buckets: from the rollups where they are complete (whole minutes or
-    hours, shared.rollups.series_points), else from raw; both give the same buckets."""
+    hours, shared.telemetry.rollups.series_points), else from raw; both give the same buckets."""
     points = rollups.series_points(conn, principal.tenant_id, device_id, metric, start, end, bucket_s)
     if points is not None:
         return points

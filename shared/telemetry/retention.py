@@ -1,7 +1,7 @@
 """Retention: each tenant's hot window (from its plan) and the day partitions around it.
 
 A tenant's raw rows stay in PostgreSQL for its plan's window; older days are archived to blob
-storage and deleted (shared/archive.py). A day partition is dropped only once it holds no row of
+storage and deleted (shared/telemetry/archive.py). A day partition is dropped only once it holds no row of
 any tenant, so a tenant with a longer window (or unlimited) keeps it alive. Partitions for the
 coming days are created ahead, so the drain never writes into telemetry_default.
 """

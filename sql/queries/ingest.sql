@@ -68,7 +68,7 @@ WHERE id = %(run_id)s
 
 -- merge_device_metrics --
 -- Once per batch, in its transaction: the distinct metrics of the staged readings, each with its
--- newest reading and the unit a /state payload of the batch gave (shared/api/reads.py reads
+-- newest reading and the unit a /state payload of the batch gave (shared/telemetry/reads.py reads
 -- them). last_* only move forward: a reading that is not newer changes nothing, so an old
 -- redelivered /state cannot bring back an old unit. MERGE rather than ON CONFLICT because an
 -- upsert's excluded.* needs SELECT on those columns: the drain may compare last_ts/last_seq and

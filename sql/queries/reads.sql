@@ -1,4 +1,4 @@
--- Reads for dashboards (shared/api/reads.py). Every query runs in tenant_transaction and also
+-- Reads for dashboards (shared/telemetry/reads.py). Every query runs in tenant_transaction and also
 -- names the tenant, so RLS and the index prefix (tenant_id first everywhere) agree.
 
 -- device_exists --

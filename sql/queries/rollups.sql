@@ -85,7 +85,7 @@ DELETE FROM telemetry_rollup_1h WHERE bucket < %(before)s;
 
 -- series_from_rollup --
 -- A device's metric bucketed by %(bucket)s over [from, to), exactly as series_buckets (reads.sql)
--- answers from raw. {rollup} is the minute or the hour rollup table (shared/rollups.py names it)
+-- answers from raw. {rollup} is the minute or the hour rollup table (shared/telemetry/rollups.py names it)
 -- and %(width)s its bucket width. The rollups hold every bucket in [body_from, body_to) except
 -- the "dirty" ones: a bucket that got a reading received after the watermark (late data, or rows the
 -- next run has not reached) may not be in its rollup yet, so it is read from raw. Every other

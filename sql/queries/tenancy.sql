@@ -12,10 +12,6 @@ SELECT t.plan, p.max_devices, p.max_users, p.max_alert_rules, p.messages_per_hou
 FROM tenants t JOIN plans p ON p.name = t.plan
 WHERE t.id = %(tenant_id)s
 
--- alert_rules_table --
--- Whether issue 13's alert_rules table exists yet (until then a tenant has none).
-SELECT to_regclass('public.alert_rules') IS NOT NULL AS present
-
 -- count_alert_rules --
 SELECT count(*) AS n FROM alert_rules WHERE tenant_id = %(tenant_id)s
 

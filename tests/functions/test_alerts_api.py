@@ -1,4 +1,4 @@
-"""The alerts API (issue 13 §1, §2) through the registered function, against a real database: rule CRUD with
+"""The alerts API through the registered function, against a real database: rule CRUD with
 validation, the unseen-metric warning and the plan's limit; events listed, filtered and paged, acknowledged and
 resolved with a comment (audited); evaluation on demand; and another tenant's rules and events out of reach.
 Who may call what is tests/functions/test_role_matrix.py's."""

@@ -1,4 +1,4 @@
-"""Commands to devices (issue 12 §4) through the registered `api` function, against the real database and
+"""Commands to devices through the registered `api` function, against the real database and
 broker: a command reaches the device on its own command topic and is recorded with who sent it; roles,
 tenants, disabled devices, the broker down; the device's ack; and the commander credential's least privilege."""
 from __future__ import annotations

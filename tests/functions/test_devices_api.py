@@ -1,4 +1,4 @@
-"""The device API (issue 12 §3) through the registered function, against a real database and the
+"""The device API through the registered function, against a real database and the
 real broker: create with a one-time credential that connects, list (paging, filters), get,
 update, disable/enable, delete, CSV bulk (all or nothing), rotate and revoke; the role matrix of
 the device routes, tenant isolation, and the audit rows."""

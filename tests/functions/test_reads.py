@@ -1,4 +1,4 @@
-"""Reads for dashboards (issue 12 §5) through the registered api function, against a real
+"""Reads for dashboards through the registered api function, against a real
 database: latest values with units, the fleet overview, bucketed series, /api/admin/ingest."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The role matrix (issue 12 §2, §8): every route of the app's OpenAPI document, called by each role
+"""The role matrix: every route of the app's OpenAPI document, called by each role
 (owner, staff, viewer), by a platform operator and with no token, through the registered function
 against a real database and the real broker (devices get live credentials, commands are
 published), each answer's status asserted. A route the app serves with no row here fails

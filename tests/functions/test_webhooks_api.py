@@ -1,4 +1,4 @@
-"""The alert webhooks API (issue 13 §3) through the registered function, against a real database: a target's
+"""The alert webhooks API through the registered function, against a real database: a target's
 secret shown once (creation, rotation) and never listed, audited changes naming only the host, the per-rule
 cap, URL refusals, acknowledge and resolve through the API enqueueing deliveries that a real receiver gets and
 the deliveries list shows with their attempts, and another tenant's rules and targets out of reach.

@@ -30,7 +30,7 @@ MAIN = INFRA / "main.bicep"
 MODULES = INFRA / "modules"
 BICEP_FILES = [MAIN, *sorted(MODULES.glob("*.bicep"))]
 
-# Settings the platform reads, not shared/settings.py: the host's identity-based storage, telemetry.
+# Settings the platform reads, not shared/core/settings.py: the host's identity-based storage, telemetry.
 PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__credential",

@@ -95,7 +95,7 @@ def test_metric_names_are_ones_the_code_records(path: Path) -> None:
         return
     names = set(METRIC_NAME.findall(code))
     assert names, "a customMetrics query filters on a metric name"
-    assert names <= METRIC_NAMES, f"not recorded by shared/observability.py: {sorted(names - METRIC_NAMES)}"
+    assert names <= METRIC_NAMES, f"not recorded by shared/core/observability.py: {sorted(names - METRIC_NAMES)}"
 
 
 def test_metric_names_match_the_instruments() -> None:

@@ -69,7 +69,7 @@ def test_a_missing_ca_file_is_refused_before_anything(tmp_path: Path, mosquitto_
 
 
 def test_rotating_the_jwt_secret_warns_that_webhook_secrets_must_be_rotated() -> None:
-    # The webhook signing secrets are encrypted with a key derived from AUTH_JWT_SECRET (shared/webhooks.py).
+    # The webhook signing secrets are encrypted with a key derived from AUTH_JWT_SECRET (shared/alerts/delivery.py).
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "rotate_secrets.py"), "jwt", "-g", "rg",
                              "--app", "app", "--vault", "kv", "--dry-run"],
                             capture_output=True, text=True, timeout=60, check=False)

@@ -1,4 +1,4 @@
-"""The alert evaluator (issue 13 §2) against a real database, as the app role under RLS: scripted
+"""The alert evaluator against a real database, as the app role under RLS: scripted
 telemetry series produce exactly the expected events (opens after N, stays open without new events,
 clears with hysteresis), no-data fires and clears, overlapping runs never duplicate, and one
 tenant's rules never see another's devices."""

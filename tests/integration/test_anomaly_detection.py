@@ -1,4 +1,4 @@
-"""Anomaly rules (issue 13 §1, §4) against a real database, as the app role under RLS: the baseline is
+"""Anomaly rules against a real database, as the app role under RLS: the baseline is
 the exponentially weighted mean and variance of bucket means, kept incrementally in alert_rule_state
 (equal to a step-by-step reference, consuming only new buckets), silent during warm-up, and on a
 labelled synthetic data set (spikes, level shifts, slow drift, noisy but normal series) it reaches
@@ -163,7 +163,7 @@ def test_disabled_rules_other_metrics_and_other_tenants_are_not_touched(app_pool
     assert state(app_pool, other) == {} and open_events(app_pool, other) == {}
 
 
-# --- the labelled synthetic data set (issue 13 §4) ---------------------------------------------------
+# --- the labelled synthetic data set ---------------------------------------------------
 
 HOURS = 6
 BUCKETS = HOURS * 60

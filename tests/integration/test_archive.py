@@ -1,5 +1,5 @@
 """blob_archiver, retention per plan, partition maintenance and restore, against real PostgreSQL and
-Azurite (shared/archive.py, shared/retention.py, scripts/restore_archive)."""
+Azurite (shared/telemetry/archive.py, shared/telemetry/retention.py, scripts/restore_archive)."""
 from __future__ import annotations
 
 import hashlib

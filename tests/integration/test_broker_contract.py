@@ -1,4 +1,4 @@
-"""The broker contract (shared/broker_contract.py) on the real broker: every message a device can
+"""The broker contract (shared/broker/contract.py) on the real broker: every message a device can
 get accepted is stored or dead-lettered, everything else is refused; a device subscribes to its
 command topic only; QoS 0 waits for the drain; retained copies stay bounded; a run ends when it
 has caught up; and the name patterns agree with the SQL CHECKs."""

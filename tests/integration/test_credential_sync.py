@@ -1,4 +1,4 @@
-"""Device credentials on the real broker (issue 12 §3, §8): a device created through the API
+"""Device credentials on the real broker: a device created through the API
 connects over TLS and its readings are stored; rotation with an overlap; disable and delete
 disconnect at once and refuse reconnection; a broker outage leaves the outbox pending and the sync
 brings the broker into line afterwards; the reconciliation repairs drift both ways; the outbox

@@ -1,4 +1,4 @@
-"""Exports (shared/exports.py, behind POST /api/exports): the caller's tenant's rows only, owners and
+"""Exports (shared/telemetry/exports.py, behind POST /api/exports): the caller's tenant's rows only, owners and
 staff only, a read link that works until it expires, against real PostgreSQL and Azurite."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metric metadata kept by the drain (issue 12 §3): device_metrics (unit, newest reading) and the
+"""Metric metadata kept by the drain: device_metrics (unit, newest reading) and the
 per-minute ingest counts, written with the batch, by the ingest role, against a real database."""
 from __future__ import annotations
 

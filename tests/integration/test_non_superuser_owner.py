@@ -71,7 +71,7 @@ def _as_tenant(conn: psycopg.Connection, tenant_id: object) -> None:
 
 
 def _new_tenant(app_dsn: str, slug: str, plan: str = "free") -> uuid.UUID:
-    """A tenant made the way shared/registry.py makes one: the app role, acting for the new id."""
+    """A tenant made the way tests/support/registry.py makes one: the app role, acting for the new id."""
     tenant_id = uuid.uuid4()
     with psycopg.connect(app_dsn) as conn:
         _as_tenant(conn, tenant_id)

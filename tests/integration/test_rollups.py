@@ -1,4 +1,4 @@
-"""1-minute and 1-hour rollups against real PostgreSQL (shared/rollups.py): equal to a from-scratch
+"""1-minute and 1-hour rollups against real PostgreSQL (shared/telemetry/rollups.py): equal to a from-scratch
 aggregation of the raw rows, late data included, idempotent, resumable."""
 from __future__ import annotations
 

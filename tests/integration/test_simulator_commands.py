@@ -1,4 +1,4 @@
-"""The command round trip (issue 12 §4, §8): a set_point sent through the API reaches scripts/simulator.py (run as
+"""The command round trip: a set_point sent through the API reaches scripts/simulator.py (run as
 `scripts/dev up` runs it, a process with its own credential file), which applies it; its next telemetry carries the
 new set point and the ack, the drain stores both, and the API lists the command as acknowledged."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Alert webhooks (issue 13 §3) against a real database and real HTTP receivers (http.server on
+"""Alert webhooks against a real database and real HTTP receivers (http.server on
 127.0.0.1, one with TLS): the trigger enqueues one delivery per target for each event change, the
 payloads arrive signed (checked with docs/webhooks.md's own example), retries back off and are
 recorded, overlapping runs send each delivery once, a hanging receiver is cut at the timeout without
