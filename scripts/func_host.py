@@ -3,10 +3,12 @@
     python scripts/func_host.py [--port 7071] [--settings local.settings.json] [--app-dir .]
     python scripts/func_host.py --once mqtt_ingest      # run one timer function once, exit 0/1
 
-A thin stand-in for `func start`: it imports `function_app`, reads each registered function's
-trigger metadata (the same `function.json` the real host indexes), serves the HTTP triggers on
-127.0.0.1 under `/api` and fires the timer triggers on their NCRONTAB schedules. The decorated
-code is called as-is. scripts/dev uses `func start` instead whenever `func` is on PATH.
+A thin stand-in for `func start` (Azure Functions Core Tools, which cannot be installed where its
+binary cannot be downloaded): it imports `function_app`, reads each registered function's trigger
+metadata (the same `function.json` the real host indexes), serves the HTTP triggers on 127.0.0.1
+under `/api` and fires the timer triggers on their NCRONTAB schedules. The decorated code is called
+as-is. scripts/dev uses `func start` instead whenever `func` is on PATH. It reads the route templates
+this app uses (literals, {name}, a trailing {*name}) and refuses others rather than guess.
 
 Not mimicked (host behaviour, tested or documented elsewhere): function keys, the singleton
 lease, `functionTimeout`, retries, extension bindings other than HTTP and timer, host.json
@@ -104,208 +106,27 @@ def resolve_placeholders(value: str, settings: Mapping[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------- route templates
-# ASP.NET Core route template syntax, the subset Functions apps use: literal segments,
-# {name}, {name?}, {name=default}, {*catchall}, {name:constraint(args):...}, and segments that
-# mix literals and parameters ("{name}.{ext}"). Literals match case-insensitively.
-
-
-def _is_int_in(value: str, bits: int) -> bool:
-    if not re.fullmatch(r"[+-]?\d+", value.strip()):
-        return False
-    return -(2 ** (bits - 1)) <= int(value) < 2 ** (bits - 1)
-
-
-def _is_float(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_guid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_datetime(value: str) -> bool:
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _int_args(args: str) -> list[int]:
-    return [int(a) for a in args.split(",")]
-
-
-def _between(value: str, low: int | None, high: int | None) -> bool:
-    if not _is_int_in(value, 64):
-        return False
-    number = int(value)
-    return (low is None or number >= low) and (high is None or number <= high)
-
-
-def _length_between(value: str, args: str) -> bool:
-    bounds = _int_args(args)
-    low, high = (bounds[0], bounds[0]) if len(bounds) == 1 else (bounds[0], bounds[1])
-    return low <= len(value) <= high
-
-
-# constraint name -> predicate(value, args). Unknown constraints match any value (logged once).
-_CONSTRAINTS: dict[str, Callable[[str, str], bool]] = {
-    "int": lambda v, a: _is_int_in(v, 32),
-    "long": lambda v, a: _is_int_in(v, 64),
-    "bool": lambda v, a: v.lower() in ("true", "false"),
-    "guid": lambda v, a: _is_guid(v),
-    "uuid": lambda v, a: _is_guid(v),
-    "alpha": lambda v, a: re.fullmatch(r"[A-Za-z]+", v) is not None,
-    "decimal": lambda v, a: _is_float(v),
-    "double": lambda v, a: _is_float(v),
-    "float": lambda v, a: _is_float(v),
-    "datetime": lambda v, a: _is_datetime(v),
-    "required": lambda v, a: v != "",
-    "minlength": lambda v, a: len(v) >= int(a),
-    "maxlength": lambda v, a: len(v) <= int(a),
-    "length": _length_between,
-    "min": lambda v, a: _between(v, int(a), None),
-    "max": lambda v, a: _between(v, None, int(a)),
-    "range": lambda v, a: _between(v, *_int_args(a)),
-    # ASP.NET uses Regex.IsMatch with IgnoreCase: unanchored unless the pattern anchors itself.
-    "regex": lambda v, a: re.search(a, v, re.IGNORECASE) is not None,
-}
+# The part of ASP.NET Core's route template syntax this app's routes use: literal segments (matched
+# case-insensitively), {name} parameters, and a trailing {*catchall}. Anything else (constraints,
+# optional or default values, segments mixing literals and parameters) is refused at start, so a
+# route the real host would read differently never works here by accident: use `func start` for it.
 
 # Route precedence, lower is more specific (ASP.NET's inbound precedence digits).
-_RANK_LITERAL, _RANK_COMPLEX, _RANK_CONSTRAINED, _RANK_PARAM, _RANK_CATCHALL = 1, 2, 3, 4, 6
-
-
-@dataclasses.dataclass(frozen=True)
-class RouteParam:
-    name: str
-    constraints: tuple[tuple[str, str], ...] = ()  # (name, raw args)
-    optional: bool = False
-    default: str | None = None
-    catch_all: bool = False
-
-    def accepts(self, value: str) -> bool:
-        for name, args in self.constraints:
-            check = _CONSTRAINTS.get(name.lower())
-            if check is None:
-                continue  # unknown constraint: match any value, as documented
-            try:
-                if not check(value, args):
-                    return False
-            except (ValueError, TypeError, re.error):
-                return False
-        return True
+_RANK_LITERAL, _RANK_PARAM, _RANK_CATCHALL = 1, 4, 6
+_PARAM = re.compile(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclasses.dataclass(frozen=True)
 class RouteSegment:
-    literal: str | None = None  # a plain literal segment
-    param: RouteParam | None = None  # a segment that is exactly one parameter
-    pattern: re.Pattern[str] | None = None  # a complex segment: literals mixed with parameters
-    params: tuple[RouteParam, ...] = ()  # the parameters of a complex segment
+    literal: str | None = None  # a literal segment, else a parameter
+    param: str | None = None
+    catch_all: bool = False
 
     @property
     def rank(self) -> int:
         if self.literal is not None:
             return _RANK_LITERAL
-        if self.pattern is not None:
-            return _RANK_COMPLEX
-        assert self.param is not None
-        if self.param.catch_all:
-            return _RANK_CATCHALL
-        return _RANK_CONSTRAINED if self.param.constraints else _RANK_PARAM
-
-
-def _split_constraints(spec: str) -> list[str]:
-    """Split "int:min(1):regex(a:b)" on colons that are not inside parentheses."""
-    parts, depth, current = [], 0, []
-    for char in spec:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == ":" and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
-def _parse_param(spec: str, template: str) -> RouteParam:
-    catch_all = spec.startswith("*")
-    spec = spec.lstrip("*")
-    optional = spec.endswith("?")
-    if optional:
-        spec = spec[:-1]
-    parts = _split_constraints(spec)
-    head, constraint_specs = parts[0], parts[1:]
-    default = None
-    if "=" in head:
-        head, default = head.split("=", 1)
-    elif constraint_specs and "=" in constraint_specs[-1] and ")" not in constraint_specs[-1].split("=")[-1]:
-        constraint_specs[-1], default = constraint_specs[-1].rsplit("=", 1)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", head):
-        raise HostConfigError(f"route {template!r}: bad parameter name {head!r}")
-    constraints = []
-    for item in constraint_specs:
-        match = re.fullmatch(r"([A-Za-z]+)(?:\((.*)\))?", item, re.DOTALL)
-        if not match:
-            raise HostConfigError(f"route {template!r}: bad constraint {item!r}")
-        name, args = match.group(1), match.group(2) or ""
-        if name.lower() not in _CONSTRAINTS:
-            log.warning("route %r: unknown constraint %r matches any value locally", template, name)
-        constraints.append((name, args))
-    return RouteParam(head, tuple(constraints), optional, default, catch_all)
-
-
-def _tokenize_segment(raw: str, template: str) -> list[tuple[str, str]]:
-    """Split a segment into ("literal", text) and ("param", spec) tokens.
-
-    As in ASP.NET, "{{" and "}}" are escaped braces, both in literals and inside a parameter
-    (so a regex constraint can contain "{{3}}").
-    """
-    tokens: list[tuple[str, str]] = []
-    literal, index = "", 0
-    while index < len(raw):
-        char = raw[index]
-        if char in "{}" and raw[index:index + 2] in ("{{", "}}"):
-            literal += char
-            index += 2
-        elif char == "{":
-            spec, index = "", index + 1
-            while True:
-                if index >= len(raw):
-                    raise HostConfigError(f"route {template!r}: unterminated parameter")
-                if raw[index:index + 2] in ("{{", "}}"):
-                    spec += raw[index]
-                    index += 2
-                elif raw[index] == "}":
-                    index += 1
-                    break
-                else:
-                    spec += raw[index]
-                    index += 1
-            if literal:
-                tokens.append(("literal", literal))
-                literal = ""
-            tokens.append(("param", spec))
-        elif char == "}":
-            raise HostConfigError(f"route {template!r}: unmatched '}}'")
-        else:
-            literal += char
-            index += 1
-    if literal:
-        tokens.append(("literal", literal))
-    return tokens
+        return _RANK_CATCHALL if self.catch_all else _RANK_PARAM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,30 +138,21 @@ class RouteTemplate:
 
     @classmethod
     def parse(cls, template: str) -> RouteTemplate:
-        segments = []
         text = template.strip().strip("/")
         raw_segments = text.split("/") if text else []
+        segments = []
         for index, raw in enumerate(raw_segments):
-            tokens = _tokenize_segment(raw, template)
-            if len(tokens) == 1 and tokens[0][0] == "param":
-                param = _parse_param(tokens[0][1], template)
-                if param.catch_all and index != len(raw_segments) - 1:
-                    raise HostConfigError(f"route {template!r}: a catch-all parameter must be last")
-                segments.append(RouteSegment(param=param))
-            elif any(kind == "param" for kind, _ in tokens):
-                params, pattern = [], ""
-                for kind, text in tokens:
-                    if kind == "literal":
-                        pattern += re.escape(text)
-                        continue
-                    param = _parse_param(text, template)
-                    params.append(param)
-                    pattern += f"(?P<{param.name}>.+?)" + ("?" if param.optional else "")
-                segments.append(
-                    RouteSegment(pattern=re.compile(pattern, re.IGNORECASE | re.DOTALL), params=tuple(params))
-                )
-            else:
-                segments.append(RouteSegment(literal="".join(text for _, text in tokens)))
+            if "{" not in raw and "}" not in raw:
+                segments.append(RouteSegment(literal=raw))
+                continue
+            param = _PARAM.fullmatch(raw)
+            if param is None:
+                raise HostConfigError(f"route {template!r}: {raw!r} is beyond what this local host reads "
+                                      "(literals, {name} and a trailing {*name}); run `func start` for it")
+            catch_all = bool(param.group(1))
+            if catch_all and index != len(raw_segments) - 1:
+                raise HostConfigError(f"route {template!r}: a catch-all parameter must be last")
+            segments.append(RouteSegment(param=param.group(2), catch_all=catch_all))
         return cls(template, tuple(segments))
 
     @property
@@ -353,45 +165,23 @@ class RouteTemplate:
         parts = stripped.split("/") if stripped else []
         values: dict[str, str] = {}
         for index, segment in enumerate(self.segments):
-            param = segment.param
-            if param is not None and param.catch_all:
+            if segment.catch_all:
+                assert segment.param is not None
                 rest = "/".join(unquote(p) for p in parts[index:])
                 if rest:
-                    if not param.accepts(rest):
-                        return None
-                    values[param.name] = rest
-                elif param.default is not None:
-                    values[param.name] = param.default
+                    values[segment.param] = rest
                 return values
             if index >= len(parts):
-                # Only trailing optional / defaulted parameters may be absent.
-                if param is not None and (param.optional or param.default is not None):
-                    if param.default is not None:
-                        values[param.name] = param.default
-                    continue
                 return None
             value = unquote(parts[index])
             if segment.literal is not None:
                 if value.lower() != segment.literal.lower():
                     return None
-            elif param is not None:
-                if value == "" or not param.accepts(value):
-                    return None
-                values[param.name] = value
             else:
-                assert segment.pattern is not None
-                found = segment.pattern.fullmatch(value)
-                if found is None:
+                assert segment.param is not None
+                if value == "":
                     return None
-                for sub in segment.params:
-                    sub_value = found.group(sub.name)
-                    if sub_value is None:
-                        if sub.default is not None:
-                            values[sub.name] = sub.default
-                        continue
-                    if not sub.accepts(sub_value):
-                        return None
-                    values[sub.name] = sub_value
+                values[segment.param] = value
         if len(parts) > len(self.segments):
             return None
         return values

@@ -91,7 +91,7 @@ class TimerRecorder:
 def build_test_app(recorder: TimerRecorder | None = None) -> func.FunctionApp:
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-    @app.route(route="devices/{device_id}/readings/{id:int}", methods=["GET"])
+    @app.route(route="devices/{device_id}/readings/{id}", methods=["GET"])
     def get_reading(req: func.HttpRequest) -> func.HttpResponse:
         body = {"route": dict(req.route_params), "params": dict(req.params), "url": req.url}
         return func.HttpResponse(json.dumps(body), mimetype="application/json")
@@ -140,63 +140,28 @@ def test_route_param_is_extracted_and_percent_decoded():
     assert route.match("/devices/abc") is None
 
 
-def test_route_int_constraint_accepts_int32_only():
-    route = fh.RouteTemplate.parse("items/{id:int}")
-    assert route.match("/items/42") == {"id": "42"}
-    assert route.match("/items/-7") == {"id": "-7"}
-    assert route.match("/items/abc") is None
-    assert route.match("/items/4.2") is None
-    assert route.match("/items/2147483648") is None  # beyond int32, as ASP.NET's int constraint
-
-
-def test_route_guid_uuid_and_alpha_constraints():
-    value = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
-    for name in ("guid", "uuid"):
-        route = fh.RouteTemplate.parse(f"tenants/{{tenant:{name}}}")
-        assert route.match(f"/tenants/{value}") == {"tenant": value}
-        assert route.match("/tenants/not-a-guid") is None
-    alpha = fh.RouteTemplate.parse("by-name/{name:alpha}")
-    assert alpha.match("/by-name/Sensor") == {"name": "Sensor"}
-    assert alpha.match("/by-name/sensor1") is None
-
-
-def test_route_unknown_constraint_matches_any_segment():
-    route = fh.RouteTemplate.parse("x/{value:madeup(3)}")
-    assert route.match("/x/anything") == {"value": "anything"}
-
-
-def test_route_parameterised_constraints():
-    assert fh.RouteTemplate.parse("p/{n:range(1,10)}").match("/p/10") == {"n": "10"}
-    assert fh.RouteTemplate.parse("p/{n:range(1,10)}").match("/p/11") is None
-    assert fh.RouteTemplate.parse("p/{s:minlength(3):alpha}").match("/p/ab") is None
-    assert fh.RouteTemplate.parse("p/{s:regex(^\\d{{3}}$)}").match("/p/123") is not None
-
-
-def test_route_optional_and_default_params_may_be_absent():
-    route = fh.RouteTemplate.parse("items/{id:int}/{name?}")
-    assert route.match("/items/1") == {"id": "1"}
-    assert route.match("/items/1/bob") == {"id": "1", "name": "bob"}
-    assert route.match("/items/1/bob/more") is None
-    assert fh.RouteTemplate.parse("page/{n=1}").match("/page") == {"n": "1"}
+@pytest.mark.parametrize("template", ["items/{id:int}", "items/{name?}", "page/{n=1}", "exports/{day}.{ext}",
+                                      "files/{*path}/more", "bad/{1x}"])
+def test_route_syntax_beyond_what_the_app_uses_is_refused_at_start(template):
+    # Constraints, optional or default values, mixed segments: the real host reads them, this one would guess.
+    with pytest.raises(fh.HostConfigError):
+        fh.RouteTemplate.parse(template)
 
 
 def test_route_catch_all_takes_the_rest_of_the_path():
     route = fh.RouteTemplate.parse("files/{*path}")
     assert route.match("/files/a/b/c.txt") == {"path": "a/b/c.txt"}
+    assert route.match("/files") == {}
+    assert fh.RouteTemplate.parse("{*route}").match("/devices/7/latest") == {"route": "devices/7/latest"}
 
 
-def test_route_complex_segment_mixes_literals_and_params():
-    route = fh.RouteTemplate.parse("exports/{day}.{ext:alpha}")
-    assert route.match("/exports/2024-01-01.csv") == {"day": "2024-01-01", "ext": "csv"}
-    assert route.match("/exports/2024-01-01.c5v") is None
-
-
-def test_route_precedence_prefers_literals_then_constraints():
+def test_route_precedence_prefers_literals_then_params_then_catch_all():
+    # As the app's own routes need: /api/health and /api/dashboard/... win over the API's {*route}.
     literal = fh.RouteTemplate.parse("devices/stats")
-    constrained = fh.RouteTemplate.parse("devices/{id:int}")
     plain = fh.RouteTemplate.parse("devices/{id}")
-    ordered = sorted([plain, constrained, literal], key=lambda r: r.precedence)
-    assert ordered == [literal, constrained, plain]
+    catch_all = fh.RouteTemplate.parse("{*route}")
+    ordered = sorted([catch_all, plain, literal], key=lambda r: r.precedence)
+    assert ordered == [literal, plain, catch_all]
 
 
 # --------------------------------------------------------------------------- settings and schedules
@@ -245,7 +210,7 @@ def test_timespan_schedule_and_invalid_schedule():
 def test_indexing_reads_http_and_timer_triggers_and_resolves_the_schedule():
     host = fh.LocalHost(build_test_app(), settings=TEST_SETTINGS)
     assert host.banner() == [
-        "http GET /api/devices/{device_id}/readings/{id:int} (function)",
+        "http GET /api/devices/{device_id}/readings/{id} (function)",
         "http POST /api/echo (anonymous)",
         "http GET /api/broken (anonymous)",
         "timer tick */1 * * * * *",
@@ -286,9 +251,9 @@ def test_http_route_params_query_and_url_reach_the_function(served):
     assert payload["url"] == f"{base}/api/devices/dev-1/readings/42?limit=5"
 
 
-def test_http_constraint_mismatch_is_404(served):
+def test_http_unmatched_route_is_404(served):
     _, base = served
-    status, _, _ = http("GET", f"{base}/api/devices/dev-1/readings/latest")
+    status, _, _ = http("GET", f"{base}/api/devices/dev-1/readings/42/more")
     assert status == 404
 
 
