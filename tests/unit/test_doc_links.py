@@ -11,9 +11,6 @@ from urllib.parse import unquote
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "infra" / "README.md"]
 
-# A page another change is adding: checked like any other once it exists, not an error until then.
-FORTHCOMING = {"docs/architecture.md"}
-
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
@@ -99,7 +96,7 @@ def anchors(text: str) -> set[str]:
     return found
 
 
-def broken_links(page: Path, repo: Path = REPO, forthcoming: frozenset[str] | set[str] = frozenset()) -> list[str]:
+def broken_links(page: Path, repo: Path = REPO) -> list[str]:
     problems = []
     for target in link_targets(page.read_text()):
         if not target or SCHEME.match(target):
@@ -114,10 +111,8 @@ def broken_links(page: Path, repo: Path = REPO, forthcoming: frozenset[str] | se
         if not resolved.is_relative_to(repo.resolve()):
             problems.append(f"{shown} leaves the repository")
             continue
-        relative = resolved.relative_to(repo.resolve()).as_posix()
         if not resolved.exists():
-            if relative not in forthcoming:
-                problems.append(f"{shown} does not exist")
+            problems.append(f"{shown} does not exist")
             continue
         if (
             anchor
@@ -130,7 +125,7 @@ def broken_links(page: Path, repo: Path = REPO, forthcoming: frozenset[str] | se
 
 
 def test_every_relative_link_in_the_docs_resolves() -> None:
-    problems = [problem for page in PAGES if page.exists() for problem in broken_links(page, forthcoming=FORTHCOMING)]
+    problems = [problem for page in PAGES if page.exists() for problem in broken_links(page)]
     assert problems == [], "\n".join(problems)
 
 
@@ -165,9 +160,9 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path: Path) -> None:
         "[web](https://example.com/missing) `[code](missing.md)`\n"
         "```\n[in a fence](missing.md)\n```\n# Top\n"
         "[gone](docs/gone.md) [bad anchor](docs/other.md#no-such-section) ![img](docs/none.png)\n"
-        "[self](#nowhere) [out](../outside.md) [later](docs/later.md)\n[ref]: docs/missing-ref.md\n"
+        "[self](#nowhere) [out](../outside.md)\n[ref]: docs/missing-ref.md\n"
     )
-    problems = broken_links(page, repo=tmp_path, forthcoming={"docs/later.md"})
+    problems = broken_links(page, repo=tmp_path)
     assert [problem.split(": ", 1)[1] for problem in problems] == [
         "(docs/gone.md) does not exist",
         "(docs/other.md#no-such-section) has no heading #no-such-section",
