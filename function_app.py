@@ -1,4 +1,5 @@
 """The function app: builds the FunctionApp and registers the blueprints, nothing else."""
+
 import logging
 
 import azure.functions as func

@@ -1,4 +1,5 @@
 """alert_evaluator: every tenant's alert rules, then the webhook deliveries that are due (shared/alerts/cycle.py)."""
+
 import azure.functions as func
 
 from shared.alerts.cycle import run_alert_cycle

@@ -1,6 +1,7 @@
 """The admin API: every /api/... request (other than the more specific /api/health) goes to the
 FastAPI app in shared/http through the Functions ASGI adapter. The app authenticates requests
 itself (bearer tokens), so the route is anonymous to the host."""
+
 import azure.functions as func
 
 from shared.http.app import api as asgi_app

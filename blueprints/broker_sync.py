@@ -1,4 +1,5 @@
 """broker_sync: applies the device-credential outbox to the broker, then reconciles drift, every minute."""
+
 import azure.functions as func
 
 from shared.broker.credential_sync import run_broker_sync

@@ -1,4 +1,5 @@
 """GET /api/health: is the app up and can it reach PostgreSQL? For probes and operators."""
+
 import json
 
 import azure.functions as func

@@ -1,4 +1,5 @@
 """mqtt_ingest: drains the broker's persistent session into PostgreSQL on a timer (shared/ingest/drain.py)."""
+
 import azure.functions as func
 
 from shared.core.observability import run_timer

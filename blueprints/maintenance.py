@@ -1,5 +1,6 @@
 """Maintenance timers: telemetry_rollup (1-minute and 1-hour rollups) and blob_archiver (partitions
 ahead, each tenant's days past its plan's window to Parquet in Blob Storage, then out of PostgreSQL)."""
+
 import azure.functions as func
 
 from shared.core.observability import run_timer

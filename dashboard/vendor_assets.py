@@ -7,6 +7,7 @@ built or downloaded at deploy time.
 
 tests/browser/test_dashboard_assets.py runs the check, so a lock change without a re-copy fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,11 @@ FILES = {"uplot": ("dist/uPlot.iife.min.js", "dist/uPlot.min.css", "LICENSE")}
 
 
 def pairs() -> list[tuple[Path, Path]]:
-    return [(REPO / "node_modules" / package / name, VENDOR / package / Path(name).name)
-            for package, names in FILES.items() for name in names]
+    return [
+        (REPO / "node_modules" / package / name, VENDOR / package / Path(name).name)
+        for package, names in FILES.items()
+        for name in names
+    ]
 
 
 def locked_version(package: str) -> str:

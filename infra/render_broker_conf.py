@@ -6,6 +6,7 @@ Bicep cannot run Python, so the files are generated here and committed; modules/
 VM's cloud-init. tests/infra/test_bicep.py fails when a committed file differs from what the contract renders now,
 so a change to the contract needs `.venv/bin/python infra/render_broker_conf.py` and a commit of the result.
 """
+
 from __future__ import annotations
 
 import sys
@@ -79,7 +80,7 @@ def render_dynsec_bootstrap() -> str:
         # sends them: mosquitto_ctrl's setDefaultACLAccess changes nothing on 2.0.11 (measured) though it exits 0.
         'mosquitto_pub -h "${MQTT_CTRL_HOST:-localhost}" -p "${MQTT_CTRL_PORT:-8883}" '
         '--cafile "${MQTT_CTRL_CAFILE:-/etc/mosquitto/certs/ca.crt}" -u "${MQTT_ADMIN_USERNAME:-admin}" '
-        '-P "$MQTT_ADMIN_PASSWORD" -q 1 -t \'$CONTROL/dynamic-security/v1\' -m '
+        "-P \"$MQTT_ADMIN_PASSWORD\" -q 1 -t '$CONTROL/dynamic-security/v1' -m "
         + shlex.quote(json.dumps({"commands": policy_commands()})),
         f'ctrl createClient {PROVISIONER_USERNAME} -p "$MQTT_PROVISIONER_PASSWORD" || true',
         f"ctrl addClientRole {PROVISIONER_USERNAME} {PROVISIONER_ROLE} 0 || true",

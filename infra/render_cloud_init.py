@@ -16,6 +16,7 @@ are created only when missing, existing broker clients keep their passwords, the
 It restarts Mosquitto (devices reconnect; nothing accepted is lost). The evaluation is the Bicep's own: pycep reads
 brokerVm.bicep's replace() chain, so a new placeholder there shows up here without an edit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,9 @@ def evaluate(expression: Any, variables: dict[str, Any], params: dict[str, Any])
         if function["type"] == "load_file_as_base64":
             return base64.b64encode((MODULES / arguments["file_path"]).resolve().read_bytes()).decode()
         if function["type"] == "replace":
-            original, old, new = (evaluate(arguments[k], variables, params)
-                                  for k in ("original_string", "old_string", "new_string"))
+            original, old, new = (
+                evaluate(arguments[k], variables, params) for k in ("original_string", "old_string", "new_string")
+            )
             return original.replace(old, new)
     if expression.get("operator", {}).get("type") == "conditional":
         operands = expression["operator"]["operands"]
@@ -71,12 +73,23 @@ def _variables() -> dict[str, Any]:
     return variables
 
 
-def render(broker_host: str, key_vault_uri: str, enable_websockets: bool = False, admin_username: str = "azureuser",
-           lets_encrypt_email: str = "", lets_encrypt_key_type: str = "ecdsa") -> str:
+def render(
+    broker_host: str,
+    key_vault_uri: str,
+    enable_websockets: bool = False,
+    admin_username: str = "azureuser",
+    lets_encrypt_email: str = "",
+    lets_encrypt_key_type: str = "ecdsa",
+) -> str:
     variables = _variables()
-    params = {"brokerFqdn": broker_host, "keyVaultUri": key_vault_uri, "enableWebsockets": enable_websockets,
-              "adminUsername": admin_username, "letsEncryptEmail": lets_encrypt_email,
-              "letsEncryptKeyType": lets_encrypt_key_type}
+    params = {
+        "brokerFqdn": broker_host,
+        "keyVaultUri": key_vault_uri,
+        "enableWebsockets": enable_websockets,
+        "adminUsername": admin_username,
+        "letsEncryptEmail": lets_encrypt_email,
+        "letsEncryptKeyType": lets_encrypt_key_type,
+    }
     text: str = evaluate("cloudInit", variables, params)
     return text
 
@@ -85,26 +98,34 @@ def reapply_script(cloud_init: str) -> str:
     """A bash script doing what cloud-init did: packages, write_files, runcmd. ROOT (empty on the VM) prefixes every
     path it writes, for a look in a scratch folder."""
     config = yaml.safe_load(cloud_init)
-    lines = ["#!/bin/bash",
-             "# Rendered by infra/render_cloud_init.py --reapply: the broker VM's cloud-init, applied to a VM that",
-             "# exists (as root: az vm run-command invoke ... --scripts @this-file).",
-             "set -euo pipefail",
-             'ROOT="${ROOT:-}"']
+    lines = [
+        "#!/bin/bash",
+        "# Rendered by infra/render_cloud_init.py --reapply: the broker VM's cloud-init, applied to a VM that",
+        "# exists (as root: az vm run-command invoke ... --scripts @this-file).",
+        "set -euo pipefail",
+        'ROOT="${ROOT:-}"',
+    ]
     if config.get("packages"):
         packages = " ".join(shlex.quote(p) for p in config["packages"])
-        lines += ["export DEBIAN_FRONTEND=noninteractive",
-                  "apt-get update -q" if config.get("package_update") else ":",
-                  f"apt-get install -y -q {packages}"]
+        lines += [
+            "export DEBIAN_FRONTEND=noninteractive",
+            "apt-get update -q" if config.get("package_update") else ":",
+            f"apt-get install -y -q {packages}",
+        ]
     for entry in config.get("write_files", []):
         content = entry.get("content", "")
         data = base64.b64decode(content) if entry.get("encoding") == "b64" else content.encode()
         path = shlex.quote(entry["path"])
         encoded = base64.encodebytes(data).decode().rstrip("\n")
-        lines += [f'install -d "$ROOT"{shlex.quote(str(Path(entry["path"]).parent))}',
-                  f'base64 -d >"$ROOT"{path}.new <<\'B64\'', encoded, "B64",
-                  f'chown {shlex.quote(entry.get("owner", "root:root"))} "$ROOT"{path}.new',
-                  f'chmod {shlex.quote(str(entry.get("permissions", "0644")))} "$ROOT"{path}.new',
-                  f'mv -f "$ROOT"{path}.new "$ROOT"{path}']
+        lines += [
+            f'install -d "$ROOT"{shlex.quote(str(Path(entry["path"]).parent))}',
+            f"base64 -d >\"$ROOT\"{path}.new <<'B64'",
+            encoded,
+            "B64",
+            f'chown {shlex.quote(entry.get("owner", "root:root"))} "$ROOT"{path}.new',
+            f'chmod {shlex.quote(str(entry.get("permissions", "0644")))} "$ROOT"{path}.new',
+            f'mv -f "$ROOT"{path}.new "$ROOT"{path}',
+        ]
     lines.append("systemctl daemon-reload")
     for command in config.get("runcmd", []):
         words = command if isinstance(command, list) else ["sh", "-c", command]
@@ -123,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.parameters:
         document = json.loads(args.parameters.read_text())
         values = {k: v.get("value") for k, v in document.get("parameters", {}).items() if isinstance(v, dict)}
-    cloud_init = render(args.broker_host, f"https://{args.key_vault_name}{KEY_VAULT_DNS}/",
-                        enable_websockets=bool(values.get("enableWebsockets", False)),
-                        admin_username=values.get("adminUsername") or "azureuser",
-                        lets_encrypt_email=values.get("letsEncryptEmail") or "",
-                        lets_encrypt_key_type=values.get("letsEncryptKeyType") or "ecdsa")
+    cloud_init = render(
+        args.broker_host,
+        f"https://{args.key_vault_name}{KEY_VAULT_DNS}/",
+        enable_websockets=bool(values.get("enableWebsockets", False)),
+        admin_username=values.get("adminUsername") or "azureuser",
+        lets_encrypt_email=values.get("letsEncryptEmail") or "",
+        lets_encrypt_key_type=values.get("letsEncryptKeyType") or "ecdsa",
+    )
     sys.stdout.write(reapply_script(cloud_init) if args.reapply else cloud_init)
     return 0
 

@@ -7,6 +7,7 @@ Operators are not tenant users and the application role cannot create or even re
 connects as the database owner: --database-url, else $ADMIN_DATABASE_URL, else the local stack's
 superuser (as scripts/create_user.py does).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     email = args.email.strip().lower()
     with psycopg.connect(owner_dsn(args.database_url)) as conn:
         try:
-            row = conn.execute("INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s) RETURNING id",
-                               (email, hash_password(password))).fetchone()
+            row = conn.execute(
+                "INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s) RETURNING id",
+                (email, hash_password(password)),
+            ).fetchone()
         except psycopg.errors.UniqueViolation:
             sys.exit(f"operator {email} already exists")
     assert row is not None

@@ -12,6 +12,7 @@ Also, for the local stack (no --database-url): if local.settings.json has no usa
 example's CHANGE-ME), a random one is written there (scripts/dev keeps it), so the API can issue
 tokens once the function app restarts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,10 @@ def ensure_local_jwt_secret() -> None:
     values["AUTH_JWT_SECRET"] = secrets.token_hex(32)
     SETTINGS_FILE.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     os.chmod(SETTINGS_FILE, 0o600)
-    print("wrote a random AUTH_JWT_SECRET to local.settings.json: restart the function app (scripts/dev up)",
-          file=sys.stderr)
+    print(
+        "wrote a random AUTH_JWT_SECRET to local.settings.json: restart the function app (scripts/dev up)",
+        file=sys.stderr,
+    )
 
 
 def create(dsn: str, tenant_slug: str, email: str, role: str, password_hash: str) -> UUID | None:
@@ -76,12 +79,14 @@ def create(dsn: str, tenant_slug: str, email: str, role: str, password_hash: str
             return None
         row = conn.execute(
             "INSERT INTO users (tenant_id, email, role, password_hash) VALUES (%s, %s, %s, %s) RETURNING id",
-            (tenant[0], email, role, password_hash)).fetchone()
+            (tenant[0], email, role, password_hash),
+        ).fetchone()
         assert row is not None
         conn.execute(
             "INSERT INTO audit_log (tenant_id, action, target_type, target_id, source_address, detail)"
             " VALUES (%s, 'user.create', 'user', %s, 'scripts/create_user.py', %s)",
-            (tenant[0], str(row[0]), Jsonb({"role": role})))
+            (tenant[0], str(row[0]), Jsonb({"role": role})),
+        )
         user_id: UUID = row[0]
         return user_id
 

@@ -14,6 +14,7 @@ Not mimicked (host behaviour, tested or documented elsewhere): function keys, th
 lease, `functionTimeout`, retries, extension bindings other than HTTP and timer, host.json
 logging. What it reads is what azure-functions' own FunctionApp.get_functions() exposes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -147,8 +148,10 @@ class RouteTemplate:
                 continue
             param = _PARAM.fullmatch(raw)
             if param is None:
-                raise HostConfigError(f"route {template!r}: {raw!r} is beyond what this local host reads "
-                                      "(literals, {name} and a trailing {*name}); run `func start` for it")
+                raise HostConfigError(
+                    f"route {template!r}: {raw!r} is beyond what this local host reads "
+                    "(literals, {name} and a trailing {*name}); run `func start` for it"
+                )
             catch_all = bool(param.group(1))
             if catch_all and index != len(raw_segments) - 1:
                 raise HostConfigError(f"route {template!r}: a catch-all parameter must be last")
@@ -312,8 +315,10 @@ def _trigger_dict(function: Any) -> dict[str, Any]:
         bindings = function.get_bindings_dict().get("bindings", [])
     for binding in bindings:
         if str(_enum_value(binding.get("type", ""))).endswith("Trigger"):
-            return {k: (_enum_value(v) if not isinstance(v, list) else [_enum_value(i) for i in v])
-                    for k, v in binding.items()}
+            return {
+                k: (_enum_value(v) if not isinstance(v, list) else [_enum_value(i) for i in v])
+                for k, v in binding.items()
+            }
     trigger = function.get_trigger()
     return {k: _enum_value(v) for k, v in trigger.get_dict_repr().items()} if trigger else {}
 
@@ -359,16 +364,18 @@ def index_functions(
             except HostConfigError as exc:
                 error = f"http {name}: {exc}"
             methods = trigger.get("methods")
-            http_functions.append(HttpFunction(
-                name=name,
-                route=route,
-                raw_route=raw_route,
-                methods=frozenset(str(m).upper() for m in methods) if methods else None,
-                auth_level=str(trigger.get("authLevel") or "function").lower(),
-                trigger_arg=trigger.get("name", "req"),
-                user_function=user_function,
-                error=error,
-            ))
+            http_functions.append(
+                HttpFunction(
+                    name=name,
+                    route=route,
+                    raw_route=raw_route,
+                    methods=frozenset(str(m).upper() for m in methods) if methods else None,
+                    auth_level=str(trigger.get("authLevel") or "function").lower(),
+                    trigger_arg=trigger.get("name", "req"),
+                    user_function=user_function,
+                    error=error,
+                )
+            )
         elif kind == "timerTrigger":
             raw_schedule = str(trigger.get("schedule", ""))
             schedule, error = None, None
@@ -376,15 +383,17 @@ def index_functions(
                 schedule = parse_schedule(resolve_placeholders(raw_schedule, settings), tz)
             except HostConfigError as exc:
                 error = f"timer {name}: {exc}"
-            timers.append(TimerFunction(
-                name=name,
-                raw_schedule=raw_schedule,
-                schedule=schedule,
-                run_on_startup=bool(trigger.get("runOnStartup")),
-                trigger_arg=trigger.get("name", "timer"),
-                user_function=user_function,
-                error=error,
-            ))
+            timers.append(
+                TimerFunction(
+                    name=name,
+                    raw_schedule=raw_schedule,
+                    schedule=schedule,
+                    run_on_startup=bool(trigger.get("runOnStartup")),
+                    trigger_arg=trigger.get("name", "timer"),
+                    user_function=user_function,
+                    error=error,
+                )
+            )
         else:
             skipped.append(SkippedFunction(name, f"{kind} triggers are not supported by func_host"))
     return http_functions, timers, skipped
@@ -456,8 +465,7 @@ class Reply:
 
 
 def _json_reply(status: int, payload: dict[str, Any], headers: Iterable[tuple[str, str]] = ()) -> Reply:
-    return Reply(status, [("Content-Type", "application/json; charset=utf-8"), *headers],
-                 json.dumps(payload).encode())
+    return Reply(status, [("Content-Type", "application/json; charset=utf-8"), *headers], json.dumps(payload).encode())
 
 
 _HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive"}
@@ -507,9 +515,7 @@ class LocalHost:
         self._timers_by_name = {t.name: t for t in self.timers}
         self._functions_by_name = {f.name.lower(): f for f in [*self.http_functions, *self.timers]}
         # Most specific route first (ASP.NET precedence); registration order breaks ties.
-        self._routes = sorted(
-            (f for f in self.http_functions if f.route is not None), key=lambda f: f.route.precedence
-        )
+        self._routes = sorted((f for f in self.http_functions if f.route is not None), key=lambda f: f.route.precedence)
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._server_thread: threading.Thread | None = None
@@ -642,12 +648,14 @@ class LocalHost:
                 "LastUpdated": datetime.now(UTC).isoformat(),
             }
         request = TimerRequest(past_due=past_due, schedule_status=status, schedule={"AdjustForDST": True})
-        outcome = self._invoke(timer.name, timer.user_function, timer.trigger_arg, request,
-                               f"{reason}{', past due' if past_due else ''}")
+        outcome = self._invoke(
+            timer.name, timer.user_function, timer.trigger_arg, request, f"{reason}{', past due' if past_due else ''}"
+        )
         return outcome.ok
 
-    def _invoke(self, name: str, user_function: Callable[..., Any], trigger_arg: str, value: Any,
-                reason: str) -> Outcome:
+    def _invoke(
+        self, name: str, user_function: Callable[..., Any], trigger_arg: str, value: Any, reason: str
+    ) -> Outcome:
         """Call a user function with Core Tools-style start/end lines; exceptions are logged, not raised."""
         invocation_id = str(uuid.uuid4())
         log.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", name, reason, invocation_id)
@@ -656,8 +664,9 @@ class LocalHost:
             result = _call_user_function(user_function, trigger_arg, value, name, invocation_id)
         except Exception as exc:
             elapsed = (time.perf_counter() - started) * 1000
-            log.error("Executed 'Functions.%s' (Failed, Id=%s, Duration=%.0fms)", name, invocation_id, elapsed,
-                      exc_info=exc)
+            log.error(
+                "Executed 'Functions.%s' (Failed, Id=%s, Duration=%.0fms)", name, invocation_id, elapsed, exc_info=exc
+            )
             return Outcome(False, None, invocation_id)
         elapsed = (time.perf_counter() - started) * 1000
         log.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%.0fms)", name, invocation_id, elapsed)
@@ -665,18 +674,19 @@ class LocalHost:
 
     # -- HTTP
 
-    def dispatch(self, method: str, target: str, headers: Mapping[str, str], body: bytes,
-                 base_url: str = "http://127.0.0.1") -> Reply:
+    def dispatch(
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes, base_url: str = "http://127.0.0.1"
+    ) -> Reply:
         """Route one request to its function: the whole HTTP behaviour, without sockets."""
         method = method.upper()
         parts = urlsplit(target)
         path = parts.path or "/"
         if path.lower().startswith("/admin/functions/"):
-            return self._admin_invoke(method, unquote(path[len("/admin/functions/"):]).strip("/"))
+            return self._admin_invoke(method, unquote(path[len("/admin/functions/") :]).strip("/"))
         prefix = f"/{self.route_prefix}" if self.route_prefix else ""
         if prefix:
             if path.lower() == prefix.lower() or path.lower().startswith(prefix.lower() + "/"):
-                path = path[len(prefix):]
+                path = path[len(prefix) :]
             else:
                 return _json_reply(404, {"error": "not found"})
 
@@ -693,22 +703,35 @@ class LocalHost:
             return _json_reply(405, {"error": "method not allowed"}, [("Allow", ", ".join(sorted(allowed)))])
         return _json_reply(404, {"error": "not found"})
 
-    def _invoke_http(self, function: HttpFunction, method: str, target: str, parts: Any,
-                     headers: Mapping[str, str], body: bytes, route_params: dict[str, str],
-                     base_url: str) -> Reply:
+    def _invoke_http(
+        self,
+        function: HttpFunction,
+        method: str,
+        target: str,
+        parts: Any,
+        headers: Mapping[str, str],
+        body: bytes,
+        route_params: dict[str, str],
+        base_url: str,
+    ) -> Reply:
         # Repeated query keys are joined with "," (how the host flattens ASP.NET StringValues).
         params: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             params[key] = f"{params[key]},{value}" if key in params else value
         request = func.HttpRequest(
-            method, base_url.rstrip("/") + target, headers=dict(headers), params=params,
-            route_params=route_params, body=body,
+            method,
+            base_url.rstrip("/") + target,
+            headers=dict(headers),
+            params=params,
+            route_params=route_params,
+            body=body,
         )
         # Function keys are NOT checked, matching Core Tools: "When running functions locally,
         # authorization is disabled regardless of the specified authorization level setting."
         # The authLevel is enforced only once deployed to Azure.
-        outcome = self._invoke(function.name, function.user_function, function.trigger_arg, request,
-                               f"HTTP {method} {parts.path}")
+        outcome = self._invoke(
+            function.name, function.user_function, function.trigger_arg, request, f"HTTP {method} {parts.path}"
+        )
         if not outcome.ok:
             return _json_reply(500, {"error": "internal server error", "invocationId": outcome.invocation_id})
         try:
@@ -724,8 +747,9 @@ class LocalHost:
             return _json_reply(404, {"error": "not found"})
         if method != "POST":
             return _json_reply(405, {"error": "method not allowed"}, [("Allow", "POST")])
-        threading.Thread(target=self.run_timer, args=(function.name,), name=f"func_host-admin-{function.name}",
-                         daemon=True).start()
+        threading.Thread(
+            target=self.run_timer, args=(function.name,), name=f"func_host-admin-{function.name}", daemon=True
+        ).start()
         return Reply(202, [], b"")
 
 
@@ -822,12 +846,18 @@ def route_prefix_from_host_json(app_dir: Path) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Run the app's registered Azure Functions locally without Core Tools.")
-    parser.add_argument("--port", type=int, default=None,
-                        help=f"HTTP port (default: Host.LocalHttpPort from the settings, else {DEFAULT_PORT}; 0 = any)")
-    parser.add_argument("--settings", default=None,
-                        help="local.settings.json to export (default: <app-dir>/local.settings.json if present)")
+    parser = argparse.ArgumentParser(description="Run the app's registered Azure Functions locally without Core Tools.")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"HTTP port (default: Host.LocalHttpPort from the settings, else {DEFAULT_PORT}; 0 = any)",
+    )
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help="local.settings.json to export (default: <app-dir>/local.settings.json if present)",
+    )
     parser.add_argument("--app-dir", default=".", help="directory holding function_app.py (default: .)")
     parser.add_argument("--once", metavar="TIMER_NAME", help="run one timer function once and exit 0/1")
     parser.add_argument("--no-timers", action="store_true", help="serve HTTP only")
@@ -858,8 +888,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.once:
         if args.once not in {t.name for t in host.timers}:
-            log.error("No timer function named %r (timers: %s)", args.once,
-                      ", ".join(t.name for t in host.timers) or "none")
+            log.error(
+                "No timer function named %r (timers: %s)", args.once, ", ".join(t.name for t in host.timers) or "none"
+            )
             return 2
         return 0 if host.run_timer(args.once) else 1
 
@@ -888,8 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     print("func_host: Core Tools not found; running the app's functions with scripts/func_host.py", flush=True)
-    print("Function keys are not checked locally (as with Core Tools); the auth level is shown per route.",
-          flush=True)
+    print("Function keys are not checked locally (as with Core Tools); the auth level is shown per route.", flush=True)
     print("Functions:", flush=True)
     for line in host.banner():
         print(f"  {line}", flush=True)

@@ -12,6 +12,7 @@ restore drill (scripts/pg_restore_drill.py) can demand exact equality however bu
 <prefix><database>/<UTC time>.dump and .json (the manifest: counts per table, size, SHA-256, server version) and
 never overwrites a blob. The last line is machine-readable: pg_backup blob=... bytes=... tables=... rows=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,10 +110,12 @@ ORDER BY 1
 def require_sees_everything(conn: psycopg.Connection[Any]) -> None:
     hidden = [name for (name,) in conn.execute(HIDDEN_TABLES).fetchall()]
     if hidden:
-        raise BackupError("the backup role would dump and count only some rows of "
-                          f"{', '.join(hidden[:5])}{' ...' if len(hidden) > 5 else ''} (FORCE'd row-level security): "
-                          "use the tables' owner (migration 0012 gives it owner_access), a superuser "
-                          "or a BYPASSRLS role")
+        raise BackupError(
+            "the backup role would dump and count only some rows of "
+            f"{', '.join(hidden[:5])}{' ...' if len(hidden) > 5 else ''} (FORCE'd row-level security): "
+            "use the tables' owner (migration 0012 gives it owner_access), a superuser "
+            "or a BYPASSRLS role"
+        )
 
 
 def count_rows(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -149,8 +152,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def backup(database_url: str, container: Any, prefix: str = DEFAULT_PREFIX,
-           now: datetime | None = None) -> Backup:
+def backup(database_url: str, container: Any, prefix: str = DEFAULT_PREFIX, now: datetime | None = None) -> Backup:
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     # Autocommit, so the BEGIN below starts the one transaction whose snapshot pg_dump shares.
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -169,13 +171,31 @@ def backup(database_url: str, container: Any, prefix: str = DEFAULT_PREFIX,
             target, env = libpq_env(database_url)
             # --enable-row-security: without it pg_dump refuses a role that RLS binds (the owner on a
             # managed server); with it, the owner's owner_access policies let every row through.
-            subprocess.run([pg_tool("pg_dump"), "--format=custom", f"--snapshot={snapshot}", "--no-password",
-                            "--enable-row-security", f"--file={dump}", f"--dbname={target}"], check=True, env=env)
+            subprocess.run(
+                [
+                    pg_tool("pg_dump"),
+                    "--format=custom",
+                    f"--snapshot={snapshot}",
+                    "--no-password",
+                    "--enable-row-security",
+                    f"--file={dump}",
+                    f"--dbname={target}",
+                ],
+                check=True,
+                env=env,
+            )
             conn.execute("COMMIT")
             base = f"{prefix}{dbname}/{stamp}"
-            manifest = {"database": dbname, "created_at": stamp, "snapshot": snapshot,
-                        "server_version": server_version, "dump_blob": f"{base}.dump",
-                        "bytes": dump.stat().st_size, "sha256": sha256_of(dump), "row_counts": counts}
+            manifest = {
+                "database": dbname,
+                "created_at": stamp,
+                "snapshot": snapshot,
+                "server_version": server_version,
+                "dump_blob": f"{base}.dump",
+                "bytes": dump.stat().st_size,
+                "sha256": sha256_of(dump),
+                "row_counts": counts,
+            }
             with dump.open("rb") as handle:
                 container.upload_blob(f"{base}.dump", handle, overwrite=False)
     # The manifest last: a backup without one is incomplete, and the drill never picks it.
@@ -210,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pg_backup: pg_dump failed ({error.returncode}); nothing was uploaded", file=sys.stderr)
         return 1
     manifest = done.manifest
-    print(f"pg_backup blob={done.dump_blob} bytes={manifest['bytes']} tables={len(manifest['row_counts'])} "
-          f"rows={sum(manifest['row_counts'].values())}")
+    print(
+        f"pg_backup blob={done.dump_blob} bytes={manifest['bytes']} tables={len(manifest['row_counts'])} "
+        f"rows={sum(manifest['row_counts'].values())}"
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ any difference fails the drill (exit 1). The source's live counts are printed be
 move on after the backup). The scratch database is dropped afterwards unless --keep.
 The last line is machine-readable: restore_drill ok=... tables=... rows=... mismatches=... restore_s=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,15 +64,21 @@ class DrillResult:
 
 
 def latest_manifest(container: Any, prefix: str, dbname: str) -> str:
-    names = sorted(blob.name for blob in container.list_blobs(name_starts_with=f"{prefix}{dbname}/")
-                   if blob.name.endswith(".json"))
+    names = sorted(
+        blob.name for blob in container.list_blobs(name_starts_with=f"{prefix}{dbname}/") if blob.name.endswith(".json")
+    )
     if not names:
         raise BackupError(f"no backup of {dbname} under {container.container_name}/{prefix}{dbname}/")
     return names[-1]
 
 
-def drill(database_url: str, container: Any, manifest_blob: str | None = None, prefix: str = DEFAULT_PREFIX,
-          keep: bool = False) -> DrillResult:
+def drill(
+    database_url: str,
+    container: Any,
+    manifest_blob: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    keep: bool = False,
+) -> DrillResult:
     with psycopg.connect(database_url, autocommit=True) as conn:
         require_sees_everything(conn)
         dbname = conn.info.dbname
@@ -93,8 +100,19 @@ def drill(database_url: str, container: Any, manifest_blob: str | None = None, p
             target, env = libpq_env(database_url, scratch)
             # --no-owner: objects belong to whoever restores (on a managed server the dump's owner may not exist);
             # grants and row-level security policies are restored, so the app roles would work as before.
-            subprocess.run([pg_tool("pg_restore"), "--exit-on-error", "--no-owner", "--no-password",
-                            f"--dbname={target}", str(dump)], check=True, env=env, capture_output=True)
+            subprocess.run(
+                [
+                    pg_tool("pg_restore"),
+                    "--exit-on-error",
+                    "--no-owner",
+                    "--no-password",
+                    f"--dbname={target}",
+                    str(dump),
+                ],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             restore_s = time.monotonic() - started
             with psycopg.connect(with_database(database_url, scratch), autocommit=True) as conn:
                 restored = count_rows(conn)
@@ -115,8 +133,10 @@ def print_result(result: DrillResult) -> None:
     print(f"{'table':<48} {'backup':>12} {'restored':>12} {'source now':>12}")
     for table in sorted(set(result.expected) | set(result.restored)):
         flag = "  MISMATCH" if table in result.mismatches else ""
-        print(f"{table:<48} {result.expected.get(table, '-'):>12} {result.restored.get(table, '-'):>12} "
-              f"{result.source_now.get(table, '-'):>12}{flag}")
+        print(
+            f"{table:<48} {result.expected.get(table, '-'):>12} {result.restored.get(table, '-'):>12} "
+            f"{result.source_now.get(table, '-'):>12}{flag}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,12 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pg_restore_drill: {error}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as error:
-        print(f"pg_restore_drill: pg_restore failed: {(error.stderr or b'').decode(errors='replace')[-2000:]}",
-              file=sys.stderr)
+        print(
+            f"pg_restore_drill: pg_restore failed: {(error.stderr or b'').decode(errors='replace')[-2000:]}",
+            file=sys.stderr,
+        )
         return 1
     print_result(result)
-    print(f"restore_drill ok={str(result.ok).lower()} tables={len(result.restored)} "
-          f"rows={sum(result.restored.values())} mismatches={len(result.mismatches)} restore_s={result.restore_s:.1f}")
+    print(
+        f"restore_drill ok={str(result.ok).lower()} tables={len(result.restored)} "
+        f"rows={sum(result.restored.values())} mismatches={len(result.mismatches)} restore_s={result.restore_s:.1f}"
+    )
     return 0 if result.ok else 1
 
 

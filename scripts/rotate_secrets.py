@@ -29,6 +29,7 @@ provisioner's current password; it may change any client's password, its own inc
 first connects as the provisioner, so a broker it cannot verify or log in to stops it before Key Vault changes.
 The broker VM reads the two service passwords from Key Vault only at first boot, so nothing there needs updating.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,10 +48,16 @@ if str(REPO) not in sys.path:
 
 # Key Vault secret names as infra/modules/keyVault.bicep names them (the maintenance and commander ones follow the
 # same pattern for the secrets issues 12 and 14 add).
-DB_ROLES = {"mqtt_saas_app": "database-url", "mqtt_saas_ingest": "ingest-database-url",
-            "mqtt_saas_maintenance": "maintenance-database-url"}
-BROKER_CLIENTS = {"mqtt-saas-ingest": "mqtt-ingest-password", "mqtt-saas-provisioner": "mqtt-provisioner-password",
-                  "mqtt-saas-commander": "mqtt-commander-password"}
+DB_ROLES = {
+    "mqtt_saas_app": "database-url",
+    "mqtt_saas_ingest": "ingest-database-url",
+    "mqtt_saas_maintenance": "maintenance-database-url",
+}
+BROKER_CLIENTS = {
+    "mqtt-saas-ingest": "mqtt-ingest-password",
+    "mqtt-saas-provisioner": "mqtt-provisioner-password",
+    "mqtt-saas-commander": "mqtt-commander-password",
+}
 JWT_SECRET_NAME = "auth-jwt-secret"
 ROTATED_MARKER = "SECRETS_ROTATED_AT"
 
@@ -90,8 +97,15 @@ def broker_ca_file(argument: str | None, environ: Mapping[str, str]) -> str | No
     return value or None
 
 
-def set_broker_password(host: str, port: int, ca_file: str | None, provisioner_user: str, provisioner_password: str,
-                        username: str, password: str) -> None:
+def set_broker_password(
+    host: str,
+    port: int,
+    ca_file: str | None,
+    provisioner_user: str,
+    provisioner_password: str,
+    username: str,
+    password: str,
+) -> None:
     from shared.broker.dynsec import DynsecClient
 
     with DynsecClient(host, port, ca_file, provisioner_user, provisioner_password) as dynsec:
@@ -108,8 +122,10 @@ def check_broker(host: str, port: int, ca_file: str | None, provisioner_user: st
             pass
     except BrokerUnavailable as error:
         verified = f"the CA {ca_file}" if ca_file else "the system CA store (no --ca-file, MQTT_CA_FILE unset)"
-        raise SystemExit(f"broker {host}:{port} not usable, verified with {verified}: {error}. A broker with the "
-                         "generated CA needs --ca-file certs/broker-ca.crt. Nothing was changed.") from None
+        raise SystemExit(
+            f"broker {host}:{port} not usable, verified with {verified}: {error}. A broker with the "
+            "generated CA needs --ca-file certs/broker-ca.crt. Nothing was changed."
+        ) from None
 
 
 class Azure:
@@ -128,8 +144,22 @@ class Azure:
         if self.dry_run:
             print(f"    $ az keyvault secret show --vault-name {self.vault} --name {name} --query value")
             return "postgresql://role:old@host:5432/db" if "url" in name else "old"
-        return self._run(["az", "keyvault", "secret", "show", "--vault-name", self.vault, "--name", name,
-                          "--query", "value", "--output", "tsv"]).strip()
+        return self._run(
+            [
+                "az",
+                "keyvault",
+                "secret",
+                "show",
+                "--vault-name",
+                self.vault,
+                "--name",
+                name,
+                "--query",
+                "value",
+                "--output",
+                "tsv",
+            ]
+        ).strip()
 
     def write_secret(self, name: str, value: str) -> None:
         # From a 0600 file: a value on the command line would show in the process list.
@@ -137,12 +167,41 @@ class Azure:
             os.chmod(handle.name, 0o600)
             handle.write(value)
             handle.flush()
-            self._run(["az", "keyvault", "secret", "set", "--vault-name", self.vault, "--name", name,
-                       "--file", handle.name, "--output", "none"])
+            self._run(
+                [
+                    "az",
+                    "keyvault",
+                    "secret",
+                    "set",
+                    "--vault-name",
+                    self.vault,
+                    "--name",
+                    name,
+                    "--file",
+                    handle.name,
+                    "--output",
+                    "none",
+                ]
+            )
 
     def reload_app(self, stamp: str) -> None:
-        self._run(["az", "functionapp", "config", "appsettings", "set", "-g", self.resource_group, "-n", self.app,
-                   "--settings", f"{ROTATED_MARKER}={stamp}", "--output", "none"])
+        self._run(
+            [
+                "az",
+                "functionapp",
+                "config",
+                "appsettings",
+                "set",
+                "-g",
+                self.resource_group,
+                "-n",
+                self.app,
+                "--settings",
+                f"{ROTATED_MARKER}={stamp}",
+                "--output",
+                "none",
+            ]
+        )
         self._run(["az", "functionapp", "restart", "-g", self.resource_group, "-n", self.app])
 
 
@@ -155,17 +214,22 @@ def rotate_db_role(azure: Azure, role: str, admin_url: str | None) -> None:
     print(f"[3/4] PostgreSQL: ALTER ROLE {role} PASSWORD ***")
     if not azure.dry_run:
         if not admin_url:
-            raise SystemExit("ADMIN_DATABASE_URL is not set; Key Vault already has the new value: set it and run "
-                             "this step again with the same password, or rotate again")
+            raise SystemExit(
+                "ADMIN_DATABASE_URL is not set; Key Vault already has the new value: set it and run "
+                "this step again with the same password, or rotate again"
+            )
         set_role_password(admin_url, role, password)
 
 
 def rotate_broker_client(azure: Azure, username: str, host: str, port: int, ca_file: str | None) -> None:
     secret_name = BROKER_CLIENTS[username]
     provisioner_password = os.environ.get("MQTT_PROVISIONER_PASSWORD") or azure.read_secret(
-        BROKER_CLIENTS["mqtt-saas-provisioner"])
-    print(f"[0/4] broker {host}:{port}: log in as mqtt-saas-provisioner, verified with "
-          + (f"the CA {ca_file}" if ca_file else "the system CA store"))
+        BROKER_CLIENTS["mqtt-saas-provisioner"]
+    )
+    print(
+        f"[0/4] broker {host}:{port}: log in as mqtt-saas-provisioner, verified with "
+        + (f"the CA {ca_file}" if ca_file else "the system CA store")
+    )
     if not azure.dry_run:
         check_broker(host, port, ca_file, "mqtt-saas-provisioner", provisioner_password)
     print(f"[1/4] new password for broker client {username}")
@@ -183,9 +247,12 @@ def rotate_jwt(azure: Azure) -> None:
     azure.write_secret(JWT_SECRET_NAME, secrets.token_hex(32))
     print("[3/4] nothing outside the app checks it")
     # The webhook signing secrets are encrypted with a key derived from this one (shared/alerts/delivery.py).
-    print("WARNING: every stored alert-webhook secret becomes unreadable with the new secret: rotate each target's "
-          "secret afterwards (POST /api/alerts/rules/{rule}/webhooks/{id}/rotate-secret) and give receivers the new "
-          "one; until then their deliveries fail with 'secret unavailable'", file=sys.stderr)
+    print(
+        "WARNING: every stored alert-webhook secret becomes unreadable with the new secret: rotate each target's "
+        "secret afterwards (POST /api/alerts/rules/{rule}/webhooks/{id}/rotate-secret) and give receivers the new "
+        "one; until then their deliveries fail with 'secret unavailable'",
+        file=sys.stderr,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,8 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vault", required=True, help="key vault name (deploy output keyVaultName)")
     parser.add_argument("--broker-host")
     parser.add_argument("--broker-port", type=int, default=8883)
-    parser.add_argument("--ca-file", help="CA file that verifies the broker (generated CA: certs/broker-ca.crt); "
-                        "default $MQTT_CA_FILE; empty or unset: the system CA store (Let's Encrypt)")
+    parser.add_argument(
+        "--ca-file",
+        help="CA file that verifies the broker (generated CA: certs/broker-ca.crt); "
+        "default $MQTT_CA_FILE; empty or unset: the system CA store (Let's Encrypt)",
+    )
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     azure = Azure(args.resource_group, args.app, args.vault, args.dry_run)

@@ -17,6 +17,7 @@ and the next telemetry message after a command carries its ack as an extra recor
 "cmd_result": "applied"}`` (or why it was rejected), which the drain stores like any reading and the API shows as
 the command's ack.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ MAX_SET_POINT_RPM = 30000.0
 def load_credential(path: Path) -> DeviceCredential:
     """Reads what scripts/dev stores in demo-device.json (a shared.registry.DeviceCredential as JSON)."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    return DeviceCredential(data["tenant"], data["device"], data["username"],
-                            data.get("client_id") or data["username"], data["password"])
+    return DeviceCredential(
+        data["tenant"], data["device"], data["username"], data.get("client_id") or data["username"], data["password"]
+    )
 
 
 class Machine:
@@ -74,8 +76,9 @@ class Machine:
             self.mode = rng.choices(self.MODES, weights=(70, 15, 10, 5))[0]
         # The door opens only when the spindle may stop (not in auto), and closes again soon.
         self.door_open = self.mode != "auto" and (rng.random() < 0.3 if not self.door_open else rng.random() < 0.7)
-        target_rpm = ({"auto": self.set_point, "manual": self.set_point / 2}.get(self.mode, 0.0)
-                      if not self.door_open else 0.0)
+        target_rpm = (
+            {"auto": self.set_point, "manual": self.set_point / 2}.get(self.mode, 0.0) if not self.door_open else 0.0
+        )
         self.rpm += (target_rpm - self.rpm) * 0.5 + (rng.gauss(0, 40) if target_rpm else 0.0)
         self.rpm = max(0.0, self.rpm)
         # Heats up with the spindle, cools towards the hall's 22 C when it stands still.
@@ -194,8 +197,9 @@ class Simulator:
                 self._cond.wait(min(remaining, 0.2))
             return True
 
-    def _publish_acked(self, topic: str, payload: str, retain: bool, timeout: float,
-                       interruptible: bool = True) -> bool:
+    def _publish_acked(
+        self, topic: str, payload: str, retain: bool, timeout: float, interruptible: bool = True
+    ) -> bool:
         """Publishes at QoS 1 and waits for the PUBACK; False if none came (paho resends it after a reconnect)."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -251,22 +255,31 @@ class Simulator:
     def _shutdown(self) -> None:
         self.stop.set()  # from here on a disconnect is ours, not one to report
         # A clean DISCONNECT suppresses the will, so say "offline" ourselves first.
-        if self._connected and not self._publish_acked(self.status_topic, "offline", True, OFFLINE_ACK_TIMEOUT_S,
-                                                       interruptible=False):
+        if self._connected and not self._publish_acked(
+            self.status_topic, "offline", True, OFFLINE_ACK_TIMEOUT_S, interruptible=False
+        ):
             log.warning("could not publish offline; the broker sends the will instead")
         self.client.disconnect()
         self.client.loop_stop()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--credential", type=Path, default=Path(".localstack/demo-device.json"),
-                        help="device credential JSON written by scripts/dev (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--credential",
+        type=Path,
+        default=Path(".localstack/demo-device.json"),
+        help="device credential JSON written by scripts/dev (default: %(default)s)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="broker host (default: %(default)s)")
     parser.add_argument("--port", type=int, default=18883, help="broker MQTT/TLS port (default: %(default)s)")
-    parser.add_argument("--cafile", default=".localstack/mosquitto/ca.crt",
-                        help="CA certificate that verifies the broker (default: %(default)s)")
+    parser.add_argument(
+        "--cafile",
+        default=".localstack/mosquitto/ca.crt",
+        help="CA certificate that verifies the broker (default: %(default)s)",
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between readings (default: 2)")
     parser.add_argument("--count", type=int, default=None, help="stop after N acknowledged readings")
     parser.add_argument("--seed", type=int, default=None, help="random seed, for repeatable readings")

@@ -1,5 +1,6 @@
 """Test harness: real PostgreSQL, Mosquitto and Azurite (tests/stack_fixtures.py), a template
 database built once from sql/migrations, and a fresh clone of it for every test that asks."""
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,9 @@ def database(postgres_server, role_passwords) -> Iterator[Database]:
         owner_dsn=postgres_server.superuser_dsn(name),
         app_dsn=f"postgresql://mqtt_saas_app:{role_passwords['mqtt_saas_app']}@{host}:{port}/{name}",
         ingest_dsn=f"postgresql://mqtt_saas_ingest:{role_passwords['mqtt_saas_ingest']}@{host}:{port}/{name}",
-        maintenance_dsn=(f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}"
-                         f"@{host}:{port}/{name}"),
+        maintenance_dsn=(
+            f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}@{host}:{port}/{name}"
+        ),
     )
     with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -99,8 +101,13 @@ def app_pool(database: Database) -> Iterator[ConnectionPool]:
 @pytest.fixture
 def maintenance_settings(database: Database) -> Settings:
     """Settings with the maintenance role (rollups, retention, the archive) on this test's database."""
-    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
-                          "MAINTENANCE_DATABASE_URL": database.maintenance_dsn})
+    return settings_from(
+        {
+            "DATABASE_URL": database.app_dsn,
+            "INGEST_DATABASE_URL": database.ingest_dsn,
+            "MAINTENANCE_DATABASE_URL": database.maintenance_dsn,
+        }
+    )
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ source case-sensitively with a short list: it fails '*' but passes 'Internet' (A
 
 Run: checkov -d infra --framework bicep --skip-download --external-checks-dir infra/checkov
 """
+
 from __future__ import annotations
 
 import re
@@ -87,8 +88,9 @@ class NSGRulePlainMqttBlocked(_NSGRuleCheck):
 
 class NSGRuleSSHNotFromInternet(_NSGRuleCheck):
     def __init__(self) -> None:
-        super().__init__("Ensure no NSG rule allows inbound SSH (22) from the Internet, whatever the spelling",
-                         "CKV_MQTTSAAS_2")
+        super().__init__(
+            "Ensure no NSG rule allows inbound SSH (22) from the Internet, whatever the spelling", "CKV_MQTTSAAS_2"
+        )
 
     def is_bad(self, properties: dict[str, Any]) -> bool:
         return allows_inbound_tcp_to(properties, 22) and from_internet(properties)

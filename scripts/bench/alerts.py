@@ -20,6 +20,7 @@ second is every later minute (one new bucket per anomaly pair): its times are th
 Both must find the same breaching (rule, device) pairs. The last line is machine-readable:
 alerts_bench eval_s=<seconds> naive_s=<seconds> ratio=<naive/eval> events=<n>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ OPS = {">": op.gt, ">=": op.ge, "<": op.lt, "<=": op.le}
 THRESHOLDS = [("avg", 600, ">", 60.0), ("max", 3600, ">", 99.5), ("last", 3600, "<", 2.0)]
 NO_DATA_MINUTES = [10, 30, 60]
 ANOMALY = [(30, 3.0), (60, 4.0), (120, 5.0)]
-MINUTE = timedelta(minutes=1)   # (span = warm-up in buckets, sensitivity)
+MINUTE = timedelta(minutes=1)  # (span = warm-up in buckets, sensitivity)
 
 
 def main() -> None:
@@ -63,40 +64,59 @@ def main() -> None:
 
         started = time.monotonic()
         with psycopg.connect(owner_dsn, autocommit=True) as conn:
-            conn.execute("INSERT INTO tenants (slug, name, plan) SELECT 'bench-' || g, 'Bench ' || g, 'industrial'"
-                         " FROM generate_series(1, %s) g", (args.tenants,))
-            conn.execute("INSERT INTO devices (tenant_id, name) SELECT t.id, 'd-' || g FROM tenants t,"
-                         " generate_series(1, %s) g", (per_tenant,))
+            conn.execute(
+                "INSERT INTO tenants (slug, name, plan) SELECT 'bench-' || g, 'Bench ' || g, 'industrial'"
+                " FROM generate_series(1, %s) g",
+                (args.tenants,),
+            )
+            conn.execute(
+                "INSERT INTO devices (tenant_id, name) SELECT t.id, 'd-' || g FROM tenants t, generate_series(1, %s) g",
+                (per_tenant,),
+            )
             # one reading a minute; a tenth of the devices stop an hour ago
             conn.execute(
                 "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value)"
                 " SELECT d.tenant_id, d.id, m, 'temperature', random() * 100"
                 " FROM devices d, generate_series(date_trunc('minute', now()) - make_interval(hours => %s),"
                 "                                 date_trunc('minute', now()), interval '1 minute') m"
-                " WHERE d.id %% 10 <> 0 OR m < now() - interval '1 hour'", (args.hours,))
-            conn.execute("UPDATE telemetry SET value = 1000 WHERE device_id % 7 = 0"
-                         " AND ts > now() - interval '3 minutes'")
-            conn.execute("UPDATE devices d SET status = 'online', last_seen = CASE WHEN d.id % 10 = 0"
-                         " THEN now() - interval '1 hour' ELSE date_trunc('minute', now()) END")
+                " WHERE d.id %% 10 <> 0 OR m < now() - interval '1 hour'",
+                (args.hours,),
+            )
+            conn.execute(
+                "UPDATE telemetry SET value = 1000 WHERE device_id % 7 = 0 AND ts > now() - interval '3 minutes'"
+            )
+            conn.execute(
+                "UPDATE devices d SET status = 'online', last_seen = CASE WHEN d.id % 10 = 0"
+                " THEN now() - interval '1 hour' ELSE date_trunc('minute', now()) END"
+            )
             for aggregation, window_s, operator, value in THRESHOLDS:
                 conn.execute(
                     "INSERT INTO alert_rules (tenant_id, name, kind, scope, metric, aggregation, window_s, operator,"
                     " value, clear_value) SELECT id, %s, 'threshold', 'all', 'temperature', %s, %s, %s, %s, %s"
-                    " FROM tenants", (f"{aggregation} {operator} {value}", aggregation, window_s, operator, value,
-                                      value))
+                    " FROM tenants",
+                    (f"{aggregation} {operator} {value}", aggregation, window_s, operator, value, value),
+                )
             for minutes in NO_DATA_MINUTES:
-                conn.execute("INSERT INTO alert_rules (tenant_id, name, kind, scope, no_data_minutes)"
-                             " SELECT id, %s, 'no_data', 'all', %s FROM tenants", (f"silent {minutes}m", minutes))
+                conn.execute(
+                    "INSERT INTO alert_rules (tenant_id, name, kind, scope, no_data_minutes)"
+                    " SELECT id, %s, 'no_data', 'all', %s FROM tenants",
+                    (f"silent {minutes}m", minutes),
+                )
             for span, sensitivity in ANOMALY:
-                conn.execute("INSERT INTO alert_rules (tenant_id, name, kind, scope, metric, window_s, sensitivity,"
-                             " baseline_buckets, warmup_buckets, clear_value) SELECT id, %s, 'anomaly', 'all',"
-                             " 'temperature', 60, %s, %s, %s, %s FROM tenants",
-                             (f"unusual {span}", sensitivity, span, span, sensitivity / 2))
+                conn.execute(
+                    "INSERT INTO alert_rules (tenant_id, name, kind, scope, metric, window_s, sensitivity,"
+                    " baseline_buckets, warmup_buckets, clear_value) SELECT id, %s, 'anomaly', 'all',"
+                    " 'temperature', 60, %s, %s, %s, %s FROM tenants",
+                    (f"unusual {span}", sensitivity, span, span, sensitivity / 2),
+                )
             conn.execute("VACUUM ANALYZE")
             readings = conn.execute("SELECT count(*) FROM telemetry").fetchone()[0]  # type: ignore[index]
             tenants = [str(row[0]) for row in conn.execute("SELECT id FROM tenants ORDER BY id")]
-        print(f"setup: {args.tenants} tenants, {per_tenant * args.tenants} devices, {readings} readings, "
-              f"{9 * args.tenants} rules in {time.monotonic() - started:.1f}s", flush=True)
+        print(
+            f"setup: {args.tenants} tenants, {per_tenant * args.tenants} devices, {readings} readings, "
+            f"{9 * args.tenants} rules in {time.monotonic() - started:.1f}s",
+            flush=True,
+        )
 
         pool = get_pool()
         pool.wait(30)
@@ -113,8 +133,9 @@ def main() -> None:
             for tenant_id in tenants:
                 with tenant_transaction(pool, tenant_id) as conn:
                     rules = conn.execute("SELECT * FROM alert_rules WHERE enabled").fetchall()
-                    devices = conn.execute("SELECT id, status, last_seen, created_at FROM devices"
-                                           " WHERE enabled").fetchall()
+                    devices = conn.execute(
+                        "SELECT id, status, last_seen, created_at FROM devices WHERE enabled"
+                    ).fetchall()
                     for rule in rules:
                         for device in devices:
                             key = (str(rule["id"]), device["id"])
@@ -125,25 +146,38 @@ def main() -> None:
                                     "SELECT date_bin('1 minute', ts, timestamptz 'epoch') AS bucket, avg(value) AS x"
                                     " FROM telemetry WHERE tenant_id = %s AND device_id = %s AND metric = %s"
                                     " AND ts >= %s AND ts < %s AND value IS NOT NULL GROUP BY bucket ORDER BY bucket",
-                                    (tenant_id, device["id"], rule["metric"], since, upto)).fetchall()
+                                    (tenant_id, device["id"], rule["metric"], since, upto),
+                                ).fetchall()
                                 if rows:
-                                    state, breach = evaluate_pair(state, [row["x"] for row in rows], span, span,
-                                                                  rule["sensitivity"])
+                                    state, breach = evaluate_pair(
+                                        state, [row["x"] for row in rows], span, span, rule["sensitivity"]
+                                    )
                                     pairs[key] = (state, upto, breach)
                             elif rule["kind"] == "no_data":
                                 seen = device["last_seen"] or device["created_at"]
-                                breach = device["status"] == "offline" or (now - seen).total_seconds() > \
-                                    60 * rule["no_data_minutes"]
+                                breach = (
+                                    device["status"] == "offline"
+                                    or (now - seen).total_seconds() > 60 * rule["no_data_minutes"]
+                                )
                             else:
                                 rows = conn.execute(
                                     "SELECT value FROM telemetry WHERE tenant_id = %s AND device_id = %s"
                                     " AND metric = %s AND ts > %s - make_interval(secs => %s) AND ts <= %s"
                                     " AND value IS NOT NULL ORDER BY ts DESC, seq DESC",
-                                    (tenant_id, device["id"], rule["metric"], now, rule["window_s"], now)).fetchall()
+                                    (tenant_id, device["id"], rule["metric"], now, rule["window_s"], now),
+                                ).fetchall()
                                 values = [row["value"] for row in rows]
-                                agg = None if not values else {
-                                    "avg": lambda v: sum(v) / len(v), "min": min, "max": max,
-                                    "last": lambda v: v[0], "count": len}[rule["aggregation"]](values)
+                                agg = (
+                                    None
+                                    if not values
+                                    else {
+                                        "avg": lambda v: sum(v) / len(v),
+                                        "min": min,
+                                        "max": max,
+                                        "last": lambda v: v[0],
+                                        "count": len,
+                                    }[rule["aggregation"]](values)
+                                )
                                 breach = agg is not None and OPS[rule["operator"]](agg, rule["value"])
                             if breach:
                                 fired.add(key)
@@ -160,22 +194,31 @@ def main() -> None:
             expected = naive(eval_now)
             naive_s = time.monotonic() - started
             with psycopg.connect(owner_dsn) as conn:
-                got = {(str(r), int(d)) for r, d in conn.execute(
-                    "SELECT rule_id, device_id FROM alert_rule_state WHERE breaches > 0")}
+                got = {
+                    (str(r), int(d))
+                    for r, d in conn.execute("SELECT rule_id, device_id FROM alert_rule_state WHERE breaches > 0")
+                }
                 events = conn.execute("SELECT count(*) FROM alert_events").fetchone()[0]  # type: ignore[index]
-            print(f"  evaluated={report.evaluated} opened={report.opened} resolved={report.resolved} "
-                  f"failed={len(report.failed)}; breaching pairs: eval {len(got)}, naive {len(expected)}, "
-                  f"same: {got == expected}", flush=True)
+            print(
+                f"  evaluated={report.evaluated} opened={report.opened} resolved={report.resolved} "
+                f"failed={len(report.failed)}; breaching pairs: eval {len(got)}, naive {len(expected)}, "
+                f"same: {got == expected}",
+                flush=True,
+            )
             if got != expected:
                 print(f"  differ: only eval {len(got - expected)}, only naive {len(expected - got)}", flush=True)
             return eval_s, naive_s, got == expected, int(events)
 
         seed_s, naive_seed_s, _, _ = one_minute_of_both()
-        print(f"first run (anomaly baselines seeded from history): eval {seed_s:.3f}s, naive {naive_seed_s:.3f}s",
-              flush=True)
+        print(
+            f"first run (anomaly baselines seeded from history): eval {seed_s:.3f}s, naive {naive_seed_s:.3f}s",
+            flush=True,
+        )
         eval_s, naive_s, same, events = one_minute_of_both()
-        print(f"next minute (one new bucket per anomaly pair): eval {eval_s:.3f}s, naive {naive_s:.3f}s, "
-              f"same: {same}", flush=True)
+        print(
+            f"next minute (one new bucket per anomaly pair): eval {eval_s:.3f}s, naive {naive_s:.3f}s, same: {same}",
+            flush=True,
+        )
         print(f"alerts_bench eval_s={eval_s:.3f} naive_s={naive_s:.3f} ratio={naive_s / eval_s:.1f} events={events}")
 
 

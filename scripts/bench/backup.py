@@ -9,6 +9,7 @@ then runs scripts/pg_backup.py's backup() to Azurite and scripts/pg_restore_dril
 the database size, the dump's size and both durations. The last line is machine-readable:
 backup_bench db_bytes=... dump_bytes=... backup_s=... restore_s=... drill_s=... ok=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def fill(dsn: str, device_days: int) -> int:
         conn.execute("SELECT ensure_telemetry_partitions(%s::date, %s::date + %s)", (FIRST_DAY, FIRST_DAY, device_days))
         tenant = uuid.uuid4()
         conn.execute("INSERT INTO tenants (id, slug, name) VALUES (%s, 'backup', 'Backup')", (tenant,))
-        device = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'press-01') RETURNING id",
-                              (tenant,)).fetchone()[0]
+        device = conn.execute(
+            "INSERT INTO devices (tenant_id, name) VALUES (%s, 'press-01') RETURNING id", (tenant,)
+        ).fetchone()[0]
         for day in range(device_days):
             conn.execute(
                 "INSERT INTO telemetry (tenant_id, device_id, ts, seq, received_at, metric, value, value_bool) "
@@ -48,8 +50,12 @@ def fill(dsn: str, device_days: int) -> int:
                 "FROM generate_series(%(start)s, %(start)s + interval '1 day' - interval '1 ms', "
                 "interval '1 second') t, unnest(ARRAY['temp', 'humidity', 'pressure', 'rpm', 'door_open']) m "
                 "ORDER BY t, m",
-                {"tenant": tenant, "device": device,
-                 "start": datetime.fromisoformat(FIRST_DAY).replace(tzinfo=UTC) + timedelta(days=day)})
+                {
+                    "tenant": tenant,
+                    "device": device,
+                    "start": datetime.fromisoformat(FIRST_DAY).replace(tzinfo=UTC) + timedelta(days=day),
+                },
+            )
         conn.execute("VACUUM (ANALYZE)")
         return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
 
@@ -80,11 +86,15 @@ def main() -> None:
             postgres.stop()
     rows = sum(result.restored.values())
     dump_bytes = done.manifest["bytes"]
-    print(f"database {db_bytes / 1e6:.0f} MB ({rows:,} rows); dump {dump_bytes / 1e6:.0f} MB (custom format, "
-          f"compressed); backup {backup_s:.1f} s; drill {drill_s:.1f} s of which pg_restore {result.restore_s:.1f} s; "
-          f"counts {'equal' if result.ok else 'DIFFER'}")
-    print(f"backup_bench db_bytes={db_bytes} dump_bytes={dump_bytes} backup_s={backup_s:.1f} "
-          f"restore_s={result.restore_s:.1f} drill_s={drill_s:.1f} ok={str(result.ok).lower()}")
+    print(
+        f"database {db_bytes / 1e6:.0f} MB ({rows:,} rows); dump {dump_bytes / 1e6:.0f} MB (custom format, "
+        f"compressed); backup {backup_s:.1f} s; drill {drill_s:.1f} s of which pg_restore {result.restore_s:.1f} s; "
+        f"counts {'equal' if result.ok else 'DIFFER'}"
+    )
+    print(
+        f"backup_bench db_bytes={db_bytes} dump_bytes={dump_bytes} backup_s={backup_s:.1f} "
+        f"restore_s={result.restore_s:.1f} drill_s={drill_s:.1f} ok={str(result.ok).lower()}"
+    )
 
 
 if __name__ == "__main__":

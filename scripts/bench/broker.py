@@ -20,6 +20,7 @@ The last line is machine-readable:
 broker_bench in_us=... queued_in_us=... queued_bytes=... backlog_idle_cpu_pct=... out_us=... live_us=...
     idle_cpu_pct=... handshake_ms=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,9 @@ class Workers:
         self.procs = []
         for w in range(WORKERS):
             own = creds[w::WORKERS]
-            proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
             assert proc.stdin is not None
             # Over stdin, not argv: the passwords stay out of ps.
             proc.stdin.write(json.dumps({"host": host, "port": port, "ca": ca, "creds": own}) + "\n")
@@ -120,8 +122,7 @@ def worker() -> None:
 
     clients = []
     for username, password in job["creds"]:
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=username,
-                             protocol=mqtt.MQTTv5)
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
         client.username_pw_set(username, password)
         client.tls_set(ca_certs=job["ca"], cert_reqs=ssl.CERT_REQUIRED)
         client.max_inflight_messages_set(200)
@@ -170,8 +171,7 @@ class Phase:
 def handshake_loop(host: str, port: int, ca: str, username: str, password: str, count: int) -> None:
     context = ssl.create_default_context(cafile=ca)
     for _ in range(count):
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=username,
-                             protocol=mqtt.MQTTv5)
+        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
         client.username_pw_set(username, password)
         client.tls_set_context(context)
         connected = threading.Event()
@@ -190,8 +190,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--handshakes", type=int, default=500)
     parser.add_argument("--idle-s", type=float, default=20.0)
-    parser.add_argument("--server-key", choices=["rsa2048", "p256"], default="rsa2048",
-                        help="rsa2048: as the VM's cloud-init makes it (default); p256: as the local stack does")
+    parser.add_argument(
+        "--server-key",
+        choices=["rsa2048", "p256"],
+        default="rsa2048",
+        help="rsa2048: as the VM's cloud-init makes it (default); p256: as the local stack does",
+    )
     args = parser.parse_args()
 
     from localstack import MosquittoBroker
@@ -215,20 +219,28 @@ def main() -> None:
                     creds.append((dynsec.provision_device(TENANT, f"machine-{i:03d}", password), password))
             ingest = broker.ingest
             # Only the MQTT part of the settings is used; the database URLs are required by the model, never dialled.
-            settings = settings_from({
-                "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
-                "INGEST_DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
-                "MQTT_HOST": host, "MQTT_PORT": str(port), "MQTT_CA_FILE": ca,
-                "MQTT_INGEST_USERNAME": ingest.username, "MQTT_INGEST_PASSWORD": ingest.password,
-                "MQTT_INGEST_CLIENT_ID": ingest.client_id or ingest.username,
-            })
+            settings = settings_from(
+                {
+                    "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
+                    "INGEST_DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
+                    "MQTT_HOST": host,
+                    "MQTT_PORT": str(port),
+                    "MQTT_CA_FILE": ca,
+                    "MQTT_INGEST_USERNAME": ingest.username,
+                    "MQTT_INGEST_PASSWORD": ingest.password,
+                    "MQTT_INGEST_CLIENT_ID": ingest.client_id or ingest.username,
+                }
+            )
             results: dict[str, float] = {}
             n = args.messages
 
             def report(name: str, phase: Phase, per: int, unit: str, scale: float) -> float:
                 value = phase.cpu / per * scale
-                print(f"{name:<18} broker {phase.cpu:6.2f} CPU-s over {phase.wall:6.1f} s for {per:,} -> "
-                      f"{value:8.1f} {unit}; other processes on the machine {phase.others:.1f} CPU-s", flush=True)
+                print(
+                    f"{name:<18} broker {phase.cpu:6.2f} CPU-s over {phase.wall:6.1f} s for {per:,} -> "
+                    f"{value:8.1f} {unit}; other processes on the machine {phase.others:.1f} CPU-s",
+                    flush=True,
+                )
                 return value
 
             workers = Workers(host, port, ca, creds)
@@ -246,8 +258,11 @@ def main() -> None:
                 # costs in RAM decides how long a drain outage a small VM survives.
                 rss_after = broker_rss_kb(broker.pid)
                 results["queued_bytes"] = (rss_after - rss_before) * 1024 / n
-                print(f"{'queued backlog':<18} broker RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB"
-                      f" for {n:,} queued messages -> {results['queued_bytes']:.0f} bytes/msg", flush=True)
+                print(
+                    f"{'queued backlog':<18} broker RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB"
+                    f" for {n:,} queued messages -> {results['queued_bytes']:.0f} bytes/msg",
+                    flush=True,
+                )
 
                 # Persistence is a snapshot of everything in memory, rewritten every autosave_interval while anything
                 # changed: a backlog waiting for the drain is rewritten each time, so the broker's idle CPU grows with
@@ -255,8 +270,11 @@ def main() -> None:
                 with Phase(broker.pid) as holding:
                     time.sleep(args.idle_s)
                 results["backlog_idle_cpu_pct"] = holding.cpu / holding.wall * 100
-                print(f"{'holding backlog':<18} broker {holding.cpu:6.2f} CPU-s over {holding.wall:6.1f} s holding "
-                      f"{n:,} queued messages -> {results['backlog_idle_cpu_pct']:.2f}% of a core", flush=True)
+                print(
+                    f"{'holding backlog':<18} broker {holding.cpu:6.2f} CPU-s over {holding.wall:6.1f} s holding "
+                    f"{n:,} queued messages -> {results['backlog_idle_cpu_pct']:.2f}% of a core",
+                    flush=True,
+                )
 
                 with Phase(broker.pid) as out:
                     received = drain_backlog(DrainConnection(settings), settings.ingest_batch_size)
@@ -292,8 +310,11 @@ def main() -> None:
                 with Phase(broker.pid) as idle:
                     time.sleep(args.idle_s)
                 results["idle_cpu_pct"] = idle.cpu / idle.wall * 100
-                print(f"{'idle':<18} broker {idle.cpu:6.2f} CPU-s over {idle.wall:6.1f} s with {args.devices} "
-                      f"connections -> {results['idle_cpu_pct']:.3f}% of a core", flush=True)
+                print(
+                    f"{'idle':<18} broker {idle.cpu:6.2f} CPU-s over {idle.wall:6.1f} s with {args.devices} "
+                    f"connections -> {results['idle_cpu_pct']:.3f}% of a core",
+                    flush=True,
+                )
             finally:
                 workers.close()
 
@@ -314,19 +335,62 @@ def vm_like_certificates(folder: Path) -> None:
     type sets most of a handshake's cost. MosquittoBroker keeps certificates it finds in its folder."""
     folder.mkdir(parents=True)
     ext = folder / "server.ext"
-    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
+    ext.write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"
+    )
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True)
 
-    openssl("req", "-x509", "-newkey", "rsa:3072", "-nodes", "-days", "30", "-subj", "/CN=bench CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.crt"))
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(folder / "server.key"),
-            "-out", str(folder / "server.csr"))
-    openssl("x509", "-req", "-in", str(folder / "server.csr"), "-CA", str(folder / "ca.crt"), "-CAkey",
-            str(folder / "ca.key"), "-CAcreateserial", "-days", "30", "-sha256", "-extfile", str(ext),
-            "-out", str(folder / "server.crt"))
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:3072",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=bench CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        str(folder / "ca.key"),
+        "-out",
+        str(folder / "ca.crt"),
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        str(folder / "server.key"),
+        "-out",
+        str(folder / "server.csr"),
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(folder / "server.csr"),
+        "-CA",
+        str(folder / "ca.crt"),
+        "-CAkey",
+        str(folder / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-sha256",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(folder / "server.crt"),
+    )
     for name in ("ca.key", "server.key"):
         (folder / name).chmod(0o600)
 

@@ -16,6 +16,7 @@ The last line is machine-readable:
 commands_bench api_median_ms=... api_p90_ms=... api_per_cmd_median_ms=... publish_kept_median_ms=...
     publish_per_cmd_median_ms=... delivered=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-commands-") as tmp, LocalStack(tmp) as stack:
         broker = stack.mosquitto
         env = stack.create_app_database("bench") | {
-            "AUTH_JWT_SECRET": uuid.uuid4().hex * 2, "MQTT_COMMANDER_USERNAME": broker.commander.username,
-            "MQTT_COMMANDER_PASSWORD": broker.commander.password}
+            "AUTH_JWT_SECRET": uuid.uuid4().hex * 2,
+            "MQTT_COMMANDER_USERNAME": broker.commander.username,
+            "MQTT_COMMANDER_PASSWORD": broker.commander.password,
+        }
         os.environ.update(env)
         from function_app import app
         from shared.accounts.passwords import hash_password
@@ -83,13 +86,20 @@ def main() -> None:
         pool = get_pool()
         pool.wait(30)
         tenant = create_tenant(pool, "bench", "Bench Works", "industrial")
-        with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                          settings.mqtt_provisioner_username, settings.mqtt_provisioner_password) as dynsec:
+        with DynsecClient(
+            settings.mqtt_host,
+            settings.mqtt_port,
+            settings.mqtt_ca_file,
+            settings.mqtt_provisioner_username,
+            settings.mqtt_provisioner_password,
+        ) as dynsec:
             credential = provision_device(pool, dynsec, tenant, "press-01")
         with tenant_transaction(pool, str(tenant["id"])) as conn:
-            user = conn.execute("INSERT INTO users (tenant_id, email, role, password_hash) "
-                                "VALUES (%s, 'staff@bench.example', 'staff', %s) RETURNING id",
-                                (tenant["id"], hash_password(uuid.uuid4().hex))).fetchone()
+            user = conn.execute(
+                "INSERT INTO users (tenant_id, email, role, password_hash) "
+                "VALUES (%s, 'staff@bench.example', 'staff', %s) RETURNING id",
+                (tenant["id"], hash_password(uuid.uuid4().hex)),
+            ).fetchone()
             device = conn.execute("SELECT id FROM devices WHERE name = 'press-01'").fetchone()
         assert user is not None and device is not None
         token = issue_access_token(settings, user["id"], tenant["id"])
@@ -98,8 +108,9 @@ def main() -> None:
         # The device, subscribed to its commands: each phase's commands must all arrive.
         received: list[bytes] = []
         subscribed = threading.Event()
-        listener = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=credential.client_id,
-                               protocol=mqtt.MQTTv5)
+        listener = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=credential.client_id, protocol=mqtt.MQTTv5
+        )
         listener.username_pw_set(credential.username, credential.password)
         listener.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED)
         listener.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
@@ -110,13 +121,21 @@ def main() -> None:
         assert subscribed.wait(10), "the device could not subscribe"
 
         def new_connection() -> commands.CommanderConnection:
-            return commands.CommanderConnection(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                                                settings.mqtt_commander_username, settings.mqtt_commander_password,
-                                                settings.mqtt_command_timeout_s)
+            return commands.CommanderConnection(
+                settings.mqtt_host,
+                settings.mqtt_port,
+                settings.mqtt_ca_file,
+                settings.mqtt_commander_username,
+                settings.mqtt_commander_password,
+                settings.mqtt_command_timeout_s,
+            )
 
         payload, properties = commands.command_message(
-            {"id": uuid.uuid4(), "name": "set_point", "args": {"value": 1}, "created_at": _now()}, "bench",
-            "press-01", 3600)
+            {"id": uuid.uuid4(), "name": "set_point", "args": {"value": 1}, "created_at": _now()},
+            "bench",
+            "press-01",
+            3600,
+        )
 
         def wait_delivered(expected: int) -> None:
             deadline = time.monotonic() + 30
@@ -145,10 +164,13 @@ def main() -> None:
         def post(i: int) -> None:
             body = json.dumps({"name": "set_point", "args": {"value": i}}).encode()
             path = f"/api/devices/{device['id']}/commands"
-            request = func.HttpRequest("POST", f"http://localhost{path}", body=body,
-                                       headers={"Content-Type": "application/json",
-                                                "Authorization": f"Bearer {token}"},
-                                       route_params={"route": path.removeprefix("/api/")})
+            request = func.HttpRequest(
+                "POST",
+                f"http://localhost{path}",
+                body=body,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                route_params={"route": path.removeprefix("/api/")},
+            )
             response = asyncio.run(api(request, None))
             assert response.status_code == 202, response.get_body()
 
@@ -171,14 +193,20 @@ def main() -> None:
         listener.disconnect()
         listener.loop_stop()
         pool.close()
-    for name, times in (("publish kept", publish_kept), ("publish per-cmd", publish_per_cmd),
-                        ("api kept", api_kept), ("api per-cmd", api_per_cmd)):
+    for name, times in (
+        ("publish kept", publish_kept),
+        ("publish per-cmd", publish_per_cmd),
+        ("api kept", api_kept),
+        ("api per-cmd", api_per_cmd),
+    ):
         print(summary(name, times))
     api_p90 = statistics.quantiles(api_kept, n=10)[-1]
-    print(f"commands_bench api_median_ms={statistics.median(api_kept):.2f} api_p90_ms={api_p90:.2f} "
-          f"api_per_cmd_median_ms={statistics.median(api_per_cmd):.2f} "
-          f"publish_kept_median_ms={statistics.median(publish_kept):.2f} "
-          f"publish_per_cmd_median_ms={statistics.median(publish_per_cmd):.2f} delivered={len(received)}")
+    print(
+        f"commands_bench api_median_ms={statistics.median(api_kept):.2f} api_p90_ms={api_p90:.2f} "
+        f"api_per_cmd_median_ms={statistics.median(api_per_cmd):.2f} "
+        f"publish_kept_median_ms={statistics.median(publish_kept):.2f} "
+        f"publish_per_cmd_median_ms={statistics.median(publish_per_cmd):.2f} delivered={len(received)}"
+    )
 
 
 def _now() -> Any:

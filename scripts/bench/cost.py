@@ -33,6 +33,7 @@ The last line is machine-readable, for the default cadence and the 0.1 Hz fleet:
 cost_bench cadence_s=<n> devices=50 rate_hz=0.1 run_s_p95=<s> lag_p95_s=<s> gb_s_month_2048=<n> free_grant_gb_s=100000
 (gb_s_month_2048 from the p50 duration, the expected cost).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,9 @@ FLEET_NAMES = {"idle": 0.0}
 
 def main() -> None:
     args = _parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # Imported here so that a module being reorganised by someone else fails with a clear message.
     from localstack import LocalStack
 
@@ -94,10 +96,13 @@ def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp, LocalStack(tmp) as stack:
         bench = _prepare(stack, args.devices)
-        print(f"stack up in {time.monotonic() - started:.0f} s: {args.devices} devices provisioned, drain session "
-              f"prepared; budgets per cadence: "
-              + ", ".join(f"{c} s -> {_budget(c):g} s" for c in args.cadences)
-              + f"; INGEST_IDLE_EXIT_S {bench.settings().ingest_idle_exit_s:g}", flush=True)
+        print(
+            f"stack up in {time.monotonic() - started:.0f} s: {args.devices} devices provisioned, drain session "
+            f"prepared; budgets per cadence: "
+            + ", ".join(f"{c} s -> {_budget(c):g} s" for c in args.cadences)
+            + f"; INGEST_IDLE_EXIT_S {bench.settings().ingest_idle_exit_s:g}",
+            flush=True,
+        )
         with Publishers(bench) as fleet, _MarkerProbe().installed() as probe:
             fixed = _fixed_cost(bench, args.fixed_runs)
             _print_fixed(fixed)
@@ -107,14 +112,26 @@ def main() -> None:
             for name, rate in args.fleets:
                 for cadence in args.cadences:
                     runs = args.runs or DEFAULT_RUNS.get(cadence, max(3, round(100 / cadence)))
-                    row = _scenario(bench, fleet, probe, name, rate, cadence, runs, index * 10_000_000,
-                                    statistics.median(fixed.idle_runs), throughput)
+                    row = _scenario(
+                        bench,
+                        fleet,
+                        probe,
+                        name,
+                        rate,
+                        cadence,
+                        runs,
+                        index * 10_000_000,
+                        statistics.median(fixed.idle_runs),
+                        throughput,
+                    )
                     rows.append(row)
                     print(row.line(), flush=True)
                     index += 1
     print()
-    print(f"all scenarios ({time.monotonic() - started:.0f} s wall in all; {args.devices} devices; "
-          f"store throughput {throughput:,.0f} msg/s):")
+    print(
+        f"all scenarios ({time.monotonic() - started:.0f} s wall in all; {args.devices} devices; "
+        f"store throughput {throughput:,.0f} msg/s):"
+    )
     print(Row.header())
     for row in rows:
         print(row.line())
@@ -125,17 +142,22 @@ def main() -> None:
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cadences", default=None, help="seconds between runs, comma-separated (10,30,60)")
-    parser.add_argument("--fleets", default=None,
-                        help="idle or a per-device rate in Hz, comma-separated (idle,0.1,1)")
-    parser.add_argument("--runs", type=int, default=None,
-                        help="timed runs per scenario (default by cadence: " +
-                             ", ".join(f"{c} s: {n}" for c, n in DEFAULT_RUNS.items()) + ")")
+    parser.add_argument("--fleets", default=None, help="idle or a per-device rate in Hz, comma-separated (idle,0.1,1)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="timed runs per scenario (default by cadence: "
+        + ", ".join(f"{c} s: {n}" for c, n in DEFAULT_RUNS.items())
+        + ")",
+    )
     parser.add_argument("--default-cadence", type=int, default=60, help="cadence of the last line (60)")
     parser.add_argument("--devices", type=int, default=DEVICES)
     parser.add_argument("--fixed-runs", type=int, default=None, help="idle runs and step timings (7)")
     parser.add_argument("--burst", type=int, default=None, help="messages for the throughput run (20000)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a ~2 minute smoke: cadence 10 s, 2 runs per fleet, small burst")
+    parser.add_argument(
+        "--quick", action="store_true", help="a ~2 minute smoke: cadence 10 s, 2 runs per fleet, small burst"
+    )
     args = parser.parse_args()
     quick = args.quick
     args.cadences = [int(c) for c in (args.cadences or ("10" if quick else "10,30,60")).split(",")]
@@ -153,6 +175,7 @@ def _parse_args() -> argparse.Namespace:
 
 
 # -- the stack -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Bench:
@@ -179,9 +202,13 @@ def _prepare(stack, devices: int) -> Bench:
     settings = settings_from(env)
     pool = create_pool(settings)
     tenant = create_tenant(pool, "costbench", "Cost Benchmark Works", "professional")
-    with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                      settings.mqtt_provisioner_username,
-                      settings.mqtt_provisioner_password.get_secret_value()) as dynsec:
+    with DynsecClient(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_ca_file,
+        settings.mqtt_provisioner_username,
+        settings.mqtt_provisioner_password.get_secret_value(),
+    ) as dynsec:
         creds = [provision_device(pool, dynsec, tenant, f"machine-{i:02d}") for i in range(devices)]
     pool.close()
     prepare_session(settings)
@@ -196,19 +223,29 @@ def _budget(cadence: float) -> float:
 
 # -- the fleet: one publisher process --------------------------------------------------------------
 
+
 class Publishers:
     """The fleet in a child process (so its threads never contend with the drain for the GIL),
     driven by JSON lines on its stdin; it answers one JSON line per command."""
 
     def __init__(self, bench: Bench) -> None:
         settings = bench.settings()
-        self._job = {"host": settings.mqtt_host, "port": settings.mqtt_port, "ca": settings.mqtt_ca_file,
-                     "creds": [[c.username, c.password, c.topic_prefix] for c in bench.creds]}
+        self._job = {
+            "host": settings.mqtt_host,
+            "port": settings.mqtt_port,
+            "ca": settings.mqtt_ca_file,
+            "creds": [[c.username, c.password, c.topic_prefix] for c in bench.creds],
+        }
         self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Publishers:
-        self._proc = subprocess.Popen([sys.executable, __file__, "--publish-worker"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, "--publish-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         answer = self.request(self._job)
         if not answer.get("ready"):
             raise SystemExit(f"publisher did not connect: {answer}")
@@ -256,8 +293,12 @@ class _Fleet:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         for index, (username, password, prefix) in enumerate(job["creds"]):
-            client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=username,
-                                 protocol=mqtt.MQTTv5, userdata=index)
+            client = mqtt.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=username,
+                protocol=mqtt.MQTTv5,
+                userdata=index,
+            )
             client.username_pw_set(username, password)
             client.tls_set(ca_certs=job["ca"], cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
             client.max_inflight_messages_set(200)
@@ -295,9 +336,14 @@ class _Fleet:
 
     def publish(self, index: int, seq: int, rng: random.Random) -> None:
         client, topic = self.clients[index]
-        payload = json.dumps({"ts": int(time.time() * 1000), "seq": seq,
-                              "metrics": {"temp": round(20 + rng.gauss(0, 2), 2), "rpm": rng.randint(900, 1500)}},
-                             separators=(",", ":"))
+        payload = json.dumps(
+            {
+                "ts": int(time.time() * 1000),
+                "seq": seq,
+                "metrics": {"temp": round(20 + rng.gauss(0, 2), 2), "rpm": rng.randint(900, 1500)},
+            },
+            separators=(",", ":"),
+        )
         with self.cond:
             self.published += 1
         info = client.publish(topic, payload, qos=1)
@@ -330,8 +376,9 @@ class _Fleet:
                 continue
             if self._stop.is_set():
                 return
-            heapq.heapreplace(due, (start + phases[index] + (k + 1) * period + rng.uniform(-JITTER, JITTER) * period,
-                                    index, k + 1))
+            heapq.heapreplace(
+                due, (start + phases[index] + (k + 1) * period + rng.uniform(-JITTER, JITTER) * period, index, k + 1)
+            )
             self.publish(index, seq_base + k, rng)
 
     def stop(self, timeout: float = 60) -> dict:
@@ -345,8 +392,13 @@ class _Fleet:
         """Waits for every PUBACK; returns the counts since the last reset."""
         with self.cond:
             self.cond.wait_for(lambda: self.acked + self.refused >= self.published, timeout)
-            return {"published": self.published, "acked": self.acked, "refused": self.refused,
-                    "send_errors": self.send_errors, "unacked": self.published - self.acked - self.refused}
+            return {
+                "published": self.published,
+                "acked": self.acked,
+                "refused": self.refused,
+                "send_errors": self.send_errors,
+                "unacked": self.published - self.acked - self.refused,
+            }
 
     def burst(self, per_device: int, seq_base: int) -> dict:
         self.reset()
@@ -392,6 +444,7 @@ def _publish_worker() -> None:
 
 
 # -- measurements ----------------------------------------------------------------------------------
+
 
 def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default); nan for no values."""
@@ -533,7 +586,9 @@ def _timed_steps(settings) -> dict[str, float]:
                 result = original(*args, **kwargs)
                 marks.setdefault(name, time.perf_counter())
                 return result
+
             return wrapped
+
         return wrapper
 
     url = settings.ingest_database_url.get_secret_value()
@@ -552,9 +607,11 @@ def _timed_steps(settings) -> dict[str, float]:
         times["start_run"] = time.perf_counter() - t
         Connection = transport.DrainConnection
         t = time.perf_counter()
-        with _patched(transport, "_connect_with_retry", mark_after("tls")), \
-                _patched(Connection, "_on_connect", mark_after("connack")), \
-                _patched(Connection, "_on_subscribe", mark_after("suback")):
+        with (
+            _patched(transport, "_connect_with_retry", mark_after("tls")),
+            _patched(Connection, "_on_connect", mark_after("connack")),
+            _patched(Connection, "_on_subscribe", mark_after("suback")),
+        ):
             connection = Connection(settings)
         done = time.perf_counter()
         times["tls"] = marks["tls"] - t
@@ -585,9 +642,11 @@ def _timed_steps(settings) -> dict[str, float]:
 def _print_fixed(fixed: Fixed) -> None:
     med = statistics.median
     print(f"fixed cost of a run (nothing queued, fleet connected and quiet; medians of {len(fixed.idle_runs)}):")
-    print(f"  drain_once duration_s   {med(fixed.idle_runs):.3f} s (min {min(fixed.idle_runs):.3f}, "
-          f"max {max(fixed.idle_runs):.3f}); its setup_s (lock, partitions, connect, TLS, subscribe) "
-          f"{med(fixed.idle_setup):.3f} s")
+    print(
+        f"  drain_once duration_s   {med(fixed.idle_runs):.3f} s (min {min(fixed.idle_runs):.3f}, "
+        f"max {max(fixed.idle_runs):.3f}); its setup_s (lock, partitions, connect, TLS, subscribe) "
+        f"{med(fixed.idle_setup):.3f} s"
+    )
     if fixed.steps:
         print("  the same steps timed from outside:")
         total = 0.0
@@ -613,10 +672,13 @@ def _throughput(bench: Bench, fleet: Publishers, messages: int, fixed_setup_s: f
     report = drain_once(bench.settings(INGEST_TIME_BUDGET_S=600))
     store_s = report.active_s - fixed_setup_s
     rate = report.outcome.messages / store_s if store_s > 0 else math.nan
-    print(f"throughput: {counts['acked']} messages queued ({counts['elapsed_s']:.1f} s to publish), one run "
-          f"took {report.duration_s:.2f} s (its setup_s {report.setup_s:.3f} s, last commit at "
-          f"{report.active_s:.2f} s, ended_by {report.ended_by}): {rate:,.0f} msg/s stored beyond an idle "
-          f"run's setup ({fixed_setup_s:.3f} s)", flush=True)
+    print(
+        f"throughput: {counts['acked']} messages queued ({counts['elapsed_s']:.1f} s to publish), one run "
+        f"took {report.duration_s:.2f} s (its setup_s {report.setup_s:.3f} s, last commit at "
+        f"{report.active_s:.2f} s, ended_by {report.ended_by}): {rate:,.0f} msg/s stored beyond an idle "
+        f"run's setup ({fixed_setup_s:.3f} s)",
+        flush=True,
+    )
     print(flush=True)
     return rate
 
@@ -647,8 +709,10 @@ class Row:
         run = self.run_p50 if which == "p50" else self.run_p95
         return gb_s_month(self.cadence, billed_s(run), memory_mb)
 
-    COLUMNS = ("fleet    cad_s bud_s runs msg/run run_p50 run_p95 setup mark_s  late ideal_s lag_p50 lag_p95 "
-               "GBs/mo@512 p50/p95  GBs/mo@2048 p50/p95  $/mo>grant 512|2048 (p95)  ended_by        pub/lost/dup")
+    COLUMNS = (
+        "fleet    cad_s bud_s runs msg/run run_p50 run_p95 setup mark_s  late ideal_s lag_p50 lag_p95 "
+        "GBs/mo@512 p50/p95  GBs/mo@2048 p50/p95  $/mo>grant 512|2048 (p95)  ended_by        pub/lost/dup"
+    )
 
     @classmethod
     def header(cls) -> str:
@@ -660,17 +724,31 @@ class Row:
 
         g512, g512_95 = self.gb_s(512), self.gb_s(512, "p95")
         g2048, g2048_95 = self.gb_s(2048), self.gb_s(2048, "p95")
-        dollars = (f"{dollars_beyond_grant(g512):.2f}|{dollars_beyond_grant(g2048):.2f} "
-                   f"({dollars_beyond_grant(g512_95):.2f}|{dollars_beyond_grant(g2048_95):.2f})")
-        return (f"{self.fleet:<8} {self.cadence:>5} {self.budget:>5g} {self.runs:>4} {self.msgs_p50:>7.0f} "
-                f"{s(self.run_p50, 7, 3)} {s(self.run_p95, 7, 3)} {s(self.setup_p50, 5)} {s(self.marker_p50, 6)} "
-                f"{s(self.late_p50, 5, 0)} {s(self.ideal_s, 7, 3)} {s(self.lag_p50, 7, 1)} {s(self.lag_p95, 7, 1)} "
-                f"{g512:>9,.0f}/{g512_95:<9,.0f} {g2048:>9,.0f}/{g2048_95:<10,.0f} {dollars:<26} "
-                f"{self.ended_by:<15} {self.published}/{self.lost}/{self.duplicates}")
+        dollars = (
+            f"{dollars_beyond_grant(g512):.2f}|{dollars_beyond_grant(g2048):.2f} "
+            f"({dollars_beyond_grant(g512_95):.2f}|{dollars_beyond_grant(g2048_95):.2f})"
+        )
+        return (
+            f"{self.fleet:<8} {self.cadence:>5} {self.budget:>5g} {self.runs:>4} {self.msgs_p50:>7.0f} "
+            f"{s(self.run_p50, 7, 3)} {s(self.run_p95, 7, 3)} {s(self.setup_p50, 5)} {s(self.marker_p50, 6)} "
+            f"{s(self.late_p50, 5, 0)} {s(self.ideal_s, 7, 3)} {s(self.lag_p50, 7, 1)} {s(self.lag_p95, 7, 1)} "
+            f"{g512:>9,.0f}/{g512_95:<9,.0f} {g2048:>9,.0f}/{g2048_95:<10,.0f} {dollars:<26} "
+            f"{self.ended_by:<15} {self.published}/{self.lost}/{self.duplicates}"
+        )
 
 
-def _scenario(bench: Bench, fleet: Publishers, probe: _MarkerProbe, name: str, rate: float, cadence: int,
-              runs: int, seq_base: int, fixed_s: float, throughput: float) -> Row:
+def _scenario(
+    bench: Bench,
+    fleet: Publishers,
+    probe: _MarkerProbe,
+    name: str,
+    rate: float,
+    cadence: int,
+    runs: int,
+    seq_base: int,
+    fixed_s: float,
+    throughput: float,
+) -> Row:
     import psycopg
 
     from shared.ingest.drain import drain_once
@@ -710,16 +788,16 @@ def _scenario(bench: Bench, fleet: Publishers, probe: _MarkerProbe, name: str, r
             break
     with psycopg.connect(bench.admin_dsn) as conn:
         window = "tenant_id = %(tenant)s AND seq >= %(lo)s AND seq < %(hi)s"
-        params = {"tenant": bench.tenant_id, "lo": seq_base, "hi": seq_base + 10_000_000,
-                  "before": last_start_wall}
+        params = {"tenant": bench.tenant_id, "lo": seq_base, "hi": seq_base + 10_000_000, "before": last_start_wall}
         rows, distinct = conn.execute(
-            f"SELECT count(*), count(DISTINCT (device_id, seq, metric)) FROM telemetry WHERE {window}",
-            params).fetchone()
+            f"SELECT count(*), count(DISTINCT (device_id, seq, metric)) FROM telemetry WHERE {window}", params
+        ).fetchone()
         lag_p50, lag_p95, lag_n = conn.execute(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM received_at - ts)), "
             "       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM received_at - ts)), count(*) "
             f"FROM telemetry WHERE {window} AND metric = 'temp' AND ts < to_timestamp(%(before)s)",
-            params).fetchone()
+            params,
+        ).fetchone()
     expected = counts["acked"] * METRICS
     ended = {}
     for report in reports:
@@ -732,48 +810,67 @@ def _scenario(bench: Bench, fleet: Publishers, probe: _MarkerProbe, name: str, r
     if failures or counts["unacked"] or counts["refused"] or counts["send_errors"]:
         print(f"  note: failed runs {failures}; publisher counts {counts}", flush=True)
     return Row(
-        fleet=name, rate=rate, cadence=cadence, budget=budget, runs=len(reports), msgs_p50=msgs_p50,
-        run_p50=percentile(durations, 0.5), run_p95=percentile(durations, 0.95),
+        fleet=name,
+        rate=rate,
+        cadence=cadence,
+        budget=budget,
+        runs=len(reports),
+        msgs_p50=msgs_p50,
+        run_p50=percentile(durations, 0.5),
+        run_p95=percentile(durations, 0.95),
         setup_p50=percentile([r.setup_s for r in reports], 0.5),
         marker_p50=percentile([a for a in marker_at if not math.isnan(a)], 0.5),
         late_p50=percentile(late, 0.5),
         ideal_s=fixed_s + (backlog_p50 if not math.isnan(backlog_p50) else msgs_p50) / throughput,
         lag_p50=float(lag_p50) if lag_p50 is not None else math.nan,
         lag_p95=float(lag_p95) if lag_p95 is not None else math.nan,
-        lag_n=lag_n, ended_by=",".join(f"{k}:{v}" for k, v in sorted(ended.items(), key=str)),
-        published=counts["acked"], lost=expected - distinct, duplicates=rows - distinct,
+        lag_n=lag_n,
+        ended_by=",".join(f"{k}:{v}" for k, v in sorted(ended.items(), key=str)),
+        published=counts["acked"],
+        lost=expected - distinct,
+        duplicates=rows - distinct,
     )
 
 
 def _print_notes(rows: list[Row], fixed: Fixed, args: argparse.Namespace) -> None:
     idle = statistics.median(fixed.idle_runs)
     print()
-    print("columns: cad_s cadence, bud_s INGEST_TIME_BUDGET_S, msg/run messages stored per timed run (p50); run_* "
-          "DrainReport.duration_s; setup its setup_s (lock, partitions, connect, subscribe), p50; mark_s from the "
-          "start to the marker's return (the backlog read), p50; late messages read after the marker and stored "
-          "by the same run, p50; ideal_s the fixed cost (idle run) + the backlog at the measured throughput; "
-          "lag_* received_at - ts in s; GBs/mo billed (>= 1 s, 0.1 s steps) x runs/month x memory from the p50 | "
-          "p95 duration; "
-          "$ beyond the 100,000 GB-s grant at $0.000026/GB-s from p50 (p95); pub/lost/dup messages PUBACKed, "
-          "readings missing, readings stored twice.")
+    print(
+        "columns: cad_s cadence, bud_s INGEST_TIME_BUDGET_S, msg/run messages stored per timed run (p50); run_* "
+        "DrainReport.duration_s; setup its setup_s (lock, partitions, connect, subscribe), p50; mark_s from the "
+        "start to the marker's return (the backlog read), p50; late messages read after the marker and stored "
+        "by the same run, p50; ideal_s the fixed cost (idle run) + the backlog at the measured throughput; "
+        "lag_* received_at - ts in s; GBs/mo billed (>= 1 s, 0.1 s steps) x runs/month x memory from the p50 | "
+        "p95 duration; "
+        "$ beyond the 100,000 GB-s grant at $0.000026/GB-s from p50 (p95); pub/lost/dup messages PUBACKed, "
+        "readings missing, readings stored twice."
+    )
     floor = ", ".join(f"{c} s -> {gb_s_month(c, BILL_MIN_S, 2048):,.0f}" for c in args.cadences)
-    print(f"baselines: fixed cost (idle run, p50) {idle:.3f} s; Flex Consumption bills at least "
-          f"{BILL_MIN_S:g} s per run, so a run under {BILL_MIN_S:g} s costs what an idle one does: "
-          f"GB-s/mo at 2,048 MB per cadence {floor}.")
+    print(
+        f"baselines: fixed cost (idle run, p50) {idle:.3f} s; Flex Consumption bills at least "
+        f"{BILL_MIN_S:g} s per run, so a run under {BILL_MIN_S:g} s costs what an idle one does: "
+        f"GB-s/mo at 2,048 MB per cadence {floor}."
+    )
     for row in rows:
         if row.lag_n == 0 and row.rate:
             print(f"  {row.fleet} at {row.cadence} s: no readings in the lag window")
-    print("unbilled view (duration as measured, no 1 s minimum), GB-s/mo at 2,048 MB from p50: "
-          + "; ".join(f"{r.fleet}@{r.cadence}s {gb_s_month(r.cadence, r.run_p50, 2048):,.0f}" for r in rows))
+    print(
+        "unbilled view (duration as measured, no 1 s minimum), GB-s/mo at 2,048 MB from p50: "
+        + "; ".join(f"{r.fleet}@{r.cadence}s {gb_s_month(r.cadence, r.run_p50, 2048):,.0f}" for r in rows)
+    )
     total_lost = sum(r.lost for r in rows)
     total_dup = sum(r.duplicates for r in rows)
-    print(f"integrity: {sum(r.published for r in rows)} messages PUBACKed in all, lost {total_lost}, "
-          f"duplicates {total_dup}")
+    print(
+        f"integrity: {sum(r.published for r in rows)} messages PUBACKed in all, lost {total_lost}, "
+        f"duplicates {total_dup}"
+    )
     # Linux reports ru_maxrss in KiB. The publishers run in their own process, so this is the drain's
     # runs plus this script's bookkeeping: an upper bound for what a run needs beside the Functions host.
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS of the process running the drain: {peak_mb:.0f} MB (instance memory 512 MB / 2,048 MB "
-          f"also holds the Functions host)")
+    print(
+        f"peak RSS of the process running the drain: {peak_mb:.0f} MB (instance memory 512 MB / 2,048 MB "
+        f"also holds the Functions host)"
+    )
 
 
 def _last_line(rows: list[Row], args: argparse.Namespace) -> str:
@@ -782,11 +879,15 @@ def _last_line(rows: list[Row], args: argparse.Namespace) -> str:
         return "cost_bench no scenarios measured"
     row = min(candidates, key=lambda r: (abs(r.cadence - args.default_cadence), r.cadence))
     if row.cadence != args.default_cadence or row.rate != 0.1:
-        print(f"note: the last line is for cadence {row.cadence} s, rate {row.rate:g} Hz (the default cadence "
-              f"{args.default_cadence} s at 0.1 Hz was not measured)")
-    return (f"cost_bench cadence_s={row.cadence} devices={args.devices} rate_hz={row.rate:g} "
-            f"run_s_p95={row.run_p95:.3f} lag_p95_s={row.lag_p95:.1f} gb_s_month_2048={row.gb_s(2048):.0f} "
-            f"free_grant_gb_s={FREE_GRANT_GB_S}")
+        print(
+            f"note: the last line is for cadence {row.cadence} s, rate {row.rate:g} Hz (the default cadence "
+            f"{args.default_cadence} s at 0.1 Hz was not measured)"
+        )
+    return (
+        f"cost_bench cadence_s={row.cadence} devices={args.devices} rate_hz={row.rate:g} "
+        f"run_s_p95={row.run_p95:.3f} lag_p95_s={row.lag_p95:.1f} gb_s_month_2048={row.gb_s(2048):.0f} "
+        f"free_grant_gb_s={FREE_GRANT_GB_S}"
+    )
 
 
 if __name__ == "__main__":

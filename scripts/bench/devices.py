@@ -13,6 +13,7 @@ the FastAPI app as deployed):
 Each answer is checked (201, broker_synced). The last line is machine-readable:
 devices_bench create_median_ms=... create_p90_ms=... bulk_rows=... bulk_median_s=... bulk_per_device_ms=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,16 +57,22 @@ def main() -> None:
         pool.wait(30)
         tenant = create_tenant(pool, "bench", "Bench Works", "industrial")
         with tenant_transaction(pool, str(tenant["id"])) as conn:
-            user = conn.execute("INSERT INTO users (tenant_id, email, role, password_hash) "
-                                "VALUES (%s, 'owner@bench.example', 'owner', %s) RETURNING id",
-                                (tenant["id"], hash_password(uuid.uuid4().hex))).fetchone()
+            user = conn.execute(
+                "INSERT INTO users (tenant_id, email, role, password_hash) "
+                "VALUES (%s, 'owner@bench.example', 'owner', %s) RETURNING id",
+                (tenant["id"], hash_password(uuid.uuid4().hex)),
+            ).fetchone()
         assert user is not None
         token = issue_access_token(get_settings(), user["id"], tenant["id"])
 
         def call(path: str, body: bytes, content_type: str) -> tuple[int, Any]:
-            request = func.HttpRequest("POST", f"http://localhost{path}", body=body,
-                                       headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
-                                       route_params={"route": path.removeprefix("/api/")})
+            request = func.HttpRequest(
+                "POST",
+                f"http://localhost{path}",
+                body=body,
+                headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
+                route_params={"route": path.removeprefix("/api/")},
+            )
             response = asyncio.run(api(request, None))
             return response.status_code, json.loads(response.get_body())
 
@@ -88,15 +95,22 @@ def main() -> None:
     create_median = statistics.median(create_ms)
     create_p90 = statistics.quantiles(create_ms, n=10)[-1] if len(create_ms) >= 2 else create_median
     bulk_median = statistics.median(bulk_s)
-    print(f"create through the API incl. broker sync: median {create_median:.1f} ms, p90 {create_p90:.1f} ms "
-          f"({args.creates} creates)")
-    print(f"bulk CSV of {args.bulk_rows}: median {bulk_median:.2f} s over {args.bulk_runs} runs "
-          f"({bulk_median / args.bulk_rows * 1000:.1f} ms per device); each run: "
-          + ", ".join(f"{s:.2f} s" for s in bulk_s) + " (the broker grows by --bulk-rows clients per run: Mosquitto's "
-          "plugin rewrites its whole config file after every change, so a command costs more as the broker grows)")
-    print(f"devices_bench create_median_ms={create_median:.1f} create_p90_ms={create_p90:.1f} "
-          f"bulk_rows={args.bulk_rows} bulk_median_s={bulk_median:.2f} "
-          f"bulk_per_device_ms={bulk_median / args.bulk_rows * 1000:.1f}")
+    print(
+        f"create through the API incl. broker sync: median {create_median:.1f} ms, p90 {create_p90:.1f} ms "
+        f"({args.creates} creates)"
+    )
+    print(
+        f"bulk CSV of {args.bulk_rows}: median {bulk_median:.2f} s over {args.bulk_runs} runs "
+        f"({bulk_median / args.bulk_rows * 1000:.1f} ms per device); each run: "
+        + ", ".join(f"{s:.2f} s" for s in bulk_s)
+        + " (the broker grows by --bulk-rows clients per run: Mosquitto's "
+        "plugin rewrites its whole config file after every change, so a command costs more as the broker grows)"
+    )
+    print(
+        f"devices_bench create_median_ms={create_median:.1f} create_p90_ms={create_p90:.1f} "
+        f"bulk_rows={args.bulk_rows} bulk_median_s={bulk_median:.2f} "
+        f"bulk_per_device_ms={bulk_median / args.bulk_rows * 1000:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ machine-readable (one line):
 ingest_bench msgs_per_s=... transport_msgs_per_s=... naive_msgs_per_s=... ratio=...
     cpu_s_per_million=... lost=... duplicates=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,19 +92,27 @@ def main() -> None:
         drain = _drain(stack, settings, creds, args.messages)
 
     n, n_naive = f"{args.messages:,} msgs", f"{args.naive_messages:,} msgs"
-    print(f"drain:     {n}, {drain.msgs_per_s:,.0f} msg/s (COPY batches of {args.batch_size}, ack after commit); "
-          f"ended_by={drain.ended_by}; fast path ran: {'yes' if drain.fast_path_messages else 'NO'} "
-          f"({drain.fast_path_messages:,} PUBLISH packets, the run's marker included; paho internals as expected: "
-          f"{FAST_PATH})")
+    print(
+        f"drain:     {n}, {drain.msgs_per_s:,.0f} msg/s (COPY batches of {args.batch_size}, ack after commit); "
+        f"ended_by={drain.ended_by}; fast path ran: {'yes' if drain.fast_path_messages else 'NO'} "
+        f"({drain.fast_path_messages:,} PUBLISH packets, the run's marker included; paho internals as expected: "
+        f"{FAST_PATH})"
+    )
     print(f"transport: {n}, {transport:,.0f} msg/s (the drain's own MQTT client, acks only, no database)")
-    print(f"naive:     {n_naive} (a smaller backlog), {naive:,.0f} msg/s (paho on_message, one multi-row INSERT "
-          f"... ON CONFLICT DO NOTHING per message, autocommit, ingest role, partitioned telemetry)")
+    print(
+        f"naive:     {n_naive} (a smaller backlog), {naive:,.0f} msg/s (paho on_message, one multi-row INSERT "
+        f"... ON CONFLICT DO NOTHING per message, autocommit, ingest role, partitioned telemetry)"
+    )
     print(f"bare paho: {n}, {bare:,.0f} msg/s (plain paho-mqtt client, acks only; for the record, not a ceiling)")
-    print(f"drain/transport: {drain.msgs_per_s / transport:.0%}   drain/naive: {drain.msgs_per_s / naive:.1f}x   "
-          f"drain/bare paho: {drain.msgs_per_s / bare:.0%}")
-    print(f"ingest_bench msgs_per_s={drain.msgs_per_s:.0f} transport_msgs_per_s={transport:.0f} "
-          f"naive_msgs_per_s={naive:.0f} ratio={drain.msgs_per_s / naive:.1f} "
-          f"cpu_s_per_million={drain.cpu_s_per_million:.1f} lost={drain.lost} duplicates={drain.duplicates}")
+    print(
+        f"drain/transport: {drain.msgs_per_s / transport:.0%}   drain/naive: {drain.msgs_per_s / naive:.1f}x   "
+        f"drain/bare paho: {drain.msgs_per_s / bare:.0%}"
+    )
+    print(
+        f"ingest_bench msgs_per_s={drain.msgs_per_s:.0f} transport_msgs_per_s={transport:.0f} "
+        f"naive_msgs_per_s={naive:.0f} ratio={drain.msgs_per_s / naive:.1f} "
+        f"cpu_s_per_million={drain.cpu_s_per_million:.1f} lost={drain.lost} duplicates={drain.duplicates}"
+    )
 
 
 def _prepare(stack: LocalStack, batch_size: int):
@@ -115,16 +124,22 @@ def _prepare(stack: LocalStack, batch_size: int):
     settings = settings_from(env)
     pool = create_pool(settings)
     tenant = create_tenant(pool, "bench", "Benchmark Works", "industrial")
-    with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                      settings.mqtt_provisioner_username, settings.mqtt_provisioner_password) as dynsec:
+    with DynsecClient(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_ca_file,
+        settings.mqtt_provisioner_username,
+        settings.mqtt_provisioner_password,
+    ) as dynsec:
         creds = [provision_device(pool, dynsec, tenant, f"machine-{i:02d}") for i in range(DEVICES)]
     pool.close()
     return settings, creds
 
 
 def _client(settings, client_id: str, username: str, password: str, **kwargs) -> mqtt.Client:
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv5, **kwargs)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, **kwargs
+    )
     client.username_pw_set(username, password)
     client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED)
     return client
@@ -133,19 +148,28 @@ def _client(settings, client_id: str, username: str, password: str, **kwargs) ->
 def _as_client(settings, user: str, password: str):
     """The same settings, but the drain's MQTT identity replaced by another client of its role."""
     # model_copy does not validate: the secret goes in as the SecretStr that validation would make.
-    return settings.model_copy(update={"mqtt_ingest_username": user, "mqtt_ingest_password": SecretStr(password),
-                                       "mqtt_ingest_client_id": user})
+    return settings.model_copy(
+        update={
+            "mqtt_ingest_username": user,
+            "mqtt_ingest_password": SecretStr(password),
+            "mqtt_ingest_client_id": user,
+        }
+    )
 
 
 def _publish(settings, creds, count: int, first_seq: int) -> None:
     """Publishes count QoS 1 messages round-robin over the devices, in two processes that each
     own half of the devices (one client id, one connection), and waits for every PUBACK."""
-    halves = [(0, count // 2, creds[: len(creds) // 2]), (count // 2, count, creds[len(creds) // 2:])]
+    halves = [(0, count // 2, creds[: len(creds) // 2]), (count // 2, count, creds[len(creds) // 2 :])]
     procs = []
     for start, end, own in halves:
-        job = {"settings": {"host": settings.mqtt_host, "port": settings.mqtt_port, "ca": settings.mqtt_ca_file},
-               "creds": [[c.username, c.password, c.topic_prefix] for c in own],
-               "start": start, "end": end, "first_seq": first_seq}
+        job = {
+            "settings": {"host": settings.mqtt_host, "port": settings.mqtt_port, "ca": settings.mqtt_ca_file},
+            "creds": [[c.username, c.password, c.topic_prefix] for c in own],
+            "start": start,
+            "end": end,
+            "first_seq": first_seq,
+        }
         proc = subprocess.Popen([sys.executable, __file__, "--publish-worker"], stdin=subprocess.PIPE)
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(job).encode())  # not argv: the device passwords stay out of ps
@@ -182,8 +206,10 @@ def _publish_worker() -> None:
         client, prefix = clients[i % len(clients)]
         seq = job["first_seq"] + i
         door = "true" if i % 7 == 0 else "false"
-        payload = (f'{{"ts":{ts0 + i},"seq":{seq},"metrics":{{"temp":{20 + (i % 100) / 10},'
-                   f'"rpm":{1000 + i % 500},"door_open":{door}}}}}')
+        payload = (
+            f'{{"ts":{ts0 + i},"seq":{seq},"metrics":{{"temp":{20 + (i % 100) / 10},'
+            f'"rpm":{1000 + i % 500},"door_open":{door}}}}}'
+        )
         with lock:
             pending["n"] += 1
             while pending["n"] > 5000:
@@ -203,8 +229,13 @@ def _backlog_for(stack, settings, creds, user: str, count: int, first_seq: int) 
     """A fresh client of the drain's role with its own persistent session and count messages
     queued on it; returns its password."""
     password = generate_password()
-    with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                      stack.mosquitto.admin.username, stack.mosquitto.admin.password) as dynsec:
+    with DynsecClient(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_ca_file,
+        stack.mosquitto.admin.username,
+        stack.mosquitto.admin.password,
+    ) as dynsec:
         dynsec.create_client(user, password, client_id=user, roles=[INGEST_ROLE])
     prepare_session(_as_client(settings, user, password))
     _publish(settings, creds, count, first_seq=first_seq)
@@ -286,8 +317,9 @@ def _naive(stack, settings, creds, count: int) -> float:
     Devices are looked up once each and cached; the statement is prepared by psycopg."""
     user = "bench-naive"
     password = _backlog_for(stack, settings, creds, user, count, first_seq=NAIVE_SEQ)
-    conn = psycopg.connect(settings.ingest_database_url.get_secret_value(), autocommit=True,
-                           application_name="bench_naive")
+    conn = psycopg.connect(
+        settings.ingest_database_url.get_secret_value(), autocommit=True, application_name="bench_naive"
+    )
     directory = DeviceDirectory()
     row = "(%s, %s, timestamptz 'epoch' + %s * interval '1 millisecond', %s, %s, %s, %s, %s)"
     statements: dict[int, str] = {}
@@ -302,12 +334,22 @@ def _naive(stack, settings, creds, count: int) -> float:
         params: list = []
         for metric, value in data["metrics"].items():
             is_bool = isinstance(value, bool)
-            params += [device.tenant_id, device.device_id, data["ts"], data.get("seq", 0),
-                       None if is_bool else value, value if is_bool else None, metric, None]
+            params += [
+                device.tenant_id,
+                device.device_id,
+                data["ts"],
+                data.get("seq", 0),
+                None if is_bool else value,
+                value if is_bool else None,
+                metric,
+                None,
+            ]
         rows = len(data["metrics"])
         if rows not in statements:
-            statements[rows] = ("INSERT INTO telemetry (tenant_id, device_id, ts, seq, value, value_bool, metric, "
-                                "value_text) VALUES " + ", ".join([row] * rows) + " ON CONFLICT DO NOTHING")
+            statements[rows] = (
+                "INSERT INTO telemetry (tenant_id, device_id, ts, seq, value, value_bool, metric, "
+                "value_text) VALUES " + ", ".join([row] * rows) + " ON CONFLICT DO NOTHING"
+            )
         conn.execute(statements[rows], params, prepare=True)
 
     try:
@@ -327,8 +369,10 @@ def _drain(stack, settings, creds, count: int) -> DrainFigures:
     used = _cpu_times(stack) - before
     rows, distinct = _stored(stack, DRAIN_SEQ, DRAIN_SEQ + count)
     print(f"drain report: {json.dumps(report.summary())}")
-    print(f"drain cpu: python {used.process:.1f} s, postgres {used.postgres:.1f} s, active {report.active_s:.1f} s "
-          f"(setup {report.setup_s:.2f} s); {_others(used, report.duration_s)}")
+    print(
+        f"drain cpu: python {used.process:.1f} s, postgres {used.postgres:.1f} s, active {report.active_s:.1f} s "
+        f"(setup {report.setup_s:.2f} s); {_others(used, report.duration_s)}"
+    )
     return DrainFigures(
         msgs_per_s=report.outcome.messages / report.active_s,
         lost=count * METRICS - distinct,
@@ -357,8 +401,7 @@ class CpuTimes:
     others: float
 
     def __sub__(self, earlier: CpuTimes) -> CpuTimes:
-        return CpuTimes(self.process - earlier.process, self.postgres - earlier.postgres,
-                        self.others - earlier.others)
+        return CpuTimes(self.process - earlier.process, self.postgres - earlier.postgres, self.others - earlier.others)
 
 
 def _cpu_times(stack) -> CpuTimes:
@@ -367,8 +410,9 @@ def _cpu_times(stack) -> CpuTimes:
     # /proc/stat's first line: user nice system idle iowait irq softirq steal ... in clock ticks.
     ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     machine = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-    return CpuTimes(own.ru_utime + own.ru_stime, _tree_cpu(stack.postgres.pid, table),
-                    machine - _tree_cpu(os.getpid(), table))
+    return CpuTimes(
+        own.ru_utime + own.ru_stime, _tree_cpu(stack.postgres.pid, table), machine - _tree_cpu(os.getpid(), table)
+    )
 
 
 def _tree_cpu(pid: int, table) -> float:
@@ -386,8 +430,10 @@ def _tree_cpu(pid: int, table) -> float:
 
 def _others(used: CpuTimes, elapsed: float) -> str:
     """What the rest of the machine took meanwhile: other work on these cores slows every figure."""
-    return (f"other processes on the machine: {used.others:.1f} CPU-s "
-            f"({used.others / elapsed:.2f} of {os.cpu_count()} cores)")
+    return (
+        f"other processes on the machine: {used.others:.1f} CPU-s "
+        f"({used.others / elapsed:.2f} of {os.cpu_count()} cores)"
+    )
 
 
 if __name__ == "__main__":

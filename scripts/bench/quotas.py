@@ -15,6 +15,7 @@ used), makes a tenant on a metered plan (its device limit raised out of the way)
 The last line is machine-readable:
 quotas_bench insert_p50_ms=... insert_no_trigger_p50_ms=... bulk_ms=... bulk_no_trigger_ms=... usage_p50_ms=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,11 +62,15 @@ def main() -> None:
         tenant = create_tenant(pool, "bench", "Bench Works", "professional")
         tid = str(tenant["id"])
         with tenant_transaction(pool, tid) as conn:
-            conn.execute("INSERT INTO devices (tenant_id, name) SELECT %s, 'base-' || g FROM generate_series(1, %s) g",
-                         (tid, args.devices))
-            user = conn.execute("INSERT INTO users (tenant_id, email, role, password_hash) "
-                                "VALUES (%s, 'viewer@bench.example', 'viewer', %s) RETURNING id",
-                                (tid, hash_password(uuid.uuid4().hex))).fetchone()
+            conn.execute(
+                "INSERT INTO devices (tenant_id, name) SELECT %s, 'base-' || g FROM generate_series(1, %s) g",
+                (tid, args.devices),
+            )
+            user = conn.execute(
+                "INSERT INTO users (tenant_id, email, role, password_hash) "
+                "VALUES (%s, 'viewer@bench.example', 'viewer', %s) RETURNING id",
+                (tid, hash_password(uuid.uuid4().hex)),
+            ).fetchone()
         assert user is not None
         token = issue_access_token(get_settings(), user["id"], tenant["id"])
         api = next(f for f in app.get_functions() if f.get_function_name() == "api").get_user_function()
@@ -88,16 +93,22 @@ def main() -> None:
                     inserts[enabled].append(time.perf_counter() - started)
                 started = time.perf_counter()
                 with tenant_transaction(pool, tid) as conn:
-                    conn.execute("INSERT INTO devices (tenant_id, name)"
-                                 " SELECT %s, %s || g FROM generate_series(1, %s) g",
-                                 (tid, f"bulk-{round_}-{enabled}-", args.devices))
+                    conn.execute(
+                        "INSERT INTO devices (tenant_id, name) SELECT %s, %s || g FROM generate_series(1, %s) g",
+                        (tid, f"bulk-{round_}-{enabled}-", args.devices),
+                    )
                 bulks[enabled].append(time.perf_counter() - started)
         set_trigger(True)
 
         usage_ms = []
         for _ in range(100):
-            request = func.HttpRequest("GET", "http://localhost/api/usage", body=b"",
-                                       headers={"Authorization": f"Bearer {token}"}, route_params={"route": "usage"})
+            request = func.HttpRequest(
+                "GET",
+                "http://localhost/api/usage",
+                body=b"",
+                headers={"Authorization": f"Bearer {token}"},
+                route_params={"route": "usage"},
+            )
             started = time.perf_counter()
             response = asyncio.run(api(request, None))
             usage_ms.append((time.perf_counter() - started) * 1000)
@@ -105,13 +116,17 @@ def main() -> None:
 
         p50 = {k: statistics.median(v) * 1000 for k, v in inserts.items()}
         bulk = {k: statistics.median(v) * 1000 for k, v in bulks.items()}
-        print(f"insert one device (tenant of {args.devices}+): p50 {p50[True]:.2f} ms with the trigger, "
-              f"{p50[False]:.2f} ms without")
+        print(
+            f"insert one device (tenant of {args.devices}+): p50 {p50[True]:.2f} ms with the trigger, "
+            f"{p50[False]:.2f} ms without"
+        )
         print(f"insert {args.devices} devices in one statement: {bulk[True]:.1f} ms with, {bulk[False]:.1f} ms without")
         print(f"GET /api/usage: p50 {statistics.median(usage_ms):.2f} ms")
-        print(f"quotas_bench insert_p50_ms={p50[True]:.2f} insert_no_trigger_p50_ms={p50[False]:.2f} "
-              f"bulk_ms={bulk[True]:.1f} bulk_no_trigger_ms={bulk[False]:.1f} "
-              f"usage_p50_ms={statistics.median(usage_ms):.2f}")
+        print(
+            f"quotas_bench insert_p50_ms={p50[True]:.2f} insert_no_trigger_p50_ms={p50[False]:.2f} "
+            f"bulk_ms={bulk[True]:.1f} bulk_no_trigger_ms={bulk[False]:.1f} "
+            f"usage_p50_ms={statistics.median(usage_ms):.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ telemetry_dedup's per-partition copy, or a sequential scan where the device's me
 a partition) and, last, one machine-readable line:
 series_bench month_rows=<n> p50_ms_30d=<n> p50_ms_1d=<n> naive_ms_30d=<n>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,10 +68,18 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--cold-repeat", type=int, default=3)
-    parser.add_argument("--rollup-chunk-s", type=int, default=86400,
-                        help="the rollup's chunk (ROLLUP_CHUNK_S is 900 in the app; larger loads faster here)")
-    parser.add_argument("--other-devices", type=int, default=3,
-                        help="the tenant's other devices, one metric every 10 s each (a fleet: try 49)")
+    parser.add_argument(
+        "--rollup-chunk-s",
+        type=int,
+        default=86400,
+        help="the rollup's chunk (ROLLUP_CHUNK_S is 900 in the app; larger loads faster here)",
+    )
+    parser.add_argument(
+        "--other-devices",
+        type=int,
+        default=3,
+        help="the tenant's other devices, one metric every 10 s each (a fleet: try 49)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-series-") as tmp:
         server = PostgresServer(Path(tmp) / "postgres")
@@ -91,14 +100,23 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
     tenant_id, device_id, user_id = create_tenant_and_device(owner_dsn)
     t = time.perf_counter()
     rows = load(owner_dsn, tenant_id, device_id, start, end, args.other_devices)
-    print(f"loaded {rows['month']:,} rows of one metric at 1 s (+{rows['other']:,} other rows) with COPY "
-          f"in {time.perf_counter() - t:.1f} s; VACUUM ANALYZE done")
+    print(
+        f"loaded {rows['month']:,} rows of one metric at 1 s (+{rows['other']:,} other rows) with COPY "
+        f"in {time.perf_counter() - t:.1f} s; VACUUM ANALYZE done"
+    )
     t = time.perf_counter()
     with maintenance_connection(settings, "bench_rollup") as conn:
-        report = rollups.roll_up(conn, lag_s=settings.rollup_lag_s, chunk_s=args.rollup_chunk_s,
-                                 max_past_days=settings.ingest_max_past_days, time_budget_s=3600)
-    print(f"rollup: {report.chunks} chunks of {args.rollup_chunk_s} s, {report.minute_buckets:,} minute and "
-          f"{report.hour_buckets:,} hour buckets in {time.perf_counter() - t:.1f} s; watermark {report.watermark}")
+        report = rollups.roll_up(
+            conn,
+            lag_s=settings.rollup_lag_s,
+            chunk_s=args.rollup_chunk_s,
+            max_past_days=settings.ingest_max_past_days,
+            time_budget_s=3600,
+        )
+    print(
+        f"rollup: {report.chunks} chunks of {args.rollup_chunk_s} s, {report.minute_buckets:,} minute and "
+        f"{report.hour_buckets:,} hour buckets in {time.perf_counter() - t:.1f} s; watermark {report.watermark}"
+    )
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE telemetry_rollup_1m")
         conn.execute("VACUUM ANALYZE telemetry_rollup_1h")
@@ -112,33 +130,45 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
         points = len(series_query(pool, principal, device_id, frm, end, width))
         explain(pool, principal, device_id, frm, end, label)
         figures[label] = {
-            "series": median_ms(lambda f=frm, w=width: series_query(pool, principal, device_id, f, end, w),
-                                args.repeat),
+            "series": median_ms(
+                lambda f=frm, w=width: series_query(pool, principal, device_id, f, end, w), args.repeat
+            ),
             "raw": median_ms(lambda f=frm, w=width: raw_query(pool, principal, device_id, f, end, w), args.repeat),
             "api": median_ms(lambda f=frm: api_call(device_id, f, end), args.repeat),
             "naive": median_ms(lambda f=frm: naive_query(pool, tenant_id, device_id, f, end), max(1, args.repeat // 2)),
             "count": median_ms(lambda f=frm: count_query(pool, tenant_id, device_id, f, end), args.repeat),
         }
-        check_equal(series_query(pool, principal, device_id, frm, end, width),
-                    raw_query(pool, principal, device_id, frm, end, width), label)
-        print(f"{label:>4}: bucket {width:>5} s, {points:>4} points | series {figures[label]['series']:8.1f} ms | "
-              f"raw only {figures[label]['raw']:8.1f} ms | "
-              f"api {figures[label]['api']:8.1f} ms | naive (all raw rows) {figures[label]['naive']:8.1f} ms | "
-              f"index-only count {figures[label]['count']:8.1f} ms")
+        check_equal(
+            series_query(pool, principal, device_id, frm, end, width),
+            raw_query(pool, principal, device_id, frm, end, width),
+            label,
+        )
+        print(
+            f"{label:>4}: bucket {width:>5} s, {points:>4} points | series {figures[label]['series']:8.1f} ms | "
+            f"raw only {figures[label]['raw']:8.1f} ms | "
+            f"api {figures[label]['api']:8.1f} ms | naive (all raw rows) {figures[label]['naive']:8.1f} ms | "
+            f"index-only count {figures[label]['count']:8.1f} ms"
+        )
     lagging = {}
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
         conn.execute("UPDATE rollup_state SET watermark = watermark - interval '1 day'")
     for label in ("7d", "30d"):
         frm = end - RANGES[label]
         width = reads.bucket_width_s(RANGES[label], reads.SERIES_DEFAULT_POINTS)
-        check_equal(series_query(pool, principal, device_id, frm, end, width),
-                    raw_query(pool, principal, device_id, frm, end, width), label)
-        lagging[label] = median_ms(lambda f=frm, w=width: series_query(pool, principal, device_id, f, end, w),
-                                   args.repeat)
+        check_equal(
+            series_query(pool, principal, device_id, frm, end, width),
+            raw_query(pool, principal, device_id, frm, end, width),
+            label,
+        )
+        lagging[label] = median_ms(
+            lambda f=frm, w=width: series_query(pool, principal, device_id, f, end, w), args.repeat
+        )
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
         conn.execute("UPDATE rollup_state SET watermark = watermark + interval '1 day'")
-    print("rollup watermark a day behind (the last day from raw, the rest from rollups): "
-          + ", ".join(f"{label} series {ms:.1f} ms" for label, ms in lagging.items()))
+    print(
+        "rollup watermark a day behind (the last day from raw, the rest from rollups): "
+        + ", ".join(f"{label} series {ms:.1f} ms" for label, ms in lagging.items())
+    )
     pool.close()
 
     dropped = can_drop_page_cache()
@@ -155,10 +185,14 @@ def run(server: PostgresServer, args: argparse.Namespace) -> None:
         figures[label]["cold"] = statistics.median(times)
         print(f"{label:>4}: cold series {figures[label]['cold']:8.1f} ms (median of {len(times)})")
 
-    print("rollups vs raw (series, ms): " + ", ".join(
-        f"{label} {figures[label]['series']:.1f} vs {figures[label]['raw']:.1f}" for label in RANGES))
-    print(f"series_bench month_rows={rows['month']} p50_ms_30d={figures['30d']['series']:.0f} "
-          f"p50_ms_1d={figures['1d']['series']:.0f} naive_ms_30d={figures['30d']['naive']:.0f}")
+    print(
+        "rollups vs raw (series, ms): "
+        + ", ".join(f"{label} {figures[label]['series']:.1f} vs {figures[label]['raw']:.1f}" for label in RANGES)
+    )
+    print(
+        f"series_bench month_rows={rows['month']} p50_ms_30d={figures['30d']['series']:.0f} "
+        f"p50_ms_1d={figures['1d']['series']:.0f} naive_ms_30d={figures['30d']['naive']:.0f}"
+    )
 
 
 def create_database(server: PostgresServer) -> dict[str, str]:
@@ -181,32 +215,52 @@ def create_database(server: PostgresServer) -> dict[str, str]:
 def create_tenant_and_device(owner_dsn: str) -> tuple[uuid.UUID, int, uuid.UUID]:
     with psycopg.connect(owner_dsn) as conn:
         tenant_id = uuid.uuid4()
-        conn.execute("INSERT INTO tenants (id, slug, name, plan) VALUES (%s, 'bench', 'Bench', 'industrial')",
-                     (tenant_id,))
-        device_id = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'press-01') RETURNING id",
-                                 (tenant_id,)).fetchone()[0]  # type: ignore[index]
-        user_id = conn.execute("INSERT INTO users (tenant_id, email, role, password_hash) "
-                               "VALUES (%s, 'owner@bench.example', 'owner', %s) RETURNING id",
-                               (tenant_id, hash_password(secrets.token_hex(8)))).fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO tenants (id, slug, name, plan) VALUES (%s, 'bench', 'Bench', 'industrial')", (tenant_id,)
+        )
+        device_id = conn.execute(
+            "INSERT INTO devices (tenant_id, name) VALUES (%s, 'press-01') RETURNING id", (tenant_id,)
+        ).fetchone()[0]  # type: ignore[index]
+        user_id = conn.execute(
+            "INSERT INTO users (tenant_id, email, role, password_hash) "
+            "VALUES (%s, 'owner@bench.example', 'owner', %s) RETURNING id",
+            (tenant_id, hash_password(secrets.token_hex(8))),
+        ).fetchone()[0]  # type: ignore[index]
     return tenant_id, device_id, user_id
 
 
-def load(owner_dsn: str, tenant_id: uuid.UUID, device_id: int, start: datetime, end: datetime,
-         other_devices: int) -> dict[str, int]:
+def load(
+    owner_dsn: str, tenant_id: uuid.UUID, device_id: int, start: datetime, end: datetime, other_devices: int
+) -> dict[str, int]:
     """COPY as the owner, in ts order; partitions for the days first (the migration made the last 31)."""
     seconds = int((end - start).total_seconds())
     with psycopg.connect(owner_dsn, autocommit=True) as conn:
         conn.execute("SELECT ensure_telemetry_partitions(%s::date, %s::date)", (start.date(), end.date()))
         other_tenant = uuid.uuid4()
         conn.execute("INSERT INTO tenants (id, slug, name) VALUES (%s, 'other', 'Other')", (other_tenant,))
-        others = [(tenant_id, conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id",
-                                           (tenant_id, f"m-{i}")).fetchone()[0]) for i in range(other_devices)]  # type: ignore[index]
-        others.append((other_tenant, conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'x') "
-                                                  "RETURNING id", (other_tenant,)).fetchone()[0]))  # type: ignore[index]
+        others = [
+            (
+                tenant_id,
+                conn.execute(
+                    "INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id", (tenant_id, f"m-{i}")
+                ).fetchone()[0],
+            )
+            for i in range(other_devices)
+        ]  # type: ignore[index]
+        others.append(
+            (
+                other_tenant,
+                conn.execute(
+                    "INSERT INTO devices (tenant_id, name) VALUES (%s, 'x') RETURNING id", (other_tenant,)
+                ).fetchone()[0],
+            )
+        )  # type: ignore[index]
         epoch_us = int(start.timestamp()) * 1_000_000
         counts = {"month": 0, "other": 0}
-        with conn.cursor() as cur, cur.copy("COPY telemetry (tenant_id, device_id, metric, ts, seq, value, "
-                                            "received_at) FROM STDIN") as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy("COPY telemetry (tenant_id, device_id, metric, ts, seq, value, received_at) FROM STDIN") as copy,
+        ):
             for chunk_start in range(0, seconds, 3600):
                 lines = []
                 for s in range(chunk_start, min(seconds, chunk_start + 3600)):
@@ -220,8 +274,11 @@ def load(owner_dsn: str, tenant_id: uuid.UUID, device_id: int, start: datetime, 
                             lines.append(f"{tenant}\t{other}\ttemp\t{ts}\t0\t{s % 50}\t{rcv}\n")
                         counts["other"] += 1 + len(others)
                 copy.write("".join(lines))
-        conn.execute("INSERT INTO device_metrics (tenant_id, device_id, metric, last_ts, last_value) "
-                     "VALUES (%s, %s, 'temp', %s, 21)", (tenant_id, device_id, end))
+        conn.execute(
+            "INSERT INTO device_metrics (tenant_id, device_id, metric, last_ts, last_value) "
+            "VALUES (%s, %s, 'temp', %s, 21)",
+            (tenant_id, device_id, end),
+        )
         conn.execute("VACUUM ANALYZE telemetry")
     return counts
 
@@ -239,7 +296,9 @@ def check_equal(got: list, raw: list, label: str) -> None:
     """Same buckets, counts, min and max; avg to rounding (sum/count against avg())."""
     same = len(got) == len(raw) and all(
         (g["ts"], g["count"], g["min"], g["max"]) == (r["ts"], r["count"], r["min"], r["max"])
-        and abs(g["avg"] - r["avg"]) <= 1e-9 * max(1.0, abs(r["avg"])) for g, r in zip(got, raw, strict=True))
+        and abs(g["avg"] - r["avg"]) <= 1e-9 * max(1.0, abs(r["avg"]))
+        for g, r in zip(got, raw, strict=True)
+    )
     if not same:
         raise SystemExit(f"{label}: the series read and raw disagree")
 
@@ -248,15 +307,27 @@ def raw_query(pool, principal: Principal, device_id: int, frm: datetime, to: dat
     from shared.core.sql import QUERIES
 
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        return conn.execute(QUERIES["series_buckets"], {
-            "tenant_id": principal.tenant_id, "device_id": device_id, "metric": "temp", "from": frm, "to": to,
-            "bucket": timedelta(seconds=width)}).fetchall()
+        return conn.execute(
+            QUERIES["series_buckets"],
+            {
+                "tenant_id": principal.tenant_id,
+                "device_id": device_id,
+                "metric": "temp",
+                "from": frm,
+                "to": to,
+                "bucket": timedelta(seconds=width),
+            },
+        ).fetchall()
 
 
-NAIVE = ("SELECT ts, value FROM telemetry WHERE tenant_id = %s AND device_id = %s AND metric = 'temp' "
-         "AND ts >= %s AND ts < %s ORDER BY ts")
-COUNT = ("SELECT count(*) FROM telemetry WHERE tenant_id = %s AND device_id = %s AND metric = 'temp' "
-         "AND ts >= %s AND ts < %s")
+NAIVE = (
+    "SELECT ts, value FROM telemetry WHERE tenant_id = %s AND device_id = %s AND metric = 'temp' "
+    "AND ts >= %s AND ts < %s ORDER BY ts"
+)
+COUNT = (
+    "SELECT count(*) FROM telemetry WHERE tenant_id = %s AND device_id = %s AND metric = 'temp' "
+    "AND ts >= %s AND ts < %s"
+)
 
 
 def naive_query(pool, tenant_id: uuid.UUID, device_id: int, frm: datetime, to: datetime) -> int:
@@ -275,41 +346,65 @@ def explain(pool, principal: Principal, device_id: int, frm: datetime, to: datet
     with BENCH_SERIES_PLAN=1."""
     from shared.core.sql import QUERIES
 
-    params = {"tenant_id": principal.tenant_id, "device_id": device_id, "metric": "temp", "from": frm, "to": to,
-              "bucket": timedelta(seconds=reads.bucket_width_s(to - frm, reads.SERIES_DEFAULT_POINTS))}
+    params = {
+        "tenant_id": principal.tenant_id,
+        "device_id": device_id,
+        "metric": "temp",
+        "from": frm,
+        "to": to,
+        "bucket": timedelta(seconds=reads.bucket_width_s(to - frm, reads.SERIES_DEFAULT_POINTS)),
+    }
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        total = conn.execute("SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'telemetry'::regclass"
-                             ).fetchone()["n"]  # type: ignore[index]
-        plan = [r["QUERY PLAN"] for r in conn.execute(
-            b"EXPLAIN (ANALYZE, BUFFERS) " + QUERIES["series_buckets"].encode(), params).fetchall()]  # type: ignore[arg-type]
-        count_plan = [r["QUERY PLAN"] for r in conn.execute(
-            "EXPLAIN " + COUNT, (principal.tenant_id, device_id, frm, to)).fetchall()]  # type: ignore[arg-type]
+        total = conn.execute(
+            "SELECT count(*) AS n FROM pg_inherits WHERE inhparent = 'telemetry'::regclass"
+        ).fetchone()["n"]  # type: ignore[index]
+        plan = [
+            r["QUERY PLAN"]
+            for r in conn.execute(
+                b"EXPLAIN (ANALYZE, BUFFERS) " + QUERIES["series_buckets"].encode(), params
+            ).fetchall()
+        ]  # type: ignore[arg-type]
+        count_plan = [
+            r["QUERY PLAN"]
+            for r in conn.execute("EXPLAIN " + COUNT, (principal.tenant_id, device_id, frm, to)).fetchall()
+        ]  # type: ignore[arg-type]
     scans = [line for line in plan if re.search(r"Scan (?:using \S+ )?on telemetry_", line)]
     rollup_plan = explain_rollup_read(pool, principal, device_id, frm, to, params["bucket"])
-    kinds = {kind: sum(kind + " " in line for line in scans)
-             for kind in ("Index Only Scan", "Index Scan", "Bitmap Heap Scan", "Seq Scan")}
+    kinds = {
+        kind: sum(kind + " " in line for line in scans)
+        for kind in ("Index Only Scan", "Index Scan", "Bitmap Heap Scan", "Seq Scan")
+    }
     indexes = sorted({m.group(1) for line in scans if (m := re.search(r"using (\S+)", line))})
     only = sum("Index Only Scan" in line for line in count_plan)
-    print(f"{label:>4} plan: {len(scans)} of {total} partitions kept (pruning); "
-          + ", ".join(f"{kind}: {n}" for kind, n in kinds.items() if n)
-          + (f"; index {indexes[0]}{' ...' if len(indexes) > 1 else ''}" if indexes else "")
-          + f"; count: Index Only Scan on {only} partitions")
+    print(
+        f"{label:>4} plan: {len(scans)} of {total} partitions kept (pruning); "
+        + ", ".join(f"{kind}: {n}" for kind, n in kinds.items() if n)
+        + (f"; index {indexes[0]}{' ...' if len(indexes) > 1 else ''}" if indexes else "")
+        + f"; count: Index Only Scan on {only} partitions"
+    )
     if rollup_plan:
-        nodes = [re.sub(r"\s*\(.*", "", line).strip(" ->") for line in rollup_plan
-                 if re.search(r"Scan (?:using \S+ )?on (telemetry|rollup)", line)]
+        nodes = [
+            re.sub(r"\s*\(.*", "", line).strip(" ->")
+            for line in rollup_plan
+            if re.search(r"Scan (?:using \S+ )?on (telemetry|rollup)", line)
+        ]
         counted: dict[str, int] = {}
         for node in nodes:
             key = re.sub(r"telemetry_(\d{8}|default)", "telemetry_<day>", re.sub(r" on (\S+) \S+$", r" on \1", node))
             counted[key] = counted.get(key, 0) + 1
         timing = next((line.strip() for line in rollup_plan if line.startswith("Execution Time")), "")
-        print(f"{label:>4} rollup read plan: " + "; ".join(f"{n} x {k}" if n > 1 else k for k, n in counted.items())
-              + f"; {timing}")
+        print(
+            f"{label:>4} rollup read plan: "
+            + "; ".join(f"{n} x {k}" if n > 1 else k for k, n in counted.items())
+            + f"; {timing}"
+        )
     if os.environ.get("BENCH_SERIES_PLAN"):
         print("\n".join(plan + count_plan + rollup_plan))
 
 
-def explain_rollup_read(pool, principal: Principal, device_id: int, frm: datetime, to: datetime,
-                        bucket: timedelta) -> list[str]:
+def explain_rollup_read(
+    pool, principal: Principal, device_id: int, frm: datetime, to: datetime, bucket: timedelta
+) -> list[str]:
     """EXPLAIN ANALYZE of the rollup read the endpoint makes (none when raw answers)."""
     from psycopg import sql
 
@@ -321,13 +416,21 @@ def explain_rollup_read(pool, principal: Principal, device_id: int, frm: datetim
 
         def execute(self, query, params=None):
             if isinstance(query, sql.Composed):  # the rollup read (the other statements are plain strings)
-                plan.extend(r["QUERY PLAN"] for r in self.conn.execute(
-                    sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + query, params))
+                plan.extend(
+                    r["QUERY PLAN"] for r in self.conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS) ") + query, params)
+                )
             return self.conn.execute(query, params)
 
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-        rollups.series_points(Explaining(conn), principal.tenant_id, device_id, "temp", frm, to,  # type: ignore[arg-type]
-                              int(bucket.total_seconds()))
+        rollups.series_points(
+            Explaining(conn),
+            principal.tenant_id,
+            device_id,
+            "temp",
+            frm,
+            to,  # type: ignore[arg-type]
+            int(bucket.total_seconds()),
+        )
     return plan
 
 
@@ -348,17 +451,24 @@ def api_caller(env: dict[str, str], user_id: uuid.UUID, tenant_id: uuid.UUID) ->
         params = {"metric": "temp", "from": frm.strftime("%Y-%m-%dT%H:%M:%SZ"), "to": to.strftime("%Y-%m-%dT%H:%M:%SZ")}
         query = "&".join(f"{k}={v}" for k, v in params.items())
         path = f"devices/{device_id}/series"
-        request = func.HttpRequest("GET", f"http://localhost/api/{path}?{query}",
-                                   headers={"Authorization": f"Bearer {token}"}, params=params,
-                                   route_params={"route": path}, body=b"")
+        request = func.HttpRequest(
+            "GET",
+            f"http://localhost/api/{path}?{query}",
+            headers={"Authorization": f"Bearer {token}"},
+            params=params,
+            route_params={"route": path},
+            body=b"",
+        )
         response = asyncio.run(function(request, None))
         if response.status_code != 200:
             raise RuntimeError(f"series answered {response.status_code}: {response.get_body()[:300]!r}")
+
     return call
 
 
-def cold_series_ms(env: dict[str, str], principal: Principal, device_id: int, frm: datetime, to: datetime,
-                   span: timedelta) -> float:
+def cold_series_ms(
+    env: dict[str, str], principal: Principal, device_id: int, frm: datetime, to: datetime, span: timedelta
+) -> float:
     """The endpoint's read (rollups where complete) on a fresh connection."""
     from psycopg.rows import dict_row
 

@@ -13,6 +13,7 @@ telemetry_rollup_1m and telemetry_rollup_1h (numeric metrics only, as the rollup
 The last line is machine-readable:
 storage_bench raw_bytes_per_device_day=... bytes_per_row=... minute_rollup_bytes=... hour_rollup_bytes=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,13 +68,19 @@ def main() -> None:
                 partition = "telemetry_" + DAY.replace("-", "")
                 row = conn.execute("SELECT to_regclass(%s)", (partition,)).fetchone()
                 if row is None or row[0] is None:
-                    partition = next(name for (name,) in conn.execute(
-                        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                        "WHERE i.inhparent = 'telemetry'::regclass AND c.relname LIKE %s", (f"%{DAY[:4]}%",)))
+                    partition = next(
+                        name
+                        for (name,) in conn.execute(
+                            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                            "WHERE i.inhparent = 'telemetry'::regclass AND c.relname LIKE %s",
+                            (f"%{DAY[:4]}%",),
+                        )
+                    )
                 tenant = uuid.uuid4()
                 conn.execute("INSERT INTO tenants (id, slug, name) VALUES (%s, 'storage', 'Storage')", (tenant,))
-                device = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'press-01') RETURNING id",
-                                      (tenant,)).fetchone()[0]
+                device = conn.execute(
+                    "INSERT INTO devices (tenant_id, name) VALUES (%s, 'press-01') RETURNING id", (tenant,)
+                ).fetchone()[0]
                 started = time.perf_counter()
                 # In ts order with the metrics of one reading together, as the drain writes them: where rows land
                 # in the unique index decides how full its pages get.
@@ -86,7 +93,8 @@ def main() -> None:
                     "FROM generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '1 day' "
                     "- interval '1 ms', %(step)s * interval '1 second') t, unnest(%(names)s::text[]) m "
                     "ORDER BY t, m",
-                    {"tenant": tenant, "device": device, "day": DAY, "step": args.interval_s, "names": names})
+                    {"tenant": tenant, "device": device, "day": DAY, "step": args.interval_s, "names": names},
+                )
                 insert_s = time.perf_counter() - started
                 conn.execute(f"VACUUM (ANALYZE) {partition}")
                 rows = conn.execute(f"SELECT count(*) FROM {partition}").fetchone()[0]
@@ -102,28 +110,38 @@ def main() -> None:
                     # yet) takes the boolean too, as 0/1.
                     conn.execute(
                         f"INSERT INTO {name} (tenant_id, device_id, metric, bucket, count, sum, min, max, last"
-                        + (", last_ts, last_seq" if real else "") + ") "
+                        + (", last_ts, last_seq" if real else "")
+                        + ") "
                         "SELECT tenant_id, device_id, metric, date_trunc(%(bucket)s, ts), count(*), "
                         "sum(coalesce(value, value_bool::int)), min(coalesce(value, value_bool::int)), "
                         "max(coalesce(value, value_bool::int)), "
                         "(array_agg(coalesce(value, value_bool::int) ORDER BY ts DESC))[1]"
-                        + (", max(ts), 0" if real else "") +
-                        f" FROM {partition} WHERE %(real)s IS FALSE OR value IS NOT NULL GROUP BY 1, 2, 3, 4",
-                        {"bucket": bucket, "real": real})
+                        + (", max(ts), 0" if real else "")
+                        + f" FROM {partition} WHERE %(real)s IS FALSE OR value IS NOT NULL GROUP BY 1, 2, 3, 4",
+                        {"bucket": bucket, "real": real},
+                    )
                     conn.execute(f"VACUUM (ANALYZE) {name}")
                     rollups[name] = size(conn, name)
                 version = conn.info.server_version
         finally:
             server.stop()
 
-    print(f"PostgreSQL {version // 10000}.{version % 10000}; one device, {args.metrics} metrics every "
-          f"{args.interval_s} s for a day: {rows:,} rows, inserted in {insert_s:.1f} s")
-    print(f"raw partition: {raw / 1e6:.1f} MB ({raw / rows:.0f} bytes a row; heap {heap / 1e6:.1f} MB, "
-          f"indexes {index / 1e6:.1f} MB)")
-    print(f"per-minute rollup: {rollups['telemetry_rollup_1m'] / 1e6:.2f} MB; per-hour rollup: "
-          f"{rollups['telemetry_rollup_1h'] / 1e3:.0f} kB")
-    print(f"storage_bench raw_bytes_per_device_day={raw} bytes_per_row={raw / rows:.1f} "
-          f"minute_rollup_bytes={rollups['telemetry_rollup_1m']} hour_rollup_bytes={rollups['telemetry_rollup_1h']}")
+    print(
+        f"PostgreSQL {version // 10000}.{version % 10000}; one device, {args.metrics} metrics every "
+        f"{args.interval_s} s for a day: {rows:,} rows, inserted in {insert_s:.1f} s"
+    )
+    print(
+        f"raw partition: {raw / 1e6:.1f} MB ({raw / rows:.0f} bytes a row; heap {heap / 1e6:.1f} MB, "
+        f"indexes {index / 1e6:.1f} MB)"
+    )
+    print(
+        f"per-minute rollup: {rollups['telemetry_rollup_1m'] / 1e6:.2f} MB; per-hour rollup: "
+        f"{rollups['telemetry_rollup_1h'] / 1e3:.0f} kB"
+    )
+    print(
+        f"storage_bench raw_bytes_per_device_day={raw} bytes_per_row={raw / rows:.1f} "
+        f"minute_rollup_bytes={rollups['telemetry_rollup_1m']} hour_rollup_bytes={rollups['telemetry_rollup_1h']}"
+    )
 
 
 if __name__ == "__main__":

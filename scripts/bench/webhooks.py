@@ -14,6 +14,7 @@ as the owner: the trigger enqueues one delivery each), then times:
 The last line is machine-readable:
 webhooks_bench deliveries=<n> deliver_s=<s> deliveries_per_s=<n/s> http_only_per_s=<n/s> idle_ms=<ms>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,10 @@ def main() -> None:
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp, LocalStack(tmp) as stack:
         env = stack.create_app_database("bench") | {
-            "AUTH_JWT_SECRET": uuid.uuid4().hex * 2, "WEBHOOK_ALLOW_HTTP": "true",
-            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"}
+            "AUTH_JWT_SECRET": uuid.uuid4().hex * 2,
+            "WEBHOOK_ALLOW_HTTP": "true",
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+        }
         os.environ.update(env)
         from shared.alerts import delivery
         from shared.core.db import get_pool
@@ -76,17 +79,29 @@ def main() -> None:
         secret = delivery.new_secret()
         encrypted = delivery.encrypt_secret(settings, secret)
         with psycopg.connect(stack.postgres.superuser_dsn("bench"), autocommit=True) as conn:
-            conn.execute("INSERT INTO tenants (slug, name, plan) SELECT 'bench-' || g, 'Bench ' || g, 'industrial'"
-                         " FROM generate_series(1, %s) g", (args.tenants,))
-            conn.execute("INSERT INTO devices (tenant_id, name) SELECT t.id, 'd-' || g FROM tenants t,"
-                         " generate_series(1, %s) g", (args.events,))
-            conn.execute("INSERT INTO alert_rules (tenant_id, name, kind, scope, no_data_minutes)"
-                         " SELECT id, 'silent', 'no_data', 'all', 10 FROM tenants")
-            conn.execute("INSERT INTO alert_webhooks (tenant_id, rule_id, url, secret_encrypted)"
-                         " SELECT tenant_id, id, %s, %s FROM alert_rules", (url, encrypted))
-            conn.execute("INSERT INTO alert_events (tenant_id, rule_id, device_id, severity, value)"
-                         " SELECT r.tenant_id, r.id, d.id, 'warning', 900 FROM alert_rules r"
-                         " JOIN devices d ON d.tenant_id = r.tenant_id")
+            conn.execute(
+                "INSERT INTO tenants (slug, name, plan) SELECT 'bench-' || g, 'Bench ' || g, 'industrial'"
+                " FROM generate_series(1, %s) g",
+                (args.tenants,),
+            )
+            conn.execute(
+                "INSERT INTO devices (tenant_id, name) SELECT t.id, 'd-' || g FROM tenants t, generate_series(1, %s) g",
+                (args.events,),
+            )
+            conn.execute(
+                "INSERT INTO alert_rules (tenant_id, name, kind, scope, no_data_minutes)"
+                " SELECT id, 'silent', 'no_data', 'all', 10 FROM tenants"
+            )
+            conn.execute(
+                "INSERT INTO alert_webhooks (tenant_id, rule_id, url, secret_encrypted)"
+                " SELECT tenant_id, id, %s, %s FROM alert_rules",
+                (url, encrypted),
+            )
+            conn.execute(
+                "INSERT INTO alert_events (tenant_id, rule_id, device_id, severity, value)"
+                " SELECT r.tenant_id, r.id, d.id, 'warning', 900 FROM alert_rules r"
+                " JOIN devices d ON d.tenant_id = r.tenant_id"
+            )
             conn.execute("VACUUM ANALYZE")
             payloads = [(str(row[0]), row[1]) for row in conn.execute("SELECT id, payload FROM webhook_deliveries")]
         total = len(payloads)
@@ -123,8 +138,10 @@ def main() -> None:
         assert Quiet.received == 2 * total
         pool.close()
     server.shutdown()
-    print(f"webhooks_bench deliveries={total} deliver_s={deliver_s:.2f} deliveries_per_s={total / deliver_s:.0f}"
-          f" http_only_per_s={total / http_s:.0f} idle_ms={idle_ms:.2f}")
+    print(
+        f"webhooks_bench deliveries={total} deliver_s={deliver_s:.2f} deliveries_per_s={total / deliver_s:.0f}"
+        f" http_only_per_s={total / http_s:.0f} idle_ms={idle_ms:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,12 @@ class AzuriteServer:
         self._process.start(
             [
                 str(self.executable),
-                "--location", str(self.base_dir / "data"),
-                "--blobHost", self.host,
-                "--blobPort", str(port),
+                "--location",
+                str(self.base_dir / "data"),
+                "--blobHost",
+                self.host,
+                "--blobPort",
+                str(port),
                 "--disableTelemetry",  # on by default: it would phone home from every test run
                 "--skipApiVersionCheck",  # the Python SDK may be newer than the emulator
                 "--silent",

@@ -21,6 +21,7 @@ exit), so readings show up within seconds; in Azure the schedule is an app setti
 `--free-ports` never uses the preferred ports. Both are for tests, which must not touch the developer's stack.
 `down`, `status` and `secret` need only the standard library.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,18 @@ STOP_TIMEOUT_S = 20.0
 # simulator say "offline" and Mosquitto save its sessions; SIGINT is PostgreSQL's fast shutdown.
 COMPONENTS = ("simulator", "functions", "azurite", "mosquitto", "postgres")
 STOP_SIGNALS = {"postgres": signal.SIGINT}
-SECRETS = ("db-app", "db-ingest", "db-maintenance", "db-superuser", "mqtt-admin", "mqtt-provisioner", "mqtt-ingest",
-           "mqtt-commander", "demo-device", "demo-owner")
+SECRETS = (
+    "db-app",
+    "db-ingest",
+    "db-maintenance",
+    "db-superuser",
+    "mqtt-admin",
+    "mqtt-provisioner",
+    "mqtt-ingest",
+    "mqtt-commander",
+    "demo-device",
+    "demo-owner",
+)
 
 
 class DevError(Exception):
@@ -197,11 +208,17 @@ class State:
 def start_background(cmd: list[str], log: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """A child in a session of its own (so `down` can reach all of it), output appended to ``log``."""
     with open(log, "ab") as handle:
-        handle.write(f"\n=== {datetime.now(UTC).isoformat(timespec='seconds')} "
-                     f"{shlex.join(cmd)}\n".encode())
+        handle.write(f"\n=== {datetime.now(UTC).isoformat(timespec='seconds')} {shlex.join(cmd)}\n".encode())
         handle.flush()
-        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 # -- ports --------------------------------------------------------------------------------------------------------
@@ -267,8 +284,12 @@ def up(layout: Layout, free_ports: bool, ingest_schedule: str) -> int:
 def bring_up(layout: Layout, state: State, free_ports: bool, ingest_schedule: str) -> None:
     taken: set[int] = set()
     ports = {name: choose_port(name, state, free_ports, taken) for name in PREFERRED_PORTS}
-    state.data.update(ports=ports, settings_file=str(layout.settings_file), processes={},
-                      started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    state.data.update(
+        ports=ports,
+        settings_file=str(layout.settings_file),
+        processes={},
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     state.save()
     postgres = PostgresServer(layout.postgres_dir, ports["postgres"])
     broker = MosquittoBroker(layout.mosquitto_dir, ports["mosquitto"])
@@ -288,8 +309,13 @@ def bring_up(layout: Layout, state: State, free_ports: bool, ingest_schedule: st
         settings = load_settings(values)
         credential, tenant_id = ensure_demo_device(layout, postgres, settings)
         ensure_demo_owner(layout, settings, tenant_id)
-        state.data["demo"] = {"tenant_id": tenant_id, "tenant": credential["tenant"], "device": credential["device"],
-                              "username": credential["username"], "client_id": credential["client_id"]}
+        state.data["demo"] = {
+            "tenant_id": tenant_id,
+            "tenant": credential["tenant"],
+            "device": credential["device"],
+            "username": credential["username"],
+            "client_id": credential["client_id"],
+        }
         write_settings(layout, values, ports["functions"])
         prime_drain_session(values)
         say(f"database, demo device, settings and drain session ready ({time.monotonic() - step:.1f} s)")
@@ -299,8 +325,9 @@ def bring_up(layout: Layout, state: State, free_ports: bool, ingest_schedule: st
         # func_host.py reads the settings file given to it; Core Tools reads only the repository's
         # local.settings.json, and lets environment variables win over it, which matters with --dir.
         host_env = {**env, **values} if host_kind == "func" else env
-        functions = start_background(function_host_command(host_kind, layout, ports["functions"]),
-                                     layout.functions_log, host_env)
+        functions = start_background(
+            function_host_command(host_kind, layout, ports["functions"]), layout.functions_log, host_env
+        )
         children.append(functions)
         state.data["function_host"] = host_kind
         state.record("functions", functions.pid, layout.functions_log)
@@ -312,8 +339,10 @@ def bring_up(layout: Layout, state: State, free_ports: bool, ingest_schedule: st
         wait_healthy(ports["functions"], functions, layout.functions_log, HEALTH_TIMEOUT_S[host_kind])
         say(f"function app healthy ({time.monotonic() - step:.1f} s)")
         if simulator.poll() is not None:
-            raise DevError(f"the simulator exited ({simulator.returncode}); {show_path(layout.simulator_log)}:\n"
-                           f"{tail(layout.simulator_log)}")
+            raise DevError(
+                f"the simulator exited ({simulator.returncode}); {show_path(layout.simulator_log)}:\n"
+                f"{tail(layout.simulator_log)}"
+            )
     except BaseException:
         say("start failed; stopping what was started")
         for child in children:
@@ -347,13 +376,21 @@ def prepare_database(layout: Layout, postgres: PostgresServer) -> dict[str, str]
         say(f"migrations applied: {', '.join(applied)}")
     with psycopg.connect(postgres.superuser_dsn(), autocommit=True) as conn:
         for role in (APP_ROLE, INGEST_ROLE, MAINTENANCE_ROLE):
-            conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(passwords[role])))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(passwords[role]))
+            )
     return {role: passwords[role] for role in (APP_ROLE, INGEST_ROLE, MAINTENANCE_ROLE)}
 
 
-def settings_values(layout: Layout, postgres: PostgresServer, broker: MosquittoBroker, azurite: AzuriteServer,
-                    passwords: Mapping[str, str], functions_port: int, ingest_schedule: str) -> dict[str, str]:
+def settings_values(
+    layout: Layout,
+    postgres: PostgresServer,
+    broker: MosquittoBroker,
+    azurite: AzuriteServer,
+    passwords: Mapping[str, str],
+    functions_port: int,
+    ingest_schedule: str,
+) -> dict[str, str]:
     """Every key of local.settings.json.example, for this stack.
 
     Keys the stack decides (addresses, credentials, the local drain timing) are always rewritten; any other key keeps
@@ -372,28 +409,30 @@ def settings_values(layout: Layout, postgres: PostgresServer, broker: MosquittoB
     if values.get("AUTH_JWT_SECRET", "").startswith("CHANGE-ME"):
         values["AUTH_JWT_SECRET"] = secrets.token_hex(32)
 
-    values.update({
-        "FUNCTIONS_WORKER_RUNTIME": "python",
-        # The host keeps its timer schedule status in blob storage: Azurite's blob service.
-        "AzureWebJobsStorage": azurite.connection_string,
-        "DATABASE_URL": dsn(APP_ROLE),
-        "INGEST_DATABASE_URL": dsn(INGEST_ROLE),
-        "MAINTENANCE_DATABASE_URL": dsn(MAINTENANCE_ROLE),
-        "MQTT_HOST": broker.host,
-        "MQTT_PORT": str(broker.port),
-        "MQTT_CA_FILE": str(broker.ca_file),
-        "MQTT_INGEST_USERNAME": broker.ingest.username,
-        "MQTT_INGEST_PASSWORD": broker.ingest.password,
-        "MQTT_INGEST_CLIENT_ID": broker.ingest.client_id or broker.ingest.username,
-        "MQTT_PROVISIONER_USERNAME": broker.provisioner.username,
-        "MQTT_PROVISIONER_PASSWORD": broker.provisioner.password,
-        "MQTT_COMMANDER_USERNAME": broker.commander.username,
-        "MQTT_COMMANDER_PASSWORD": broker.commander.password,
-        "INGEST_SCHEDULE": ingest_schedule,
-        "INGEST_TIME_BUDGET_S": LOCAL_INGEST_TIME_BUDGET_S,
-        "INGEST_IDLE_EXIT_S": LOCAL_INGEST_IDLE_EXIT_S,
-        "STORAGE_CONNECTION_STRING": azurite.connection_string,
-    })
+    values.update(
+        {
+            "FUNCTIONS_WORKER_RUNTIME": "python",
+            # The host keeps its timer schedule status in blob storage: Azurite's blob service.
+            "AzureWebJobsStorage": azurite.connection_string,
+            "DATABASE_URL": dsn(APP_ROLE),
+            "INGEST_DATABASE_URL": dsn(INGEST_ROLE),
+            "MAINTENANCE_DATABASE_URL": dsn(MAINTENANCE_ROLE),
+            "MQTT_HOST": broker.host,
+            "MQTT_PORT": str(broker.port),
+            "MQTT_CA_FILE": str(broker.ca_file),
+            "MQTT_INGEST_USERNAME": broker.ingest.username,
+            "MQTT_INGEST_PASSWORD": broker.ingest.password,
+            "MQTT_INGEST_CLIENT_ID": broker.ingest.client_id or broker.ingest.username,
+            "MQTT_PROVISIONER_USERNAME": broker.provisioner.username,
+            "MQTT_PROVISIONER_PASSWORD": broker.provisioner.password,
+            "MQTT_COMMANDER_USERNAME": broker.commander.username,
+            "MQTT_COMMANDER_PASSWORD": broker.commander.password,
+            "INGEST_SCHEDULE": ingest_schedule,
+            "INGEST_TIME_BUDGET_S": LOCAL_INGEST_TIME_BUDGET_S,
+            "INGEST_IDLE_EXIT_S": LOCAL_INGEST_IDLE_EXIT_S,
+            "STORAGE_CONNECTION_STRING": azurite.connection_string,
+        }
+    )
     missing = set(example) - set(values)
     assert not missing, missing
     return values
@@ -408,8 +447,11 @@ def load_settings(values: Mapping[str, str]) -> Any:
 def write_settings(layout: Layout, values: Mapping[str, str], functions_port: int) -> None:
     """0600: the file holds passwords. Core Tools reads Host.LocalHttpPort as its default port."""
     previous = load_json(layout.settings_file) or {}
-    document = {"IsEncrypted": False, "Values": dict(values),
-                "Host": {**previous.get("Host", {}), "LocalHttpPort": functions_port}}
+    document = {
+        "IsEncrypted": False,
+        "Values": dict(values),
+        "Host": {**previous.get("Host", {}), "LocalHttpPort": functions_port},
+    }
     write_private(layout.settings_file, json.dumps(document, indent=2) + "\n")
 
 
@@ -426,17 +468,24 @@ def ensure_demo_device(layout: Layout, postgres: PostgresServer, settings: Any) 
     def lookup() -> tuple[dict[str, Any] | None, bool]:
         # As the owner: the app role sees a tenant only once it acts for it, and finds none by slug.
         with psycopg.connect(postgres.superuser_dsn(DATABASE), row_factory=dict_row) as conn:
-            tenant = conn.execute("SELECT id, slug, name, plan FROM tenants WHERE slug = %s",
-                                  (DEMO_TENANT,)).fetchone()
-            device = tenant is not None and conn.execute(
-                "SELECT 1 FROM devices WHERE tenant_id = %s AND name = %s", (tenant["id"], DEMO_DEVICE)
-            ).fetchone() is not None
+            tenant = conn.execute("SELECT id, slug, name, plan FROM tenants WHERE slug = %s", (DEMO_TENANT,)).fetchone()
+            device = (
+                tenant is not None
+                and conn.execute(
+                    "SELECT 1 FROM devices WHERE tenant_id = %s AND name = %s", (tenant["id"], DEMO_DEVICE)
+                ).fetchone()
+                is not None
+            )
         return tenant, device
 
     tenant, device_exists = lookup()
     stored = load_json(layout.device_file)
-    if (tenant is not None and device_exists and stored
-            and (stored.get("tenant"), stored.get("device")) == (DEMO_TENANT, DEMO_DEVICE)):
+    if (
+        tenant is not None
+        and device_exists
+        and stored
+        and (stored.get("tenant"), stored.get("device")) == (DEMO_TENANT, DEMO_DEVICE)
+    ):
         return stored, str(tenant["id"])
 
     pool = create_pool(settings)
@@ -444,8 +493,13 @@ def ensure_demo_device(layout: Layout, postgres: PostgresServer, settings: Any) 
         if tenant is None:
             tenant = create_tenant(pool, DEMO_TENANT, DEMO_TENANT_NAME, DEMO_PLAN)
             say(f"created tenant {DEMO_TENANT!r} (plan {DEMO_PLAN})")
-        with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                          settings.mqtt_provisioner_username, settings.mqtt_provisioner_password) as dynsec:
+        with DynsecClient(
+            settings.mqtt_host,
+            settings.mqtt_port,
+            settings.mqtt_ca_file,
+            settings.mqtt_provisioner_username,
+            settings.mqtt_provisioner_password,
+        ) as dynsec:
             if not device_exists:
                 # A broker credential left by an interrupted earlier `up` would make provisioning fail.
                 dynsec.deprovision_device(DEMO_TENANT, DEMO_DEVICE)
@@ -462,9 +516,14 @@ def ensure_demo_device(layout: Layout, postgres: PostgresServer, settings: Any) 
                 say(f"gave device {DEMO_DEVICE!r} a new broker password")
     finally:
         pool.close()
-    stored = {"tenant": credential.tenant, "device": credential.device, "username": credential.username,
-              "client_id": credential.client_id, "password": credential.password,
-              "topic_prefix": credential.topic_prefix}
+    stored = {
+        "tenant": credential.tenant,
+        "device": credential.device,
+        "username": credential.username,
+        "client_id": credential.client_id,
+        "password": credential.password,
+        "topic_prefix": credential.topic_prefix,
+    }
     write_private(layout.device_file, json.dumps(stored, indent=2) + "\n")
     return stored, str(tenant["id"])
 
@@ -477,21 +536,28 @@ def ensure_demo_owner(layout: Layout, settings: Any, tenant_id: str) -> None:
 
     stored = load_json(layout.owner_file) or {}
     with create_pool(settings) as pool, tenant_transaction(pool, tenant_id) as conn:
-        row = conn.execute("SELECT id FROM users WHERE tenant_id = %s AND email = %s",
-                           (tenant_id, DEMO_OWNER_EMAIL)).fetchone()
+        row = conn.execute(
+            "SELECT id FROM users WHERE tenant_id = %s AND email = %s", (tenant_id, DEMO_OWNER_EMAIL)
+        ).fetchone()
         if row is not None and stored.get("email") == DEMO_OWNER_EMAIL and stored.get("password"):
             return
         password = generate_password()
         if row is None:
-            conn.execute("INSERT INTO users (tenant_id, email, role, password_hash) VALUES (%s, %s, 'owner', %s)",
-                         (tenant_id, DEMO_OWNER_EMAIL, hash_password(password)))
+            conn.execute(
+                "INSERT INTO users (tenant_id, email, role, password_hash) VALUES (%s, %s, 'owner', %s)",
+                (tenant_id, DEMO_OWNER_EMAIL, hash_password(password)),
+            )
             say(f"created the demo tenant's owner {DEMO_OWNER_EMAIL}")
         else:
-            conn.execute("UPDATE users SET password_hash = %s WHERE tenant_id = %s AND id = %s",
-                         (hash_password(password), tenant_id, row["id"]))
+            conn.execute(
+                "UPDATE users SET password_hash = %s WHERE tenant_id = %s AND id = %s",
+                (hash_password(password), tenant_id, row["id"]),
+            )
             say(f"gave {DEMO_OWNER_EMAIL} a new password")
-    write_private(layout.owner_file, json.dumps({"tenant": DEMO_TENANT, "email": DEMO_OWNER_EMAIL,
-                                                 "password": password}, indent=2) + "\n")
+    write_private(
+        layout.owner_file,
+        json.dumps({"tenant": DEMO_TENANT, "email": DEMO_OWNER_EMAIL, "password": password}, indent=2) + "\n",
+    )
 
 
 def prime_drain_session(values: Mapping[str, str]) -> None:
@@ -521,14 +587,33 @@ def python() -> str:
 def function_host_command(kind: str, layout: Layout, port: int) -> list[str]:
     if kind == "func":
         return ["func", "start", "--port", str(port)]
-    return [python(), str(REPO_ROOT / "scripts" / "func_host.py"), "--port", str(port),
-            "--settings", str(layout.settings_file), "--app-dir", str(REPO_ROOT)]
+    return [
+        python(),
+        str(REPO_ROOT / "scripts" / "func_host.py"),
+        "--port",
+        str(port),
+        "--settings",
+        str(layout.settings_file),
+        "--app-dir",
+        str(REPO_ROOT),
+    ]
 
 
 def simulator_command(layout: Layout, broker: MosquittoBroker) -> list[str]:
-    return [python(), str(REPO_ROOT / "scripts" / "simulator.py"), "--credential", str(layout.device_file),
-            "--host", broker.host, "--port", str(broker.port), "--cafile", str(broker.ca_file),
-            "--interval", str(SIMULATOR_INTERVAL_S)]
+    return [
+        python(),
+        str(REPO_ROOT / "scripts" / "simulator.py"),
+        "--credential",
+        str(layout.device_file),
+        "--host",
+        broker.host,
+        "--port",
+        str(broker.port),
+        "--cafile",
+        str(broker.ca_file),
+        "--interval",
+        str(SIMULATOR_INTERVAL_S),
+    ]
 
 
 def health_url(port: int) -> str:
@@ -552,8 +637,9 @@ def wait_healthy(port: int, host: subprocess.Popen[bytes], log: Path, timeout: f
         if host.poll() is not None:
             raise DevError(f"the function host exited ({host.returncode}); {show_path(log)}:\n{tail(log)}")
         if time.monotonic() >= deadline:
-            raise DevError(f"{health_url(port)} answered {status or 'nothing'} for {timeout:g} s; "
-                           f"{show_path(log)}:\n{tail(log)}")
+            raise DevError(
+                f"{health_url(port)} answered {status or 'nothing'} for {timeout:g} s; {show_path(log)}:\n{tail(log)}"
+            )
         time.sleep(0.2)
 
 
@@ -618,8 +704,7 @@ def status(layout: Layout) -> int:
         code = health_status(state.ports["functions"])
         print(f"  health     {health_url(state.ports['functions'])} -> {code or 'no answer'}")
     everything = all(running.values())
-    print(f"stack {'up' if everything else 'partly up' if any(running.values()) else 'down'} "
-          f"({show_path(layout.dir)})")
+    print(f"stack {'up' if everything else 'partly up' if any(running.values()) else 'down'} ({show_path(layout.dir)})")
     return 0 if everything else 3
 
 
@@ -671,9 +756,13 @@ def print_info(state: State) -> None:
     device_password = layout.dev_command("secret", "demo-device")
     query = "SELECT ts, metric, value, value_bool, value_text FROM telemetry ORDER BY ts DESC, metric LIMIT 8"
     reading = '{"seq": 1, "metrics": {"temperature": 21.5}}'
-    logs = {"postgres": layout.postgres_dir / "postgres.log", "mosquitto": layout.mosquitto_dir / "mosquitto.log",
-            "azurite": layout.azurite_dir / "azurite.log", "functions": layout.functions_log,
-            "simulator": layout.simulator_log}
+    logs = {
+        "postgres": layout.postgres_dir / "postgres.log",
+        "mosquitto": layout.mosquitto_dir / "mosquitto.log",
+        "azurite": layout.azurite_dir / "azurite.log",
+        "functions": layout.functions_log,
+        "simulator": layout.simulator_log,
+    }
     schedule = (load_json(layout.settings_file) or {}).get("Values", {}).get("INGEST_SCHEDULE", "?")
     lines = ["", f"mqtt-saas local stack ({show_path(layout.dir)}):"]
     for name in reversed(COMPONENTS):
@@ -686,13 +775,13 @@ def print_info(state: State) -> None:
         f"  curl -s {health_url(ports['functions'])}",
         f"Dashboard: http://{LOCALHOST}:{ports['functions']}/api/dashboard/ (sign in: tenant {DEMO_TENANT}, "
         f"{DEMO_OWNER_EMAIL}, password from `{layout.dev_command('secret', 'demo-owner')}`)",
-        f"The API as the demo tenant's owner ({DEMO_OWNER_EMAIL}; README \"HTTP API\" has more):",
+        f'The API as the demo tenant\'s owner ({DEMO_OWNER_EMAIL}; README "HTTP API" has more):',
         f"  TOKEN=$(curl -s -X POST http://{LOCALHOST}:{ports['functions']}/api/auth/login "
         "-H 'content-type: application/json' "
-        f"-d \"{{\\\"tenant\\\":\\\"{DEMO_TENANT}\\\",\\\"email\\\":\\\"{DEMO_OWNER_EMAIL}\\\","
-        f"\\\"password\\\":\\\"$({layout.dev_command('secret', 'demo-owner')})\\\"}}\" "
+        f'-d "{{\\"tenant\\":\\"{DEMO_TENANT}\\",\\"email\\":\\"{DEMO_OWNER_EMAIL}\\",'
+        f'\\"password\\":\\"$({layout.dev_command("secret", "demo-owner")})\\"}}" '
         "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
-        f"  curl -s http://{LOCALHOST}:{ports['functions']}/api/me -H \"authorization: Bearer $TOKEN\"",
+        f'  curl -s http://{LOCALHOST}:{ports["functions"]}/api/me -H "authorization: Bearer $TOKEN"',
         f"Database as the app role (row-level security: it sees only the tenant in app.tenant_id, here {tenant!r}):",
         f"  PGPASSWORD=\"$({app_password})\" PGOPTIONS='-c app.tenant_id={demo.get('tenant_id', '?')}' "
         f"psql -h {LOCALHOST} -p {ports['postgres']} -U {APP_ROLE} {DATABASE} -c {shlex.quote(query)}",
@@ -702,7 +791,7 @@ def print_info(state: State) -> None:
         f"  mosquitto_sub {mqtt} -u admin -P \"$({admin_password})\" -t 't/#' -v",
         f"Publish as the demo device (its credential is bound to client id {client_id}, so this briefly takes over "
         "the simulator's connection; it reconnects):",
-        f"  mosquitto_pub {mqtt} -u {username} -P \"$({device_password})\" -i {client_id} -q 1 "
+        f'  mosquitto_pub {mqtt} -u {username} -P "$({device_password})" -i {client_id} -q 1 '
         f"-t t/{tenant}/d/{device}/telemetry -m {shlex.quote(reading)}",
         f"Stop: {layout.dev_command('down')}   (data stays in {show_path(layout.dir)}; "
         f"`{layout.dev_command('down', '--purge')}` deletes it)",
@@ -715,14 +804,22 @@ def print_info(state: State) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dir", type=Path, default=None,
-                        help="state folder instead of .localstack/; local.settings.json is then written there too")
+    common.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="state folder instead of .localstack/; local.settings.json is then written there too",
+    )
     parser = argparse.ArgumentParser(prog="scripts/dev", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up_parser = commands.add_parser("up", parents=[common], help="start the stack (idempotent)")
     up_parser.add_argument("--free-ports", action="store_true", help="never use the preferred ports")
-    up_parser.add_argument("--ingest-schedule", default=LOCAL_INGEST_SCHEDULE, metavar="NCRONTAB",
-                           help="INGEST_SCHEDULE for the drain (default: %(default)r)")
+    up_parser.add_argument(
+        "--ingest-schedule",
+        default=LOCAL_INGEST_SCHEDULE,
+        metavar="NCRONTAB",
+        help="INGEST_SCHEDULE for the drain (default: %(default)r)",
+    )
     down_parser = commands.add_parser("down", parents=[common], help="stop everything, keep the data")
     down_parser.add_argument("--purge", action="store_true", help="also delete the state folder")
     commands.add_parser("status", parents=[common], help="show each component up or down")

@@ -52,8 +52,11 @@ class Credentials:
 
 
 def dynsec_plugin_path() -> Path:
-    for pattern in ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
-                    "/usr/local/lib/mosquitto_dynamic_security.so"):
+    for pattern in (
+        "/usr/lib/*/mosquitto_dynamic_security.so",
+        "/usr/lib/mosquitto_dynamic_security.so",
+        "/usr/local/lib/mosquitto_dynamic_security.so",
+    ):
         found = sorted(Path("/").glob(pattern.lstrip("/")))
         if found:
             return found[0]
@@ -125,8 +128,10 @@ class MosquittoBroker:
         if not self.dynsec_file.exists():
             admin = self.admin
             # Refuses to overwrite an existing file; the admin role it creates may use the whole control API.
-            run_command(["mosquitto_ctrl", "dynsec", "init", str(self.dynsec_file), admin.username, admin.password],
-                        what="mosquitto_ctrl dynsec init")
+            run_command(
+                ["mosquitto_ctrl", "dynsec", "init", str(self.dynsec_file), admin.username, admin.password],
+                what="mosquitto_ctrl dynsec init",
+            )
         self.conf_file.write_text(
             render_mosquitto_conf(
                 listener_host=self.host,
@@ -201,15 +206,63 @@ class MosquittoBroker:
         # VERIFY_X509_STRICT).
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         days = "3650"
-        run_command(["openssl", "req", "-x509", *ec, "-keyout", str(work / "ca.key"), "-out", str(work / "ca.crt"),
-                     "-days", days, "-subj", "/CN=mqtt-saas local CA",
-                     "-addext", "basicConstraints=critical,CA:TRUE",
-                     "-addext", "keyUsage=critical,keyCertSign,cRLSign"], what="openssl CA")
-        run_command(["openssl", "req", *ec, "-keyout", str(work / "server.key"), "-out", str(work / "server.csr"),
-                     "-subj", "/CN=localhost"], what="openssl server key")
-        run_command(["openssl", "x509", "-req", "-in", str(work / "server.csr"), "-CA", str(work / "ca.crt"),
-                     "-CAkey", str(work / "ca.key"), "-set_serial", f"0x{secrets.token_hex(16)}", "-days", days,
-                     "-extfile", str(ext), "-out", str(work / "server.crt")], what="openssl server certificate")
+        run_command(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                *ec,
+                "-keyout",
+                str(work / "ca.key"),
+                "-out",
+                str(work / "ca.crt"),
+                "-days",
+                days,
+                "-subj",
+                "/CN=mqtt-saas local CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            what="openssl CA",
+        )
+        run_command(
+            [
+                "openssl",
+                "req",
+                *ec,
+                "-keyout",
+                str(work / "server.key"),
+                "-out",
+                str(work / "server.csr"),
+                "-subj",
+                "/CN=localhost",
+            ],
+            what="openssl server key",
+        )
+        run_command(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                str(work / "server.csr"),
+                "-CA",
+                str(work / "ca.crt"),
+                "-CAkey",
+                str(work / "ca.key"),
+                "-set_serial",
+                f"0x{secrets.token_hex(16)}",
+                "-days",
+                days,
+                "-extfile",
+                str(ext),
+                "-out",
+                str(work / "server.crt"),
+            ],
+            what="openssl server certificate",
+        )
         for name in ("ca.key", "server.key"):
             (work / name).chmod(0o600)
         for name in ("ca.key", "server.key", "server.crt", "ca.crt"):  # ca.crt last: it marks completion
@@ -250,8 +303,10 @@ class MosquittoBroker:
             # Bound to its client id, so nobody else can take over (or kick) the drain's persistent session.
             dynsec.ensure_client(ingest.username, ingest.password, client_id=ingest.client_id, roles=[INGEST_ROLE])
             # Not bound to a client id: every app instance keeps its own connection (random ids).
-            if not dynsec.ensure_client(commander.username, commander.password, roles=[COMMANDER_ROLE]) \
-                    and "commander" in self._new_credentials:
+            if (
+                not dynsec.ensure_client(commander.username, commander.password, roles=[COMMANDER_ROLE])
+                and "commander" in self._new_credentials
+            ):
                 # The client outlived its password's entry in credentials.json: the new password is the one kept.
                 dynsec.set_client_password(commander.username, commander.password)
         self._new_credentials.clear()

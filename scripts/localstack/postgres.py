@@ -115,8 +115,18 @@ class PostgresServer:
             make_traversable(self.base_dir)
         if not (self.data_dir / "PG_VERSION").exists():
             run_command(
-                [str(self._bin / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-                 "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"],
+                [
+                    str(self._bin / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ],
                 what="initdb",
                 user=self._user,
                 cwd=self.base_dir,
@@ -148,8 +158,21 @@ class PostgresServer:
         made by an earlier version of this file."""
         password = secrets.token_hex(32)
         run_command(
-            [str(self._bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", str(self.socket_dir),
-             "-p", str(self.port), "-U", SUPERUSER, "-d", "postgres"],
+            [
+                str(self._bin / "psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+            ],
             what="psql: set the superuser password",
             user=self._user,
             cwd=self.base_dir,

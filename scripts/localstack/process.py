@@ -232,7 +232,13 @@ def run_command(
     """Run ``cmd`` to completion; ``stdin_text`` is for secrets, which the arguments would show to every local user
     (/proc/PID/cmdline)."""
     result = subprocess.run(
-        list(cmd), cwd=cwd, env=_child_env(), input=stdin_text, capture_output=True, text=True, **_as_user(user),
+        list(cmd),
+        cwd=cwd,
+        env=_child_env(),
+        input=stdin_text,
+        capture_output=True,
+        text=True,
+        **_as_user(user),
         check=False,
     )
     if result.returncode != 0:

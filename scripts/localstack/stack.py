@@ -86,8 +86,9 @@ class LocalStack:
         passwords = {role: secrets.token_hex(16) for role in ("mqtt_saas_app", "mqtt_saas_ingest")}
         with psycopg.connect(postgres.superuser_dsn(), autocommit=True) as conn:
             for role, password in passwords.items():
-                conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
-                                                                              sql.Literal(password)))
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+                )
         where = f"@{postgres.host}:{postgres.port}/{name}"
         return self.environment() | {
             "DATABASE_URL": f"postgresql://mqtt_saas_app:{passwords['mqtt_saas_app']}{where}",

@@ -5,6 +5,7 @@ the token was issued is refused, and the role checked is the one stored now (nar
 token's role claim), not the one at login. audit() appends to the tenant's audit log in the same
 transaction, so a change and its record commit together.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -30,13 +31,26 @@ def acting_user(conn: DictConnection, principal: Principal, *allowed_roles: str)
     return row
 
 
-
-def audit(conn: DictConnection, tenant_id: uuid.UUID, actor: uuid.UUID | None, action: str,
-          target_type: str | None, target_id: uuid.UUID | str | None, source: str,
-          detail: dict[str, Any] | None = None) -> None:
+def audit(
+    conn: DictConnection,
+    tenant_id: uuid.UUID,
+    actor: uuid.UUID | None,
+    action: str,
+    target_type: str | None,
+    target_id: uuid.UUID | str | None,
+    source: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
     """Appends one audit row in the caller's transaction, so the change and its record commit together."""
-    conn.execute(QUERIES["insert_audit"], {
-        "tenant_id": tenant_id, "actor_user_id": actor, "action": action, "target_type": target_type,
-        "target_id": None if target_id is None else str(target_id), "source_address": source,
-        "detail": Jsonb(detail or {}),
-    })
+    conn.execute(
+        QUERIES["insert_audit"],
+        {
+            "tenant_id": tenant_id,
+            "actor_user_id": actor,
+            "action": action,
+            "target_type": target_type,
+            "target_id": None if target_id is None else str(target_id),
+            "source_address": source,
+            "detail": Jsonb(detail or {}),
+        },
+    )

@@ -6,6 +6,7 @@ address's counters and is refused, while the user, from their own address, can s
 (A stranger behind the same address as the user, e.g. one office NAT, can still slow them down;
 that is the price of not being able to tell them apart.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,10 +41,13 @@ def throttle_keys(tenant_slug: str, email: str, source: str) -> tuple[bytes, byt
 
 
 def refuse_if_throttled(conn: DictConnection, settings: Settings, source_key: bytes, account_key: bytes) -> None:
-    limits = {source_key: settings.auth_login_max_failures_per_source,
-              account_key: settings.auth_login_max_failures_per_account}
-    rows = conn.execute(QUERIES["login_failures"],
-                        {"keys": list(limits), "window_s": settings.auth_login_window_s}).fetchall()
+    limits = {
+        source_key: settings.auth_login_max_failures_per_source,
+        account_key: settings.auth_login_max_failures_per_account,
+    }
+    rows = conn.execute(
+        QUERIES["login_failures"], {"keys": list(limits), "window_s": settings.auth_login_window_s}
+    ).fetchall()
     for row in rows:
         if row["failures"] >= limits[bytes(row["key"])]:
             wait = (row["window_end"] - datetime.now(UTC)).total_seconds()
@@ -52,8 +56,10 @@ def refuse_if_throttled(conn: DictConnection, settings: Settings, source_key: by
 
 def _issue(conn: DictConnection, settings: Settings, user_id: uuid.UUID, tenant_id: uuid.UUID) -> TokenPair:
     refresh, digest = new_refresh_token(tenant_id)
-    conn.execute(QUERIES["insert_refresh_token"], {"tenant_id": tenant_id, "user_id": user_id,
-                                                    "token_hash": digest, "ttl_s": settings.auth_refresh_token_ttl_s})
+    conn.execute(
+        QUERIES["insert_refresh_token"],
+        {"tenant_id": tenant_id, "user_id": user_id, "token_hash": digest, "ttl_s": settings.auth_refresh_token_ttl_s},
+    )
     return TokenPair(issue_access_token(settings, user_id, tenant_id), settings.auth_access_token_ttl_s, refresh)
 
 
@@ -68,8 +74,10 @@ def login(pool: DictPool, settings: Settings, tenant_slug: str, email: str, pass
     # same answer.
     if not verify_password(found["password_hash"] if found else None, password) or found is None:
         with pool.connection() as conn:
-            conn.execute(QUERIES["count_login_failure"],
-                         {"keys": [source_key, account_key], "window_s": settings.auth_login_window_s})
+            conn.execute(
+                QUERIES["count_login_failure"],
+                {"keys": [source_key, account_key], "window_s": settings.auth_login_window_s},
+            )
             conn.execute(QUERIES["prune_login_failures"], {"window_s": settings.auth_login_window_s})
         event(log, "api.login_refused", {"tenant_slug": tenant_slug, "source": source})
         raise InvalidCredentials()
@@ -78,8 +86,10 @@ def login(pool: DictPool, settings: Settings, tenant_slug: str, email: str, pass
         conn.execute(QUERIES["clear_login_failures"], {"keys": [account_key]})
     with tenant_transaction(pool, str(tenant_id)) as conn:
         if needs_rehash(found["password_hash"]):
-            conn.execute(QUERIES["set_password_hash"], {"tenant_id": tenant_id, "user_id": user_id,
-                                                        "password_hash": hash_password(password)})
+            conn.execute(
+                QUERIES["set_password_hash"],
+                {"tenant_id": tenant_id, "user_id": user_id, "password_hash": hash_password(password)},
+            )
         audit(conn, tenant_id, user_id, "auth.login", "user", user_id, source)
         return _issue(conn, settings, user_id, tenant_id)
 
@@ -117,4 +127,3 @@ def logout(pool: DictPool, token: str, source: str) -> None:
         if row is not None and row["revoked_at"] is None:
             conn.execute(QUERIES["revoke_refresh_token"], {"tenant_id": tenant_id, "token_hash": digest})
             audit(conn, tenant_id, row["user_id"], "auth.logout", "user", row["user_id"], source)
-

@@ -7,6 +7,7 @@ email, who is then linked to that subject for good (audited). There is no sign-u
 provider: an owner adds the user (POST /api/users) first, and deleting the user revokes access.
 The role is ours (users.role, re-read on every request); the token's role claim can only narrow it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,10 @@ def authenticate(pool: DictPool, settings: Settings, token: str, source: str) ->
 
 def principal_for(pool: DictPool, identity: ExternalIdentity, source: str) -> Principal:
     with pool.connection() as conn:
-        found = conn.execute(QUERIES["find_external_user"], {
-            "tenant": identity.tenant, "subject": identity.subject, "email": identity.email}).fetchone()
+        found = conn.execute(
+            QUERIES["find_external_user"],
+            {"tenant": identity.tenant, "subject": identity.subject, "email": identity.email},
+        ).fetchone()
     if found is None:
         event(log, "api.external_token_refused", {"tenant": identity.tenant, "source": source})
         raise Unauthenticated()
@@ -55,11 +58,21 @@ def principal_for(pool: DictPool, identity: ExternalIdentity, source: str) -> Pr
 def _link(pool: DictPool, principal: Principal, subject: str, source: str) -> None:
     try:
         with tenant_transaction(pool, str(principal.tenant_id)) as conn:
-            linked = conn.execute(QUERIES["link_external_subject"], {
-                "tenant_id": principal.tenant_id, "user_id": principal.user_id, "subject": subject}).fetchone()
+            linked = conn.execute(
+                QUERIES["link_external_subject"],
+                {"tenant_id": principal.tenant_id, "user_id": principal.user_id, "subject": subject},
+            ).fetchone()
             if linked is None:
                 raise Unauthenticated()  # linked to another subject in the meantime
-            audit(conn, principal.tenant_id, principal.user_id, "user.link_external", "user", principal.user_id,
-                  source, {"subject": subject})
+            audit(
+                conn,
+                principal.tenant_id,
+                principal.user_id,
+                "user.link_external",
+                "user",
+                principal.user_id,
+                source,
+                {"subject": subject},
+            )
     except psycopg.errors.UniqueViolation:
         raise Unauthenticated() from None  # another user of the tenant took this subject first

@@ -5,6 +5,7 @@ Parameters: OWASP's argon2id setting of m = 19 MiB, t = 2, p = 1 (about 22 ms a 
 64 MiB per concurrent login on a 512 MB instance). A stored hash with other parameters still
 verifies, and login replaces it (needs_rehash), so they can be raised later.
 """
+
 from __future__ import annotations
 
 import secrets

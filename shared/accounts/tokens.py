@@ -13,6 +13,7 @@ own algorithm allow-list: HS256 with the shared secret, or RS256/ES256 with a ke
 provider's JWKS (never both, never `none`; an HS256 token signed with the public key fails both
 ways). What it yields is a claim set, not a user: shared/accounts/external_identity.py maps it to one.
 """
+
 from __future__ import annotations
 
 import base64
@@ -98,8 +99,13 @@ def verify_access_token(settings: Settings, token: str) -> Principal:
     secret = signing_secret(settings)
     try:
         claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], audience=settings.auth_jwt_audience,
-            issuer=settings.auth_jwt_issuer, options={"require": _REQUIRED_CLAIMS}, leeway=5,
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            audience=settings.auth_jwt_audience,
+            issuer=settings.auth_jwt_issuer,
+            options={"require": _REQUIRED_CLAIMS},
+            leeway=5,
         )
         return Principal(uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["tid"])))
     except (jwt.InvalidTokenError, ValueError):
@@ -141,10 +147,13 @@ def _jwks_client(settings: Settings) -> jwt.PyJWKClient:
     with _jwks_lock:
         client = _jwks_clients.get(key)
         if client is None:
-            client = jwt.PyJWKClient(settings.auth_external_jwks_url, cache_keys=False,
-                                     lifespan=max(settings.auth_external_jwks_cache_s, 1),
-                                     cache_jwk_set=settings.auth_external_jwks_cache_s > 0,
-                                     timeout=settings.auth_external_jwks_timeout_s)
+            client = jwt.PyJWKClient(
+                settings.auth_external_jwks_url,
+                cache_keys=False,
+                lifespan=max(settings.auth_external_jwks_cache_s, 1),
+                cache_jwk_set=settings.auth_external_jwks_cache_s > 0,
+                timeout=settings.auth_external_jwks_timeout_s,
+            )
             _jwks_clients[key] = client
         return client
 
@@ -176,8 +185,12 @@ def verify_external_token(settings: Settings, token: str) -> ExternalIdentity:
     key, algorithms = _external_key(settings, token)
     try:
         claims = jwt.decode(
-            token, key, algorithms=algorithms, audience=settings.auth_external_audience,
-            issuer=settings.auth_external_issuer, options={"require": _EXTERNAL_REQUIRED_CLAIMS},
+            token,
+            key,
+            algorithms=algorithms,
+            audience=settings.auth_external_audience,
+            issuer=settings.auth_external_issuer,
+            options={"require": _EXTERNAL_REQUIRED_CLAIMS},
             leeway=EXTERNAL_LEEWAY_S,
         )
     except jwt.InvalidTokenError:

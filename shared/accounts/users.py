@@ -4,6 +4,7 @@ Every function runs in tenant_transaction with the tenant from the verified toke
 reads the acting user's current row: a user deleted since the token was issued is refused, and
 the role checked is the one stored now, not the one at login.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -41,15 +42,21 @@ def me(pool: DictPool, principal: Principal) -> dict[str, Any]:
         return acting_user(conn, principal)
 
 
-def list_users(pool: DictPool, principal: Principal, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]],
-                                                                                             str | None]:
+def list_users(
+    pool: DictPool, principal: Principal, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
     after_created_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         acting_user(conn, principal, "owner")
-        rows = conn.execute(QUERIES["list_users"], {
-            "tenant_id": principal.tenant_id, "after_created_at": after_created_at, "after_id": after_id,
-            "limit": limit + 1,
-        }).fetchall()
+        rows = conn.execute(
+            QUERIES["list_users"],
+            {
+                "tenant_id": principal.tenant_id,
+                "after_created_at": after_created_at,
+                "after_id": after_id,
+                "limit": limit + 1,
+            },
+        ).fetchall()
     return page_of(rows, limit)
 
 
@@ -59,18 +66,28 @@ def get_user(pool: DictPool, principal: Principal, user_id: uuid.UUID) -> dict[s
         return _user(conn, principal, user_id)
 
 
-def create_user(pool: DictPool, principal: Principal, email: str, role: str, password: str,
-                source: str) -> dict[str, Any]:
+def create_user(
+    pool: DictPool, principal: Principal, email: str, role: str, password: str, source: str
+) -> dict[str, Any]:
     password_hash = hash_password(password)  # before the transaction: argon2 is slow on purpose
     try:
         with tenant_transaction(pool, str(principal.tenant_id)) as conn:
             acting_user(conn, principal, "owner")
-            row = one_row(conn.execute(QUERIES["insert_user"], {
-                "tenant_id": principal.tenant_id, "email": email.strip().lower(), "role": role,
-                "password_hash": password_hash,
-            }), "insert_user")
-            audit(conn, principal.tenant_id, principal.user_id, "user.create", "user", row["id"], source,
-                  {"role": role})
+            row = one_row(
+                conn.execute(
+                    QUERIES["insert_user"],
+                    {
+                        "tenant_id": principal.tenant_id,
+                        "email": email.strip().lower(),
+                        "role": role,
+                        "password_hash": password_hash,
+                    },
+                ),
+                "insert_user",
+            )
+            audit(
+                conn, principal.tenant_id, principal.user_id, "user.create", "user", row["id"], source, {"role": role}
+            )
             return row
     except psycopg.errors.UniqueViolation:
         raise EmailTaken() from None
@@ -85,8 +102,16 @@ def change_role(pool: DictPool, principal: Principal, user_id: uuid.UUID, role: 
         if role != "owner":
             _keep_an_owner(conn, principal, target)
         conn.execute(QUERIES["set_user_role"], {"tenant_id": principal.tenant_id, "user_id": user_id, "role": role})
-        audit(conn, principal.tenant_id, principal.user_id, "user.change_role", "user", user_id, source,
-              {"from": target["role"], "to": role})
+        audit(
+            conn,
+            principal.tenant_id,
+            principal.user_id,
+            "user.change_role",
+            "user",
+            user_id,
+            source,
+            {"from": target["role"], "to": role},
+        )
         return {**target, "role": role}
 
 
@@ -96,5 +121,13 @@ def delete_user(pool: DictPool, principal: Principal, user_id: uuid.UUID, source
         target = _user(conn, principal, user_id)
         _keep_an_owner(conn, principal, target)
         conn.execute(QUERIES["delete_user"], {"tenant_id": principal.tenant_id, "user_id": user_id})
-        audit(conn, principal.tenant_id, principal.user_id, "user.delete", "user", user_id, source,
-              {"email": target["email"], "role": target["role"]})
+        audit(
+            conn,
+            principal.tenant_id,
+            principal.user_id,
+            "user.delete",
+            "user",
+            user_id,
+            source,
+            {"email": target["email"], "role": target["role"]},
+        )

@@ -1,5 +1,6 @@
 """One alert cycle, what the alert_evaluator timer runs: every tenant's rules evaluated (set-based, see
 evaluator.py), then the webhook deliveries that are due, within WEBHOOK_DELIVERY_BUDGET_S."""
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,26 @@ def run_alert_cycle(settings: Settings) -> None:
         report = evaluate_rules(get_pool())
     finally:
         sent = deliver_due(get_pool(), settings)
-        event(log, "webhook.run", {"tenants": sent.tenants, "attempted": sent.attempted, "delivered": sent.delivered,
-                                   "retrying": sent.retrying, "failed": sent.failed,
-                                   "duration_ms": round(sent.duration_ms)})
-    event(log, "alerts.run", {"tenants": report.tenants, "evaluated": report.evaluated, "opened": report.opened,
-                              "resolved": report.resolved, "failed": len(report.failed)})
+        event(
+            log,
+            "webhook.run",
+            {
+                "tenants": sent.tenants,
+                "attempted": sent.attempted,
+                "delivered": sent.delivered,
+                "retrying": sent.retrying,
+                "failed": sent.failed,
+                "duration_ms": round(sent.duration_ms),
+            },
+        )
+    event(
+        log,
+        "alerts.run",
+        {
+            "tenants": report.tenants,
+            "evaluated": report.evaluated,
+            "opened": report.opened,
+            "resolved": report.resolved,
+            "failed": len(report.failed),
+        },
+    )

@@ -23,6 +23,7 @@ with a key derived (HKDF, its own label) from AUTH_JWT_SECRET: rotating that sec
 webhook secrets undecryptable, and their deliveries fail with "secret unavailable" until each
 target's secret is rotated (POST .../rotate-secret).
 """
+
 from __future__ import annotations
 
 import base64
@@ -82,6 +83,7 @@ _JITTER = random.Random()
 
 # -- secrets -----------------------------------------------------------------------------------------------------
 
+
 def new_secret() -> str:
     return SECRET_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
 
@@ -104,6 +106,7 @@ def decrypt_secret(settings: Settings, token: str) -> str | None:
 
 # -- signing -----------------------------------------------------------------------------------------------------
 
+
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     """`v1=<hex HMAC-SHA256 over "{timestamp}.{body}">`, keyed with the whole secret string (UTF-8)."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -112,12 +115,16 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def signed_headers(secret: str, delivery_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
     timestamp = int(time.time() if now is None else now)
-    return {"Webhook-Id": delivery_id, "Webhook-Timestamp": str(timestamp),
-            "Webhook-Signature": sign(secret, timestamp, body)}
+    return {
+        "Webhook-Id": delivery_id,
+        "Webhook-Timestamp": str(timestamp),
+        "Webhook-Signature": sign(secret, timestamp, body),
+    }
 
 
-def verify(secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: int = 300,
-           now: float | None = None) -> bool:
+def verify(
+    secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: int = 300, now: float | None = None
+) -> bool:
     """The reference check a receiver makes: the timestamp within tolerance_s of now (a replayed old
     request fails), and one of the header's space-separated signatures equal, compared in constant time."""
     lowered = {key.lower(): value for key, value in headers.items()}
@@ -128,8 +135,7 @@ def verify(secret: str, headers: Mapping[str, str], body: bytes, tolerance_s: in
     if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
         return False
     expected = sign(secret, timestamp, body)
-    return any(hmac.compare_digest(expected, candidate)
-               for candidate in lowered.get("webhook-signature", "").split())
+    return any(hmac.compare_digest(expected, candidate) for candidate in lowered.get("webhook-signature", "").split())
 
 
 def body_of(delivery_id: str, payload: Mapping[str, Any]) -> bytes:
@@ -138,6 +144,7 @@ def body_of(delivery_id: str, payload: Mapping[str, Any]) -> bytes:
 
 
 # -- targets -----------------------------------------------------------------------------------------------------
+
 
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether an address is on the public internet: not private (RFC 1918, ULA), loopback, link-local
@@ -149,8 +156,7 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public_address(embedded)
-    return (address.is_global and not address.is_multicast and not address.is_reserved
-            and not address.is_unspecified)
+    return address.is_global and not address.is_multicast and not address.is_reserved and not address.is_unspecified
 
 
 def _split(url: str, settings: Settings) -> tuple[SplitResult, str, int]:
@@ -165,8 +171,9 @@ def _split(url: str, settings: Settings) -> tuple[SplitResult, str, int]:
         raise UnsafeTarget("the URL cannot be parsed") from None
     allowed = ("https", "http") if settings.webhook_allow_http else ("https",)
     if parts.scheme not in allowed:
-        raise UnsafeTarget("the URL must use https" if not settings.webhook_allow_http
-                           else "the URL must use https or http")
+        raise UnsafeTarget(
+            "the URL must use https" if not settings.webhook_allow_http else "the URL must use https or http"
+        )
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise UnsafeTarget("the URL must not carry a user name or password")
     if parts.fragment:
@@ -215,6 +222,7 @@ def check_target(url: str, settings: Settings) -> list[str]:
 
 
 # -- one attempt -------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AttemptResult:
@@ -281,8 +289,9 @@ def _describe(exc: BaseException, timeout_s: float) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-def post(url: str, body: bytes, headers: Mapping[str, str], settings: Settings,
-         ca_file: str | None = None) -> AttemptResult:
+def post(
+    url: str, body: bytes, headers: Mapping[str, str], settings: Settings, ca_file: str | None = None
+) -> AttemptResult:
     """One POST, checked again and pinned to the checked address, cut at WEBHOOK_TIMEOUT_S as a whole
     (a receiver trickling its answer byte by byte is cut too). Never raises for the receiver's doing."""
     started_at = datetime.now(UTC)
@@ -300,8 +309,11 @@ def post(url: str, body: bytes, headers: Mapping[str, str], settings: Settings,
         _check_addresses(addresses, settings)
         for index, address in enumerate(addresses):
             remaining = max(0.05, timeout_s - (time.monotonic() - started))
-            conn = (_PinnedHTTPSConnection(host, port, address, remaining, _tls_context(ca_file))
-                    if parts.scheme == "https" else _PinnedHTTPConnection(host, port, address, remaining))
+            conn = (
+                _PinnedHTTPSConnection(host, port, address, remaining, _tls_context(ca_file))
+                if parts.scheme == "https"
+                else _PinnedHTTPConnection(host, port, address, remaining)
+            )
             try:
                 conn.connect()
                 break
@@ -318,8 +330,9 @@ def post(url: str, body: bytes, headers: Mapping[str, str], settings: Settings,
         watchdog.daemon = True
         watchdog.start()
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conn.request("POST", path, body=body, headers={
-            "Content-Type": "application/json", "User-Agent": USER_AGENT, **headers})
+        conn.request(
+            "POST", path, body=body, headers={"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
+        )
         response = conn.getresponse()
         status = response.status
         excerpt = response.read(RESPONSE_EXCERPT_BYTES).decode("utf-8", "replace").replace("\x00", "\ufffd")
@@ -345,6 +358,7 @@ def _abort(conn: http.client.HTTPConnection) -> None:
 
 
 # -- delivery ----------------------------------------------------------------------------------------------------
+
 
 def retry_delay_s(attempt: int, rng: random.Random | None = None) -> float:
     """Seconds before the next attempt after attempt number `attempt` failed."""
@@ -373,8 +387,9 @@ class DeliveryReport:
 
 def tenants_with_due_deliveries(pool: DictPool) -> list[str]:
     with pool.connection() as conn:
-        return [str(row["tenant_id"])
-                for row in conn.execute(QUERIES["webhook_tenants_with_due_deliveries"]).fetchall()]
+        return [
+            str(row["tenant_id"]) for row in conn.execute(QUERIES["webhook_tenants_with_due_deliveries"]).fetchall()
+        ]
 
 
 def _lease_s(settings: Settings) -> float:
@@ -385,12 +400,20 @@ def _lease_s(settings: Settings) -> float:
 
 def _claim(pool: DictPool, settings: Settings, tenant_id: str, skip: list[uuid.UUID]) -> dict[str, Any] | None:
     with tenant_transaction(pool, tenant_id) as conn:
-        return conn.execute(QUERIES["claim_webhook_delivery"], {
-            "tenant_id": tenant_id, "lease_s": _lease_s(settings), "skip_webhooks": skip}).fetchone()
+        return conn.execute(
+            QUERIES["claim_webhook_delivery"],
+            {"tenant_id": tenant_id, "lease_s": _lease_s(settings), "skip_webhooks": skip},
+        ).fetchone()
 
 
-def _settle(pool: DictPool, settings: Settings, tenant_id: str, claimed: Mapping[str, Any],
-            result: AttemptResult, rng: random.Random | None) -> str:
+def _settle(
+    pool: DictPool,
+    settings: Settings,
+    tenant_id: str,
+    claimed: Mapping[str, Any],
+    result: AttemptResult,
+    rng: random.Random | None,
+) -> str:
     attempt = int(claimed["attempts"]) + 1
     if result.ok:
         state = "delivered"
@@ -399,22 +422,55 @@ def _settle(pool: DictPool, settings: Settings, tenant_id: str, claimed: Mapping
     else:
         state = "pending"
     with tenant_transaction(pool, tenant_id) as conn:
-        conn.execute(QUERIES["insert_webhook_attempt"], {
-            "tenant_id": tenant_id, "delivery_id": claimed["id"], "attempt": attempt,
-            "started_at": result.started_at, "duration_ms": result.duration_ms, "status_code": result.status_code,
-            "error": result.error, "response_excerpt": result.excerpt})
-        conn.execute(QUERIES["settle_webhook_delivery"], {
-            "tenant_id": tenant_id, "delivery_id": claimed["id"], "attempt": attempt, "state": state,
-            "status_code": result.status_code, "error": result.error,
-            "retry_in_s": retry_delay_s(attempt, rng)})
+        conn.execute(
+            QUERIES["insert_webhook_attempt"],
+            {
+                "tenant_id": tenant_id,
+                "delivery_id": claimed["id"],
+                "attempt": attempt,
+                "started_at": result.started_at,
+                "duration_ms": result.duration_ms,
+                "status_code": result.status_code,
+                "error": result.error,
+                "response_excerpt": result.excerpt,
+            },
+        )
+        conn.execute(
+            QUERIES["settle_webhook_delivery"],
+            {
+                "tenant_id": tenant_id,
+                "delivery_id": claimed["id"],
+                "attempt": attempt,
+                "state": state,
+                "status_code": result.status_code,
+                "error": result.error,
+                "retry_in_s": retry_delay_s(attempt, rng),
+            },
+        )
         if result.status_code == 410:
-            conn.execute(QUERIES["disable_webhook"], {
-                "tenant_id": tenant_id, "webhook_id": claimed["webhook_id"],
-                "reason": "the receiver answered 410 Gone"})
-    observability.event(log, "webhook_attempt", {
-        "tenant_id": tenant_id, "delivery_id": str(claimed["id"]), "webhook_id": str(claimed["webhook_id"]),
-        "kind": claimed["kind"], "attempt": attempt, "status_code": result.status_code, "outcome": state,
-        "duration_ms": result.duration_ms, "error": result.error})
+            conn.execute(
+                QUERIES["disable_webhook"],
+                {
+                    "tenant_id": tenant_id,
+                    "webhook_id": claimed["webhook_id"],
+                    "reason": "the receiver answered 410 Gone",
+                },
+            )
+    observability.event(
+        log,
+        "webhook_attempt",
+        {
+            "tenant_id": tenant_id,
+            "delivery_id": str(claimed["id"]),
+            "webhook_id": str(claimed["webhook_id"]),
+            "kind": claimed["kind"],
+            "attempt": attempt,
+            "status_code": result.status_code,
+            "outcome": state,
+            "duration_ms": result.duration_ms,
+            "error": result.error,
+        },
+    )
     observability.WEBHOOK_DELIVERIES.add(1, {"outcome": state if state != "pending" else "retrying"})
     return state
 
@@ -422,16 +478,24 @@ def _settle(pool: DictPool, settings: Settings, tenant_id: str, claimed: Mapping
 def _attempt(settings: Settings, claimed: Mapping[str, Any], ca_file: str | None) -> AttemptResult:
     secret = decrypt_secret(settings, str(claimed["secret_encrypted"]))
     if secret is None:
-        return AttemptResult(datetime.now(UTC), 0, error="secret unavailable (the app's key changed): "
-                                                         "rotate the target's secret")
+        return AttemptResult(
+            datetime.now(UTC), 0, error="secret unavailable (the app's key changed): rotate the target's secret"
+        )
     delivery_id = str(claimed["id"])
     body = body_of(delivery_id, claimed["payload"])
     return post(str(claimed["url"]), body, signed_headers(secret, delivery_id, body), settings, ca_file)
 
 
-def deliver_tenant(pool: DictPool, settings: Settings, tenant_id: str, deadline: float, limit: int = BATCH,
-                   ca_file: str | None = None, skip: list[uuid.UUID] | None = None,
-                   rng: random.Random | None = None) -> DeliveryReport:
+def deliver_tenant(
+    pool: DictPool,
+    settings: Settings,
+    tenant_id: str,
+    deadline: float,
+    limit: int = BATCH,
+    ca_file: str | None = None,
+    skip: list[uuid.UUID] | None = None,
+    rng: random.Random | None = None,
+) -> DeliveryReport:
     """One batch of a tenant's lane: claim one due delivery, send it, record it; until nothing is due,
     `limit` deliveries, or too little time is left for a whole attempt. A target that failed is added
     to `skip` and passed over from then on (its deliveries wait for their backoff or the next run)."""
@@ -455,8 +519,15 @@ def deliver_tenant(pool: DictPool, settings: Settings, tenant_id: str, deadline:
     return report
 
 
-def deliver_due(pool: DictPool, settings: Settings, budget_s: float | None = None, *, workers: int = WORKERS,
-                batch: int = BATCH, ca_file: str | None = None) -> DeliveryReport:
+def deliver_due(
+    pool: DictPool,
+    settings: Settings,
+    budget_s: float | None = None,
+    *,
+    workers: int = WORKERS,
+    batch: int = BATCH,
+    ca_file: str | None = None,
+) -> DeliveryReport:
     """Every tenant's due deliveries, within budget_s (WEBHOOK_DELIVERY_BUDGET_S); ends as soon as
     nothing is due, then prunes settled deliveries past RETENTION_DAYS (a bounded batch).
     ca_file: a CA bundle to trust instead of the system's (tests' local TLS receivers)."""
@@ -471,8 +542,16 @@ def deliver_due(pool: DictPool, settings: Settings, budget_s: float | None = Non
     return report
 
 
-def _run_lanes(pool: DictPool, settings: Settings, tenants: list[str], deadline: float, workers: int, batch: int,
-               ca_file: str | None, report: DeliveryReport) -> None:
+def _run_lanes(
+    pool: DictPool,
+    settings: Settings,
+    tenants: list[str],
+    deadline: float,
+    workers: int,
+    batch: int,
+    ca_file: str | None,
+    report: DeliveryReport,
+) -> None:
     """Each tenant's lane sends a batch, then goes to the back of the queue while it has more, so a
     tenant with thousands of deliveries or a slow receiver takes turns with the others instead of
     holding a worker. A lane that fails (its database work) is logged; the others go on."""
@@ -516,5 +595,9 @@ def _run_lanes(pool: DictPool, settings: Settings, tenants: list[str], deadline:
 def prune_deliveries(pool: DictPool, keep_days: int = RETENTION_DAYS, max_rows: int = PRUNE_BATCH) -> int:
     """Deletes settled deliveries older than keep_days (a bounded batch; the next run takes the rest)."""
     with pool.connection() as conn:
-        return int(one_row(conn.execute(QUERIES["prune_webhook_deliveries"], {
-            "keep_days": keep_days, "max_rows": max_rows}), "prune_webhook_deliveries")["pruned"])
+        return int(
+            one_row(
+                conn.execute(QUERIES["prune_webhook_deliveries"], {"keep_days": keep_days, "max_rows": max_rows}),
+                "prune_webhook_deliveries",
+            )["pruned"]
+        )

@@ -7,6 +7,7 @@ scope, then events open where a run of breaches reached the rule's N and resolve
 condition cleared. Opening is INSERT ... ON CONFLICT DO NOTHING on the partial unique index, and a
 tenant another run is evaluating is skipped (advisory lock), so overlapping runs never duplicate.
 """
+
 from __future__ import annotations
 
 import logging

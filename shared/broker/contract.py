@@ -15,6 +15,7 @@ MQTT 5; MQTT 3.1.1 has no negative PUBACK, so such a device sees nothing, and no
 Mosquitto 2.0's dynamic-security plugin has no %u/%c substitution in ACLs, hence one role per
 device with its topics spelled out.
 """
+
 from __future__ import annotations
 
 import re
@@ -187,8 +188,11 @@ def ingest_acls() -> list[Acl]:
     (only) to the device forms so it can clear retained messages (see RETAINED_POLICY)."""
     marker = f"{DRAIN_MARKER_ROOT}/#"
     return [
-        *(Acl(kind, topic) for topic in DRAIN_SUBSCRIPTIONS
-          for kind in ("subscribePattern", "publishClientReceive", "publishClientSend")),
+        *(
+            Acl(kind, topic)
+            for topic in DRAIN_SUBSCRIPTIONS
+            for kind in ("subscribePattern", "publishClientReceive", "publishClientSend")
+        ),
         *(Acl(kind, marker) for kind in ("subscribePattern", "publishClientReceive", "publishClientSend")),
     ]
 
@@ -212,8 +216,10 @@ def policy_commands() -> list[dict[str, object]]:
     replaces the list, so a right the contract dropped is dropped on the broker too). The roles must exist.
     The local stack sends them through shared.broker.dynsec, the VM's bootstrap script through mosquitto_pub."""
     commands: list[dict[str, object]] = [
-        {"command": "setDefaultACLAccess",
-         "acls": [{"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACL_ACCESS.items()]},
+        {
+            "command": "setDefaultACLAccess",
+            "acls": [{"acltype": kind, "allow": allow} for kind, allow in DEFAULT_ACL_ACCESS.items()],
+        },
     ]
     for role, acls in SERVICE_ROLES.items():
         commands.append({"command": "modifyRole", "rolename": role, "acls": [acl.as_command() for acl in acls]})

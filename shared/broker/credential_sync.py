@@ -16,6 +16,7 @@ Cross-tenant access: the sync and the reconciliation run as the app role, outsid
 see other tenants' rows only through the migration's narrow SECURITY DEFINER functions
 (sql/migrations/0005_devices_and_credentials.sql). Nothing here knows of HTTP.
 """
+
 from __future__ import annotations
 
 import base64
@@ -56,11 +57,13 @@ SYNC_BATCH = 500
 
 # -- the outbox's password encryption ---------------------------------------------------------------------------
 
+
 def _fernet(settings: Settings) -> MultiFernet:
     secret = settings.mqtt_provisioner_password.get_secret_value()
     # Rows queued by the previous release (a plain SHA-256 of label and secret) stay readable until applied.
-    previous = Fernet(base64.urlsafe_b64encode(hashlib.sha256(b"mqtt-saas broker_outbox v1\x00" + secret.encode())
-                                               .digest()))
+    previous = Fernet(
+        base64.urlsafe_b64encode(hashlib.sha256(b"mqtt-saas broker_outbox v1\x00" + secret.encode()).digest())
+    )
     return MultiFernet([derived_fernet(secret, "mqtt-saas broker_outbox v2"), previous])
 
 
@@ -78,6 +81,7 @@ def decrypt_password(settings: Settings, token: str) -> str | None:
 
 # -- queueing (in the caller's transaction) ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Command:
     op: str
@@ -85,19 +89,33 @@ class Command:
     password: str | None = None
 
 
-def queue_commands(conn: DictConnection, settings: Settings, tenant_id: Any, tenant_slug: str, device_id: int | None,
-                   device_name: str, commands: list[Command]) -> None:
+def queue_commands(
+    conn: DictConnection,
+    settings: Settings,
+    tenant_id: Any,
+    tenant_slug: str,
+    device_id: int | None,
+    device_name: str,
+    commands: list[Command],
+) -> None:
     """Append one device's broker commands to the outbox, in order, in the caller's transaction."""
     queue_many(conn, settings, tenant_id, [(tenant_slug, device_id, device_name, commands)])
 
 
-def queue_many(conn: DictConnection, settings: Settings, tenant_id: Any,
-               devices: list[tuple[str, int | None, str, list[Command]]]) -> None:
+def queue_many(
+    conn: DictConnection, settings: Settings, tenant_id: Any, devices: list[tuple[str, int | None, str, list[Command]]]
+) -> None:
     """queue_commands for many devices in one statement (bulk create)."""
     rows = [
-        {"device_id": device_id, "device_key": device_key(tenant_slug, device_name), "op": command.op,
-         "tenant_slug": tenant_slug, "device_name": device_name, "username": command.username,
-         "password_enc": None if command.password is None else encrypt_password(settings, command.password)}
+        {
+            "device_id": device_id,
+            "device_key": device_key(tenant_slug, device_name),
+            "op": command.op,
+            "tenant_slug": tenant_slug,
+            "device_name": device_name,
+            "username": command.username,
+            "password_enc": None if command.password is None else encrypt_password(settings, command.password),
+        }
         for tenant_slug, device_id, device_name, commands in devices
         for command in commands
     ]
@@ -111,6 +129,7 @@ def device_key(tenant_slug: str, device_name: str) -> str:
 
 # -- applying the outbox -------------------------------------------------------------------------------------------
 
+
 @dataclass
 class SyncReport:
     applied: int = 0
@@ -123,12 +142,23 @@ class SyncReport:
 
 
 def _provisioner(settings: Settings, timeout: float) -> DynsecClient:
-    return DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                        settings.mqtt_provisioner_username, settings.mqtt_provisioner_password, timeout=timeout)
+    return DynsecClient(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_ca_file,
+        settings.mqtt_provisioner_username,
+        settings.mqtt_provisioner_password,
+        timeout=timeout,
+    )
 
 
-def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str] | None = None,
-                timeout: float = SYNC_TIMEOUT_S, budget_s: float | None = None) -> SyncReport:
+def sync_outbox(
+    pool: DictPool,
+    settings: Settings,
+    device_keys: Collection[str] | None = None,
+    timeout: float = SYNC_TIMEOUT_S,
+    budget_s: float | None = None,
+) -> SyncReport:
     """Apply pending broker commands: those of device_keys (due or not, waiting for a device another
     sync holds: a request right after its commit), else of every device whose next command is due
     (skipping a device another sync holds). A broker error stops that device's queue (order
@@ -143,8 +173,10 @@ def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str]
     wait = device_keys is not None
     if device_keys is None:
         with pool.connection() as conn:
-            keys = [row["device_key"] for row in conn.execute(
-                QUERIES["outbox_due_keys"], {"limit": SYNC_BATCH, "all": False}).fetchall()]
+            keys = [
+                row["device_key"]
+                for row in conn.execute(QUERIES["outbox_due_keys"], {"limit": SYNC_BATCH, "all": False}).fetchall()
+            ]
     else:
         keys = list(device_keys)
     if not keys:
@@ -155,8 +187,12 @@ def sync_outbox(pool: DictPool, settings: Settings, device_keys: Collection[str]
     except (BrokerUnavailable, DynsecError, OSError, ValueError) as exc:
         report.broker_unavailable = True
         _note_unreachable(pool, keys, exc)
-        observability.event(log, "broker_sync.broker_unavailable", {"pending_devices": len(keys),
-                                                                    "error": type(exc).__name__}, logging.WARNING)
+        observability.event(
+            log,
+            "broker_sync.broker_unavailable",
+            {"pending_devices": len(keys), "error": type(exc).__name__},
+            logging.WARNING,
+        )
         return report
     deadline = None if budget_s is None else time.monotonic() + budget_s
     try:
@@ -182,8 +218,9 @@ def _note_unreachable(pool: DictPool, keys: list[str], exc: Exception) -> None:
                 conn.execute(QUERIES["outbox_failed"], {"id": rows[0]["id"], "error": error})
 
 
-def _sync_device(pool: DictPool, settings: Settings, dynsec: DynsecClient, key: str, wait: bool,
-                 report: SyncReport) -> bool:
+def _sync_device(
+    pool: DictPool, settings: Settings, dynsec: DynsecClient, key: str, wait: bool, report: SyncReport
+) -> bool:
     """Apply one device's pending commands in order; False when the broker went away."""
     with pool.connection() as conn, conn.transaction():
         for row in conn.execute(QUERIES["outbox_take"], {"device_key": key, "wait": wait}).fetchall():
@@ -198,8 +235,9 @@ def _sync_device(pool: DictPool, settings: Settings, dynsec: DynsecClient, key: 
                 # The plugin's error text names the command and the client, never a password.
                 conn.execute(QUERIES["outbox_failed"], {"id": row["id"], "error": str(exc)})
                 report.failed += 1
-                observability.event(log, "broker_sync.command_refused", {"device_key": key, "op": row["op"]},
-                                    logging.WARNING)
+                observability.event(
+                    log, "broker_sync.command_refused", {"device_key": key, "op": row["op"]}, logging.WARNING
+                )
                 return True
             conn.execute(QUERIES["outbox_applied"], {"id": row["id"]})
             report.applied += 1
@@ -219,8 +257,12 @@ def _apply(settings: Settings, dynsec: DynsecClient, row: Mapping[str, Any], rep
             # needs a new one (the reconciliation flags it once it sees the client missing).
             report.lost_passwords += 1
             # the queued password cannot be decrypted: the device needs a rotation
-            observability.event(log, "broker_sync.password_undecryptable", {"tenant_slug": tenant,
-                                                                             "device_name": device}, logging.WARNING)
+            observability.event(
+                log,
+                "broker_sync.password_undecryptable",
+                {"tenant_slug": tenant, "device_name": device},
+                logging.WARNING,
+            )
             return
         dynsec.put_device_client(username, password, device_role(tenant, device))
     elif op == "delete_client":
@@ -230,8 +272,9 @@ def _apply(settings: Settings, dynsec: DynsecClient, row: Mapping[str, Any], rep
     elif op == "enable_client":
         dynsec.execute_tolerating([{"command": "enableClient", "username": username}], (CLIENT_NOT_FOUND,))
     elif op == "delete_role":
-        dynsec.execute_tolerating([{"command": "deleteRole", "rolename": device_role(tenant, device)}],
-                                  (ROLE_NOT_FOUND,))
+        dynsec.execute_tolerating(
+            [{"command": "deleteRole", "rolename": device_role(tenant, device)}], (ROLE_NOT_FOUND,)
+        )
     else:
         raise DynsecError(f"unknown outbox command {op!r}")
 
@@ -255,6 +298,7 @@ def try_sync_now(pool: DictPool, settings: Settings, device_keys: Collection[str
 
 # -- reconciliation ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ReconcileReport:
     deleted_clients: list[str] = field(default_factory=list)
@@ -267,8 +311,7 @@ class ReconcileReport:
 
 
 def _acl_set(acls: list[Mapping[str, Any]]) -> set[tuple[str, str, bool, int]]:
-    return {(str(a.get("acltype")), str(a.get("topic")), bool(a.get("allow")), int(a.get("priority", 0)))
-            for a in acls}
+    return {(str(a.get("acltype")), str(a.get("topic")), bool(a.get("allow")), int(a.get("priority", 0))) for a in acls}
 
 
 def _role_device(rolename: str) -> tuple[str, str] | None:
@@ -279,8 +322,9 @@ def _role_device(rolename: str) -> tuple[str, str] | None:
     return (parsed[0], parsed[1]) if parsed else None
 
 
-def reconcile(pool: DictPool, settings: Settings, only_tenants: Collection[str] | None = None,
-              timeout: float = SYNC_TIMEOUT_S) -> ReconcileReport:
+def reconcile(
+    pool: DictPool, settings: Settings, only_tenants: Collection[str] | None = None, timeout: float = SYNC_TIMEOUT_S
+) -> ReconcileReport:
     """Compare the broker's device clients and roles with the database and repair the broker.
 
     The broker is read first and the database second: a device committed in between has its rows
@@ -321,10 +365,12 @@ def reconcile(pool: DictPool, settings: Settings, only_tenants: Collection[str] 
             role = device_role(parsed[0], parsed[1])
             client_roles = [r.get("rolename") for r in client.get("roles", [])]
             if client_roles != [role] or client.get("clientid") != username:
-                dynsec.execute([
-                    {"command": "setClientId", "username": username, "clientid": username},
-                    {"command": "modifyClient", "username": username, "roles": [{"rolename": role, "priority": 0}]},
-                ])
+                dynsec.execute(
+                    [
+                        {"command": "setClientId", "username": username, "clientid": username},
+                        {"command": "modifyClient", "username": username, "roles": [{"rolename": role, "priority": 0}]},
+                    ]
+                )
                 report.repaired_clients.append(username)
             disabled = bool(client.get("disabled", False))
             if device["enabled"] and disabled:
@@ -347,13 +393,18 @@ def reconcile(pool: DictPool, settings: Settings, only_tenants: Collection[str] 
             # Re-read before flagging: the outbox may have created it since the list was taken.
             if missing and any(not _client_exists(dynsec, name) for name in missing):
                 with pool.connection() as conn:
-                    conn.execute(QUERIES["flag_needs_rotation"],
-                                 {"tenant_id": device["tenant_id"], "device_id": device["device_id"]})
+                    conn.execute(
+                        QUERIES["flag_needs_rotation"],
+                        {"tenant_id": device["tenant_id"], "device_id": device["device_id"]},
+                    )
                 report.flagged_devices.append(key)
                 # the broker lost the device's client: its credential needs a rotation
-                observability.event(log, "broker_sync.client_lost", {"tenant_slug": device["tenant_slug"],
-                                                                      "device_name": device["device_name"]},
-                                    logging.WARNING)
+                observability.event(
+                    log,
+                    "broker_sync.client_lost",
+                    {"tenant_slug": device["tenant_slug"], "device_name": device["device_name"]},
+                    logging.WARNING,
+                )
 
         for rolename in roles:
             owner = _role_device(rolename)
@@ -378,6 +429,7 @@ def _client_exists(dynsec: DynsecClient, username: str) -> bool:
 
 # -- the timer's run -----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class BrokerSyncReport:
     retired: int
@@ -389,17 +441,28 @@ def retire_expired_credentials(pool: DictPool) -> int:
     """Credentials whose rotation overlap ended: their rows go and delete commands are queued."""
     with pool.connection() as conn:
         retired: int = one_row(conn.execute(QUERIES["retire_expired_credentials"]), "retire_expired_credentials")[
-            "retired"]
+            "retired"
+        ]
     return retired
 
 
-def run_broker_sync(pool: DictPool, settings: Settings, only_tenants: Collection[str] | None = None
-                    ) -> BrokerSyncReport:
+def run_broker_sync(
+    pool: DictPool, settings: Settings, only_tenants: Collection[str] | None = None
+) -> BrokerSyncReport:
     """The broker_sync timer: retire ended overlaps, apply the outbox, then reconcile (skipped while
     the broker is unreachable: the next run does it)."""
     retired = retire_expired_credentials(pool)
     sync = sync_outbox(pool, settings)
     drift = None if sync.broker_unavailable else reconcile(pool, settings, only_tenants)
-    observability.event(log, "broker_sync.run", {"retired": retired, "applied": sync.applied, "failed": sync.failed,
-                                                 "deferred": sync.deferred, "reconciled": drift is not None})
+    observability.event(
+        log,
+        "broker_sync.run",
+        {
+            "retired": retired,
+            "applied": sync.applied,
+            "failed": sync.failed,
+            "deferred": sync.deferred,
+            "reconciled": drift is not None,
+        },
+    )
     return BrokerSyncReport(retired, sync, drift)

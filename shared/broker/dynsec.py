@@ -250,23 +250,27 @@ class DynsecClient(BlockingConnection):
         """Make the device client ``username`` exist with this password, bound client id and only ``role``,
         whether or not it existed (a replayed or repeated command ends in the same state)."""
         _require_password(password)
-        (created,) = self._execute([_create_client(username, password, client_id=username, roles=[role])],
-                                   tolerated=(CLIENT_EXISTS,))
+        (created,) = self._execute(
+            [_create_client(username, password, client_id=username, roles=[role])], tolerated=(CLIENT_EXISTS,)
+        )
         if "error" not in created:
             return
         # Only when it existed: the plugin rewrites its whole config file after every change, so a
         # new client costs one command, not four.
-        self.execute([
-            {"command": "setClientPassword", "username": username, "password": password},
-            {"command": "setClientId", "username": username, "clientid": username},
-            {"command": "modifyClient", "username": username, "roles": [{"rolename": role, "priority": 0}]},
-        ])
+        self.execute(
+            [
+                {"command": "setClientPassword", "username": username, "password": password},
+                {"command": "setClientId", "username": username, "clientid": username},
+                {"command": "modifyClient", "username": username, "roles": [{"rolename": role, "priority": 0}]},
+            ]
+        )
 
     def put_role(self, name: str, acls: Iterable[Acl]) -> None:
         """Make the role exist with exactly ``acls`` (modifyRole, which replaces the list, only when it existed)."""
         commands = [acl.as_command() for acl in acls]
-        (created,) = self._execute([{"command": "createRole", "rolename": name, "acls": commands}],
-                                   tolerated=(ROLE_EXISTS,))
+        (created,) = self._execute(
+            [{"command": "createRole", "rolename": name, "acls": commands}], tolerated=(ROLE_EXISTS,)
+        )
         if "error" in created:
             self.execute([{"command": "modifyRole", "rolename": name, "acls": commands}])
 
@@ -304,9 +308,7 @@ def _create_role(name: str, acls: Iterable[Acl | Mapping[str, Any]]) -> dict[str
     }
 
 
-def _create_client(
-    username: str, password: str, client_id: str | None, roles: Iterable[str]
-) -> dict[str, Any]:
+def _create_client(username: str, password: str, client_id: str | None, roles: Iterable[str]) -> dict[str, Any]:
     _require_password(password)
     command: dict[str, Any] = {
         "command": "createClient",

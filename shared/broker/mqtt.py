@@ -6,6 +6,7 @@ socket from its own thread). BlockingConnection is the shape the dynsec admin an
 share: paho's network loop in its thread, and each call waiting for its answer (CONNACK, SUBACK,
 PUBACK) with a deadline, so a broker that is down or silent becomes BrokerUnavailable in bounded time.
 """
+
 from __future__ import annotations
 
 import ssl
@@ -24,12 +25,23 @@ from pydantic import SecretStr
 from shared.core.exceptions import BrokerConnectionLost, BrokerUnavailable
 
 
-def tls_client(client_id: str, username: str, password: str | SecretStr, ca_file: str | None, *,
-               client_class: type[Client] = Client, **options: Any) -> Client:
+def tls_client(
+    client_id: str,
+    username: str,
+    password: str | SecretStr,
+    ca_file: str | None,
+    *,
+    client_class: type[Client] = Client,
+    **options: Any,
+) -> Client:
     """A paho MQTT v5 client that will verify the broker (ca_file None: the system's trust store) and log in
     as username; it does not connect. options go to the client class (manual_ack, reconnect_on_failure, ...)."""
-    client = client_class(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                          protocol=MQTTProtocolVersion.MQTTv5, **options)
+    client = client_class(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=MQTTProtocolVersion.MQTTv5,
+        **options,
+    )
     client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
     secret = password.get_secret_value() if isinstance(password, SecretStr) else password
     client.username_pw_set(username, secret)
@@ -41,8 +53,9 @@ class BlockingConnection:
     Subclasses add callbacks for what they receive. Safe to share between threads: paho serialises
     writes, and each caller waits for its own packet id."""
 
-    def __init__(self, host: str, port: int, ca_file: str | None, username: str, password: str | SecretStr,
-                 timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, ca_file: str | None, username: str, password: str | SecretStr, timeout: float
+    ) -> None:
         self.host, self.port, self.username, self.timeout = host, port, username, timeout
         # None: the system's trust store (a broker with a publicly trusted certificate).
         self.ca_file = None if ca_file is None else str(ca_file)
@@ -60,8 +73,12 @@ class BlockingConnection:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._disconnected is None and self._connack is not None \
+        return (
+            self._client is not None
+            and self._disconnected is None
+            and self._connack is not None
             and not self._connack.is_failure
+        )
 
     def _open(self, client_id: str, keepalive: int) -> ReasonCode:
         """Connects with Clean Start and waits for the CONNACK, whose reason code it returns (a refusal is
@@ -104,8 +121,9 @@ class BlockingConnection:
         client.disconnect()
         client.loop_stop()
 
-    def _publish_and_wait(self, topic: str, payload: bytes | str, deadline: float,
-                          properties: Properties | None = None) -> ReasonCode:
+    def _publish_and_wait(
+        self, topic: str, payload: bytes | str, deadline: float, properties: Properties | None = None
+    ) -> ReasonCode:
         """QoS 1; the PUBACK's reason code. BrokerConnectionLost when the connection is gone before it."""
         client = self._client
         if client is None or not self.connected:
@@ -134,7 +152,8 @@ class BlockingConnection:
             while not ready():
                 if self._disconnected is not None:
                     raise BrokerConnectionLost(
-                        f"MQTT broker closed the connection while waiting for {what}: {self._disconnected.getName()}")
+                        f"MQTT broker closed the connection while waiting for {what}: {self._disconnected.getName()}"
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise BrokerUnavailable(f"no {what} from the MQTT broker within {self.timeout:g} s")
@@ -142,26 +161,30 @@ class BlockingConnection:
 
     # -- paho callbacks (network thread) ---------------------------------------------------------------------------
 
-    def _on_connect(self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode,
-                    properties: Properties | None) -> None:
+    def _on_connect(
+        self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, properties: Properties | None
+    ) -> None:
         with self._cond:
             self._connack = reason
             self._cond.notify_all()
 
-    def _on_disconnect(self, client: Client, userdata: Any, flags: DisconnectFlags, reason: ReasonCode,
-                       properties: Properties | None) -> None:
+    def _on_disconnect(
+        self, client: Client, userdata: Any, flags: DisconnectFlags, reason: ReasonCode, properties: Properties | None
+    ) -> None:
         with self._cond:
             self._disconnected = reason
             self._cond.notify_all()
 
-    def _on_subscribe(self, client: Client, userdata: Any, mid: int, reasons: list[ReasonCode],
-                      properties: Properties | None) -> None:
+    def _on_subscribe(
+        self, client: Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Properties | None
+    ) -> None:
         with self._cond:
             self._subacks[mid] = reasons
             self._cond.notify_all()
 
-    def _on_publish(self, client: Client, userdata: Any, mid: int, reason: ReasonCode,
-                    properties: Properties | None) -> None:
+    def _on_publish(
+        self, client: Client, userdata: Any, mid: int, reason: ReasonCode, properties: Properties | None
+    ) -> None:
         with self._cond:
             self._pubacks[mid] = reason
             self._cond.notify_all()

@@ -4,6 +4,7 @@ Row-level security reads the tenant from app.tenant_id. It is set with set_confi
 i.e. for the current transaction only: a plain SET would survive on the pooled connection and
 hand the next request another tenant's rows.
 """
+
 from __future__ import annotations
 
 import threading

@@ -7,6 +7,7 @@ Two kinds hang from MqttSaasError:
 - everything else (ConfigurationError, BrokerUnavailable, ...): the operator's problem. An API caller
   sees only that the request failed; the log says why.
 """
+
 from __future__ import annotations
 
 
@@ -19,6 +20,7 @@ class MqttSaasError(Exception):
 
 
 # --- the operator's problems ---------------------------------------------------------------------------------------
+
 
 class ConfigurationError(MqttSaasError):
     """A setting is missing or invalid."""
@@ -49,6 +51,7 @@ class UnsafeTarget(MqttSaasError, ValueError):
 
 
 # --- what a caller may be told -------------------------------------------------------------------------------------
+
 
 class RequestError(MqttSaasError):
     """The request could not be completed."""
@@ -123,6 +126,7 @@ class ServerMisconfigured(RequestError):
 
 # --- paging and accounts -------------------------------------------------------------------------------------------
 
+
 class InvalidCursor(InvalidRequest):
     """The cursor is not one this API returned; start again without it."""
 
@@ -189,6 +193,7 @@ class IdentityProviderUnavailable(Unavailable):
 
 # --- devices and commands ------------------------------------------------------------------------------------------
 
+
 class DeviceNotFound(NotFound):
     """There is no such device in your tenant."""
 
@@ -238,6 +243,7 @@ class CommandRefused(Unavailable):
 
 # --- telemetry reads -----------------------------------------------------------------------------------------------
 
+
 class InvalidRange(Unprocessable):
     """The time range is not valid: 'from' must be before 'to', within the maximum span."""
 
@@ -251,6 +257,7 @@ class MetricNotNumeric(Unprocessable):
 
 
 # --- tenants and plans ---------------------------------------------------------------------------------------------
+
 
 class TenantNotFound(NotFound):
     """There is no such tenant."""
@@ -269,6 +276,7 @@ class InvalidTenant(Unprocessable):
 
 
 # --- alerts and their webhooks -------------------------------------------------------------------------------------
+
 
 class AlertRuleNotFound(NotFound):
     """There is no such alert rule in your tenant."""

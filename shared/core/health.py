@@ -1,4 +1,5 @@
 """Liveness for probes and operators: can the app reach PostgreSQL, and is the drain running?"""
+
 from __future__ import annotations
 
 import logging
@@ -36,9 +37,7 @@ class HealthReport:
 def check_health(pool: DictPool) -> HealthReport:
     try:
         with pool.connection(timeout=5) as conn:
-            row = conn.execute(
-                "SELECT started_at, status FROM ingest_runs ORDER BY id DESC LIMIT 1"
-            ).fetchone()
+            row = conn.execute("SELECT started_at, status FROM ingest_runs ORDER BY id DESC LIMIT 1").fetchone()
     except Exception as exc:
         # A probe answers 503 with a fixed message; the cause goes to the logs, not the body.
         log.warning("health: database unreachable: %s", _why_unreachable(pool, exc))

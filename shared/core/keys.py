@@ -4,6 +4,7 @@ HKDF-SHA256 with the purpose as its info, so two purposes never share a key, and
 the secret it comes from (the token signing key, the provisioner password). A Fernet key encrypts what
 the database must keep but not read: webhook secrets, passwords queued for the broker.
 """
+
 from __future__ import annotations
 
 import base64

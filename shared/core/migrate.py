@@ -4,6 +4,7 @@ Safe to re-run and to run twice at once: an advisory lock serialises runners, ea
 its own transaction together with its bookkeeping row, and an applied file whose text has since
 changed stops the run (edit a schema with a new migration, never by rewriting an old one).
 """
+
 from __future__ import annotations
 
 import hashlib

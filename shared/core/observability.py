@@ -17,6 +17,7 @@ A timer's instance may be stopped soon after its run, before the exporter's peri
 `flush()` pushes at the end of every timer run; it is bounded (FLUSH_TIMEOUT_MS) because every
 second a run lasts is billed.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -46,36 +47,52 @@ _meter = metrics.get_meter(METER_NAME)
 # Names are those the task's operators query (customMetrics.name); attributes are low-cardinality
 # (tenant slugs: tens to a few thousand; reasons: a fixed set).
 INGEST_MESSAGES = _meter.create_counter(
-    "ingest_messages_total", unit="1", description="Messages the drain stored, per tenant")
+    "ingest_messages_total", unit="1", description="Messages the drain stored, per tenant"
+)
 INGEST_LAG = _meter.create_histogram(
-    "ingest_lag_ms", unit="ms", description="Broker arrival to commit, the largest per drain batch")
+    "ingest_lag_ms", unit="ms", description="Broker arrival to commit, the largest per drain batch"
+)
 PARSE_ERRORS = _meter.create_counter(
-    "parse_error_total", unit="1", description="Messages dead-lettered by the drain, per reason")
-BACKLOG_SIZE = _meter.create_histogram(
-    "backlog_size", unit="1", description="Messages a drain run found queued for it")
+    "parse_error_total", unit="1", description="Messages dead-lettered by the drain, per reason"
+)
+BACKLOG_SIZE = _meter.create_histogram("backlog_size", unit="1", description="Messages a drain run found queued for it")
 QUOTA_USAGE = _meter.create_histogram(
-    "quota_usage_percent", unit="%", description="Use of a plan quota, per tenant and quota")
+    "quota_usage_percent", unit="%", description="Use of a plan quota, per tenant and quota"
+)
 ALERT_EVALUATION = _meter.create_histogram(
-    "alert_evaluation_duration_ms", unit="ms", description="One alert_evaluator run")
+    "alert_evaluation_duration_ms", unit="ms", description="One alert_evaluator run"
+)
 ARCHIVE_ROWS = _meter.create_counter(
-    "archive_rows_total", unit="1", description="Telemetry rows archived to Blob Storage and deleted")
+    "archive_rows_total", unit="1", description="Telemetry rows archived to Blob Storage and deleted"
+)
 RUN_DURATION = _meter.create_histogram(
-    "timer_run_duration_ms", unit="ms", description="One timer run, per function: what Flex Consumption bills")
+    "timer_run_duration_ms", unit="ms", description="One timer run, per function: what Flex Consumption bills"
+)
 WEBHOOK_DELIVERIES = _meter.create_counter(
-    "webhook_deliveries_total", unit="1", description="Webhook attempts, per outcome (delivered, retrying, failed)")
+    "webhook_deliveries_total", unit="1", description="Webhook attempts, per outcome (delivered, retrying, failed)"
+)
 
-METRIC_NAMES = frozenset({
-    "ingest_messages_total", "ingest_lag_ms", "parse_error_total", "backlog_size", "quota_usage_percent",
-    "alert_evaluation_duration_ms", "archive_rows_total", "timer_run_duration_ms",
-    "webhook_deliveries_total",
-})
+METRIC_NAMES = frozenset(
+    {
+        "ingest_messages_total",
+        "ingest_lag_ms",
+        "parse_error_total",
+        "backlog_size",
+        "quota_usage_percent",
+        "alert_evaluation_duration_ms",
+        "archive_rows_total",
+        "timer_run_duration_ms",
+        "webhook_deliveries_total",
+    }
+)
 
 _configured = False
 _lock = threading.Lock()
 
 
-def configure(connection_string: str | None, authentication_string: str | None = None,
-              extra_readers: Sequence[MetricReader] = ()) -> bool:
+def configure(
+    connection_string: str | None, authentication_string: str | None = None, extra_readers: Sequence[MetricReader] = ()
+) -> bool:
     """Installs the distro's metric exporter once per process when a connection string is set;
     returns whether metrics are exported. Never raises: telemetry must not stop the app.
     An authentication string "Authorization=AAD[;ClientId=...]" (what Bicep sets, like the host's
@@ -130,7 +147,8 @@ def flush(timeout_ms: int = FLUSH_TIMEOUT_MS) -> bool:
 
 
 _bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "observability_fields", default=MappingProxyType({}))
+    "observability_fields", default=MappingProxyType({})
+)
 
 
 @contextmanager
@@ -144,15 +162,21 @@ def bound(**fields: Any) -> Iterator[None]:
         _bound.reset(token)
 
 
-def event(logger: logging.Logger, name: str, fields: Mapping[str, Any] | None = None,
-          level: int = logging.INFO, exc_info: bool = False) -> None:
+def event(
+    logger: logging.Logger,
+    name: str,
+    fields: Mapping[str, Any] | None = None,
+    level: int = logging.INFO,
+    exc_info: bool = False,
+) -> None:
     """Writes `<name> <JSON>`: one line KQL can parse_json() (see infra/queries), with the bound
     fields. The names tenant_id, device_id and run_id are used for those ids everywhere. Fields go in
     the message because the Functions host drops a record's `extra`; exc_info=True (inside an
     except block) adds the traceback, as logger.exception does."""
     merged = {**_bound.get(), **(fields or {})}
-    logger.log(level, "%s %s", name, json.dumps(merged, sort_keys=True, default=str, separators=(",", ":")),
-               exc_info=exc_info)
+    logger.log(
+        level, "%s %s", name, json.dumps(merged, sort_keys=True, default=str, separators=(",", ":")), exc_info=exc_info
+    )
 
 
 def record_counts(counter: metrics.Counter, counts: Mapping[str, int], attribute: str) -> None:

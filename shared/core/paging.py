@@ -6,6 +6,7 @@ bigint id under a short kind prefix for lists ordered by id (devices, dead lette
 audit log). The prefix keeps one list's cursor out of another's. Cursors are URL-safe base64 without
 padding; a cursor this API did not hand out is InvalidCursor.
 """
+
 from __future__ import annotations
 
 import base64

@@ -5,6 +5,7 @@ no repr, log line or validation error shows them; code that needs one calls get_
 Every key here is listed, with a safe local value, in local.settings.json.example; Bicep sets the
 same keys as app settings in Azure.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,7 +64,8 @@ class Settings(BaseModel):
     # "Authorization=AAD" (optionally ";ClientId=<user-assigned identity>"): ingestion with the app's
     # managed identity, as the host does; the component refuses instrumentation keys.
     applicationinsights_authentication_string: str | None = Field(
-        None, alias="APPLICATIONINSIGHTS_AUTHENTICATION_STRING")
+        None, alias="APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+    )
 
     # The admin API's access tokens: HS256 JWTs signed with this secret (at least 32 bytes; the
     # API refuses to issue or accept tokens while it is shorter), for this issuer and audience.

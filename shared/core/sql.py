@@ -3,6 +3,7 @@
 A file holds blocks that each start with a `-- name --` line, then comment lines saying what the
 query is for, then the statement. Callers write `cur.execute(QUERIES["name"], params)`.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,7 @@ def load_queries(directory: Path = QUERIES_DIR) -> dict[str, LiteralString]:
         headers = list(_HEADER.finditer(text))
         for header, following in zip(headers, headers[1:] + [None], strict=True):
             name = header.group(1)
-            body = text[header.end(): following.start() if following else len(text)]
+            body = text[header.end() : following.start() if following else len(text)]
             statement = "\n".join(
                 line for line in body.strip().splitlines() if not line.lstrip().startswith("--")
             ).strip()

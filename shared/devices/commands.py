@@ -15,6 +15,7 @@ own client id). Measured with scripts/bench/commands.py on the local stack: a Qo
 takes 0.3 ms to its PUBACK, a connection per command 3.3 ms (TLS handshake and CONNACK), and across the network to
 the broker VM the handshake's round trips only widen the gap; through the API that is 8.3 ms against 13.3 ms.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,9 @@ class PublishRefused(Exception):
 class CommanderConnection(BlockingConnection):
     """The API's connection with the commander credential; publish() is QoS 1 and waits for the PUBACK."""
 
-    def __init__(self, host: str, port: int, ca_file: str | None, username: str, password: SecretStr,
-                 timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, ca_file: str | None, username: str, password: SecretStr, timeout: float
+    ) -> None:
         super().__init__(host, port, ca_file, username, password, timeout)
         self.key = (host, port, ca_file, username, password.get_secret_value())
 
@@ -114,9 +116,14 @@ _connection_lock = threading.Lock()
 def commander_connection(settings: Settings) -> CommanderConnection:
     """The process's connection, (re)connected if needed; a new one if the settings changed."""
     global _connection
-    wanted = CommanderConnection(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                                 settings.mqtt_commander_username, settings.mqtt_commander_password,
-                                 settings.mqtt_command_timeout_s)
+    wanted = CommanderConnection(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_ca_file,
+        settings.mqtt_commander_username,
+        settings.mqtt_commander_password,
+        settings.mqtt_command_timeout_s,
+    )
     with _connection_lock:
         if _connection is not None and (_connection.key != wanted.key or not _connection.connected):
             _connection.close()
@@ -135,16 +142,20 @@ def close_commander_connection() -> None:
             _connection = None
 
 
-def command_message(command: dict[str, Any], tenant: str, device: str,
-                    expiry_s: int) -> tuple[bytes, Properties]:
+def command_message(command: dict[str, Any], tenant: str, device: str, expiry_s: int) -> tuple[bytes, Properties]:
     """The payload a device receives, and its MQTT v5 properties (correlation data = the command id; the
     response topic names where the ack goes: the device's telemetry, as a cmd_ack reading)."""
     sent_at = command["created_at"]
-    payload = json.dumps({
-        "id": str(command["id"]), "name": command["name"], "args": command["args"],
-        "sent_at": int(sent_at.timestamp() * 1000),
-        "ack": {"topic": f"{device_prefix(tenant, device)}/telemetry", "metric": ACK_METRIC},
-    }, separators=(",", ":")).encode()
+    payload = json.dumps(
+        {
+            "id": str(command["id"]),
+            "name": command["name"],
+            "args": command["args"],
+            "sent_at": int(sent_at.timestamp() * 1000),
+            "ack": {"topic": f"{device_prefix(tenant, device)}/telemetry", "metric": ACK_METRIC},
+        },
+        separators=(",", ":"),
+    ).encode()
     properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     properties.ContentType = "application/json"
     properties.CorrelationData = str(command["id"]).encode()
@@ -153,8 +164,15 @@ def command_message(command: dict[str, Any], tenant: str, device: str,
     return payload, properties
 
 
-def send_command(pool: DictPool, settings: Settings, principal: Principal, device_id: int, name: str,
-                 args: dict[str, Any], source: str) -> dict[str, Any]:
+def send_command(
+    pool: DictPool,
+    settings: Settings,
+    principal: Principal,
+    device_id: int,
+    name: str,
+    args: dict[str, Any],
+    source: str,
+) -> dict[str, Any]:
     """Records, audits and publishes one command (staff, owners); the command as recorded after the publish.
     Raises CommandNotDelivered/CommandRefused (after recording the failure) when the broker did not take it."""
     encoded = json.dumps(args, separators=(",", ":"))
@@ -164,34 +182,61 @@ def send_command(pool: DictPool, settings: Settings, principal: Principal, devic
         raise CommandArgsInvalid()
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         acting_user(conn, principal, "owner", "staff")
-        target = conn.execute(QUERIES["command_target"], {"tenant_id": principal.tenant_id,
-                                                          "device_id": device_id}).fetchone()
+        target = conn.execute(
+            QUERIES["command_target"], {"tenant_id": principal.tenant_id, "device_id": device_id}
+        ).fetchone()
         if target is None:
             raise DeviceNotFound()
         # 409, not 422: the request is well-formed, the device's state is what stands in the way (and a
         # disabled device cannot connect to read it).
         if not target["enabled"]:
             raise DeviceDisabled()
-        command = one_row(conn.execute(QUERIES["insert_command"], {
-            "tenant_id": principal.tenant_id, "device_id": device_id, "name": name, "args": Jsonb(args),
-            "sent_by": principal.user_id}), "insert_command")
-        audit(conn, principal.tenant_id, principal.user_id, "device.command", "device", str(device_id), source,
-              {"command_id": str(command["id"]), "name": name})
-    payload, properties = command_message(command, target["tenant_slug"], target["name"],
-                                          settings.mqtt_command_expiry_s)
+        command = one_row(
+            conn.execute(
+                QUERIES["insert_command"],
+                {
+                    "tenant_id": principal.tenant_id,
+                    "device_id": device_id,
+                    "name": name,
+                    "args": Jsonb(args),
+                    "sent_by": principal.user_id,
+                },
+            ),
+            "insert_command",
+        )
+        audit(
+            conn,
+            principal.tenant_id,
+            principal.user_id,
+            "device.command",
+            "device",
+            str(device_id),
+            source,
+            {"command_id": str(command["id"]), "name": name},
+        )
+    payload, properties = command_message(
+        command, target["tenant_slug"], target["name"], settings.mqtt_command_expiry_s
+    )
     topic = command_topic(target["tenant_slug"], target["name"])
     failure: str | None = None
     try:
         _publish(settings, topic, payload, properties)
     except BrokerUnavailable as exc:
         failure = "broker_unreachable"
-        observability.event(log, "command.not_delivered", {"tenant_id": principal.tenant_id, "device_id": device_id,
-                                                           "error": str(exc)[:300]}, logging.WARNING)
+        observability.event(
+            log,
+            "command.not_delivered",
+            {"tenant_id": principal.tenant_id, "device_id": device_id, "error": str(exc)[:300]},
+            logging.WARNING,
+        )
     except PublishRefused as exc:
         failure = "broker_refused"
-        observability.event(log, "command.refused_by_broker", {"tenant_id": principal.tenant_id,
-                                                               "device_id": device_id, "error": str(exc)[:300]},
-                            logging.ERROR)
+        observability.event(
+            log,
+            "command.refused_by_broker",
+            {"tenant_id": principal.tenant_id, "device_id": device_id, "error": str(exc)[:300]},
+            logging.ERROR,
+        )
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         recorded = _set_outcome(conn, principal.tenant_id, command["id"], failure)
     if failure == "broker_unreachable":
@@ -213,15 +258,26 @@ def _publish(settings: Settings, topic: str, payload: bytes, properties: Propert
         commander_connection(settings).publish(topic, payload, properties)
 
 
-def _set_outcome(conn: DictConnection, tenant_id: uuid.UUID, command_id: uuid.UUID,
-                 failure: str | None) -> dict[str, Any]:
-    return one_row(conn.execute(QUERIES["set_command_outcome"], {
-        "tenant_id": tenant_id, "id": command_id, "status": "failed" if failure else "sent", "failure": failure,
-    }), "set_command_outcome")
+def _set_outcome(
+    conn: DictConnection, tenant_id: uuid.UUID, command_id: uuid.UUID, failure: str | None
+) -> dict[str, Any]:
+    return one_row(
+        conn.execute(
+            QUERIES["set_command_outcome"],
+            {
+                "tenant_id": tenant_id,
+                "id": command_id,
+                "status": "failed" if failure else "sent",
+                "failure": failure,
+            },
+        ),
+        "set_command_outcome",
+    )
 
 
-def list_commands(pool: DictPool, principal: Principal, device_id: int, cursor: str | None,
-                  limit: int) -> tuple[list[dict[str, Any]], str | None]:
+def list_commands(
+    pool: DictPool, principal: Principal, device_id: int, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the device's commands, newest first (every role may read)."""
     after_created_at, after_id = decode_cursor(cursor)
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
@@ -230,7 +286,13 @@ def list_commands(pool: DictPool, principal: Principal, device_id: int, cursor: 
         if conn.execute(QUERIES["command_target"], params).fetchone() is None:
             raise DeviceNotFound()
         conn.execute(QUERIES["acknowledge_commands"], params)
-        rows = conn.execute(QUERIES["list_commands"], {
-            **params, "after_created_at": after_created_at, "after_id": after_id, "limit": limit + 1,
-        }).fetchall()
+        rows = conn.execute(
+            QUERIES["list_commands"],
+            {
+                **params,
+                "after_created_at": after_created_at,
+                "after_id": after_id,
+                "limit": limit + 1,
+            },
+        ).fetchall()
     return page_of(rows, limit)

@@ -4,6 +4,7 @@ Routes only translate HTTP: they verify the caller, call one use case of a featu
 shared/telemetry, ...) and shape its result; shared/http/problems.py maps every error. Route functions
 are plain `def`: FastAPI runs them in its thread pool, where the blocking psycopg pool and argon2 belong.
 """
+
 from __future__ import annotations
 
 from fastapi import FastAPI

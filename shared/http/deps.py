@@ -1,6 +1,7 @@
 """What every route module shares: the /api prefix, the request dependencies (pool, settings,
 verified caller, source address) and the problem responses routes declare for the OpenAPI document.
 Route modules (shared/http/routes/) import from here, and app.py includes their routers."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -48,9 +49,12 @@ def source_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-              config: Annotated[Settings, Depends(settings)], db: Annotated[DictPool, Depends(pool)],
-              source: Annotated[str, Depends(source_address)]) -> Principal:
+def principal(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    config: Annotated[Settings, Depends(settings)],
+    db: Annotated[DictPool, Depends(pool)],
+    source: Annotated[str, Depends(source_address)],
+) -> Principal:
     """The verified caller: our own access token, or an external provider's mapped to our user."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated()

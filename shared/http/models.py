@@ -1,5 +1,6 @@
 """What request and response bodies of every area share (pydantic); each route module defines its own bodies,
 and the OpenAPI document is generated from them."""
+
 from __future__ import annotations
 
 from typing import Generic, Literal, TypeVar

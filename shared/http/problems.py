@@ -1,6 +1,7 @@
 """The one place that maps exceptions to responses: RFC 9457 problem details
 (application/problem+json) with a fixed message and the right status, never a stack trace or a
 driver's message. Unexpected errors are logged here with their traceback and answered as 500."""
+
 from __future__ import annotations
 
 import logging
@@ -76,9 +77,15 @@ class Problem(BaseModel):
     invalid_params: list[InvalidParam] | None = Field(None, alias="invalid-params")
 
 
-def problem_response(status: int, kind: str, title: str, detail: str, *,
-                     headers: Mapping[str, str] | None = None,
-                     invalid_params: list[dict[str, str]] | None = None) -> JSONResponse:
+def problem_response(
+    status: int,
+    kind: str,
+    title: str,
+    detail: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    invalid_params: list[dict[str, str]] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + kind, "title": title, "status": status, "detail": detail}
     if invalid_params is not None:
         body["invalid-params"] = invalid_params
@@ -112,10 +119,17 @@ def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # pydantic's message per error type is fixed text; the input (which may be a password) is
     # never echoed.
-    params = [{"name": ".".join(str(part) for part in error.get("loc", ())), "reason": str(error.get("msg", ""))}
-              for error in exc.errors()]
-    return problem_response(422, "validation", "Unprocessable Content",
-                            "The request is not valid: see invalid-params.", invalid_params=params)
+    params = [
+        {"name": ".".join(str(part) for part in error.get("loc", ())), "reason": str(error.get("msg", ""))}
+        for error in exc.errors()
+    ]
+    return problem_response(
+        422,
+        "validation",
+        "Unprocessable Content",
+        "The request is not valid: see invalid-params.",
+        invalid_params=params,
+    )
 
 
 def _http_error(request: Request, exc: Exception) -> Response:
@@ -159,8 +173,9 @@ def _unexpected(scope: Scope, exc: Exception) -> Response:
         log.warning("api: database unavailable for %s: %s", where, type(exc).__name__)
         return error_response(DatabaseUnavailable())
     log.error("api: unexpected error in %s", where, exc_info=exc)
-    return problem_response(500, "internal", "Internal Server Error",
-                            "The server failed to complete the request; it has been logged.")
+    return problem_response(
+        500, "internal", "Internal Server Error", "The server failed to complete the request; it has been logged."
+    )
 
 
 def _database_error(request: Request, exc: Exception) -> Response:

@@ -5,6 +5,7 @@ else.
 Only files under dashboard/ with a known type are served; a path that climbs out, names a hidden
 file or a tool file (dashboard/vendor_assets.py) is not found.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,20 @@ INDEX = "index.html"
 # No inline script or style anywhere: the page's code is its own files, so an injected <script> or
 # on*= attribute in data rendered by mistake would still not run. uPlot sizes its elements through
 # the CSSOM (element.style), which style-src does not govern; its canvas needs no img-src.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data:",
-    "connect-src 'self'",
-    "font-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-])
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -111,25 +114,32 @@ def refresh_interval_s(schedule: str) -> int:
 
 
 def offered_operations(openapi: Mapping[str, Any]) -> list[str]:
-    """"METHOD /path" of every operation in the API's OpenAPI document: the page shows a view only
+    """ "METHOD /path" of every operation in the API's OpenAPI document: the page shows a view only
     where its endpoints exist (the whole document is ~140 kB; this list is ~1 kB)."""
     methods = {"get", "post", "put", "patch", "delete"}
-    return sorted(f"{method.upper()} {path}" for path, item in openapi.get("paths", {}).items()
-                  for method in item if method in methods)
+    return sorted(
+        f"{method.upper()} {path}"
+        for path, item in openapi.get("paths", {}).items()
+        for method in item
+        if method in methods
+    )
 
 
-def page_config(ingest_schedule: str, ca_available: bool, system_ca: bool, external_sign_in: bool,
-                operations: list[str]) -> Asset:
+def page_config(
+    ingest_schedule: str, ca_available: bool, system_ca: bool, external_sign_in: bool, operations: list[str]
+) -> Asset:
     """config.json: what the page needs to know of this deployment (nothing secret). system_ca: the
     broker's certificate is publicly trusted (no MQTT_CA_FILE, e.g. Let's Encrypt), so a device's own CA
     store verifies it and the page shows examples without a CA file."""
-    body = json.dumps({
-        "refresh_s": refresh_interval_s(ingest_schedule),
-        "ca_url": "broker-ca.pem" if ca_available else None,
-        "system_ca": system_ca,
-        "external_sign_in": external_sign_in,
-        "operations": operations,
-    }).encode()
+    body = json.dumps(
+        {
+            "refresh_s": refresh_interval_s(ingest_schedule),
+            "ca_url": "broker-ca.pem" if ca_available else None,
+            "system_ca": system_ca,
+            "external_sign_in": external_sign_in,
+            "operations": operations,
+        }
+    ).encode()
     return Asset(body, "application/json", {**SECURITY_HEADERS, "Cache-Control": "no-cache"})
 
 
@@ -147,5 +157,12 @@ def broker_ca(ca_file: str | None) -> Asset | None:
     data = _read_ca(ca_file) if ca_file else None
     if data is None or b"PRIVATE KEY" in data:
         return None
-    return Asset(data, "application/x-pem-file", {**SECURITY_HEADERS, "Cache-Control": "no-cache",
-                                                  "Content-Disposition": 'attachment; filename="broker-ca.pem"'})
+    return Asset(
+        data,
+        "application/x-pem-file",
+        {
+            **SECURITY_HEADERS,
+            "Cache-Control": "no-cache",
+            "Content-Disposition": 'attachment; filename="broker-ca.pem"',
+        },
+    )

@@ -1,5 +1,6 @@
 """Validation of a batch, pure: each message becomes COPY lines for the readings it carries, or a dead
 letter with its reason; nothing is written here (shared/ingest/store.py writes)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -164,8 +165,7 @@ def _unit(raw: str | None) -> str | None:
     return unit or None
 
 
-def _note_presence(presence: dict[tuple[str, int], Presence], key: tuple[str, int], seen_us: int,
-                   status: str) -> None:
+def _note_presence(presence: dict[tuple[str, int], Presence], key: tuple[str, int], seen_us: int, status: str) -> None:
     entry = presence.get(key)
     if entry is None:
         presence[key] = Presence(seen_us, status)

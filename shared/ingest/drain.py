@@ -16,6 +16,7 @@ Two threads share the work. This one drives paho's socket, cuts micro-batches, v
 and acknowledges committed ones; the store thread only writes, so PostgreSQL's time overlaps all
 the Python work. Receive Maximum is three batches: one being written, one queued, one filling.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,12 +69,19 @@ class DrainReport:
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
 
     def summary(self) -> dict[str, Any]:
-        return {"status": self.status, "ended_by": self.ended_by, "run_id": self.run_id, "batches": self.batches,
-                "duration_s": round(self.duration_s, 3), "setup_s": round(self.setup_s, 3),
-                "active_s": round(self.active_s, 3), "fast_path_messages": self.fast_path_messages,
-                "error": self.error,
-                # not asdict(): it rebuilds a Counter from its items, counting (key, value) pairs
-                **{f.name: getattr(self.outcome, f.name) for f in fields(self.outcome)}}
+        return {
+            "status": self.status,
+            "ended_by": self.ended_by,
+            "run_id": self.run_id,
+            "batches": self.batches,
+            "duration_s": round(self.duration_s, 3),
+            "setup_s": round(self.setup_s, 3),
+            "active_s": round(self.active_s, 3),
+            "fast_path_messages": self.fast_path_messages,
+            "error": self.error,
+            # not asdict(): it rebuilds a Counter from its items, counting (key, value) pairs
+            **{f.name: getattr(self.outcome, f.name) for f in fields(self.outcome)},
+        }
 
 
 def drain_once(settings: Settings) -> DrainReport:
@@ -153,8 +161,12 @@ class _Validator:
         @_retry_database(self._settings, "device lookup")
         def resolve() -> None:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = psycopg.connect(self._settings.ingest_database_url.get_secret_value(), autocommit=True,
-                                             application_name="mqtt_ingest", connect_timeout=10)
+                self._conn = psycopg.connect(
+                    self._settings.ingest_database_url.get_secret_value(),
+                    autocommit=True,
+                    application_name="mqtt_ingest",
+                    connect_timeout=10,
+                )
             self._directory.resolve(self._conn, keys)
 
         resolve()
@@ -211,8 +223,9 @@ class _StoreThread(threading.Thread):
         return write()
 
 
-def _drain(settings: Settings, store: IngestStore, connection: DrainConnection,
-           report: DrainReport, started: float) -> None:
+def _drain(
+    settings: Settings, store: IngestStore, connection: DrainConnection, report: DrainReport, started: float
+) -> None:
     validator = _Validator(settings)
     writer = _StoreThread(settings, store, connection.wake)
     writer.start()
@@ -233,8 +246,10 @@ def _drain(settings: Settings, store: IngestStore, connection: DrainConnection,
                 break
             if connection.received:
                 last_activity = now
-                due = (len(connection.received) >= settings.ingest_batch_size
-                       or now - connection.first_received_at >= settings.ingest_flush_interval_s)
+                due = (
+                    len(connection.received) >= settings.ingest_batch_size
+                    or now - connection.first_received_at >= settings.ingest_flush_interval_s
+                )
                 if due and not writer.todo.full():
                     _hand_over(connection, writer, validator, settings.ingest_batch_size)
             if now >= deadline:
@@ -252,8 +267,7 @@ def _drain(settings: Settings, store: IngestStore, connection: DrainConnection,
             _store_everything_received(connection, writer, validator, report, started, settings.ingest_batch_size)
             if report.ended_by != "connection_lost":
                 connection.disconnect_and_read_rest()
-                _store_everything_received(connection, writer, validator, report, started,
-                                           settings.ingest_batch_size)
+                _store_everything_received(connection, writer, validator, report, started, settings.ingest_batch_size)
     finally:
         _stop_writer(connection, writer)
         _ack_committed(connection, writer, report, started)
@@ -271,8 +285,14 @@ def _hand_over(connection: DrainConnection, writer: _StoreThread, validator: _Va
     writer.hand_over((mids, clears, messages, validator.prepare(messages)))
 
 
-def _store_everything_received(connection: DrainConnection, writer: _StoreThread, validator: _Validator,
-                               report: DrainReport, started: float, limit: int) -> None:
+def _store_everything_received(
+    connection: DrainConnection,
+    writer: _StoreThread,
+    validator: _Validator,
+    report: DrainReport,
+    started: float,
+    limit: int,
+) -> None:
     """Hands over what has been received so far and waits for it to commit, acking as batches
     commit; the connection stays serviced all the while (keepalive, acks), however long the store
     thread retries. What arrives meanwhile is left in ``received``: steady traffic would otherwise
@@ -333,8 +353,9 @@ def _finish(store: IngestStore, report: DrainReport) -> None:
             store.conn.rollback()
             store.finish_run(report.run_id, report.status, report.outcome, report.batches, report.error)
     except psycopg.Error as exc:
-        observability.event(log, "ingest.run_not_recorded", {"run_id": report.run_id, "error": type(exc).__name__},
-                            logging.WARNING)
+        observability.event(
+            log, "ingest.run_not_recorded", {"run_id": report.run_id, "error": type(exc).__name__}, logging.WARNING
+        )
 
 
 def record_drain_metrics(report: DrainReport) -> None:

@@ -1,5 +1,6 @@
 """The records the ingest pipeline passes along: what a transport received, the devices it names, what
 a batch turns into before it is written, and what writing it stored. No I/O here."""
+
 from __future__ import annotations
 
 from collections import Counter

@@ -10,6 +10,7 @@ Cheap by design: the plan's rate and the hour's use are read once per tenant per
 after that the drain counts on in memory, which is exact because it is the only writer of
 usage_hourly and holds the drain lock for the whole run. A plan change reaches the next run.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -53,8 +54,7 @@ class MessageMeter:
         for tenant_id, slug, plan, per_hour, used in rows:
             self._quotas[str(tenant_id)] = _TenantQuota(hour, slug, plan, per_hour, used)
 
-    def admissible(self, conn: psycopg.Connection[TupleRow], wanted: dict[str, int],
-                   hour: datetime) -> dict[str, int]:
+    def admissible(self, conn: psycopg.Connection[TupleRow], wanted: dict[str, int], hour: datetime) -> dict[str, int]:
         """How many of each tenant's wanted messages fit in its quota for this hour."""
         stale = sorted(t for t in wanted if (q := self._quotas.get(t)) is None or q.hour != hour)
         if stale:
@@ -70,8 +70,10 @@ class MessageMeter:
 
     def describe(self, tenant_id: str) -> str:
         quota = self._quotas[tenant_id]
-        return (f"the {quota.plan} plan allows {quota.per_hour} messages per hour and this hour's are used; "
-                "messages are stored again from the next hour, or at once on a bigger plan")
+        return (
+            f"the {quota.plan} plan allows {quota.per_hour} messages per hour and this hour's are used; "
+            "messages are stored again from the next hour, or at once on a bigger plan"
+        )
 
     def count(self, conn: psycopg.Connection[TupleRow], batch: PreparedBatch, hour: datetime) -> None:
         """Counts a metered batch's usage in the open transaction (one upsert for all its tenants)."""
@@ -87,29 +89,45 @@ class MessageMeter:
             if quota is not None and quota.hour == hour:
                 quota.used += n
                 if quota.per_hour:
-                    QUOTA_USAGE.record(100.0 * quota.used / quota.per_hour,
-                                       {"tenant": quota.slug, "quota": "messages_per_hour"})
+                    QUOTA_USAGE.record(
+                        100.0 * quota.used / quota.per_hour, {"tenant": quota.slug, "quota": "messages_per_hour"}
+                    )
 
-    def meter(self, conn: psycopg.Connection[TupleRow], messages: Sequence[InboundMessage],
-              batch: PreparedBatch, hour: datetime) -> PreparedBatch:
+    def meter(
+        self,
+        conn: psycopg.Connection[TupleRow],
+        messages: Sequence[InboundMessage],
+        batch: PreparedBatch,
+        hour: datetime,
+    ) -> PreparedBatch:
         """The batch with each tenant's messages beyond its quota turned into `quota` dead letters
         (the latest ones of the batch), its usage counted in the open transaction."""
         metered = self._metered(conn, messages, batch, hour)
         self.count(conn, metered, hour)
         return metered
 
-    def _metered(self, conn: psycopg.Connection[TupleRow], messages: Sequence[InboundMessage],
-                 batch: PreparedBatch, hour: datetime) -> PreparedBatch:
+    def _metered(
+        self,
+        conn: psycopg.Connection[TupleRow],
+        messages: Sequence[InboundMessage],
+        batch: PreparedBatch,
+        hour: datetime,
+    ) -> PreparedBatch:
         wanted = {tenant: counts.messages for tenant, counts in batch.tenant_counts.items() if counts.messages}
         if not wanted:
             return batch
         admitted = self.admissible(conn, wanted, hour)
         if all(admitted[t] == n for t, n in wanted.items()):
             return batch
-        metered = PreparedBatch(dead_letters=list(batch.dead_letters), presence=batch.presence,
-                                oldest_ts_us=batch.oldest_ts_us, units=batch.units,
-                                tenant_counts={t: TenantCounts(c.messages, c.readings, c.dead_lettered)
-                                              for t, c in batch.tenant_counts.items()})
+        metered = PreparedBatch(
+            dead_letters=list(batch.dead_letters),
+            presence=batch.presence,
+            oldest_ts_us=batch.oldest_ts_us,
+            units=batch.units,
+            tenant_counts={
+                t: TenantCounts(c.messages, c.readings, c.dead_lettered) for t, c in batch.tenant_counts.items()
+            },
+        )
         left = dict(admitted)
         for index, start, end in batch.spans:
             tenant_id, device_id, _ = batch.copy_lines[start].split("\t", 2)
@@ -121,8 +139,15 @@ class MessageMeter:
                 metered.spans.append(MessageSpan(index, first, len(metered.copy_lines)))
                 continue
             message = messages[index]
-            metered.dead_letters.append(DeadLetter(message.topic, QUOTA_REASON, self.describe(tenant_id),
-                                                   message.payload, DeviceRef(tenant_id, int(device_id), True)))
+            metered.dead_letters.append(
+                DeadLetter(
+                    message.topic,
+                    QUOTA_REASON,
+                    self.describe(tenant_id),
+                    message.payload,
+                    DeviceRef(tenant_id, int(device_id), True),
+                )
+            )
             counts = metered.tenant_counts[tenant_id]
             counts.messages -= 1
             counts.readings -= end - start
@@ -136,9 +161,12 @@ def usage_params(batch: PreparedBatch, hour: datetime) -> dict[str, Any] | None:
     tenants = sorted({t for t, c in batch.tenant_counts.items() if c.messages} | set(over))
     if not tenants:
         return None
-    return {"hour": hour, "tenant_ids": tenants,
-            "messages": [batch.tenant_counts[t].messages if t in batch.tenant_counts else 0 for t in tenants],
-            "over_quota": [over[t] for t in tenants]}
+    return {
+        "hour": hour,
+        "tenant_ids": tenants,
+        "messages": [batch.tenant_counts[t].messages if t in batch.tenant_counts else 0 for t in tenants],
+        "over_quota": [over[t] for t in tenants],
+    }
 
 
 def counted(batch: PreparedBatch) -> dict[str, int]:

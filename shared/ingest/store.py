@@ -6,6 +6,7 @@ units, per-minute counts, device presence and quota usage. A batch the database 
 (not for being down) is written again message by message, so the one refused message becomes a
 dead letter and cannot stall the queue.
 """
+
 from __future__ import annotations
 
 import logging
@@ -111,8 +112,9 @@ class IngestStore:
             if isinstance(exc, psycopg.errors.InsufficientPrivilege):
                 raise
             self._session.rollback()
-            event(log, "ingest.batch_refused", {"error": type(exc).__name__, "messages": len(messages)},
-                  logging.WARNING)
+            event(
+                log, "ingest.batch_refused", {"error": type(exc).__name__, "messages": len(messages)}, logging.WARNING
+            )
             self.meter.count(self._session, batch, self._hour)  # the rollback undid it
             outcome = self._write_isolating(messages, batch)
             self.meter.committed(batch, self._hour)
@@ -136,8 +138,13 @@ class IngestStore:
             dead_letters_by_reason=Counter(dead.reason for dead in batch.dead_letters),
         )
 
-    def _write(self, lines: list[str], dead_letters: list[DeadLetter], presence: dict[tuple[str, int], Presence],
-               metadata: PreparedBatch | None = None) -> int:
+    def _write(
+        self,
+        lines: list[str],
+        dead_letters: list[DeadLetter],
+        presence: dict[tuple[str, int], Presence],
+        metadata: PreparedBatch | None = None,
+    ) -> int:
         conn = self._session
         accepted = 0
         with conn.cursor() as cur:

@@ -14,6 +14,7 @@ _packet_queue). requirements.txt pins paho exactly, and at import FAST_PATH chec
 exist with the shape used here; if not, the drain logs a warning and uses paho's own path:
 slower, never wrong.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -94,7 +95,7 @@ def parse_publish(command: int, packet: bytes | bytearray) -> Publish | None:
         topic = bytes(packet[2:topic_end]).decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return Publish(qos, bool(command & 0x01), mid, topic, bytes(packet[position + length:]))
+    return Publish(qos, bool(command & 0x01), mid, topic, bytes(packet[position + length :]))
 
 
 def _paho_internals_as_expected() -> bool:
@@ -116,8 +117,10 @@ def _paho_internals_as_expected() -> bool:
 
 FAST_PATH = _paho_internals_as_expected()
 if not FAST_PATH:
-    log.warning("paho-mqtt internals differ from what the drain's fast path expects; using paho's own "
-                "PUBLISH handling and per-message acks (correct, several times slower)")
+    log.warning(
+        "paho-mqtt internals differ from what the drain's fast path expects; using paho's own "
+        "PUBLISH handling and per-message acks (correct, several times slower)"
+    )
 
 
 class _DrainClient(mqtt.Client):
@@ -156,9 +159,14 @@ class DrainConnection:
         self._control_mids: list[int] = []  # markers to ack; they are not data
         self._connack: ReasonCode | None = None
         self._suback: list[ReasonCode] | None = None
-        client = tls_client(settings.mqtt_ingest_client_id, settings.mqtt_ingest_username,
-                            settings.mqtt_ingest_password, settings.mqtt_ca_file, client_class=_DrainClient,
-                            manual_ack=True)
+        client = tls_client(
+            settings.mqtt_ingest_client_id,
+            settings.mqtt_ingest_username,
+            settings.mqtt_ingest_password,
+            settings.mqtt_ca_file,
+            client_class=_DrainClient,
+            manual_ack=True,
+        )
         assert isinstance(client, _DrainClient)
         client.connection = self
         client.on_message = self._on_message
@@ -189,16 +197,20 @@ class DrainConnection:
         # No Local: the drain's own retained-message clears (empty publishes) do not come back.
         # Retain As Published: the drain sees which messages the broker also kept as retained.
         # Retain Handling 1: retained messages come once, when the subscription is new.
-        device_forms = SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True,
-                                        retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        device_forms = SubscribeOptions(
+            qos=1, noLocal=True, retainAsPublished=True, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+        )
         marker = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         client.subscribe([*((topic, device_forms) for topic in DRAIN_SUBSCRIPTIONS), (self.marker_topic, marker)])
         self._wait(lambda: self._suback is not None or self.lost, 15, "SUBACK")
         if self.lost or self._suback is None:
             raise BrokerUnavailable("broker closed the connection after CONNACK")
         # One reason code per subscription; strict=False keeps a short SUBACK from raising here.
-        refused = [topic for topic, code in zip([*DRAIN_SUBSCRIPTIONS, self.marker_topic], self._suback, strict=False)
-                   if code.is_failure]
+        refused = [
+            topic
+            for topic, code in zip([*DRAIN_SUBSCRIPTIONS, self.marker_topic], self._suback, strict=False)
+            if code.is_failure
+        ]
         if refused:
             # An ACL that does not let the drain read what devices may publish would lose data.
             raise BrokerUnavailable(f"broker refused the drain's subscriptions {refused}")
@@ -358,20 +370,29 @@ class DrainConnection:
 
     # -- paho callbacks -------------------------------------------------------------------------
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
-                    properties: Properties | None) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Properties | None
+    ) -> None:
         self._connack = reason_code
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
-                       properties: Properties | None) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Properties | None
+    ) -> None:
         self.lost = True
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
-                      properties: Properties | None) -> None:
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
         self._suback = reason_codes
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode,
-                    properties: Properties | None) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_code: ReasonCode, properties: Properties | None
+    ) -> None:
         if reason_code.is_failure:
             # The marker refused (an ACL from before the contract): the run then ends by its
             # idle exit or time budget instead.
@@ -394,8 +415,7 @@ class DrainConnection:
 def _connect_with_retry(client: mqtt.Client, settings: Settings, properties: Properties, clean_start: bool) -> None:
     # Clean Start stays off for the drain even on its first connect: Mosquitto 2.0 does not
     # persist a session whose last CONNECT had it on, so that session would not survive a restart.
-    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30, clean_start=clean_start,
-                   properties=properties)
+    client.connect(settings.mqtt_host, settings.mqtt_port, keepalive=30, clean_start=clean_start, properties=properties)
 
 
 def prepare_session(settings: Settings) -> None:

@@ -8,6 +8,7 @@ Topics (tenant slug, device name):
 Validation runs in pydantic-core (Rust): one validate_json call parses and checks a whole
 payload, which is several times cheaper per message than json.loads plus Python checks.
 """
+
 from __future__ import annotations
 
 import math
@@ -114,9 +115,7 @@ def _telemetry_adapter(max_metrics: int, max_records: int) -> TypeAdapter[Readin
             "metrics": Annotated[dict[MetricName, MetricValue], Field(min_length=1, max_length=max_metrics)],
         },
     )
-    return TypeAdapter(
-        BoundedReading | Annotated[list[BoundedReading], Field(min_length=1, max_length=max_records)]
-    )
+    return TypeAdapter(BoundedReading | Annotated[list[BoundedReading], Field(min_length=1, max_length=max_records)])
 
 
 _STATE = TypeAdapter(StateMessage)
@@ -127,7 +126,7 @@ _STATUS: TypeAdapter[StatusPayload] = TypeAdapter(StatusPayload)
 def validate_telemetry(payload: bytes, limits: Limits) -> list[Reading]:
     _check_size(payload, limits)
     if b'"metrics"' not in payload and b'"value"' in payload:
-        raise Rejected("topic_payload_mismatch", "a state payload ({\"value\": ...}) was sent to a telemetry topic")
+        raise Rejected("topic_payload_mismatch", 'a state payload ({"value": ...}) was sent to a telemetry topic')
     try:
         result = _telemetry_adapter(limits.max_metrics, limits.max_records).validate_json(payload)
     except ValidationError as exc:
@@ -138,7 +137,7 @@ def validate_telemetry(payload: bytes, limits: Limits) -> list[Reading]:
 def validate_state(payload: bytes, limits: Limits) -> StateMessage:
     _check_size(payload, limits)
     if b'"metrics"' in payload:
-        raise Rejected("topic_payload_mismatch", "a telemetry payload ({\"metrics\": ...}) was sent to a state topic")
+        raise Rejected("topic_payload_mismatch", 'a telemetry payload ({"metrics": ...}) was sent to a state topic')
     try:
         return _STATE.validate_json(payload)
     except ValidationError as exc:

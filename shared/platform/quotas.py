@@ -6,6 +6,7 @@ The limits on rows (devices, users, alert rules) are enforced by the database
 turns the trigger's error into a message naming the limit and the plan. The message rate is
 metered by the drain (shared/ingest/metering.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def plan_limit_error(exc: psycopg.Error) -> PlanLimitReached:
     try:
         detail = json.loads(exc.diag.message_detail or "{}")
         noun = _LIMIT_NOUNS.get(str(detail["limit"]), str(detail["limit"]))
-        return PlanLimitReached(f"Your plan ({detail['plan']}) allows at most {int(detail['max'])} {noun}: "
-                                "remove some or ask for a bigger plan (GET /api/usage shows each quota).")
+        return PlanLimitReached(
+            f"Your plan ({detail['plan']}) allows at most {int(detail['max'])} {noun}: "
+            "remove some or ask for a bigger plan (GET /api/usage shows each quota)."
+        )
     except (ValueError, KeyError, TypeError):
         return PlanLimitReached()
 
@@ -51,8 +54,9 @@ def usage(pool: DictPool, principal: Principal) -> dict[str, Any]:
     with tenant_transaction(pool, str(principal.tenant_id)) as conn:
         acting_user(conn, principal)
         row = one_row(conn.execute(QUERIES["tenant_usage"], {"tenant_id": principal.tenant_id}), "tenant_usage")
-        alert_rules = one_row(conn.execute(QUERIES["count_alert_rules"], {"tenant_id": principal.tenant_id}),
-                              "count_alert_rules")["n"]
+        alert_rules = one_row(
+            conn.execute(QUERIES["count_alert_rules"], {"tenant_id": principal.tenant_id}), "count_alert_rules"
+        )["n"]
     return {
         "plan": row["plan"],
         "hour": row["hour"],

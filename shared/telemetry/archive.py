@@ -18,6 +18,7 @@ are deleted only after a verified upload, and the delete commits with its state,
 loses rows or leaves them both deleted and unrecorded. A run holds a session advisory lock (one
 archiver at a time), stops starting work when its time budget is spent, and resumes on the next run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,23 +57,33 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 # The archive file's columns (schema version 1). tenant_id repeats per row (dictionary-encoded,
 # nearly free) so files of many tenants or days can be read as one table.
-ARCHIVE_SCHEMA = pa.schema([
-    pa.field("tenant_id", pa.string(), nullable=False),
-    pa.field("device_id", pa.int64(), nullable=False),
-    pa.field("device", pa.string()),
-    pa.field("metric", pa.string(), nullable=False),
-    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("seq", pa.int64(), nullable=False),
-    pa.field("received_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("value", pa.float64()),
-    pa.field("value_bool", pa.bool_()),
-    pa.field("value_text", pa.string()),
-])
+ARCHIVE_SCHEMA = pa.schema(
+    [
+        pa.field("tenant_id", pa.string(), nullable=False),
+        pa.field("device_id", pa.int64(), nullable=False),
+        pa.field("device", pa.string()),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("received_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("value_bool", pa.bool_()),
+        pa.field("value_text", pa.string()),
+    ]
+)
 # export_range_csv_raw's columns, in order.
 _CSV_COLUMNS = ["device_id", "device", "metric", "ts", "seq", "received_at", "value", "value_bool", "value_text"]
-_CSV_TYPES = {"device_id": pa.int64(), "device": pa.string(), "metric": pa.string(), "ts": pa.int64(),
-              "seq": pa.int64(), "received_at": pa.int64(), "value": pa.float64(), "value_bool": pa.bool_(),
-              "value_text": pa.string()}
+_CSV_TYPES = {
+    "device_id": pa.int64(),
+    "device": pa.string(),
+    "metric": pa.string(),
+    "ts": pa.int64(),
+    "seq": pa.int64(),
+    "received_at": pa.int64(),
+    "value": pa.float64(),
+    "value_bool": pa.bool_(),
+    "value_text": pa.string(),
+}
 _CHUNK = 4 << 20
 
 # Crash points a test can inject failures at (hook(point, tenant_id, day) raising there).
@@ -108,6 +119,7 @@ class ArchiveReport:
 
 # --- the file -----------------------------------------------------------------------------------
 
+
 def day_range(tenant_id: UUID, day: date) -> dict[str, Any]:
     """export_range_csv_raw's parameters for one tenant's UTC day, every device."""
     start = datetime.combine(day, datetime.min.time(), UTC)
@@ -118,8 +130,10 @@ def export_day(conn: psycopg.Connection[DictRow], tenant_id: UUID, day: date, wo
     """Writes one tenant's day as Parquet under workdir: COPY to CSV (PostgreSQL's fastest way
     out), then pyarrow's multi-threaded CSV reader, batch by batch, so memory stays bounded."""
     csv_path = workdir / f"{tenant_id}-{day}.csv"
-    with csv_path.open("wb") as out, conn.cursor().copy(QUERIES["export_range_csv_raw"],
-                                                        day_range(tenant_id, day)) as copy:
+    with (
+        csv_path.open("wb") as out,
+        conn.cursor().copy(QUERIES["export_range_csv_raw"], day_range(tenant_id, day)) as copy,
+    ):
         for chunk in copy:
             out.write(chunk)
     path = workdir / f"{tenant_id}-{day}.parquet"
@@ -128,8 +142,11 @@ def export_day(conn: psycopg.Connection[DictRow], tenant_id: UUID, day: date, wo
 
 def write_parquet(csv_path: Path, path: Path, tenant_id: UUID, metadata: dict[str, str]) -> DayFile:
     """Turns export_range_csv_raw-shaped CSV into an archive-schema Parquet file (the CSV is removed)."""
-    meta = {b"mqtt_saas.schema_version": str(SCHEMA_VERSION).encode(), b"mqtt_saas.tenant_id": str(tenant_id).encode(),
-            **{f"mqtt_saas.{k}".encode(): v.encode() for k, v in metadata.items()}}
+    meta = {
+        b"mqtt_saas.schema_version": str(SCHEMA_VERSION).encode(),
+        b"mqtt_saas.tenant_id": str(tenant_id).encode(),
+        **{f"mqtt_saas.{k}".encode(): v.encode() for k, v in metadata.items()},
+    }
     schema = ARCHIVE_SCHEMA.with_metadata(meta)
     rows = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
@@ -150,8 +167,13 @@ def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
         # PostgreSQL's CSV writes NULL as an empty unquoted field and '' as "": keep them apart.
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
-            column_types=_CSV_TYPES, null_values=[""], strings_can_be_null=True,
-            quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"]),
+            column_types=_CSV_TYPES,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
     )
     yield from reader
 
@@ -160,8 +182,9 @@ def _to_archive_table(batch: pa.RecordBatch, tenant_id: str, schema: pa.Schema) 
     n = batch.num_rows
     ts_type = pa.timestamp("us", tz="UTC")
     columns: dict[str, Any] = {
-        "tenant_id": pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int32()), pa.array([tenant_id]))
-        .cast(pa.string()),
+        "tenant_id": pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int32()), pa.array([tenant_id])).cast(
+            pa.string()
+        ),
         "device_id": batch.column("device_id"),
         "device": batch.column("device"),
         "metric": batch.column("metric"),
@@ -184,8 +207,13 @@ def sha256_file(path: Path) -> str:
 
 
 def blob_metadata(tenant_id: UUID, day: date, file: DayFile) -> dict[str, str]:
-    return {"row_count": str(file.row_count), "sha256": file.sha256, "schema_version": str(SCHEMA_VERSION),
-            "tenant_id": str(tenant_id), "day": day.isoformat()}
+    return {
+        "row_count": str(file.row_count),
+        "sha256": file.sha256,
+        "schema_version": str(SCHEMA_VERSION),
+        "tenant_id": str(tenant_id),
+        "day": day.isoformat(),
+    }
 
 
 def upload(container: Any, name: str, file: DayFile, metadata: dict[str, str]) -> None:
@@ -225,6 +253,7 @@ def download_verified(container: Any, manifest: DictRow, target: Path) -> Path:
 
 # --- the state machine --------------------------------------------------------------------------
 
+
 def _manifest(conn: psycopg.Connection[DictRow], tenant_id: UUID, day: date) -> DictRow | None:
     return conn.execute(QUERIES["get_manifest"], {"tenant_id": tenant_id, "day": day}).fetchone()
 
@@ -235,8 +264,14 @@ def _advance(conn: psycopg.Connection[DictRow], tenant_id: UUID, day: date, from
         raise RuntimeError(f"archive_manifest {tenant_id}/{day} was not {from_}")
 
 
-def archive_day(conn: psycopg.Connection[DictRow], container: Any, tenant_id: UUID, day: date, workdir: Path,
-                hook: Hook | None = None) -> tuple[int, int] | None:
+def archive_day(
+    conn: psycopg.Connection[DictRow],
+    container: Any,
+    tenant_id: UUID,
+    day: date,
+    workdir: Path,
+    hook: Hook | None = None,
+) -> tuple[int, int] | None:
     """Takes one tenant's day from wherever its manifest says to deleted. Returns (rows deleted,
     bytes uploaded), or None when the day was archived before and rows have reappeared (left
     alone and logged: the drain's INGEST_MAX_PAST_DAYS is meant to stay inside every plan's window).
@@ -253,9 +288,18 @@ def archive_day(conn: psycopg.Connection[DictRow], container: Any, tenant_id: UU
         if state in (None, "pending"):
             file = export_day(conn, tenant_id, day, workdir)
             name = blob_name(tenant_id, day)
-            conn.execute(QUERIES["record_pending"], {
-                "tenant_id": tenant_id, "day": day, "blob_name": name, "row_count": file.row_count,
-                "bytes": file.bytes, "sha256": file.sha256, "schema_version": SCHEMA_VERSION})
+            conn.execute(
+                QUERIES["record_pending"],
+                {
+                    "tenant_id": tenant_id,
+                    "day": day,
+                    "blob_name": name,
+                    "row_count": file.row_count,
+                    "bytes": file.bytes,
+                    "sha256": file.sha256,
+                    "schema_version": SCHEMA_VERSION,
+                },
+            )
             point("pending")
             upload(container, name, file, blob_metadata(tenant_id, day, file))
             file.path.unlink()
@@ -270,8 +314,9 @@ def archive_day(conn: psycopg.Connection[DictRow], container: Any, tenant_id: UU
             try:
                 download_verified(container, manifest, workdir / "verify.parquet").unlink()
             except ArchiveVerificationError:
-                observability.event(log, "archive.verification_failed", {"tenant_id": tenant_id, "day": day},
-                                    logging.WARNING)
+                observability.event(
+                    log, "archive.verification_failed", {"tenant_id": tenant_id, "day": day}, logging.WARNING
+                )
                 _advance(conn, tenant_id, day, "uploaded", "pending")
                 continue
             _advance(conn, tenant_id, day, "uploaded", "verified")
@@ -300,17 +345,26 @@ def archive_day(conn: psycopg.Connection[DictRow], container: Any, tenant_id: UU
 
 # --- a run --------------------------------------------------------------------------------------
 
-def archive_candidates(conn: psycopg.Connection[DictRow], windows: list[TenantWindow],
-                       today: date) -> list[tuple[UUID, date]]:
+
+def archive_candidates(
+    conn: psycopg.Connection[DictRow], windows: list[TenantWindow], today: date
+) -> list[tuple[UUID, date]]:
     """The (tenant, day) pairs to work on, oldest day first."""
     hot = [(w.tenant_id, cutoff) for w in windows if (cutoff := w.cutoff(today)) is not None]
-    rows = conn.execute(QUERIES["archive_candidates"], {
-        "tenant_ids": [t for t, _ in hot], "cutoffs": [c for _, c in hot]}).fetchall()
+    rows = conn.execute(
+        QUERIES["archive_candidates"], {"tenant_ids": [t for t, _ in hot], "cutoffs": [c for _, c in hot]}
+    ).fetchall()
     return [(r["tenant_id"], r["day"]) for r in rows]
 
 
-def archive_due_days(conn: psycopg.Connection[DictRow], container: Any, windows: list[TenantWindow], today: date,
-                     time_budget_s: float, hook: Hook | None = None) -> ArchiveReport:
+def archive_due_days(
+    conn: psycopg.Connection[DictRow],
+    container: Any,
+    windows: list[TenantWindow],
+    today: date,
+    time_budget_s: float,
+    hook: Hook | None = None,
+) -> ArchiveReport:
     """Archives every due (tenant, day) until done or the budget is spent. conn: autocommit."""
     report = ArchiveReport()
     deadline = time.monotonic() + time_budget_s
@@ -331,8 +385,9 @@ def archive_due_days(conn: psycopg.Connection[DictRow], container: Any, windows:
                 report.days_archived += 1
                 report.rows_deleted += done[0]
                 report.bytes_uploaded += done[1]
-                observability.event(log, "archive.day_archived", {"tenant_id": tenant_id, "day": day,
-                                                                  "rows": done[0], "bytes": done[1]})
+                observability.event(
+                    log, "archive.day_archived", {"tenant_id": tenant_id, "day": day, "rows": done[0], "bytes": done[1]}
+                )
     finally:
         if not conn.closed and not conn.broken:
             conn.execute(QUERIES["release_archiver_lock"])
@@ -360,8 +415,9 @@ def archive_container(settings: Settings, name: str | None = None) -> Any:
     return container
 
 
-def run_blob_archiver(settings: Settings, *, container: Any = None, today: date | None = None,
-                      hook: Hook | None = None) -> ArchiveReport:
+def run_blob_archiver(
+    settings: Settings, *, container: Any = None, today: date | None = None, hook: Hook | None = None
+) -> ArchiveReport:
     """One blob_archiver run: partitions ahead, due days archived, emptied partitions dropped,
     rollups past their retention deleted. today (UTC) and hook: for tests."""
     now = datetime.now(UTC)
@@ -373,17 +429,30 @@ def run_blob_archiver(settings: Settings, *, container: Any = None, today: date 
         report = archive_due_days(conn, container, windows, today, settings.archive_time_budget_s, hook)
         if not report.busy:
             drop_empty_partitions(conn, today, settings.ingest_max_past_days)
-            delete_old_rollups(conn, minute_days=settings.rollup_1m_retention_days,
-                               hour_days=settings.rollup_1h_retention_days, now=now)
-    observability.event(log, "archive.run", {"days": report.days_archived, "rows": report.rows_deleted,
-                                             "bytes": report.bytes_uploaded, "days_left": report.days_left,
-                                             "busy": report.busy})
+            delete_old_rollups(
+                conn,
+                minute_days=settings.rollup_1m_retention_days,
+                hour_days=settings.rollup_1h_retention_days,
+                now=now,
+            )
+    observability.event(
+        log,
+        "archive.run",
+        {
+            "days": report.days_archived,
+            "rows": report.rows_deleted,
+            "bytes": report.bytes_uploaded,
+            "days_left": report.days_left,
+            "busy": report.busy,
+        },
+    )
     if report.days_left:
         observability.event(log, "archive.out_of_time", {"days_left": report.days_left}, logging.WARNING)
     return report
 
 
 # --- getting data back ----------------------------------------------------------------------------
+
 
 @dataclass
 class RestoreReport:
@@ -392,8 +461,9 @@ class RestoreReport:
     rows: int = 0
 
 
-def restore_days(conn: psycopg.Connection[DictRow], container: Any, tenant_id: UUID, first: date, last: date,
-                 table: str) -> RestoreReport:
+def restore_days(
+    conn: psycopg.Connection[DictRow], container: Any, tenant_id: UUID, first: date, last: date, table: str
+) -> RestoreReport:
     """Loads a tenant's archived days in [first, last] into archive_restore.<table> (created if
     missing; columns as the archive file's). Each blob is verified against its manifest row (size,
     SHA-256, row count) before it is loaded, and each day replaces that day's earlier restore in one
@@ -401,35 +471,44 @@ def restore_days(conn: psycopg.Connection[DictRow], container: Any, tenant_id: U
     from psycopg import sql
 
     target = sql.Identifier("archive_restore", table)
-    conn.execute(sql.SQL(
-        "CREATE TABLE IF NOT EXISTS {} (tenant_id uuid NOT NULL, device_id bigint NOT NULL, device text,"
-        " metric text NOT NULL, ts timestamptz NOT NULL, seq bigint NOT NULL, received_at timestamptz NOT NULL,"
-        " value double precision, value_bool boolean, value_text text)").format(target))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (tenant_id uuid NOT NULL, device_id bigint NOT NULL, device text,"
+            " metric text NOT NULL, ts timestamptz NOT NULL, seq bigint NOT NULL, received_at timestamptz NOT NULL,"
+            " value double precision, value_bool boolean, value_text text)"
+        ).format(target)
+    )
     report = RestoreReport(table=f"archive_restore.{table}")
-    manifests = conn.execute(QUERIES["archived_days"],
-                             {"tenant_id": tenant_id, "from": first, "to": last}).fetchall()
+    manifests = conn.execute(QUERIES["archived_days"], {"tenant_id": tenant_id, "from": first, "to": last}).fetchall()
     with tempfile.TemporaryDirectory(prefix="restore-") as tmp:
         for manifest in manifests:
             path = download_verified(container, manifest, Path(tmp) / "day.parquet")
             day = manifest["day"]
             parquet = pq.ParquetFile(path)
             with conn.transaction():
-                conn.execute(sql.SQL(
-                    "DELETE FROM {} WHERE tenant_id = %(tenant_id)s"
-                    " AND ts >= %(day)s::date::timestamp AT TIME ZONE 'UTC'"
-                    " AND ts < (%(day)s::date + 1)::timestamp AT TIME ZONE 'UTC'").format(target),
-                    {"tenant_id": tenant_id, "day": day})
+                conn.execute(
+                    sql.SQL(
+                        "DELETE FROM {} WHERE tenant_id = %(tenant_id)s"
+                        " AND ts >= %(day)s::date::timestamp AT TIME ZONE 'UTC'"
+                        " AND ts < (%(day)s::date + 1)::timestamp AT TIME ZONE 'UTC'"
+                    ).format(target),
+                    {"tenant_id": tenant_id, "day": day},
+                )
                 loaded = 0
-                with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
-                        target, sql.SQL(", ").join(sql.Identifier(f.name) for f in ARCHIVE_SCHEMA))) as copy:
+                with conn.cursor().copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN").format(
+                        target, sql.SQL(", ").join(sql.Identifier(f.name) for f in ARCHIVE_SCHEMA)
+                    )
+                ) as copy:
                     for batch in parquet.iter_batches(batch_size=65536):
                         columns = [batch.column(f.name).to_pylist() for f in ARCHIVE_SCHEMA]
                         for row in zip(*columns, strict=True):
                             copy.write_row(row)
                         loaded += batch.num_rows
                 if loaded != manifest["row_count"]:
-                    raise ArchiveVerificationError(f"{manifest['blob_name']}: loaded {loaded} rows, "
-                                                   f"manifest says {manifest['row_count']}")
+                    raise ArchiveVerificationError(
+                        f"{manifest['blob_name']}: loaded {loaded} rows, manifest says {manifest['row_count']}"
+                    )
             path.unlink()
             report.days.append(day)
             report.rows += loaded

@@ -6,6 +6,7 @@ this code, keeps other tenants' rows out of the file. Owners and staff only. The
 read-only SAS for that one blob: a user delegation SAS when the app reaches storage with its managed
 identity (no key anywhere), a service SAS signed with the account key against Azurite locally.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,19 @@ class Export:
     sha256: str
 
 
-def create_export(pool: DictPool, principal: Principal, settings: Settings, container: Any, *, source: str,
-                  device_id: int | None, start: datetime, end: datetime, fmt: str, now: datetime) -> Export:
+def create_export(
+    pool: DictPool,
+    principal: Principal,
+    settings: Settings,
+    container: Any,
+    *,
+    source: str,
+    device_id: int | None,
+    start: datetime,
+    end: datetime,
+    fmt: str,
+    now: datetime,
+) -> Export:
     """Writes the file, uploads it, and returns its link. container: archive.archive_container's
     kind, for settings.export_container."""
     if start >= end:
@@ -59,8 +71,13 @@ def create_export(pool: DictPool, principal: Principal, settings: Settings, cont
         csv_path = Path(tmp) / "rows.csv"
         with tenant_transaction(pool, str(principal.tenant_id)) as conn:
             user = acting_user(conn, principal, *EXPORT_ROLES)
-            if device_id is not None and conn.execute(QUERIES["device_exists"], {
-                    "tenant_id": principal.tenant_id, "device_id": device_id}).fetchone() is None:
+            if (
+                device_id is not None
+                and conn.execute(
+                    QUERIES["device_exists"], {"tenant_id": principal.tenant_id, "device_id": device_id}
+                ).fetchone()
+                is None
+            ):
                 raise DeviceNotFound()
             query = QUERIES["export_range_csv_raw"] if fmt == "parquet" else QUERIES["export_range_csv"]
             cursor = conn.cursor()
@@ -68,24 +85,43 @@ def create_export(pool: DictPool, principal: Principal, settings: Settings, cont
                 for chunk in copy:
                     out.write(chunk)
             rows = max(cursor.rowcount, 0)
-            audit(conn, principal.tenant_id, user["id"], "telemetry.export", "export", name, source,
-                  {"format": fmt, "device_id": device_id, "from": start.isoformat(), "to": end.isoformat(),
-                   "rows": rows})
+            audit(
+                conn,
+                principal.tenant_id,
+                user["id"],
+                "telemetry.export",
+                "export",
+                name,
+                source,
+                {"format": fmt, "device_id": device_id, "from": start.isoformat(), "to": end.isoformat(), "rows": rows},
+            )
         if fmt == "parquet":
-            file = write_parquet(csv_path, Path(tmp) / "rows.parquet", principal.tenant_id,
-                                 {"from": start.isoformat(), "to": end.isoformat()})
+            file = write_parquet(
+                csv_path,
+                Path(tmp) / "rows.parquet",
+                principal.tenant_id,
+                {"from": start.isoformat(), "to": end.isoformat()},
+            )
         else:
             file = DayFile(csv_path, rows, csv_path.stat().st_size, sha256_file(csv_path))
         from azure.storage.blob import ContentSettings
 
         with file.path.open("rb") as data:
-            container.upload_blob(name, data, overwrite=True, length=file.bytes,
-                                  content_settings=ContentSettings(content_type=content_type),
-                                  metadata={"row_count": str(file.row_count), "sha256": file.sha256})
+            container.upload_blob(
+                name,
+                data,
+                overwrite=True,
+                length=file.bytes,
+                content_settings=ContentSettings(content_type=content_type),
+                metadata={"row_count": str(file.row_count), "sha256": file.sha256},
+            )
     expires_at = now + timedelta(seconds=settings.export_link_ttl_s)
     url = read_link(container, name, now, expires_at)
-    observability.event(log, "export.written", {"tenant_id": principal.tenant_id, "rows": file.row_count,
-                                                "bytes": file.bytes, "format": fmt})
+    observability.event(
+        log,
+        "export.written",
+        {"tenant_id": principal.tenant_id, "rows": file.row_count, "bytes": file.bytes, "format": fmt},
+    )
     return Export(url, expires_at, name, fmt, file.row_count, file.bytes, file.sha256)
 
 
@@ -95,9 +131,14 @@ def read_link(container: Any, name: str, now: datetime, expires_at: datetime) ->
 
     blob = container.get_blob_client(name)
     credential = container.credential
-    common: dict[str, Any] = {"account_name": container.account_name, "container_name": container.container_name,
-                              "blob_name": name, "permission": BlobSasPermissions(read=True),
-                              "start": now - _CLOCK_SKEW, "expiry": expires_at}
+    common: dict[str, Any] = {
+        "account_name": container.account_name,
+        "container_name": container.container_name,
+        "blob_name": name,
+        "permission": BlobSasPermissions(read=True),
+        "start": now - _CLOCK_SKEW,
+        "expiry": expires_at,
+    }
     if getattr(credential, "account_key", None):
         token = generate_blob_sas(account_key=credential.account_key, **common)
     else:

@@ -5,6 +5,7 @@ storage and deleted (shared/telemetry/archive.py). A day partition is dropped on
 any tenant, so a tenant with a longer window (or unlimited) keeps it alive. Partitions for the
 coming days are created ahead, so the drain never writes into telemetry_default.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,17 +27,24 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def maintenance_connection(settings: Settings, application_name: str = "mqtt_saas_maintenance",
-                           ) -> Iterator[psycopg.Connection[DictRow]]:
+def maintenance_connection(
+    settings: Settings,
+    application_name: str = "mqtt_saas_maintenance",
+) -> Iterator[psycopg.Connection[DictRow]]:
     """An autocommit connection as the maintenance role (steps open their own transactions). One
     per timer run: the runs are minutes apart, so a pool would only hold idle connections. JIT
     off: its statements are many small index lookups that PostgreSQL would spend longer compiling
     than running (see rollups.sql jit_off)."""
     if settings.maintenance_database_url is None:
         raise ConfigurationError("MAINTENANCE_DATABASE_URL is not set")
-    with psycopg.connect(settings.maintenance_database_url.get_secret_value(), autocommit=True,
-                         row_factory=dict_row, application_name=application_name, connect_timeout=10,
-                         options="-c jit=off") as conn:
+    with psycopg.connect(
+        settings.maintenance_database_url.get_secret_value(),
+        autocommit=True,
+        row_factory=dict_row,
+        application_name=application_name,
+        connect_timeout=10,
+        options="-c jit=off",
+    ) as conn:
         yield conn
 
 
@@ -55,8 +63,10 @@ class TenantWindow:
 
 def tenant_windows(conn: psycopg.Connection[DictRow]) -> list[TenantWindow]:
     """Every tenant's window, read now: a plan change counts from the next run."""
-    return [TenantWindow(r["tenant_id"], r["plan"], r["raw_retention_days"])
-            for r in conn.execute(QUERIES["tenant_retention"]).fetchall()]
+    return [
+        TenantWindow(r["tenant_id"], r["plan"], r["raw_retention_days"])
+        for r in conn.execute(QUERIES["tenant_retention"]).fetchall()
+    ]
 
 
 def ensure_partitions_ahead(conn: psycopg.Connection[DictRow], today: date, ahead_days: int) -> int:

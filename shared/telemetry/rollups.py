@@ -6,6 +6,7 @@ from the minutes, and the watermark moves in the same transaction. So a late bac
 timestamps corrects the old buckets, a re-run writes the same values, and a crash loses nothing.
 A run stops when it has caught up (now - lag) or its time budget is spent.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,28 +78,43 @@ def roll_up(
         report.minute_buckets += minutes
         report.hour_buckets += hours
         report.watermark = to
-    observability.event(log, "rollup.run", {"chunks": report.chunks, "minute_buckets": report.minute_buckets,
-                                            "hour_buckets": report.hour_buckets, "caught_up": report.caught_up})
+    observability.event(
+        log,
+        "rollup.run",
+        {
+            "chunks": report.chunks,
+            "minute_buckets": report.minute_buckets,
+            "hour_buckets": report.hour_buckets,
+            "caught_up": report.caught_up,
+        },
+    )
     return report
 
 
-def _roll_up_window(conn: psycopg.Connection[DictRow], start: datetime, end: datetime,
-                    max_past_days: int) -> tuple[int, int]:
+def _roll_up_window(
+    conn: psycopg.Connection[DictRow], start: datetime, end: datetime, max_past_days: int
+) -> tuple[int, int]:
     # ts can be at most max_past_days older than its received_at (the drain rejects older): this
     # bound lets PostgreSQL skip every older partition.
     min_ts = start - timedelta(days=max_past_days + 1)
     touched = conn.execute(QUERIES["rollup_minutes"], {"from": start, "to": end, "min_ts": min_ts}).fetchall()
     hours = sorted({(r["tenant_id"], r["device_id"], r["metric"], r["hour"]) for r in touched})
     if hours:
-        conn.execute(QUERIES["rollup_hours"], {
-            "tenant_ids": [h[0] for h in hours], "device_ids": [h[1] for h in hours],
-            "metrics": [h[2] for h in hours], "hours": [h[3] for h in hours],
-        })
+        conn.execute(
+            QUERIES["rollup_hours"],
+            {
+                "tenant_ids": [h[0] for h in hours],
+                "device_ids": [h[1] for h in hours],
+                "metrics": [h[2] for h in hours],
+                "hours": [h[3] for h in hours],
+            },
+        )
     return len(touched), len(hours)
 
 
-def delete_old_rollups(conn: psycopg.Connection[DictRow], *, minute_days: int, hour_days: int,
-                       now: datetime) -> tuple[int, int]:
+def delete_old_rollups(
+    conn: psycopg.Connection[DictRow], *, minute_days: int, hour_days: int, now: datetime
+) -> tuple[int, int]:
     """Drops rollup buckets past their (longer than raw) retention; returns (minutes, hours) deleted."""
     with conn.transaction():
         minutes = conn.execute(QUERIES["delete_old_rollups_1m"], {"before": now - timedelta(days=minute_days)})
@@ -115,8 +131,15 @@ def _floor(at: datetime, width_s: int) -> datetime:
     return _EPOCH + timedelta(seconds=(at - _EPOCH) // timedelta(seconds=width_s) * width_s)
 
 
-def series_points(conn: psycopg.Connection[DictRow], tenant_id: object, device_id: int, metric: str,
-                  start: datetime, end: datetime, bucket_s: int) -> list[DictRow] | None:
+def series_points(
+    conn: psycopg.Connection[DictRow],
+    tenant_id: object,
+    device_id: int,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    bucket_s: int,
+) -> list[DictRow] | None:
     """The series read's buckets (ts, avg, min, max, count over [start, end), bucket_s wide), from
     the 1-hour rollups when bucket_s is whole hours, the 1-minute ones when whole minutes; equal to
     the raw aggregation, whatever the rollup job's lag. None when raw must answer: a bucket
@@ -142,11 +165,21 @@ def series_points(conn: psycopg.Connection[DictRow], tenant_id: object, device_i
         return None
     conn.execute(QUERIES["jit_off"])
     query = sql.SQL(QUERIES["series_from_rollup"]).format(rollup=sql.Identifier(table))
-    return conn.execute(query, {
-        "tenant_id": tenant_id, "device_id": device_id, "metric": metric, "bucket": timedelta(seconds=bucket_s),
-        "width": timedelta(seconds=width),
-        "from": start, "to": end, "body_from": body_from, "body_to": body_to, "watermark": watermark,
-    }).fetchall()
+    return conn.execute(
+        query,
+        {
+            "tenant_id": tenant_id,
+            "device_id": device_id,
+            "metric": metric,
+            "bucket": timedelta(seconds=bucket_s),
+            "width": timedelta(seconds=width),
+            "from": start,
+            "to": end,
+            "body_from": body_from,
+            "body_to": body_to,
+            "watermark": watermark,
+        },
+    ).fetchall()
 
 
 def run_rollups(settings: Settings) -> RollupReport:
@@ -154,5 +187,10 @@ def run_rollups(settings: Settings) -> RollupReport:
     from shared.telemetry.retention import maintenance_connection
 
     with maintenance_connection(settings, "mqtt_saas_rollup") as conn:
-        return roll_up(conn, lag_s=settings.rollup_lag_s, chunk_s=settings.rollup_chunk_s,
-                       max_past_days=settings.ingest_max_past_days, time_budget_s=settings.rollup_time_budget_s)
+        return roll_up(
+            conn,
+            lag_s=settings.rollup_lag_s,
+            chunk_s=settings.rollup_chunk_s,
+            max_past_days=settings.ingest_max_past_days,
+            time_budget_s=settings.rollup_time_budget_s,
+        )

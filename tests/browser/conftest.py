@@ -5,6 +5,7 @@ LocalHost on a free port, against the harness's real PostgreSQL and Mosquitto.
 One browser for the session; each test gets a fresh context (no shared storage) and its own
 database clone, tenant and users. Screenshots go to docs/screenshots/ (the README's) when
 DASHBOARD_SCREENSHOTS=docs, otherwise to the pytest temporary folder."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -61,8 +62,7 @@ def host() -> Iterator[str]:
     # second get_functions() unless its bindings are cleared, which LocalHost does for itself.
     registered_functions()
     func_host = _load_func_host()
-    local = func_host.LocalHost(app, settings={**os.environ, "INGEST_SCHEDULE": "0 0 * * * *"},
-                                stop_timeout=2)
+    local = func_host.LocalHost(app, settings={**os.environ, "INGEST_SCHEDULE": "0 0 * * * *"}, stop_timeout=2)
     port = local.serve(0)
     yield f"http://127.0.0.1:{port}"
     local.stop()
@@ -74,8 +74,12 @@ def stack(settings, database, app_pool, mosquitto_broker, monkeypatch) -> Iterat
     settings exported for the served app."""
     # The page re-reads at the drain's cadence (config.json, from INGEST_SCHEDULE): every 2 s here.
     monkeypatch.setenv("INGEST_SCHEDULE", "*/2 * * * * *")
-    export_api_settings(monkeypatch, database, MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
-                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password)
+    export_api_settings(
+        monkeypatch,
+        database,
+        MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
+        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password,
+    )
     tenant, credentials = new_tenant_with_devices(app_pool, settings, ["press-01"])
     users = {role: new_user(app_pool, tenant, role) for role in ("owner", "staff", "viewer")}
     yield {"tenant": tenant, "credentials": credentials, "users": users, "settings": settings}
@@ -89,8 +93,9 @@ def page_for(browser, host) -> Iterator[Any]:
     contexts = []
 
     def open_page(width: int = 1280, height: int = 900, locale: str = "en-US") -> Any:
-        context = browser.new_context(viewport={"width": width, "height": height}, locale=locale,
-                                      timezone_id="Asia/Jakarta", base_url=host)
+        context = browser.new_context(
+            viewport={"width": width, "height": height}, locale=locale, timezone_id="Asia/Jakarta", base_url=host
+        )
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(10_000)
@@ -98,8 +103,10 @@ def page_for(browser, host) -> Iterator[Any]:
         page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
         page.errors = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda error: page.errors.append(str(error)))
-        page.on("console", lambda message: violations.append(message.text)
-                if "Content Security Policy" in message.text else None)
+        page.on(
+            "console",
+            lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None,
+        )
         return page
 
     violations: list[str] = []

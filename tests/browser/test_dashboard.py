@@ -1,6 +1,7 @@
 """The dashboard in a real browser against the real stack: what each role sees, the fleet and a
 device page with readings from the database, a device created in the page that connects and
 publishes, hostile text rendered as text, languages, and a phone-sized screen."""
+
 from __future__ import annotations
 
 import json
@@ -59,7 +60,9 @@ def test_each_role_sees_what_it_may(stack, page_for, screenshots):
         }
         page.locator("tr[data-device=press-01] a").click()
         page.locator("h1", has_text="press-01").wait_for()
-        seen[role]["device_actions"] = page.locator("[data-action=rotate], [data-action=disable], [data-action=delete]").count()
+        seen[role]["device_actions"] = page.locator(
+            "[data-action=rotate], [data-action=disable], [data-action=delete]"
+        ).count()
         assert page.errors == []
     # THEN the owner manages users and devices, staff manages devices, the viewer only reads
     assert seen["owner"]["nav"] == ["Fleet", "Alerts", "Ingest", "Users"]
@@ -74,8 +77,9 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(stack, page_for, screens
     # GIVEN a device whose display name and location are HTML with script, and a dead letter
     # whose payload is the same string
     token = off_loop(token_for, stack["users"]["staff"])
-    reply = off_loop(call, "POST", "/api/devices", {"name": "evil-01", "display_name": HOSTILE, "location": HOSTILE},
-                     token=token)
+    reply = off_loop(
+        call, "POST", "/api/devices", {"name": "evil-01", "display_name": HOSTILE, "location": HOSTILE}, token=token
+    )
     assert reply.status == 201, reply.body
     device = Device(stack["settings"], stack["credentials"]["press-01"])
     try:
@@ -154,8 +158,14 @@ def test_fleet_and_device_page_show_readings_from_the_database(stack, page_for, 
         pytest.skip("the reads API (latest, series) is not deployed in this tree")
     # GIVEN press-01 published readings over the last minutes, stored by the drain
     now_ms = int(time.time() * 1000)
-    readings = [{"ts": now_ms - (5 - i) * 60_000, "seq": i,
-                 "metrics": {"temp": 20.0 + i, "rpm": 1000 + 10 * i, "door_open": i % 2 == 0}} for i in range(6)]
+    readings = [
+        {
+            "ts": now_ms - (5 - i) * 60_000,
+            "seq": i,
+            "metrics": {"temp": 20.0 + i, "rpm": 1000 + 10 * i, "door_open": i % 2 == 0},
+        }
+        for i in range(6)
+    ]
     publish_readings(stack["settings"], stack["credentials"]["press-01"], readings)
     off_loop(run_mqtt_ingest)
     page = page_for()
@@ -211,8 +221,10 @@ def test_device_created_in_the_page_connects_and_its_reading_appears(stack, page
     assert ca_link.get_attribute("href") == "broker-ca.pem"
     ca = page.request.get("/api/dashboard/broker-ca.pem")
     assert ca.ok and ca.body() == Path(stack["settings"].mqtt_ca_file).read_bytes()
-    assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
-        password) == -1
+    assert (
+        page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(password)
+        == -1
+    )
     page.locator(".secret button.primary").click()
     assert page.locator(".secret").count() == 0
     # WHEN a real MQTT client connects with it and publishes, and the drain runs
@@ -298,15 +310,28 @@ def test_an_identity_providers_token_signs_in_and_its_role_claim_narrows(stack, 
     # GIVEN an external provider configured (HS256, Supabase-shaped claims) and the owner's token
     # from it that narrows the role to viewer, handed over in the URL fragment as a redirect would
     issuer, audience, secret = "https://idp.example.test/auth/v1", "authenticated", "idp-shared-secret-" + "x" * 24
-    for key, value in {"AUTH_EXTERNAL_ISSUER": issuer, "AUTH_EXTERNAL_AUDIENCE": audience,
-                       "AUTH_EXTERNAL_SECRET": secret}.items():
+    for key, value in {
+        "AUTH_EXTERNAL_ISSUER": issuer,
+        "AUTH_EXTERNAL_AUDIENCE": audience,
+        "AUTH_EXTERNAL_SECRET": secret,
+    }.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     owner = stack["users"]["owner"]
     now = int(time.time())
-    token = jwt.encode({"iss": issuer, "aud": audience, "sub": str(uuid.uuid4()), "email": owner["email"],
-                        "app_metadata": {"tenant": owner["tenant"]["slug"], "role": "viewer"},
-                        "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+    token = jwt.encode(
+        {
+            "iss": issuer,
+            "aud": audience,
+            "sub": str(uuid.uuid4()),
+            "email": owner["email"],
+            "app_metadata": {"tenant": owner["tenant"]["slug"], "role": "viewer"},
+            "iat": now,
+            "exp": now + 600,
+        },
+        secret,
+        algorithm="HS256",
+    )
     page = page_for()
     page.goto("/api/dashboard/")
     page.locator("form.external").wait_for()
@@ -317,8 +342,9 @@ def test_an_identity_providers_token_signs_in_and_its_role_claim_narrows(stack, 
     assert "viewer" in page.locator("#who").inner_text()
     assert nav_texts(page) == ["Fleet", "Alerts"]
     assert token not in page.url
-    assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
-        token) == -1
+    assert (
+        page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(token) == -1
+    )
 
 
 def test_staff_commission_many_devices_from_a_csv(stack, page_for):
@@ -328,9 +354,11 @@ def test_staff_commission_many_devices_from_a_csv(stack, page_for):
     sign_in(page, stack["users"]["staff"])
     # WHEN staff paste a CSV of two machines
     page.locator("[data-action=add-devices-csv]").click()
-    page.locator("textarea[name=csv]").fill("name,display_name,type,location,tags\n"
-                                            "press-02,Press 2,press,Hall A,line1;hydraulic\n"
-                                            "press-03,Press 3,press,Hall A,line1\n")
+    page.locator("textarea[name=csv]").fill(
+        "name,display_name,type,location,tags\n"
+        "press-02,Press 2,press,Hall A,line1;hydraulic\n"
+        "press-03,Press 3,press,Hall A,line1\n"
+    )
     page.locator("form button[type=submit]").click()
     # THEN each credential is shown once, and can be saved as a CSV file the page makes in memory
     page.locator("tr[data-created=press-03]").wait_for()

@@ -2,6 +2,7 @@
 page, events from the real evaluator listed open first with the nav badge's count, acknowledged and
 resolved with comments that reach the database, what a viewer sees, hostile names as text, enabling,
 disabling and deleting rules, languages and a phone-sized screen."""
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,11 @@ def alerts_deployed() -> None:
 
 def press_reads(stack: dict[str, Any], temp: float) -> None:
     """press-01 publishes a temperature over MQTT and the drain stores it (the normal path)."""
-    publish_readings(stack["settings"], stack["credentials"]["press-01"],
-                     [{"ts": int(time.time() * 1000), "metrics": {"temp": temp}}])
+    publish_readings(
+        stack["settings"],
+        stack["credentials"]["press-01"],
+        [{"ts": int(time.time() * 1000), "metrics": {"temp": temp}}],
+    )
     off_loop(run_mqtt_ingest)
 
 
@@ -42,7 +46,9 @@ def api(method: str, path: str, token: str, body: Any = None) -> Any:
 
 
 def rule(token: str, name: str, value: float, severity: str, **extra: Any) -> dict[str, Any]:
-    return dict(api("POST", "/api/alerts/rules", token, {**HOT, "name": name, "value": value, "severity": severity, **extra}))
+    return dict(
+        api("POST", "/api/alerts/rules", token, {**HOT, "name": name, "value": value, "severity": severity, **extra})
+    )
 
 
 def evaluate(token: str) -> dict[str, Any]:
@@ -109,7 +115,9 @@ def test_owner_creates_a_rule_in_the_page_and_handles_its_events(stack, page_for
     form.locator("input[name=no_data_minutes]").fill("15")
     form.locator("select[name=scope]").select_option("all")
     form.locator("button[type=submit]").click()
-    page.locator("tr[data-rule]", has_text="Press silent").locator("code", has_text="nothing received for 15 min").wait_for()
+    page.locator("tr[data-rule]", has_text="Press silent").locator(
+        "code", has_text="nothing received for 15 min"
+    ).wait_for()
     page.screenshot(path=str(screenshots / "alert-rules.png"), full_page=True)
 
     # GIVEN two more rules through the API and the real evaluator run: three open events
@@ -151,8 +159,11 @@ def test_owner_creates_a_rule_in_the_page_and_handles_its_events(stack, page_for
     acked.locator("textarea[name=comment]").fill("Pump replaced")
     acked.locator("[data-action=confirm-resolve]").click()
     page.locator(f"li[data-event='{events['Press too hot']['id']}'][data-state=resolved]").wait_for()
-    row = query(database, "SELECT state, comment, acknowledged_by::text, resolved_by::text FROM alert_events "
-                          "WHERE id = %(id)s", {"id": events["Press too hot"]["id"]})
+    row = query(
+        database,
+        "SELECT state, comment, acknowledged_by::text, resolved_by::text FROM alert_events WHERE id = %(id)s",
+        {"id": events["Press too hot"]["id"]},
+    )
     assert row == [("resolved", "Pump replaced", str(owner["id"]), str(owner["id"]))]
     assert page.dialogs == [] and page.errors == []
     assert layout_shift(page) < 0.05
@@ -197,8 +208,9 @@ def test_viewer_sees_events_and_rules_without_buttons(stack, page_for):
     rule(staff, "Press too hot", 80, "critical")
     evaluate(staff)
     # (and a rule of a kind the form does not make, where the API has it: listed with its kind's name)
-    anomaly = off_loop(call, "POST", "/api/alerts/rules", {"name": "Press odd", "kind": "anomaly", "metric": "temp"},
-                       token=staff)
+    anomaly = off_loop(
+        call, "POST", "/api/alerts/rules", {"name": "Press odd", "kind": "anomaly", "metric": "temp"}, token=staff
+    )
     page = page_for()
     sign_in(page, stack["users"]["viewer"])
     # THEN the viewer sees the open event and the badge, without acknowledge or resolve

@@ -1,5 +1,6 @@
 """The admin API through its registered function: shape (problem+json, OpenAPI, paging), login
 and tokens, the role matrix, tenant isolation and the audit log, against a real database."""
+
 from __future__ import annotations
 
 import base64
@@ -72,8 +73,14 @@ def test_openapi_document_is_generated_and_lists_the_routes(api):
     assert reply.status == 200
     document = reply.json
     assert document["openapi"].startswith("3.")
-    assert {"/api/auth/login", "/api/auth/refresh", "/api/auth/logout", "/api/me", "/api/users",
-            "/api/users/{user_id}"} <= set(document["paths"])
+    assert {
+        "/api/auth/login",
+        "/api/auth/refresh",
+        "/api/auth/logout",
+        "/api/me",
+        "/api/users",
+        "/api/users/{user_id}",
+    } <= set(document["paths"])
 
 
 def test_unknown_route_and_wrong_method_are_problems(api):
@@ -158,21 +165,23 @@ def _unsigned(claims) -> str:
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
 
 
-@pytest.mark.parametrize("case", ["forged", "expired", "wrong_issuer", "wrong_audience", "alg_none", "garbage",
-                                  "missing_tid", "basic_scheme"])
+@pytest.mark.parametrize(
+    "case",
+    ["forged", "expired", "wrong_issuer", "wrong_audience", "alg_none", "garbage", "missing_tid", "basic_scheme"],
+)
 def test_bad_tokens_are_refused_with_401(api, owner, case):
     ids = {"sub": str(owner["id"]), "tid": str(owner["tenant"]["id"])}
     good_key = JWT_SECRET
     tokens = {
         "forged": jwt.encode(_claims(**ids), "another-secret-of-at-least-32-bytes!!", algorithm="HS256"),
-        "expired": jwt.encode(_claims(**ids, iat=int(time.time()) - 4000, exp=int(time.time()) - 3000), good_key,
-                              algorithm="HS256"),
+        "expired": jwt.encode(
+            _claims(**ids, iat=int(time.time()) - 4000, exp=int(time.time()) - 3000), good_key, algorithm="HS256"
+        ),
         "wrong_issuer": jwt.encode(_claims(**ids, iss="someone-else"), good_key, algorithm="HS256"),
         "wrong_audience": jwt.encode(_claims(**ids, aud="another-api"), good_key, algorithm="HS256"),
         "alg_none": _unsigned(_claims(**ids)),
         "garbage": "not.a.token",
-        "missing_tid": jwt.encode({k: v for k, v in _claims(**ids).items() if k != "tid"}, good_key,
-                                  algorithm="HS256"),
+        "missing_tid": jwt.encode({k: v for k, v in _claims(**ids).items() if k != "tid"}, good_key, algorithm="HS256"),
     }
     if case == "basic_scheme":
         reply = call("GET", "/api/me", headers={"Authorization": "Basic dXNlcjpwYXNz"})
@@ -200,18 +209,21 @@ def test_refresh_rotates_and_a_reused_refresh_token_revokes_the_family(api, owne
     assert second.status == 200, second.body
     assert call("GET", "/api/me", token=second.json["access_token"]).status == 200
     # the first refresh token was revoked by the rotation; presenting it again revokes the second too
-    assert_problem(call("POST", "/api/auth/refresh", {"refresh_token": first["refresh_token"]}), 401,
-                   "invalid-refresh-token")
-    assert_problem(call("POST", "/api/auth/refresh", {"refresh_token": second.json["refresh_token"]}), 401,
-                   "invalid-refresh-token")
+    assert_problem(
+        call("POST", "/api/auth/refresh", {"refresh_token": first["refresh_token"]}), 401, "invalid-refresh-token"
+    )
+    assert_problem(
+        call("POST", "/api/auth/refresh", {"refresh_token": second.json["refresh_token"]}), 401, "invalid-refresh-token"
+    )
 
 
 def test_logout_revokes_the_refresh_token_and_is_idempotent(api, owner):
     tokens = login(owner).json
     assert call("POST", "/api/auth/logout", {"refresh_token": tokens["refresh_token"]}).status == 204
     assert call("POST", "/api/auth/logout", {"refresh_token": tokens["refresh_token"]}).status == 204
-    assert_problem(call("POST", "/api/auth/refresh", {"refresh_token": tokens["refresh_token"]}), 401,
-                   "invalid-refresh-token")
+    assert_problem(
+        call("POST", "/api/auth/refresh", {"refresh_token": tokens["refresh_token"]}), 401, "invalid-refresh-token"
+    )
     for junk in ("junk", f"{uuid.uuid4()}.abc"):
         assert_problem(call("POST", "/api/auth/refresh", {"refresh_token": junk}), 401, "invalid-refresh-token")
 
@@ -224,10 +236,10 @@ def test_refresh_token_names_its_tenant_but_cannot_reach_another(api, app_pool, 
     assert_problem(call("POST", "/api/auth/refresh", {"refresh_token": moved}), 401, "invalid-refresh-token")
 
 
-def test_login_throttle_refuses_the_guessing_source_but_not_the_user_elsewhere(monkeypatch, database, app_pool,
-                                                                                owner):
-    export_api_settings(monkeypatch, database, AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT="3",
-                        AUTH_LOGIN_MAX_FAILURES_PER_SOURCE="5")
+def test_login_throttle_refuses_the_guessing_source_but_not_the_user_elsewhere(monkeypatch, database, app_pool, owner):
+    export_api_settings(
+        monkeypatch, database, AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT="3", AUTH_LOGIN_MAX_FAILURES_PER_SOURCE="5"
+    )
     try:
         # GIVEN a stranger guessing the owner's password from one address
         for _ in range(3):
@@ -260,8 +272,8 @@ ENDPOINTS = [
 ]
 #                 me   list  create get  patch delete
 ALLOWED = {
-    "owner":  (200, 200, 201, 200, 200, 204),
-    "staff":  (200, 403, 403, 403, 403, 403),
+    "owner": (200, 200, 201, 200, 200, 204),
+    "staff": (200, 403, 403, 403, 403, 403),
     "viewer": (200, 403, 403, 403, 403, 403),
 }
 
@@ -288,8 +300,9 @@ def test_owner_creates_lists_changes_and_deletes_users_with_cursor_paging(api, a
     assert created.json["email"] == "staff@example.com" and len(created.json["password"]) >= 16
     # the generated password works
     assert login({"email": "staff@example.com", "tenant": tenant}, password=created.json["password"]).status == 200
-    assert_problem(call("POST", "/api/users", {"email": "staff@example.com", "role": "viewer"}, token=token), 409,
-                   "email-taken")
+    assert_problem(
+        call("POST", "/api/users", {"email": "staff@example.com", "role": "viewer"}, token=token), 409, "email-taken"
+    )
     for n in range(3):
         new_user(app_pool, tenant, "viewer", f"v{n}@example.com")
     seen, cursor = [], None
@@ -336,13 +349,20 @@ def test_another_tenants_user_ids_are_404(api, app_pool, owner):
 
 def test_changes_are_audited_with_actor_target_and_source(api, app_pool, database, tenant, owner):
     token = token_for(owner)
-    created = call("POST", "/api/users", {"email": "audited@example.com", "role": "viewer"}, token=token,
-                   headers={"X-Forwarded-For": "10.9.9.9, 198.51.100.23:50123"}).json
+    created = call(
+        "POST",
+        "/api/users",
+        {"email": "audited@example.com", "role": "viewer"},
+        token=token,
+        headers={"X-Forwarded-For": "10.9.9.9, 198.51.100.23:50123"},
+    ).json
     call("PATCH", f"/api/users/{created['id']}", {"role": "staff"}, token=token)
     call("DELETE", f"/api/users/{created['id']}", token=token)
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        rows = conn.execute("SELECT actor_user_id, action, target_type, target_id, source_address, detail, at "
-                            "FROM audit_log ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT actor_user_id, action, target_type, target_id, source_address, detail, at "
+            "FROM audit_log ORDER BY id"
+        ).fetchall()
     assert [r["action"] for r in rows] == ["auth.login", "user.create", "user.change_role", "user.delete"]
     assert all(r["actor_user_id"] == owner["id"] and r["at"] is not None for r in rows)
     assert [r["target_id"] for r in rows[1:]] == [created["id"]] * 3
@@ -352,10 +372,11 @@ def test_changes_are_audited_with_actor_target_and_source(api, app_pool, databas
 
 def test_app_role_cannot_update_or_delete_audit_rows(api, app_pool, tenant, owner):
     token_for(owner)  # writes an auth.login row
-    for statement in ("UPDATE audit_log SET action = 'user.nothing'", "DELETE FROM audit_log",
-                      "TRUNCATE audit_log"):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege), \
-                tenant_transaction(app_pool, str(tenant["id"])) as conn:
+    for statement in ("UPDATE audit_log SET action = 'user.nothing'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+            tenant_transaction(app_pool, str(tenant["id"])) as conn,
+        ):
             conn.execute(statement)
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
         assert conn.execute("SELECT count(*) AS n FROM audit_log").fetchone()["n"] == 1
@@ -363,8 +384,7 @@ def test_app_role_cannot_update_or_delete_audit_rows(api, app_pool, tenant, owne
 
 def test_app_role_cannot_append_audit_rows_for_another_tenant(api, app_pool, tenant):
     other = new_tenant(app_pool)
-    with pytest.raises(psycopg.errors.InsufficientPrivilege), \
-            tenant_transaction(app_pool, str(tenant["id"])) as conn:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(app_pool, str(tenant["id"])) as conn:
         conn.execute("INSERT INTO audit_log (tenant_id, action) VALUES (%s, 'user.create')", (other["id"],))
 
 
@@ -394,22 +414,51 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def test_openapi_script_prints_the_served_document_offline(api):
-    printed = subprocess.run([sys.executable, str(SCRIPTS / "openapi.py")], capture_output=True, text=True,
-                             timeout=60, check=True, env={"PATH": os.environ["PATH"]})
+    printed = subprocess.run(
+        [sys.executable, str(SCRIPTS / "openapi.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert json.loads(printed.stdout) == call("GET", "/api/openapi.json").json
 
 
 def test_create_user_script_makes_a_user_who_can_log_in(api, app_pool, database, tenant):
     created = subprocess.run(
-        [sys.executable, str(SCRIPTS / "create_user.py"), tenant["slug"], "First@Example.com", "owner",
-         "--password-stdin", "--database-url", database.owner_dsn],
-        input="a long passphrase\n", capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            str(SCRIPTS / "create_user.py"),
+            tenant["slug"],
+            "First@Example.com",
+            "owner",
+            "--password-stdin",
+            "--database-url",
+            database.owner_dsn,
+        ],
+        input="a long passphrase\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert created.returncode == 0, created.stderr
     user = {"tenant": tenant, "email": "first@example.com"}
     assert login(user, password="a long passphrase").status == 200
     generated = subprocess.run(
-        [sys.executable, str(SCRIPTS / "create_user.py"), tenant["slug"], "second@example.com", "viewer",
-         "--database-url", database.owner_dsn], capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            str(SCRIPTS / "create_user.py"),
+            tenant["slug"],
+            "second@example.com",
+            "viewer",
+            "--database-url",
+            database.owner_dsn,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     password = generated.stdout.rsplit("password (shown once): ", 1)[1].strip()
     assert login({"tenant": tenant, "email": "second@example.com"}, password=password).status == 200
 
@@ -426,9 +475,12 @@ def test_local_host_serves_the_api_and_keeps_health_on_its_own_function(api, own
     from function_app import app
 
     host = _load_func_host().LocalHost(app, settings={"INGEST_SCHEDULE": "0 */1 * * * *"})
-    login_reply = host.dispatch("POST", "/api/auth/login", {"Content-Type": "application/json"},
-                                json.dumps({"tenant": owner["tenant"]["slug"], "email": owner["email"],
-                                            "password": PASSWORD}).encode())
+    login_reply = host.dispatch(
+        "POST",
+        "/api/auth/login",
+        {"Content-Type": "application/json"},
+        json.dumps({"tenant": owner["tenant"]["slug"], "email": owner["email"], "password": PASSWORD}).encode(),
+    )
     assert login_reply.status == 200, login_reply.body
     token = json.loads(login_reply.body)["access_token"]
     me = host.dispatch("GET", "/api/me", {"Authorization": f"Bearer {token}"}, b"")

@@ -1,6 +1,7 @@
 """Commands to devices through the registered `api` function, against the real database and
 broker: a command reaches the device on its own command topic and is recorded with who sent it; roles,
 tenants, disabled devices, the broker down; the device's ack; and the commander credential's least privilege."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ class Subscriber:
     """An MQTT v5 client over verified TLS that records SUBACKs, PUBACKs and the messages it receives."""
 
     def __init__(self, settings, username: str, password: str, client_id: str) -> None:
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         self.client.username_pw_set(username, password)
         self.client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED)
         self.subacks: dict[int, int] = {}
@@ -67,9 +69,14 @@ class Subscriber:
 @pytest.fixture
 def commands_api(monkeypatch, database, settings, mosquitto_broker):
     """The API's settings with the broker and the stack's commander credential (a short timeout)."""
-    overrides = {"MQTT_HOST": settings.mqtt_host, "MQTT_PORT": str(settings.mqtt_port),
-                 "MQTT_CA_FILE": settings.mqtt_ca_file, "MQTT_COMMANDER_USERNAME": mosquitto_broker.commander.username,
-                 "MQTT_COMMANDER_PASSWORD": mosquitto_broker.commander.password, "MQTT_COMMAND_TIMEOUT_S": "2"}
+    overrides = {
+        "MQTT_HOST": settings.mqtt_host,
+        "MQTT_PORT": str(settings.mqtt_port),
+        "MQTT_CA_FILE": settings.mqtt_ca_file,
+        "MQTT_COMMANDER_USERNAME": mosquitto_broker.commander.username,
+        "MQTT_COMMANDER_PASSWORD": mosquitto_broker.commander.password,
+        "MQTT_COMMAND_TIMEOUT_S": "2",
+    }
     export_api_settings(monkeypatch, database, **overrides)
     yield overrides
     close_commander_connection()
@@ -83,8 +90,7 @@ def fleet(app_pool, settings, commands_api):
     users = {role: new_user(app_pool, tenant, role) for role in ("owner", "staff", "viewer")}
     tokens = {role: mint_token(user) for role, user in users.items()}
     device_id = query_device_id(app_pool, tenant, "m1")
-    return {"tenant": tenant, "credential": credentials["m1"], "users": users, "tokens": tokens,
-            "device_id": device_id}
+    return {"tenant": tenant, "credential": credentials["m1"], "users": users, "tokens": tokens, "device_id": device_id}
 
 
 def query_device_id(pool, tenant, name: str) -> int:
@@ -117,8 +123,11 @@ def test_command_reaches_the_device_on_its_own_topic_and_is_recorded_with_its_se
         command = reply.json
         assert command["status"] == "sent" and command["sent_at"] is not None and command["failure"] is None
         assert command["sent_by"] == str(fleet["users"]["staff"]["id"])
-        assert (command["name"], command["args"], command["device_id"]) == ("set_point", {"value": 72.5},
-                                                                            fleet["device_id"])
+        assert (command["name"], command["args"], command["device_id"]) == (
+            "set_point",
+            {"value": 72.5},
+            fleet["device_id"],
+        )
         # AND the device received it once, at QoS 1, with the id in the payload and as correlation data
         wait_for(lambda: device.messages, 10, "the command at the device")
         (message,) = device.messages
@@ -132,11 +141,14 @@ def test_command_reaches_the_device_on_its_own_topic_and_is_recorded_with_its_se
     finally:
         device.close()
     # AND the database holds it with its sender, and the audit log says who did it
-    ((status, sent_by, args),) = query(database, "SELECT status, sent_by::text, args FROM commands WHERE id = %(id)s",
-                                       {"id": command["id"]})
+    ((status, sent_by, args),) = query(
+        database, "SELECT status, sent_by::text, args FROM commands WHERE id = %(id)s", {"id": command["id"]}
+    )
     assert (status, sent_by, args) == ("sent", str(fleet["users"]["staff"]["id"]), {"value": 72.5})
-    audits = query(database, "SELECT actor_user_id::text, target_id, detail->>'command_id' FROM audit_log "
-                             "WHERE action = 'device.command'")
+    audits = query(
+        database,
+        "SELECT actor_user_id::text, target_id, detail->>'command_id' FROM audit_log WHERE action = 'device.command'",
+    )
     assert audits == [(str(fleet["users"]["staff"]["id"]), str(fleet["device_id"]), command["id"])]
 
 
@@ -182,9 +194,14 @@ def test_invalid_commands_are_refused_before_anything_is_recorded(database, flee
     too_large = {"name": "set_point", "args": {"blob": "x" * 5000}}
     nul_key = {"name": "xg", "args": {"\u0000\u0018": [], "": {}}}  # found by schemathesis: was a 500
     nul_value = {"name": "xg", "args": {"v": ["ok", {"deep": "a\u0000b"}]}}
-    for body, kind in [(too_large, "command-too-large"), (nul_key, "command-args-invalid"),
-                       (nul_value, "command-args-invalid"), ({"name": "Set Point!"}, None),
-                       ({"name": "set_point", "args": [1, 2]}, None), ({"name": "x", "extra": 1}, None)]:
+    for body, kind in [
+        (too_large, "command-too-large"),
+        (nul_key, "command-args-invalid"),
+        (nul_value, "command-args-invalid"),
+        ({"name": "Set Point!"}, None),
+        ({"name": "set_point", "args": [1, 2]}, None),
+        ({"name": "x", "extra": 1}, None),
+    ]:
         reply = send(fleet, body)
         assert reply.status == 422, (body, reply.body)
         assert reply.headers["content-type"].startswith(PROBLEM)
@@ -239,8 +256,10 @@ def test_list_is_newest_first_paged_and_shows_the_devices_ack(settings, database
     # WHEN the device acknowledges the second in its telemetry and the drain stores it
     device = Device(settings, fleet["credential"])
     try:
-        mid = device.publish("telemetry", {"ts": int(time.time() * 1000), "metrics": {
-            "set_point": 2, "cmd_ack": ids[1], "cmd_result": "applied"}})
+        mid = device.publish(
+            "telemetry",
+            {"ts": int(time.time() * 1000), "metrics": {"set_point": 2, "cmd_ack": ids[1], "cmd_result": "applied"}},
+        )
         assert device.wait_acked([mid]) == {mid: 0}
     finally:
         device.close()
@@ -249,8 +268,9 @@ def test_list_is_newest_first_paged_and_shows_the_devices_ack(settings, database
     token = fleet["tokens"]["viewer"]
     first = call("GET", f"/api/devices/{fleet['device_id']}/commands?limit=2", token=token).json
     assert [c["id"] for c in first["items"]] == [ids[2], ids[1]] and first["next_cursor"]
-    rest = call("GET", f"/api/devices/{fleet['device_id']}/commands?limit=2&cursor={first['next_cursor']}",
-                token=token).json
+    rest = call(
+        "GET", f"/api/devices/{fleet['device_id']}/commands?limit=2&cursor={first['next_cursor']}", token=token
+    ).json
     assert [c["id"] for c in rest["items"]] == [ids[0]] and rest["next_cursor"] is None
     # AND the acknowledged one says so, with the device's result and time
     acked = first["items"][1]
@@ -282,8 +302,7 @@ def test_commander_credential_may_publish_commands_only(settings, mosquitto_brok
         for topic in (f"{prefix}/telemetry", f"{prefix}/status", "$CONTROL/dynamic-security/v1"):
             assert client.puback(topic, b'{"ts": 1, "metrics": {"x": 1}}') == 135, topic
         # AND it may not subscribe to telemetry, commands or anything else (SUBACK 135)
-        for topic in ("t/+/d/+/telemetry", f"{prefix}/telemetry", f"{prefix}/cmd", "#",
-                      "$CONTROL/dynamic-security/#"):
+        for topic in ("t/+/d/+/telemetry", f"{prefix}/telemetry", f"{prefix}/cmd", "#", "$CONTROL/dynamic-security/#"):
             assert client.suback(topic) == 135, topic
     finally:
         client.close()

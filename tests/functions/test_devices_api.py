@@ -2,6 +2,7 @@
 real broker: create with a one-time credential that connects, list (paging, filters), get,
 update, disable/enable, delete, CSV bulk (all or nothing), rotate and revoke; the role matrix of
 the device routes, tenant isolation, and the audit rows."""
+
 from __future__ import annotations
 
 import base64
@@ -49,8 +50,9 @@ def created(token: str, name: str, **fields: Any) -> dict[str, Any]:
 
 
 def credential_of(tenant: dict[str, Any], name: str, credential: dict[str, Any]) -> DeviceCredential:
-    return DeviceCredential(tenant["slug"], name, credential["username"], credential["client_id"],
-                            credential["password"])
+    return DeviceCredential(
+        tenant["slug"], name, credential["username"], credential["client_id"], credential["password"]
+    )
 
 
 def connects(settings, credential: DeviceCredential) -> bool:
@@ -82,8 +84,12 @@ def test_created_device_answers_its_credential_once_and_connects_over_tls(api, t
     assert credential["username"] == credential["client_id"] == f"{tenant['slug']}.press-01"
     assert credential["topic_prefix"] == f"t/{tenant['slug']}/d/press-01"
     assert credential["broker_synced"] is True and len(credential["password"]) >= 32
-    assert (body["display_name"], body["type"], body["location"], body["tags"]) == ("Press 1", "press", "Hall A",
-                                                                                   ["line-1"])
+    assert (body["display_name"], body["type"], body["location"], body["tags"]) == (
+        "Press 1",
+        "press",
+        "Hall A",
+        ["line-1"],
+    )
     assert body["status"] == "never_seen" and body["enabled"] is True and body["sync_pending"] == 0
     assert [c["slot"] for c in body["credentials"]] == ["a"]
     assert connects(api, credential_of(tenant, "press-01", credential))
@@ -92,7 +98,8 @@ def test_created_device_answers_its_credential_once_and_connects_over_tls(api, t
     assert again.status == 200 and credential["password"] not in again.body.decode()
     assert query(database, "SELECT count(*) FROM broker_outbox WHERE password_enc IS NOT NULL") == [(0,)]
     assert query(database, "SELECT action, target_id FROM audit_log WHERE action LIKE 'device.%%'") == [
-        ("device.create", str(body["id"]))]
+        ("device.create", str(body["id"]))
+    ]
 
 
 def test_duplicate_name_is_409_and_invalid_name_422(api, users):
@@ -106,8 +113,10 @@ def test_duplicate_name_is_409_and_invalid_name_422(api, users):
 
 def test_list_pages_in_creation_order_and_filters(api, users, app_pool, tenant, database):
     token = users["owner"]["token"]
-    ids = [created(token, f"dev-{i:02d}", tags=["even"] if i % 2 == 0 else ["odd"],
-                   display_name=f"Machine {i}")["id"] for i in range(7)]
+    ids = [
+        created(token, f"dev-{i:02d}", tags=["even"] if i % 2 == 0 else ["odd"], display_name=f"Machine {i}")["id"]
+        for i in range(7)
+    ]
     call("POST", f"/api/devices/{ids[3]}/disable", token=token)
     with app_pool.connection() as conn:  # the drain's doing, in real life
         conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant["id"]),))
@@ -149,7 +158,11 @@ def test_patch_changes_only_the_fields_sent(api, users):
     reply = call("PATCH", f"/api/devices/{device['id']}", {"location": "Hall B", "tags": ["c"]}, token=token)
     assert reply.status == 200, reply.body
     assert (reply.json["display_name"], reply.json["type"], reply.json["location"], reply.json["tags"]) == (
-        "Oven", "oven", "Hall B", ["c"])
+        "Oven",
+        "oven",
+        "Hall B",
+        ["c"],
+    )
     reply = call("PATCH", f"/api/devices/{device['id']}", {"type": None}, token=token)
     assert reply.json["type"] is None and reply.json["location"] == "Hall B"
     assert call("PATCH", f"/api/devices/{device['id']}", {"name": "renamed"}, token=token).status == 422
@@ -160,10 +173,15 @@ def test_patch_changes_only_the_fields_sent(api, users):
 
 def test_bulk_csv_creates_all_with_each_credential_once(api, users, tenant, database):
     token = users["staff"]["token"]
-    reply = bulk(token, csv_body("name,display_name,type,location,tags",
-                                 "cnc-01,CNC 1,cnc,Hall A,line-1;milling",
-                                 "cnc-02,,cnc,,",
-                                 "\"cnc-03\",\"CNC, the third\",cnc,Hall B,line-2"))
+    reply = bulk(
+        token,
+        csv_body(
+            "name,display_name,type,location,tags",
+            "cnc-01,CNC 1,cnc,Hall A,line-1;milling",
+            "cnc-02,,cnc,,",
+            '"cnc-03","CNC, the third",cnc,Hall B,line-2',
+        ),
+    )
     assert reply.status == 201, reply.body
     items = reply.json["items"]
     assert [item["name"] for item in items] == ["cnc-01", "cnc-02", "cnc-03"]
@@ -175,13 +193,16 @@ def test_bulk_csv_creates_all_with_each_credential_once(api, users, tenant, data
     assert query(database, "SELECT action, detail->'count' FROM audit_log") == [("device.bulk_create", 3)]
 
 
-@pytest.mark.parametrize("lines, line_named", [
-    (("name,type", "ok-1,x", "bad name,x"), "Line 3"),
-    (("name,type", "ok-1,x", "ok-1,y"), "Line 3"),
-    (("name,type", "ok-1,x,extra"), "Line 2"),
-    (("name,colour", "ok-1,red"), "Line 1"),
-    (("name,tags", "ok-1,has space"), "Line 2"),
-])
+@pytest.mark.parametrize(
+    "lines, line_named",
+    [
+        (("name,type", "ok-1,x", "bad name,x"), "Line 3"),
+        (("name,type", "ok-1,x", "ok-1,y"), "Line 3"),
+        (("name,type", "ok-1,x,extra"), "Line 2"),
+        (("name,colour", "ok-1,red"), "Line 1"),
+        (("name,tags", "ok-1,has space"), "Line 2"),
+    ],
+)
 def test_bulk_csv_with_a_bad_line_creates_nothing_and_names_the_line(api, users, database, lines, line_named):
     reply = bulk(users["owner"]["token"], csv_body(*lines))
     assert reply.status == 422 and reply.json["type"].endswith("invalid-csv")
@@ -207,8 +228,11 @@ def test_bulk_over_the_plan_limit_is_refused_whole_by_the_quota_trigger(api, app
     reply = bulk(token, csv_body("name", *(f"q-{i}" for i in range(quota + 1))))
     # THEN the one INSERT is refused as a whole: 402, no device, no credential, no broker command
     assert reply.status == 402, reply.body
-    assert query(database, "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM device_credentials), "
-                           "(SELECT count(*) FROM broker_outbox)") == [(0, 0, 0)]
+    assert query(
+        database,
+        "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM device_credentials), "
+        "(SELECT count(*) FROM broker_outbox)",
+    ) == [(0, 0, 0)]
     # AND exactly the quota goes through
     assert bulk(token, csv_body("name", *(f"q-{i}" for i in range(quota)))).status == 201
 
@@ -310,6 +334,13 @@ def test_every_change_writes_an_audit_row(api, users, database):
     for method, path, body, _ in WRITE_ROUTES:
         call(method, path.format(id=device_id), body, token=token)
     actions = [row[0] for row in query(database, "SELECT action FROM audit_log ORDER BY id")]
-    assert actions == ["device.create", "device.update", "device.disable", "device.enable",
-                       "device.rotate_credential", "device.revoke_credentials", "device.delete"]
+    assert actions == [
+        "device.create",
+        "device.update",
+        "device.disable",
+        "device.enable",
+        "device.rotate_credential",
+        "device.revoke_credentials",
+        "device.delete",
+    ]
     assert query(database, "SELECT DISTINCT actor_user_id FROM audit_log") == [(users["staff"]["id"],)]

@@ -3,6 +3,7 @@
 The host runs against small apps built here (function_app.py imports modules other tests own).
 Timing tests wait on deadlines, never on fixed sleeps.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -98,8 +99,9 @@ def build_test_app(recorder: TimerRecorder | None = None) -> func.FunctionApp:
 
     @app.route(route="echo", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
     def echo(req: func.HttpRequest) -> func.HttpResponse:
-        return func.HttpResponse(req.get_body(), status_code=201, headers={"X-Echo": "yes"},
-                                 mimetype="application/octet-stream")
+        return func.HttpResponse(
+            req.get_body(), status_code=201, headers={"X-Echo": "yes"}, mimetype="application/octet-stream"
+        )
 
     @app.route(route="broken", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
     def broken(req: func.HttpRequest) -> func.HttpResponse:
@@ -140,8 +142,10 @@ def test_route_param_is_extracted_and_percent_decoded():
     assert route.match("/devices/abc") is None
 
 
-@pytest.mark.parametrize("template", ["items/{id:int}", "items/{name?}", "page/{n=1}", "exports/{day}.{ext}",
-                                      "files/{*path}/more", "bad/{1x}"])
+@pytest.mark.parametrize(
+    "template",
+    ["items/{id:int}", "items/{name?}", "page/{n=1}", "exports/{day}.{ext}", "files/{*path}/more", "bad/{1x}"],
+)
 def test_route_syntax_beyond_what_the_app_uses_is_refused_at_start(template):
     # Constraints, optional or default values, mixed segments: the real host reads them, this one would guess.
     with pytest.raises(fh.HostConfigError):
@@ -260,8 +264,7 @@ def test_http_unmatched_route_is_404(served):
 def test_http_post_body_status_and_headers_round_trip(served):
     _, base = served
     payload = b'{"binary": "\x00\xff"}'
-    status, headers, body = http("POST", f"{base}/api/echo", body=payload,
-                                 headers={"Content-Type": "application/json"})
+    status, headers, body = http("POST", f"{base}/api/echo", body=payload, headers={"Content-Type": "application/json"})
     assert (status, body) == (201, payload)
     assert headers["X-Echo"] == "yes"
     assert headers["Content-Type"] == "application/octet-stream"
@@ -382,7 +385,7 @@ def test_run_timer_reports_success_and_failure():
 # --------------------------------------------------------------------------- command line
 
 
-APP_SOURCE = textwrap.dedent('''
+APP_SOURCE = textwrap.dedent("""
     import os
 
     import azure.functions as func
@@ -403,16 +406,20 @@ APP_SOURCE = textwrap.dedent('''
     @app.timer_trigger(arg_name="timer", schedule="%APP_SCHEDULE%")
     def fails(timer: func.TimerRequest) -> None:
         raise RuntimeError("boom")
-''')
+""")
 
 
 @pytest.fixture
 def app_dir(tmp_path):
     (tmp_path / "function_app.py").write_text(APP_SOURCE)
-    (tmp_path / "local.settings.json").write_text(json.dumps({
-        "IsEncrypted": False,
-        "Values": {"GREETING": "hello from settings", "APP_SCHEDULE": "0 0 0 1 1 *"},
-    }))
+    (tmp_path / "local.settings.json").write_text(
+        json.dumps(
+            {
+                "IsEncrypted": False,
+                "Values": {"GREETING": "hello from settings", "APP_SCHEDULE": "0 0 0 1 1 *"},
+            }
+        )
+    )
     return tmp_path
 
 
@@ -426,7 +433,10 @@ def _env():
 def test_once_runs_one_timer_and_exits_with_its_outcome(app_dir, name, code):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--app-dir", str(app_dir), "--once", name],
-        env=_env(), capture_output=True, text=True, timeout=30,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == code, result.stderr
 
@@ -436,7 +446,9 @@ def test_cli_serves_with_settings_and_stops_cleanly_on_sigterm(app_dir, tmp_path
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(
             [sys.executable, str(SCRIPT), "--app-dir", str(app_dir), "--port", "0"],
-            env=_env(), stdout=stdout, stderr=stderr,
+            env=_env(),
+            stdout=stdout,
+            stderr=stderr,
         )
     try:
         assert wait_until(lambda: "Listening on" in out.read_text(), timeout=20), err.read_text()

@@ -1,5 +1,6 @@
 """Reads for dashboards through the registered api function, against a real
 database: latest values with units, the fleet overview, bucketed series, /api/admin/ingest."""
+
 from __future__ import annotations
 
 import base64
@@ -57,8 +58,10 @@ def drain(database, messages: Sequence[InboundMessage]) -> None:
 
 def insert_readings(app_pool, tenant, device_id: int, metric: str, readings: list[tuple[datetime, float]]) -> None:
     with tenant_transaction(app_pool, str(tenant["id"])) as conn, conn.cursor() as cur:
-        cur.executemany("INSERT INTO telemetry (tenant_id, device_id, metric, ts, value) VALUES (%s, %s, %s, %s, %s)",
-                        [(tenant["id"], device_id, metric, ts, value) for ts, value in readings])
+        cur.executemany(
+            "INSERT INTO telemetry (tenant_id, device_id, metric, ts, value) VALUES (%s, %s, %s, %s, %s)",
+            [(tenant["id"], device_id, metric, ts, value) for ts, value in readings],
+        )
 
 
 def iso(ts: datetime) -> str:
@@ -66,8 +69,9 @@ def iso(ts: datetime) -> str:
 
 
 def series_url(device_id: int, metric: str, start: datetime, end: datetime, **extra: object) -> str:
-    query = "&".join([f"metric={metric}", f"from={iso(start)}", f"to={iso(end)}",
-                      *(f"{k}={v}" for k, v in extra.items())])
+    query = "&".join(
+        [f"metric={metric}", f"from={iso(start)}", f"to={iso(end)}", *(f"{k}={v}" for k, v in extra.items())]
+    )
     return f"/api/devices/{device_id}/series?{query}"
 
 
@@ -79,10 +83,18 @@ def test_latest_gives_each_metric_its_newest_value_type_and_unit_to_every_role(d
     tenant, users, device = acme
     prefix, t0 = f"t/{tenant['slug']}/d/press-01", time.time_ns() // 1_000_000 - 60_000
     drain(database, [message(f"{prefix}/temp/state", {"value": 85.5, "unit": "C", "timestamp": t0})])
-    drain(database, [
-        message(f"{prefix}/telemetry", [{"ts": t0 + 2000, "metrics": {"temp": 86.0, "door": True, "mode": "auto"}},
-                                        {"ts": t0 + 1000, "metrics": {"temp": 99.0, "mode": "manual"}}]),
-    ])
+    drain(
+        database,
+        [
+            message(
+                f"{prefix}/telemetry",
+                [
+                    {"ts": t0 + 2000, "metrics": {"temp": 86.0, "door": True, "mode": "auto"}},
+                    {"ts": t0 + 1000, "metrics": {"temp": 99.0, "mode": "manual"}},
+                ],
+            ),
+        ],
+    )
     # WHEN each role asks for the latest values
     for role in ROLES:
         reply = call("GET", f"/api/devices/{device['id']}/latest", token=users[role]["token"])
@@ -90,7 +102,10 @@ def test_latest_gives_each_metric_its_newest_value_type_and_unit_to_every_role(d
         assert reply.status == 200, reply.body
         metrics = {m["metric"]: m for m in reply.json["metrics"]}
         assert {k: (m["value"], m["type"], m["unit"]) for k, m in metrics.items()} == {
-            "door": (True, "boolean", None), "mode": ("auto", "text", None), "temp": (86.0, "number", "C")}
+            "door": (True, "boolean", None),
+            "mode": ("auto", "text", None),
+            "temp": (86.0, "number", "C"),
+        }
         assert datetime.fromisoformat(metrics["temp"]["ts"]) == datetime.fromtimestamp((t0 + 2000) / 1000, UTC)
 
 
@@ -106,36 +121,51 @@ def test_latest_of_a_device_without_readings_is_empty(acme):
 def test_fleet_counts_each_status_of_the_callers_tenant_only(database, app_pool, acme):
     # GIVEN devices in every state, and another tenant's online device
     tenant, users, _ = acme  # press-01: never seen
-    states = {"a": ("online", True), "b": ("online", True), "c": ("offline", True), "d": ("online", False),
-              "e": ("never_seen", False)}
+    states = {
+        "a": ("online", True),
+        "b": ("online", True),
+        "c": ("offline", True),
+        "d": ("online", False),
+        "e": ("never_seen", False),
+    }
     for name in states:
         create_device(app_pool, str(tenant["id"]), name)
     other = new_tenant(app_pool)
     create_device(app_pool, str(other["id"]), "x")
     with psycopg.connect(database.owner_dsn) as conn:
         for name, (status, enabled) in states.items():
-            conn.execute("UPDATE devices SET status = %s, enabled = %s WHERE tenant_id = %s AND name = %s",
-                         (status, enabled, tenant["id"], name))
+            conn.execute(
+                "UPDATE devices SET status = %s, enabled = %s WHERE tenant_id = %s AND name = %s",
+                (status, enabled, tenant["id"], name),
+            )
         conn.execute("UPDATE devices SET status = 'online' WHERE tenant_id = %s", (other["id"],))
     # WHEN a viewer asks
     reply = call("GET", "/api/fleet", token=users["viewer"]["token"])
     # THEN a disabled device counts as disabled whatever its status, and only this tenant counts
-    assert (reply.status, reply.json) == (200, {"online": 2, "offline": 1, "never_seen": 1, "disabled": 2,
-                                                "total": 6})
+    assert (reply.status, reply.json) == (200, {"online": 2, "offline": 1, "never_seen": 1, "disabled": 2, "total": 6})
 
 
 # --------------------------------------------------------------------------- series
 
 
-def expected_buckets(readings: list[tuple[datetime, float]], start: datetime, end: datetime,
-                     width_s: int) -> list[dict]:
+def expected_buckets(
+    readings: list[tuple[datetime, float]], start: datetime, end: datetime, width_s: int
+) -> list[dict]:
     """From scratch: bucket k holds [ORIGIN + k * width, + width)."""
     buckets: dict[int, list[float]] = {}
     for ts, value in readings:
         if start <= ts < end:
             buckets.setdefault(math.floor((ts - ORIGIN).total_seconds() / width_s), []).append(value)
-    return [{"ts": ORIGIN + timedelta(seconds=k * width_s), "avg": sum(v) / len(v), "min": min(v), "max": max(v),
-             "count": len(v)} for k, v in sorted(buckets.items())]
+    return [
+        {
+            "ts": ORIGIN + timedelta(seconds=k * width_s),
+            "avg": sum(v) / len(v),
+            "min": min(v),
+            "max": max(v),
+            "count": len(v),
+        }
+        for k, v in sorted(buckets.items())
+    ]
 
 
 def test_series_buckets_equal_a_from_scratch_computation_within_the_cap(app_pool, acme):
@@ -164,9 +194,12 @@ def test_series_buckets_equal_a_from_scratch_computation_within_the_cap(app_pool
         assert width >= (bucket or 1)
         expected = expected_buckets(readings, start, end, width)
         got = [{**p, "ts": datetime.fromisoformat(p["ts"])} for p in body["points"]]
-        assert [(p["ts"], p["count"], p["min"], p["max"]) for p in got] == \
-            [(p["ts"], p["count"], p["min"], p["max"]) for p in expected]
-        assert all(math.isclose(g["avg"], e["avg"], rel_tol=1e-9, abs_tol=1e-9) for g, e in zip(got, expected, strict=True))
+        assert [(p["ts"], p["count"], p["min"], p["max"]) for p in got] == [
+            (p["ts"], p["count"], p["min"], p["max"]) for p in expected
+        ]
+        assert all(
+            math.isclose(g["avg"], e["avg"], rel_tol=1e-9, abs_tol=1e-9) for g, e in zip(got, expected, strict=True)
+        )
         assert sum(p["count"] for p in got) == sum(1 for ts, _ in readings if start <= ts < end)
 
 
@@ -212,15 +245,22 @@ def test_another_tenants_device_is_404_and_its_readings_never_appear(database, a
     tenant, users, device = acme
     other = new_tenant(app_pool)
     theirs = create_device(app_pool, str(other["id"]), "press-01")
-    drain(database, [message(f"t/{other['slug']}/d/press-01/temp/state", {"value": 1.0, "unit": "bar"}),
-                     message(f"t/{other['slug']}/d/press-01/telemetry", b"\xff\xfe")])
+    drain(
+        database,
+        [
+            message(f"t/{other['slug']}/d/press-01/temp/state", {"value": 1.0, "unit": "bar"}),
+            message(f"t/{other['slug']}/d/press-01/telemetry", b"\xff\xfe"),
+        ],
+    )
     insert_readings(app_pool, other, theirs["id"], "temp", [(datetime.now(UTC) - timedelta(minutes=5), 7.0)])
     now = datetime.now(UTC)
     # WHEN every role of the caller's tenant asks for the other tenant's device
     for role in ROLES:
         token = users[role]["token"]
-        for url in (f"/api/devices/{theirs['id']}/latest",
-                    series_url(theirs["id"], "temp", now - timedelta(hours=1), now)):
+        for url in (
+            f"/api/devices/{theirs['id']}/latest",
+            series_url(theirs["id"], "temp", now - timedelta(hours=1), now),
+        ):
             # THEN 404 (when the ids differ), and never the other tenant's readings
             reply = call("GET", url, token=token)
             if theirs["id"] != device["id"]:
@@ -240,21 +280,23 @@ def test_a_device_id_that_does_not_exist_is_404(acme):
 # --------------------------------------------------------------------------- /api/admin/ingest
 
 
-def test_admin_ingest_shows_the_callers_dead_letters_by_reason_with_payloads_rendered_safely(
-        database, app_pool, acme):
+def test_admin_ingest_shows_the_callers_dead_letters_by_reason_with_payloads_rendered_safely(database, app_pool, acme):
     # GIVEN the caller's device sending good data and junk, and another tenant's junk
     tenant, users, device = acme
     prefix = f"t/{tenant['slug']}/d/press-01"
     other = new_tenant(app_pool)
     create_device(app_pool, str(other["id"]), "lathe")
     nasty = b'{"metrics": \x00\x1b[31m\xff\xfe \\x41 \xe2\x80\xae}'
-    drain(database, [
-        message(f"{prefix}/telemetry", {"metrics": {"temp": 20.0}}),
-        message(f"{prefix}/telemetry", nasty),
-        message(f"{prefix}/telemetry", {"ts": 1700000000, "metrics": {"temp": 1.0}}),
-        message(f"{prefix}/telemetry", {"metrics": {"temp": "x" * 300}}),
-        message(f"t/{other['slug']}/d/lathe/telemetry", b"junk of the other tenant"),
-    ])
+    drain(
+        database,
+        [
+            message(f"{prefix}/telemetry", {"metrics": {"temp": 20.0}}),
+            message(f"{prefix}/telemetry", nasty),
+            message(f"{prefix}/telemetry", {"ts": 1700000000, "metrics": {"temp": 1.0}}),
+            message(f"{prefix}/telemetry", {"metrics": {"temp": "x" * 300}}),
+            message(f"t/{other['slug']}/d/lathe/telemetry", b"junk of the other tenant"),
+        ],
+    )
     drain(database, [message(f"{prefix}/telemetry", b"more junk \x07")])
     # WHEN a staff member asks (a viewer may not)
     assert call("GET", "/api/admin/ingest", token=users["viewer"]["token"]).status == 403
@@ -265,8 +307,9 @@ def test_admin_ingest_shows_the_callers_dead_letters_by_reason_with_payloads_ren
     reasons = {r["reason"]: r["count"] for r in body["dead_letters_by_reason"]}
     assert sum(reasons.values()) == 4 and reasons.get("ts_too_old") == 1, reasons
     first = body["dead_letters"]["items"]
-    rest = call("GET", f"/api/admin/ingest?limit=2&cursor={body['dead_letters']['next_cursor']}",
-                token=users["staff"]["token"]).json["dead_letters"]
+    rest = call(
+        "GET", f"/api/admin/ingest?limit=2&cursor={body['dead_letters']['next_cursor']}", token=users["staff"]["token"]
+    ).json["dead_letters"]
     items = first + rest["items"]
     assert rest["next_cursor"] is None and len(items) == 4
     assert [i["id"] for i in items] == sorted((i["id"] for i in items), reverse=True)
@@ -279,8 +322,9 @@ def test_admin_ingest_shows_the_callers_dead_letters_by_reason_with_payloads_ren
     # AND the per-minute counts and the drain runs are there, the runs without traffic figures
     assert sum(m["messages"] for m in body["messages_per_minute"]) == 1
     assert sum(m["dead_lettered"] for m in body["messages_per_minute"]) == 4
-    assert all(set(run) == {"started_at", "finished_at", "status", "max_lag_ms", "duration_ms"}
-               for run in body["recent_runs"])
+    assert all(
+        set(run) == {"started_at", "finished_at", "status", "max_lag_ms", "duration_ms"} for run in body["recent_runs"]
+    )
 
 
 def test_admin_ingest_lists_enabled_devices_that_sent_nothing_valid_lately(database, app_pool, acme):
@@ -290,12 +334,20 @@ def test_admin_ingest_lists_enabled_devices_that_sent_nothing_valid_lately(datab
     for name in ("old", "junk", "off", "fresh"):
         create_device(app_pool, str(tenant["id"]), name)
     with psycopg.connect(database.owner_dsn) as conn:
-        conn.execute("UPDATE devices SET last_seen = now() - interval '3 hours', status = 'online' "
-                     "WHERE tenant_id = %s AND name IN ('old', 'off')", (tenant["id"],))
+        conn.execute(
+            "UPDATE devices SET last_seen = now() - interval '3 hours', status = 'online' "
+            "WHERE tenant_id = %s AND name IN ('old', 'off')",
+            (tenant["id"],),
+        )
         conn.execute("UPDATE devices SET enabled = false WHERE tenant_id = %s AND name = 'off'", (tenant["id"],))
     prefix = f"t/{tenant['slug']}/d"
-    drain(database, [message(f"{prefix}/junk/telemetry", b"not json"),
-                     message(f"{prefix}/fresh/telemetry", {"metrics": {"temp": 1.0}})])
+    drain(
+        database,
+        [
+            message(f"{prefix}/junk/telemetry", b"not json"),
+            message(f"{prefix}/fresh/telemetry", {"metrics": {"temp": 1.0}}),
+        ],
+    )
     # WHEN an owner asks with a one-hour window
     reply = call("GET", "/api/admin/ingest?quiet_minutes=60", token=users["owner"]["token"])
     # THEN the old and the dead-lettered devices show, with the reason
@@ -323,9 +375,11 @@ def roll_up_as_of(settings: Settings, now: datetime | None = None) -> None:
 def insert_received(app_pool, tenant, device_id: int, readings: list[tuple[datetime, float]]) -> None:
     """Readings as an online device's arrive: each received 2 s after its ts."""
     with tenant_transaction(app_pool, str(tenant["id"])) as conn, conn.cursor() as cur:
-        cur.executemany("INSERT INTO telemetry (tenant_id, device_id, metric, ts, value, received_at) "
-                        "VALUES (%s, %s, 'temp', %s, %s, %s)",
-                        [(tenant["id"], device_id, ts, value, ts + timedelta(seconds=2)) for ts, value in readings])
+        cur.executemany(
+            "INSERT INTO telemetry (tenant_id, device_id, metric, ts, value, received_at) "
+            "VALUES (%s, %s, 'temp', %s, %s, %s)",
+            [(tenant["id"], device_id, ts, value, ts + timedelta(seconds=2)) for ts, value in readings],
+        )
 
 
 def assert_series_is(reply, readings: list[tuple[datetime, float]], start: datetime, end: datetime) -> None:
@@ -333,20 +387,27 @@ def assert_series_is(reply, readings: list[tuple[datetime, float]], start: datet
     width = reply.json["bucket_s"]
     expected = expected_buckets(readings, start, end, width)
     got = [{**p, "ts": datetime.fromisoformat(p["ts"])} for p in reply.json["points"]]
-    assert [(p["ts"], p["count"], p["min"], p["max"]) for p in got] == \
-        [(p["ts"], p["count"], p["min"], p["max"]) for p in expected]
+    assert [(p["ts"], p["count"], p["min"], p["max"]) for p in got] == [
+        (p["ts"], p["count"], p["min"], p["max"]) for p in expected
+    ]
     assert all(math.isclose(g["avg"], e["avg"], rel_tol=1e-9, abs_tol=1e-9) for g, e in zip(got, expected, strict=True))
 
 
 def test_series_from_rollups_equals_raw_through_the_api_with_late_data_and_other_tenants(
-        app_pool, acme, maintenance_settings):
+    app_pool, acme, maintenance_settings
+):
     # GIVEN a month of readings every 5 minutes, another tenant's device with readings at the same
     # times, and the rollup run over all of it
     tenant, users, device = acme
     rng = random.Random(14)
     now = datetime.now(UTC).replace(microsecond=0)
-    readings = [(now - timedelta(days=30, minutes=5) + timedelta(seconds=300 * i + rng.randint(0, 299)),
-                 round(rng.uniform(-50, 150), 3)) for i in range(30 * 288)]
+    readings = [
+        (
+            now - timedelta(days=30, minutes=5) + timedelta(seconds=300 * i + rng.randint(0, 299)),
+            round(rng.uniform(-50, 150), 3),
+        )
+        for i in range(30 * 288)
+    ]
     insert_received(app_pool, tenant, device["id"], readings)
     other = new_tenant(app_pool)
     theirs = create_device(app_pool, str(other["id"]), "press-01")
@@ -374,5 +435,9 @@ def test_series_from_rollups_equals_raw_through_the_api_with_late_data_and_other
     # WHEN the next run rolls the late data up THEN the series is still exactly raw
     roll_up_as_of(maintenance_settings, datetime.now(UTC) + timedelta(minutes=2))
     start = end - timedelta(days=30)
-    assert_series_is(call("GET", series_url(device["id"], "temp", start, end), token=users["viewer"]["token"]),
-                     readings + late, start, end)
+    assert_series_is(
+        call("GET", series_url(device["id"], "temp", start, end), token=users["viewer"]["token"]),
+        readings + late,
+        start,
+        end,
+    )

@@ -1,5 +1,6 @@
 """The app's registered functions: binding shapes pinned, and the HTTP health route driven
 through its registered function object against a real database."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,28 @@ from tests.support.devices import registered_functions
 
 
 def test_function_app_registers_exactly_the_expected_functions():
-    assert sorted(registered_functions()) == ["alert_evaluator", "api", "blob_archiver", "broker_sync", "dashboard_page",
-                                             "health",
-                                             "mqtt_ingest", "telemetry_rollup"]
+    assert sorted(registered_functions()) == [
+        "alert_evaluator",
+        "api",
+        "blob_archiver",
+        "broker_sync",
+        "dashboard_page",
+        "health",
+        "mqtt_ingest",
+        "telemetry_rollup",
+    ]
 
 
 def test_mqtt_ingest_is_a_timer_on_the_configured_schedule_that_never_runs_on_startup():
     [binding] = json.loads(registered_functions()["mqtt_ingest"].get_function_json())["bindings"]
-    assert binding == {"type": "timerTrigger", "direction": "IN", "name": "timer",
-                       "schedule": "%INGEST_SCHEDULE%", "runOnStartup": False, "useMonitor": True}
+    assert binding == {
+        "type": "timerTrigger",
+        "direction": "IN",
+        "name": "timer",
+        "schedule": "%INGEST_SCHEDULE%",
+        "runOnStartup": False,
+        "useMonitor": True,
+    }
 
 
 def test_health_is_an_anonymous_get_route():
@@ -78,5 +92,9 @@ def test_health_answers_503_with_a_fixed_message_when_the_database_is_unreachabl
     assert "database unreachable" in logged and "refused" in logged.lower()
     assert "not-a-secret-really" not in logged
     assert response.status_code == 503
-    assert json.loads(response.get_body()) == {"status": "degraded", "database": "unreachable",
-                                               "last_ingest_run": None, "last_ingest_status": None}
+    assert json.loads(response.get_body()) == {
+        "status": "degraded",
+        "database": "unreachable",
+        "last_ingest_run": None,
+        "last_ingest_status": None,
+    }

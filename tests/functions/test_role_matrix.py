@@ -6,6 +6,7 @@ test_every_route_has_a_row: adding a route means saying who may call it.
 
 Each row builds a valid request (a real target in the caller's tenant), so a refusal is the role's
 doing, not a 404 or a 422. Targets a request destroys are made fresh for each call."""
+
 from __future__ import annotations
 
 import uuid
@@ -88,8 +89,13 @@ class Row:
 
 def allowed(*roles: str, ok: int = 200, denied: int = 403) -> dict[str, int]:
     """A tenant route: the roles named get ok, the others denied; an operator's token and no token 401."""
-    return {"owner": ok if "owner" in roles else denied, "staff": ok if "staff" in roles else denied,
-            "viewer": ok if "viewer" in roles else denied, "operator": 401, "anonymous": 401}
+    return {
+        "owner": ok if "owner" in roles else denied,
+        "staff": ok if "staff" in roles else denied,
+        "viewer": ok if "viewer" in roles else denied,
+        "operator": 401,
+        "anonymous": 401,
+    }
 
 
 def operator_only(ok: int = 200) -> dict[str, int]:
@@ -119,9 +125,11 @@ def _alert_rule(c: Context) -> str:
 def _new_alert_event(c: Context) -> str:
     """An open event (written as the owner: the evaluator's own events are tests/integration's)."""
     with psycopg.connect(c.database.owner_dsn, autocommit=True) as conn:
-        row = conn.execute("INSERT INTO alert_events (tenant_id, rule_id, device_id, severity) "
-                           "VALUES (%s, %s, %s, 'warning') RETURNING id",
-                           (c.tenant["id"], _new_alert_rule(c), c.new_device())).fetchone()
+        row = conn.execute(
+            "INSERT INTO alert_events (tenant_id, rule_id, device_id, severity) "
+            "VALUES (%s, %s, %s, 'warning') RETURNING id",
+            (c.tenant["id"], _new_alert_rule(c), c.new_device()),
+        ).fetchone()
     assert row is not None
     return str(row[0])
 
@@ -157,55 +165,85 @@ EVERY_ROLE = ("owner", "staff", "viewer")
 # (method, route path as declared) -> row
 ROWS: dict[tuple[str, str], Row] = {
     # --- auth: no token needed; the body is what counts
-    ("POST", "/api/auth/login"): Row(anyone(200), lambda c: Request(
-        "/api/auth/login", {"tenant": c.tenant["slug"], "email": c.new_viewer()["email"], "password": PASSWORD},
-        {"X-Forwarded-For": "198.51.100.20"})),
-    ("POST", "/api/auth/refresh"): Row(anyone(200), lambda c: Request(
-        "/api/auth/refresh", {"refresh_token": c.refresh_token()})),
-    ("POST", "/api/auth/logout"): Row(anyone(204), lambda c: Request(
-        "/api/auth/logout", {"refresh_token": c.refresh_token()})),
+    ("POST", "/api/auth/login"): Row(
+        anyone(200),
+        lambda c: Request(
+            "/api/auth/login",
+            {"tenant": c.tenant["slug"], "email": c.new_viewer()["email"], "password": PASSWORD},
+            {"X-Forwarded-For": "198.51.100.20"},
+        ),
+    ),
+    ("POST", "/api/auth/refresh"): Row(
+        anyone(200), lambda c: Request("/api/auth/refresh", {"refresh_token": c.refresh_token()})
+    ),
+    ("POST", "/api/auth/logout"): Row(
+        anyone(204), lambda c: Request("/api/auth/logout", {"refresh_token": c.refresh_token()})
+    ),
     # --- users
     ("GET", "/api/me"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/me")),
     ("GET", "/api/users"): Row(allowed(*OWNER), lambda c: Request("/api/users")),
-    ("POST", "/api/users"): Row(allowed(*OWNER, ok=201), lambda c: Request(
-        "/api/users", {"email": f"new-{c.new_viewer()['id']}@example.com", "role": "viewer"})),
+    ("POST", "/api/users"): Row(
+        allowed(*OWNER, ok=201),
+        lambda c: Request("/api/users", {"email": f"new-{c.new_viewer()['id']}@example.com", "role": "viewer"}),
+    ),
     ("GET", "/api/users/{user_id}"): Row(allowed(*OWNER), lambda c: Request(f"/api/users/{c.new_viewer()['id']}")),
-    ("PATCH", "/api/users/{user_id}"): Row(allowed(*OWNER), lambda c: Request(
-        f"/api/users/{c.new_viewer()['id']}", {"role": "staff"})),
-    ("DELETE", "/api/users/{user_id}"): Row(allowed(*OWNER, ok=204), lambda c: Request(
-        f"/api/users/{c.new_viewer()['id']}")),
+    ("PATCH", "/api/users/{user_id}"): Row(
+        allowed(*OWNER), lambda c: Request(f"/api/users/{c.new_viewer()['id']}", {"role": "staff"})
+    ),
+    ("DELETE", "/api/users/{user_id}"): Row(
+        allowed(*OWNER, ok=204), lambda c: Request(f"/api/users/{c.new_viewer()['id']}")
+    ),
     # --- devices: staff and owners change, every role reads
-    ("POST", "/api/devices"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
-        "/api/devices", {"name": f"m-{uuid.uuid4().hex[:10]}", "display_name": "Press"})),
+    ("POST", "/api/devices"): Row(
+        allowed(*STAFF_UP, ok=201),
+        lambda c: Request("/api/devices", {"name": f"m-{uuid.uuid4().hex[:10]}", "display_name": "Press"}),
+    ),
     ("GET", "/api/devices"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/devices")),
-    ("POST", "/api/devices/bulk"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
-        "/api/devices/bulk", headers={"Content-Type": "text/csv"},
-        raw=f"name,display_name\nb-{uuid.uuid4().hex[:10]},Bulk one\n".encode())),
+    ("POST", "/api/devices/bulk"): Row(
+        allowed(*STAFF_UP, ok=201),
+        lambda c: Request(
+            "/api/devices/bulk",
+            headers={"Content-Type": "text/csv"},
+            raw=f"name,display_name\nb-{uuid.uuid4().hex[:10]},Bulk one\n".encode(),
+        ),
+    ),
     ("GET", "/api/devices/{device_id}"): Row(allowed(*EVERY_ROLE), lambda c: Request(f"/api/devices/{c.device()}")),
-    ("PATCH", "/api/devices/{device_id}"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/devices/{c.device()}", {"location": "Hall B"})),
-    ("DELETE", "/api/devices/{device_id}"): Row(allowed(*STAFF_UP, ok=204), lambda c: Request(
-        f"/api/devices/{c.new_device()}")),
-    ("POST", "/api/devices/{device_id}/disable"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/devices/{c.new_device()}/disable")),
-    ("POST", "/api/devices/{device_id}/enable"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/devices/{c.device()}/enable")),
-    ("POST", "/api/devices/{device_id}/credentials/rotate"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/devices/{c.new_device()}/credentials/rotate", {"overlap_s": 0})),
-    ("POST", "/api/devices/{device_id}/credentials/revoke"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/devices/{c.new_device()}/credentials/revoke")),
+    ("PATCH", "/api/devices/{device_id}"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/devices/{c.device()}", {"location": "Hall B"})
+    ),
+    ("DELETE", "/api/devices/{device_id}"): Row(
+        allowed(*STAFF_UP, ok=204), lambda c: Request(f"/api/devices/{c.new_device()}")
+    ),
+    ("POST", "/api/devices/{device_id}/disable"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/devices/{c.new_device()}/disable")
+    ),
+    ("POST", "/api/devices/{device_id}/enable"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/devices/{c.device()}/enable")
+    ),
+    ("POST", "/api/devices/{device_id}/credentials/rotate"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/devices/{c.new_device()}/credentials/rotate", {"overlap_s": 0})
+    ),
+    ("POST", "/api/devices/{device_id}/credentials/revoke"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/devices/{c.new_device()}/credentials/revoke")
+    ),
     # --- commands: staff and owners send, every role lists
-    ("POST", "/api/devices/{device_id}/commands"): Row(allowed(*STAFF_UP, ok=202), lambda c: Request(
-        f"/api/devices/{c.device()}/commands", {"name": "set_point", "args": {"value": 72.5}})),
-    ("GET", "/api/devices/{device_id}/commands"): Row(allowed(*EVERY_ROLE), lambda c: Request(
-        f"/api/devices/{c.device()}/commands")),
+    ("POST", "/api/devices/{device_id}/commands"): Row(
+        allowed(*STAFF_UP, ok=202),
+        lambda c: Request(f"/api/devices/{c.device()}/commands", {"name": "set_point", "args": {"value": 72.5}}),
+    ),
+    ("GET", "/api/devices/{device_id}/commands"): Row(
+        allowed(*EVERY_ROLE), lambda c: Request(f"/api/devices/{c.device()}/commands")
+    ),
     # --- reads
-    ("GET", "/api/devices/{device_id}/latest"): Row(allowed(*EVERY_ROLE), lambda c: Request(
-        f"/api/devices/{c.device()}/latest")),
-    ("GET", "/api/devices/{device_id}/status-history"): Row(allowed(*EVERY_ROLE), lambda c: Request(
-        f"/api/devices/{c.device()}/status-history")),
-    ("GET", "/api/devices/{device_id}/series"): Row(allowed(*EVERY_ROLE), lambda c: Request(
-        f"/api/devices/{c.device()}/series?metric=temperature")),
+    ("GET", "/api/devices/{device_id}/latest"): Row(
+        allowed(*EVERY_ROLE), lambda c: Request(f"/api/devices/{c.device()}/latest")
+    ),
+    ("GET", "/api/devices/{device_id}/status-history"): Row(
+        allowed(*EVERY_ROLE), lambda c: Request(f"/api/devices/{c.device()}/status-history")
+    ),
+    ("GET", "/api/devices/{device_id}/series"): Row(
+        allowed(*EVERY_ROLE), lambda c: Request(f"/api/devices/{c.device()}/series?metric=temperature")
+    ),
     ("GET", "/api/fleet"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/fleet")),
     ("GET", "/api/admin/ingest"): Row(allowed(*STAFF_UP), lambda c: Request("/api/admin/ingest")),
     # --- plans, usage, audit
@@ -213,54 +251,96 @@ ROWS: dict[tuple[str, str], Row] = {
     ("GET", "/api/plans"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/plans")),
     ("GET", "/api/audit"): Row(allowed(*OWNER), lambda c: Request("/api/audit")),
     # --- exports: owners and staff
-    ("POST", "/api/exports"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
-        "/api/exports", {"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z", "format": "csv"})),
+    ("POST", "/api/exports"): Row(
+        allowed(*STAFF_UP, ok=201),
+        lambda c: Request(
+            "/api/exports", {"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z", "format": "csv"}
+        ),
+    ),
     # --- alerts: staff and owners write, every role reads
     ("GET", "/api/alerts/rules"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/alerts/rules")),
-    ("POST", "/api/alerts/rules"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
-        "/api/alerts/rules", {"name": "Too hot", "kind": "threshold", "metric": "temperature", "aggregation": "avg",
-                              "window_s": 300, "operator": ">", "value": 80, "clear_value": 75})),
-    ("GET", "/api/alerts/rules/{rule_id}"): Row(allowed(*EVERY_ROLE), lambda c: Request(
-        f"/api/alerts/rules/{_alert_rule(c)}")),
-    ("PUT", "/api/alerts/rules/{rule_id}"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/alerts/rules/{_alert_rule(c)}", {**NO_DATA_RULE, "severity": "critical"})),
-    ("DELETE", "/api/alerts/rules/{rule_id}"): Row(allowed(*STAFF_UP, ok=204), lambda c: Request(
-        f"/api/alerts/rules/{_new_alert_rule(c)}")),
+    ("POST", "/api/alerts/rules"): Row(
+        allowed(*STAFF_UP, ok=201),
+        lambda c: Request(
+            "/api/alerts/rules",
+            {
+                "name": "Too hot",
+                "kind": "threshold",
+                "metric": "temperature",
+                "aggregation": "avg",
+                "window_s": 300,
+                "operator": ">",
+                "value": 80,
+                "clear_value": 75,
+            },
+        ),
+    ),
+    ("GET", "/api/alerts/rules/{rule_id}"): Row(
+        allowed(*EVERY_ROLE), lambda c: Request(f"/api/alerts/rules/{_alert_rule(c)}")
+    ),
+    ("PUT", "/api/alerts/rules/{rule_id}"): Row(
+        allowed(*STAFF_UP),
+        lambda c: Request(f"/api/alerts/rules/{_alert_rule(c)}", {**NO_DATA_RULE, "severity": "critical"}),
+    ),
+    ("DELETE", "/api/alerts/rules/{rule_id}"): Row(
+        allowed(*STAFF_UP, ok=204), lambda c: Request(f"/api/alerts/rules/{_new_alert_rule(c)}")
+    ),
     ("GET", "/api/alerts/events"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/alerts/events?state=open")),
-    ("POST", "/api/alerts/events/{event_id}/acknowledge"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/alerts/events/{_alert_event(c)}/acknowledge", {"comment": "on it"})),
-    ("POST", "/api/alerts/events/{event_id}/resolve"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/alerts/events/{_new_alert_event(c)}/resolve", {"comment": "fixed"})),
+    ("POST", "/api/alerts/events/{event_id}/acknowledge"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/alerts/events/{_alert_event(c)}/acknowledge", {"comment": "on it"})
+    ),
+    ("POST", "/api/alerts/events/{event_id}/resolve"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/alerts/events/{_new_alert_event(c)}/resolve", {"comment": "fixed"})
+    ),
     ("POST", "/api/alerts/evaluate"): Row(allowed(*STAFF_UP), lambda c: Request("/api/alerts/evaluate")),
     # --- alert webhooks: staff and owners only (a target's URL often carries the receiver's credential)
-    ("POST", "/api/alerts/rules/{rule_id}/webhooks"): Row(allowed(*STAFF_UP, ok=201), lambda c: Request(
-        f"/api/alerts/rules/{_new_alert_rule(c)}/webhooks", WEBHOOK)),
-    ("GET", "/api/alerts/rules/{rule_id}/webhooks"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/alerts/rules/{_webhook(c)[0]}/webhooks")),
-    ("DELETE", "/api/alerts/rules/{rule_id}/webhooks/{webhook_id}"): Row(allowed(*STAFF_UP, ok=204), lambda c: Request(
-        "/api/alerts/rules/{}/webhooks/{}".format(*_new_webhook(c)))),
+    ("POST", "/api/alerts/rules/{rule_id}/webhooks"): Row(
+        allowed(*STAFF_UP, ok=201), lambda c: Request(f"/api/alerts/rules/{_new_alert_rule(c)}/webhooks", WEBHOOK)
+    ),
+    ("GET", "/api/alerts/rules/{rule_id}/webhooks"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/alerts/rules/{_webhook(c)[0]}/webhooks")
+    ),
+    ("DELETE", "/api/alerts/rules/{rule_id}/webhooks/{webhook_id}"): Row(
+        allowed(*STAFF_UP, ok=204), lambda c: Request("/api/alerts/rules/{}/webhooks/{}".format(*_new_webhook(c)))
+    ),
     ("POST", "/api/alerts/rules/{rule_id}/webhooks/{webhook_id}/rotate-secret"): Row(
-        allowed(*STAFF_UP), lambda c: Request("/api/alerts/rules/{}/webhooks/{}/rotate-secret".format(*_webhook(c)))),
-    ("GET", "/api/alerts/webhooks/{webhook_id}/deliveries"): Row(allowed(*STAFF_UP), lambda c: Request(
-        f"/api/alerts/webhooks/{_webhook(c)[1]}/deliveries?state=pending")),
+        allowed(*STAFF_UP), lambda c: Request("/api/alerts/rules/{}/webhooks/{}/rotate-secret".format(*_webhook(c)))
+    ),
+    ("GET", "/api/alerts/webhooks/{webhook_id}/deliveries"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/alerts/webhooks/{_webhook(c)[1]}/deliveries?state=pending")
+    ),
     # --- the platform operator: only an operator's token
-    ("POST", "/api/platform/auth/login"): Row(anyone(200), lambda c: Request(
-        "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
-        {"X-Forwarded-For": "198.51.100.21"})),
+    ("POST", "/api/platform/auth/login"): Row(
+        anyone(200),
+        lambda c: Request(
+            "/api/platform/auth/login",
+            {"email": OPERATOR_EMAIL, "password": PASSWORD},
+            {"X-Forwarded-For": "198.51.100.21"},
+        ),
+    ),
     ("GET", "/api/platform/tenants"): Row(operator_only(), lambda c: Request("/api/platform/tenants")),
-    ("POST", "/api/platform/tenants"): Row(operator_only(201), lambda c: Request(
-        "/api/platform/tenants", {"slug": unique_slug("new"), "name": "New Works", "plan": "free",
-                                  "owner_email": "boss@example.com"})),
-    ("PATCH", "/api/platform/tenants/{tenant_id}"): Row(operator_only(), lambda c: Request(
-        f"/api/platform/tenants/{c.tenant['id']}", {"plan": "industrial"})),
+    ("POST", "/api/platform/tenants"): Row(
+        operator_only(201),
+        lambda c: Request(
+            "/api/platform/tenants",
+            {"slug": unique_slug("new"), "name": "New Works", "plan": "free", "owner_email": "boss@example.com"},
+        ),
+    ),
+    ("PATCH", "/api/platform/tenants/{tenant_id}"): Row(
+        operator_only(), lambda c: Request(f"/api/platform/tenants/{c.tenant['id']}", {"plan": "industrial"})
+    ),
 }
 
 
 def served_routes() -> set[tuple[str, str]]:
     """(method, path) of every operation in the app's OpenAPI document (what /api/openapi.json
     serves; FastAPI nests included routers, so the document is the one complete list)."""
-    return {(method.upper(), path) for path, item in api.openapi()["paths"].items() for method in item
-            if method in {"get", "put", "post", "delete", "patch", "head", "options", "trace"}}
+    return {
+        (method.upper(), path)
+        for path, item in api.openapi()["paths"].items()
+        for method in item
+        if method in {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    }
 
 
 def test_every_route_has_a_row():
@@ -278,15 +358,20 @@ def context(monkeypatch, database, app_pool, settings, mosquitto_broker, azurite
     """The API with this test's database, live broker (commands with the stack's commander
     credential) and Azurite (exports), an unmetered tenant with a user of each role, and a platform
     operator."""
-    export_api_settings(monkeypatch, database, MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
-                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password,
-                        STORAGE_CONNECTION_STRING=azurite_server.connection_string,
-                        EXPORT_CONTAINER=f"exports-{uuid.uuid4().hex[:12]}")
+    export_api_settings(
+        monkeypatch,
+        database,
+        MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
+        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password,
+        STORAGE_CONNECTION_STRING=azurite_server.connection_string,
+        EXPORT_CONTAINER=f"exports-{uuid.uuid4().hex[:12]}",
+    )
     tenant = create_tenant(app_pool, unique_slug(), "Matrix Works", "industrial")
     users = users_of_each_role(app_pool, tenant)
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s)",
-                     (OPERATOR_EMAIL, PASSWORD_HASH))
+        conn.execute(
+            "INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s)", (OPERATOR_EMAIL, PASSWORD_HASH)
+        )
     reply = call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD})
     assert reply.status == 200, reply.body
     tokens: dict[str, str | None] = {role: user["token"] for role, user in users.items()}
@@ -297,9 +382,12 @@ def context(monkeypatch, database, app_pool, settings, mosquitto_broker, azurite
 
 
 def _params() -> list[Any]:
-    return [pytest.param(key, id=f"{key[0]} {key[1]}",
-                         marks=[pytest.mark.xfail(reason=row.xfail, strict=False)] if row.xfail else [])
-            for key, row in sorted(ROWS.items(), key=lambda item: (item[0][1], item[0][0]))]
+    return [
+        pytest.param(
+            key, id=f"{key[0]} {key[1]}", marks=[pytest.mark.xfail(reason=row.xfail, strict=False)] if row.xfail else []
+        )
+        for key, row in sorted(ROWS.items(), key=lambda item: (item[0][1], item[0][0]))
+    ]
 
 
 @pytest.mark.parametrize("route", _params())
@@ -313,8 +401,9 @@ def test_role_matrix(context, route):
     for caller in CALLERS:
         request = row.request(context)
         # WHEN the caller sends a valid request
-        reply: Reply = call(method, request.path, request.body, token=context.tokens[caller],
-                            headers=request.headers, raw=request.raw)
+        reply: Reply = call(
+            method, request.path, request.body, token=context.tokens[caller], headers=request.headers, raw=request.raw
+        )
         got[caller] = reply.status
         if reply.status >= 400:
             assert reply.headers["content-type"].startswith("application/problem+json"), (caller, reply.body)

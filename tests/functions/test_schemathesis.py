@@ -6,6 +6,7 @@ documented status, the documented content type, and a body and headers matching 
 
 Failures are collected per operation, so one run names every operation that breaks the document.
 The number of cases run per role is printed (`pytest -s` shows it)."""
+
 from __future__ import annotations
 
 import uuid
@@ -39,8 +40,13 @@ from tests.support.api import (
 from tests.support.devices import unique_slug
 from tests.support.registry import create_tenant
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 # Per operation and caller: about 300 cases a caller, ~25-60 s in all on 2 busy cores (derandomized:
 # the same cases every run; raise these locally to explore).
 POSITIVE_EXAMPLES = 5
@@ -56,15 +62,22 @@ def tenant_world(monkeypatch, database, app_pool, settings, mosquitto_broker, az
     """A tenant with a user of each role, a platform operator (the callers' tokens), and real
     objects for path parameters: a fresh user or device per plan, the tenant itself. The live
     broker (devices, commands) and Azurite (exports) are configured."""
-    export_api_settings(monkeypatch, database, MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
-                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password, MQTT_COMMAND_TIMEOUT_S="2",
-                        STORAGE_CONNECTION_STRING=azurite_server.connection_string,
-                        EXPORT_CONTAINER=f"exports-{uuid.uuid4().hex[:12]}")
+    export_api_settings(
+        monkeypatch,
+        database,
+        MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
+        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password,
+        MQTT_COMMAND_TIMEOUT_S="2",
+        STORAGE_CONNECTION_STRING=azurite_server.connection_string,
+        EXPORT_CONTAINER=f"exports-{uuid.uuid4().hex[:12]}",
+    )
     tenant = create_tenant(app_pool, unique_slug(), "Fuzz Works", "industrial")
     users = users_of_each_role(app_pool, tenant)
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s)",
-                     ("fuzz-ops@example.com", PASSWORD_HASH))
+        conn.execute(
+            "INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s)",
+            ("fuzz-ops@example.com", PASSWORD_HASH),
+        )
     reply = call("POST", "/api/platform/auth/login", {"email": "fuzz-ops@example.com", "password": PASSWORD})
     assert reply.status == 200, reply.body
     tokens = {role: user["token"] for role, user in users.items()}
@@ -88,8 +101,14 @@ def tenant_world(monkeypatch, database, app_pool, settings, mosquitto_broker, az
 
 def _run(operation: Any, strategy: Any, examples: int, headers: dict[str, str], counter: list[int]) -> None:
     @given(case=strategy)
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     def one(case: Any) -> None:
         counter[0] += 1
         case.call_and_validate(headers=headers, checks=CHECKS)
@@ -109,12 +128,19 @@ def test_api_conforms_to_its_openapi_document(tenant_world, role, capsys):
         label = f"{operation.method.upper()} {operation.path}"
         path_names = [p.name for p in operation.path_parameters]
         real: dict[str, Callable[[], str]] = {name: targets[name] for name in path_names if name in targets}
-        plans = [(operation.as_strategy(GenerationMode.POSITIVE), POSITIVE_EXAMPLES),
-                 (operation.as_strategy(GenerationMode.NEGATIVE), NEGATIVE_EXAMPLES)]
+        plans = [
+            (operation.as_strategy(GenerationMode.POSITIVE), POSITIVE_EXAMPLES),
+            (operation.as_strategy(GenerationMode.NEGATIVE), NEGATIVE_EXAMPLES),
+        ]
         if real and len(real) == len(path_names):
-            plans.append((operation.as_strategy(GenerationMode.POSITIVE,
-                                                path_parameters={n: make() for n, make in real.items()}),
-                          REAL_ID_EXAMPLES))
+            plans.append(
+                (
+                    operation.as_strategy(
+                        GenerationMode.POSITIVE, path_parameters={n: make() for n, make in real.items()}
+                    ),
+                    REAL_ID_EXAMPLES,
+                )
+            )
         for strategy, examples in plans:
             try:
                 _run(operation, strategy, examples, headers, counter)
@@ -131,4 +157,7 @@ def test_api_conforms_to_its_openapi_document(tenant_world, role, capsys):
 
 def test_the_document_is_loaded_from_the_app():
     assert {f"{r.ok().method.upper()} {r.ok().path}" for r in schema.get_all_operations()} >= {
-        "POST /api/auth/login", "GET /api/me", "GET /api/users"}
+        "POST /api/auth/login",
+        "GET /api/me",
+        "GET /api/users",
+    }

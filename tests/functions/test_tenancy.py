@@ -3,6 +3,7 @@ against a real database (and the real broker where devices are created): 402 at 
 also for racing transactions; an upgrade lifts a limit at once; /api/usage; /api/audit for owners
 only, newest first, paged, own tenant only; the database refuses the app role any change to the
 audit log; operator and tenant tokens each refused where the other belongs."""
+
 from __future__ import annotations
 
 import base64
@@ -39,8 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def operator(database) -> dict[str, Any]:
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
-        row = conn.execute("INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s) RETURNING id",
-                           (OPERATOR_EMAIL, PASSWORD_HASH)).fetchone()
+        row = conn.execute(
+            "INSERT INTO platform_operators (email, password_hash) VALUES (%s, %s) RETURNING id",
+            (OPERATOR_EMAIL, PASSWORD_HASH),
+        ).fetchone()
     return {"id": row[0], "email": OPERATOR_EMAIL}
 
 
@@ -65,8 +68,7 @@ def free_tenant(pool) -> dict[str, Any]:
 # --------------------------------------------------------------------------- plan limits
 
 
-def test_device_limit_answers_402_naming_the_limit_and_plan_and_an_upgrade_lifts_it(
-        broker_api, app_pool, operator):
+def test_device_limit_answers_402_naming_the_limit_and_plan_and_an_upgrade_lifts_it(broker_api, app_pool, operator):
     # GIVEN a tenant on the free plan (3 devices) with a staff member
     tenant = free_tenant(app_pool)
     staff = {**(user := new_user(app_pool, tenant, "staff")), "token": mint_token(user)}
@@ -75,8 +77,9 @@ def test_device_limit_answers_402_naming_the_limit_and_plan_and_an_upgrade_lifts
 
     # WHEN they create a fourth, one at a time or in a CSV
     one = call("POST", "/api/devices", {"name": "m-3"}, token=staff["token"])
-    csv = call("POST", "/api/devices/bulk", token=staff["token"], raw=b"name\nm-4\nm-5\n",
-               headers={"Content-Type": "text/csv"})
+    csv = call(
+        "POST", "/api/devices/bulk", token=staff["token"], raw=b"name\nm-4\nm-5\n", headers={"Content-Type": "text/csv"}
+    )
 
     # THEN both are refused with 402, a message naming the plan and the limit, and nothing is added
     body = assert_problem(one, 402, "plan-limit-reached")
@@ -138,8 +141,17 @@ def test_racing_transactions_cannot_exceed_the_limit(database, app_pool):
     racer = threading.Thread(target=second)
     racer.start()
     # the second waits on the tenant's row lock, held by the first
-    wait_for(lambda: query(database, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                     " AND datname = current_database()")[0][0] >= 1, 10, "the second to wait")
+    wait_for(
+        lambda: (
+            query(
+                database,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            )[0][0]
+            >= 1
+        ),
+        10,
+        "the second to wait",
+    )
     first.commit()
     first.close()
     racer.join(10)
@@ -170,9 +182,12 @@ def test_usage_shows_each_quota_for_any_role(api, app_pool, database):
     with tenant_transaction(app_pool, tid) as conn:
         conn.execute("INSERT INTO devices (tenant_id, name) SELECT %s, 'd' || g FROM generate_series(1, 5) g", (tid,))
     with psycopg.connect(database.ingest_dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO usage_hourly (tenant_id, hour, messages, over_quota)"
-                     " VALUES (%s, date_trunc('hour', now(), 'UTC'), 900, 4),"
-                     " (%s, date_trunc('hour', now(), 'UTC') - interval '1 hour', 7000, 0)", (tid, tid))
+        conn.execute(
+            "INSERT INTO usage_hourly (tenant_id, hour, messages, over_quota)"
+            " VALUES (%s, date_trunc('hour', now(), 'UTC'), 900, 4),"
+            " (%s, date_trunc('hour', now(), 'UTC') - interval '1 hour', 7000, 0)",
+            (tid, tid),
+        )
 
     # WHEN a viewer asks
     reply = call("GET", "/api/usage", token=users["viewer"]["token"])
@@ -216,8 +231,9 @@ def test_audit_log_is_for_owners_newest_first_paged_filtered_and_own_tenant_only
     # WHEN the owner pages through user.create entries two at a time
     first = call("GET", "/api/audit?action=user.create&limit=2", token=owner["token"])
     assert first.status == 200, first.body
-    second = call("GET", f"/api/audit?action=user.create&limit=2&cursor={first.json['next_cursor']}",
-                  token=owner["token"])
+    second = call(
+        "GET", f"/api/audit?action=user.create&limit=2&cursor={first.json['next_cursor']}", token=owner["token"]
+    )
 
     # THEN newest first, every entry once, only this tenant's, with who and from where
     entries = first.json["items"] + second.json["items"]
@@ -246,8 +262,7 @@ def test_the_app_role_cannot_change_or_erase_the_audit_log(api, app_pool):
 
     # WHEN the application role tries to UPDATE, DELETE or TRUNCATE it (in its own tenant's scope)
     # THEN the database refuses each one
-    for statement in ("UPDATE audit_log SET action = 'auth.nothing'", "DELETE FROM audit_log",
-                      "TRUNCATE audit_log"):
+    for statement in ("UPDATE audit_log SET action = 'auth.nothing'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(app_pool, tid) as conn:
             conn.execute(statement)
     with tenant_transaction(app_pool, tid) as conn:
@@ -263,21 +278,29 @@ def test_operator_creates_a_tenant_with_its_owner_lists_tenants_and_changes_plan
 
     # WHEN they create a tenant with its first owner (password generated)
     slug = unique_slug("newco")
-    reply = call("POST", "/api/platform/tenants", {"slug": slug, "name": "New Co", "plan": "starter",
-                                                   "owner_email": "Boss@Example.com"}, token=token)
+    reply = call(
+        "POST",
+        "/api/platform/tenants",
+        {"slug": slug, "name": "New Co", "plan": "starter", "owner_email": "Boss@Example.com"},
+        token=token,
+    )
 
     # THEN the owner can log in with the password shown once
     assert reply.status == 201, reply.body
     created = reply.json
     assert created["plan"] == "starter" and created["owner"]["email"] == "boss@example.com"
-    login = call("POST", "/api/auth/login", {"tenant": slug, "email": "boss@example.com",
-                                             "password": created["owner"]["password"]})
+    login = call(
+        "POST",
+        "/api/auth/login",
+        {"tenant": slug, "email": "boss@example.com", "password": created["owner"]["password"]},
+    )
     assert login.status == 200, login.body
     owner_token = login.json["access_token"]
 
     # and a slug taken is 409
-    again = call("POST", "/api/platform/tenants", {"slug": slug, "name": "Again", "owner_email": "a@example.com"},
-                 token=token)
+    again = call(
+        "POST", "/api/platform/tenants", {"slug": slug, "name": "Again", "owner_email": "a@example.com"}, token=token
+    )
     assert_problem(again, 409, "tenant-slug-taken")
 
     # WHEN they list tenants: every tenant, with its use
@@ -301,26 +324,38 @@ def test_operator_creates_a_tenant_with_its_owner_lists_tenants_and_changes_plan
     assert {"tenant.create", "user.create", "tenant.change_plan"} <= set(by_action)
     change = by_action["tenant.change_plan"]
     assert change["actor_user_id"] is None
-    assert change["detail"] == {"operator_id": str(operator["id"]), "operator_email": OPERATOR_EMAIL,
-                                "from": "starter", "to": "professional"}
+    assert change["detail"] == {
+        "operator_id": str(operator["id"]),
+        "operator_email": OPERATOR_EMAIL,
+        "from": "starter",
+        "to": "professional",
+    }
     assert by_action["tenant.create"]["detail"]["operator_email"] == OPERATOR_EMAIL
 
 
 def test_tenant_tokens_never_reach_operator_endpoints_and_operator_tokens_never_reach_tenant_endpoints(
-        api, app_pool, operator):
+    api, app_pool, operator
+):
     tenant = new_tenant(app_pool)
     users = users_of_each_role(app_pool, tenant)
     op_token = operator_token()
-    platform = [("GET", "/api/platform/tenants", None),
-                ("POST", "/api/platform/tenants", {"slug": unique_slug(), "name": "X", "owner_email": "x@example.com"}),
-                ("PATCH", f"/api/platform/tenants/{tenant['id']}", {"plan": "industrial"})]
+    platform = [
+        ("GET", "/api/platform/tenants", None),
+        ("POST", "/api/platform/tenants", {"slug": unique_slug(), "name": "X", "owner_email": "x@example.com"}),
+        ("PATCH", f"/api/platform/tenants/{tenant['id']}", {"plan": "industrial"}),
+    ]
     # a tenant user's token, of any role, and no token: 401 at every operator endpoint
     for token in [users[role]["token"] for role in ("owner", "staff", "viewer")] + [None]:
         for method, path, body in platform:
             assert_problem(call(method, path, body, token=token), 401)
     # an operator token at tenant endpoints: 401
-    for method, path in (("GET", "/api/me"), ("GET", "/api/usage"), ("GET", "/api/audit"), ("GET", "/api/users"),
-                         ("GET", "/api/devices")):
+    for method, path in (
+        ("GET", "/api/me"),
+        ("GET", "/api/usage"),
+        ("GET", "/api/audit"),
+        ("GET", "/api/users"),
+        ("GET", "/api/devices"),
+    ):
         assert_problem(call(method, path, token=op_token), 401)
     # nothing changed
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
@@ -328,10 +363,16 @@ def test_tenant_tokens_never_reach_operator_endpoints_and_operator_tokens_never_
 
 
 def test_operator_login_refuses_wrong_passwords_and_a_deleted_operator_loses_access(api, database, operator):
-    assert_problem(call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": "wrong password"}),
-                   401, "invalid-credentials")
-    assert_problem(call("POST", "/api/platform/auth/login", {"email": "nobody@example.com", "password": PASSWORD}),
-                   401, "invalid-credentials")
+    assert_problem(
+        call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": "wrong password"}),
+        401,
+        "invalid-credentials",
+    )
+    assert_problem(
+        call("POST", "/api/platform/auth/login", {"email": "nobody@example.com", "password": PASSWORD}),
+        401,
+        "invalid-credentials",
+    )
     token = operator_token()
     assert call("GET", "/api/platform/tenants", token=token).status == 200
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
@@ -351,23 +392,44 @@ def test_operator_login_is_throttled_with_retry_after(api, operator):
     # GIVEN five wrong passwords for the operator from one address
     headers = {"X-Forwarded-For": "198.51.100.77"}
     for _ in range(5):
-        reply = call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": "wrong password"},
-                     headers=headers)
+        reply = call(
+            "POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": "wrong password"}, headers=headers
+        )
         assert_problem(reply, 401)
     # WHEN the right one follows from there: 429 with Retry-After; from another address it works
-    throttled = call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
-                     headers=headers)
+    throttled = call(
+        "POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD}, headers=headers
+    )
     assert_problem(throttled, 429, "too-many-login-attempts")
     assert int(throttled.headers["retry-after"]) > 0
-    assert call("POST", "/api/platform/auth/login", {"email": OPERATOR_EMAIL, "password": PASSWORD},
-                headers={"X-Forwarded-For": "198.51.100.78"}).status == 200
+    assert (
+        call(
+            "POST",
+            "/api/platform/auth/login",
+            {"email": OPERATOR_EMAIL, "password": PASSWORD},
+            headers={"X-Forwarded-For": "198.51.100.78"},
+        ).status
+        == 200
+    )
 
 
 def test_create_operator_script_makes_an_operator_who_can_log_in(api, database):
     # WHEN an operator is created with the script, as the database owner
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "create_operator.py"), "Root@Example.com",
-                           "--password-stdin", "--database-url", database.owner_dsn],
-                          input=f"{PASSWORD}\n", capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "create_operator.py"),
+            "Root@Example.com",
+            "--password-stdin",
+            "--database-url",
+            database.owner_dsn,
+        ],
+        input=f"{PASSWORD}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     # THEN it says so without printing the password, and the operator can log in
     assert done.returncode == 0, done.stderr
     assert "root@example.com" in done.stdout and PASSWORD not in done.stdout
@@ -377,8 +439,15 @@ def test_create_operator_script_makes_an_operator_who_can_log_in(api, database):
 
 def test_control_characters_in_operator_emails_are_refused_before_the_database(api, operator):
     # PostgreSQL text cannot hold NUL: such an email must be a 422, never a database error
-    assert_problem(call("POST", "/api/platform/auth/login", {"email": "ops\u0000@example.com", "password": PASSWORD}),
-                   422, "validation")
-    reply = call("POST", "/api/platform/tenants", {"slug": unique_slug(), "name": "X", "owner_email": "a\u0000@b.c"},
-                 token=operator_token())
+    assert_problem(
+        call("POST", "/api/platform/auth/login", {"email": "ops\u0000@example.com", "password": PASSWORD}),
+        422,
+        "validation",
+    )
+    reply = call(
+        "POST",
+        "/api/platform/tenants",
+        {"slug": unique_slug(), "name": "X", "owner_email": "a\u0000@b.c"},
+        token=operator_token(),
+    )
     assert_problem(reply, 422, "validation")

@@ -2,6 +2,7 @@
 identity provider's (shared secret or JWKS), every way of getting one wrong refused with a 401
 problem, and the external user mapping (tenant claim, subject link, role claim that only narrows).
 The JWKS is served by a real HTTP server on a free port; PyJWT's PyJWKClient fetches it."""
+
 from __future__ import annotations
 
 import base64
@@ -76,8 +77,13 @@ def owner(app_pool, tenant):
 @pytest.fixture
 def secret_api(monkeypatch, database):
     """The API with an external provider that signs with a shared HS256 secret (Supabase's legacy mode)."""
-    export_api_settings(monkeypatch, database, AUTH_EXTERNAL_ISSUER=EXT_ISSUER, AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
-                        AUTH_EXTERNAL_SECRET=EXT_SECRET)
+    export_api_settings(
+        monkeypatch,
+        database,
+        AUTH_EXTERNAL_ISSUER=EXT_ISSUER,
+        AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
+        AUTH_EXTERNAL_SECRET=EXT_SECRET,
+    )
     yield
     close_api_pool()
 
@@ -88,10 +94,13 @@ class Jwks:
     def __init__(self) -> None:
         self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.ec = ec.generate_private_key(ec.SECP256R1())
-        rsa_jwk = {**RSAAlgorithm.to_jwk(self.rsa.public_key(), as_dict=True), "kid": "rsa-1", "alg": "RS256",
-                   "use": "sig"}
-        ec_jwk = {**ECAlgorithm.to_jwk(self.ec.public_key(), as_dict=True), "kid": "ec-1", "alg": "ES256",
-                  "use": "sig"}
+        rsa_jwk = {
+            **RSAAlgorithm.to_jwk(self.rsa.public_key(), as_dict=True),
+            "kid": "rsa-1",
+            "alg": "RS256",
+            "use": "sig",
+        }
+        ec_jwk = {**ECAlgorithm.to_jwk(self.ec.public_key(), as_dict=True), "kid": "ec-1", "alg": "ES256", "use": "sig"}
         self.document = json.dumps({"keys": [rsa_jwk, ec_jwk]}).encode()
         self.fetches = 0
         jwks = self
@@ -114,8 +123,9 @@ class Jwks:
         self.thread.start()
 
     def public_pem(self) -> bytes:
-        return self.rsa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        return self.rsa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def close(self) -> None:
         self.server.shutdown()
@@ -131,16 +141,28 @@ def jwks() -> Iterator[Jwks]:
 
 @pytest.fixture
 def jwks_api(monkeypatch, database, jwks):
-    export_api_settings(monkeypatch, database, AUTH_EXTERNAL_ISSUER=EXT_ISSUER, AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
-                        AUTH_EXTERNAL_JWKS_URL=jwks.url, AUTH_EXTERNAL_JWKS_TIMEOUT_S="2")
+    export_api_settings(
+        monkeypatch,
+        database,
+        AUTH_EXTERNAL_ISSUER=EXT_ISSUER,
+        AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
+        AUTH_EXTERNAL_JWKS_URL=jwks.url,
+        AUTH_EXTERNAL_JWKS_TIMEOUT_S="2",
+    )
     yield
     close_api_pool()
 
 
 def ours(user: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    claims = {"iss": OUR_ISSUER, "aud": OUR_AUDIENCE, "sub": str(user["id"]), "tid": str(user["tenant"]["id"]),
-              "iat": now, "exp": now + 600}
+    claims = {
+        "iss": OUR_ISSUER,
+        "aud": OUR_AUDIENCE,
+        "sub": str(user["id"]),
+        "tid": str(user["tenant"]["id"]),
+        "iat": now,
+        "exp": now + 600,
+    }
     claims.update(overrides)
     return claims
 
@@ -151,8 +173,16 @@ def theirs(user: dict[str, Any], subject: str | None = None, role: str | None = 
     app_metadata: dict[str, Any] = {"provider": "email", "tenant": user["tenant"]["slug"]}
     if role is not None:
         app_metadata["role"] = role
-    claims = {"iss": EXT_ISSUER, "aud": EXT_AUDIENCE, "sub": subject or str(uuid.uuid4()), "email": user["email"],
-              "role": "authenticated", "app_metadata": app_metadata, "iat": now, "exp": now + 3600}
+    claims = {
+        "iss": EXT_ISSUER,
+        "aud": EXT_AUDIENCE,
+        "sub": subject or str(uuid.uuid4()),
+        "email": user["email"],
+        "role": "authenticated",
+        "app_metadata": app_metadata,
+        "iat": now,
+        "exp": now + 3600,
+    }
     claims.update(overrides)
     return claims
 
@@ -175,8 +205,19 @@ def test_own_token_opens_me(api, owner):
     assert reply.status == 200 and reply.json["id"] == str(owner["id"]), reply.body
 
 
-OWN_BAD = ["forged_signature", "expired", "wrong_issuer", "wrong_audience", "alg_none", "hs_rs_confusion",
-           "rs256_signed", "missing_exp", "garbage", "empty_segments", "not_a_uuid_subject"]
+OWN_BAD = [
+    "forged_signature",
+    "expired",
+    "wrong_issuer",
+    "wrong_audience",
+    "alg_none",
+    "hs_rs_confusion",
+    "rs256_signed",
+    "missing_exp",
+    "garbage",
+    "empty_segments",
+    "not_a_uuid_subject",
+]
 
 
 @pytest.mark.parametrize("case", OWN_BAD)
@@ -192,8 +233,9 @@ def test_own_bad_tokens_are_refused(api, owner, jwks, case):
         # our secret is symmetric; the confusion is a token that asks to be checked as RS256
         "hs_rs_confusion": lambda: hand_signed({"alg": "RS256", "typ": "JWT"}, ours(owner), JWT_SECRET.encode()),
         "rs256_signed": lambda: jwt.encode(ours(owner), jwks.rsa, algorithm="RS256"),
-        "missing_exp": lambda: jwt.encode({k: v for k, v in ours(owner).items() if k != "exp"}, JWT_SECRET,
-                                          algorithm="HS256"),
+        "missing_exp": lambda: jwt.encode(
+            {k: v for k, v in ours(owner).items() if k != "exp"}, JWT_SECRET, algorithm="HS256"
+        ),
         "garbage": lambda: "garbage",
         "empty_segments": lambda: "..",
         "not_a_uuid_subject": lambda: jwt.encode(ours(owner, sub="root"), JWT_SECRET, algorithm="HS256"),
@@ -238,8 +280,9 @@ def test_external_token_maps_to_our_user_and_links_the_subject(secret_api, datab
     assert reply.status == 200, reply.body
     assert (reply.json["id"], reply.json["role"]) == (str(owner["id"]), "owner")
     assert query(database, "SELECT external_subject FROM users WHERE id = %(id)s", {"id": owner["id"]}) == [(subject,)]
-    assert query(database, "SELECT action FROM audit_log WHERE target_id = %(id)s",
-                 {"id": str(owner["id"])}) == [("user.link_external",)]
+    assert query(database, "SELECT action FROM audit_log WHERE target_id = %(id)s", {"id": str(owner["id"])}) == [
+        ("user.link_external",)
+    ]
     assert me(token).status == 200  # and again, through the link
 
 
@@ -264,16 +307,20 @@ def test_linked_user_is_reached_only_by_its_subject(secret_api, owner):
     assert_refused(me(jwt.encode(theirs(owner, "subject-b"), EXT_SECRET, algorithm="HS256")))
 
 
-@pytest.mark.parametrize(("stored", "claimed", "effective", "users_status"), [
-    ("owner", "viewer", "viewer", 403),   # the claim narrows
-    ("owner", "staff", "staff", 403),
-    ("viewer", "owner", "viewer", 403),   # but never raises
-    ("staff", "owner", "staff", 403),
-    ("owner", "owner", "owner", 200),
-    ("owner", None, "owner", 200),        # no claim: our role
-])
-def test_external_role_claim_only_narrows_the_stored_role(secret_api, app_pool, tenant, stored, claimed, effective,
-                                                          users_status):
+@pytest.mark.parametrize(
+    ("stored", "claimed", "effective", "users_status"),
+    [
+        ("owner", "viewer", "viewer", 403),  # the claim narrows
+        ("owner", "staff", "staff", 403),
+        ("viewer", "owner", "viewer", 403),  # but never raises
+        ("staff", "owner", "staff", 403),
+        ("owner", "owner", "owner", 200),
+        ("owner", None, "owner", 200),  # no claim: our role
+    ],
+)
+def test_external_role_claim_only_narrows_the_stored_role(
+    secret_api, app_pool, tenant, stored, claimed, effective, users_status
+):
     new_user(app_pool, tenant, "owner")
     user = new_user(app_pool, tenant, stored)
     token = jwt.encode(theirs(user, role=claimed), EXT_SECRET, algorithm="HS256")
@@ -282,9 +329,20 @@ def test_external_role_claim_only_narrows_the_stored_role(secret_api, app_pool, 
     assert call("GET", "/api/users", token=token).status == users_status
 
 
-EXTERNAL_BAD = ["forged_signature", "expired", "wrong_issuer", "wrong_audience", "alg_none", "rs256_signed",
-                "missing_exp", "missing_tenant_claim", "unknown_role_claim", "other_tenant_claim", "unknown_email",
-                "unknown_tenant"]
+EXTERNAL_BAD = [
+    "forged_signature",
+    "expired",
+    "wrong_issuer",
+    "wrong_audience",
+    "alg_none",
+    "rs256_signed",
+    "missing_exp",
+    "missing_tenant_claim",
+    "unknown_role_claim",
+    "other_tenant_claim",
+    "unknown_email",
+    "unknown_tenant",
+]
 
 
 @pytest.mark.parametrize("case", EXTERNAL_BAD)
@@ -343,8 +401,14 @@ def test_external_tokens_are_refused_while_no_provider_is_configured(api, owner)
 
 
 def test_misconfigured_provider_is_a_500_problem_naming_the_settings(monkeypatch, database, owner, jwks):
-    export_api_settings(monkeypatch, database, AUTH_EXTERNAL_ISSUER=EXT_ISSUER, AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
-                        AUTH_EXTERNAL_SECRET=EXT_SECRET, AUTH_EXTERNAL_JWKS_URL=jwks.url)
+    export_api_settings(
+        monkeypatch,
+        database,
+        AUTH_EXTERNAL_ISSUER=EXT_ISSUER,
+        AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
+        AUTH_EXTERNAL_SECRET=EXT_SECRET,
+        AUTH_EXTERNAL_JWKS_URL=jwks.url,
+    )
     try:
         reply = me(jwt.encode(theirs(owner), EXT_SECRET, algorithm="HS256"))
         assert reply.status == 500 and reply.json["type"].endswith("external-auth-not-configured")
@@ -367,8 +431,14 @@ def test_jwks_rs256_and_es256_tokens_are_accepted_and_the_key_set_is_cached(jwks
 
 def test_a_key_the_provider_withdraws_stops_working_within_the_cache_lifetime(monkeypatch, database, owner, jwks):
     # GIVEN a JWKS cached for 1 s, and a token signed with its RSA key that is accepted
-    export_api_settings(monkeypatch, database, AUTH_EXTERNAL_ISSUER=EXT_ISSUER, AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
-                        AUTH_EXTERNAL_JWKS_URL=jwks.url, AUTH_EXTERNAL_JWKS_CACHE_S="1")
+    export_api_settings(
+        monkeypatch,
+        database,
+        AUTH_EXTERNAL_ISSUER=EXT_ISSUER,
+        AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
+        AUTH_EXTERNAL_JWKS_URL=jwks.url,
+        AUTH_EXTERNAL_JWKS_CACHE_S="1",
+    )
     try:
         token = jwt.encode(theirs(owner, "subject-rotated"), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
         assert me(token).status == 200
@@ -381,8 +451,17 @@ def test_a_key_the_provider_withdraws_stops_working_within_the_cache_lifetime(mo
         close_api_pool()
 
 
-JWKS_BAD = ["forged_signature", "hs256_with_public_key", "hs256_with_shared_secret", "alg_none", "unknown_kid",
-            "key_of_other_alg", "expired", "wrong_audience", "wrong_issuer"]
+JWKS_BAD = [
+    "forged_signature",
+    "hs256_with_public_key",
+    "hs256_with_shared_secret",
+    "alg_none",
+    "unknown_kid",
+    "key_of_other_alg",
+    "expired",
+    "wrong_audience",
+    "wrong_issuer",
+]
 
 
 @pytest.mark.parametrize("case", JWKS_BAD)
@@ -392,19 +471,23 @@ def test_jwks_bad_tokens_are_refused(jwks_api, owner, jwks, case):
     bad = {
         "forged_signature": lambda: jwt.encode(theirs(owner), stranger, algorithm="RS256", headers={"kid": "rsa-1"}),
         # the classic confusion: HMAC keyed with the provider's public key, which anyone can fetch
-        "hs256_with_public_key": lambda: hand_signed({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, theirs(owner),
-                                                     jwks.public_pem()),
+        "hs256_with_public_key": lambda: hand_signed(
+            {"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}, theirs(owner), jwks.public_pem()
+        ),
         "hs256_with_shared_secret": lambda: jwt.encode(theirs(owner), EXT_SECRET, algorithm="HS256"),
         "alg_none": lambda: hand_signed({"alg": "none", "typ": "JWT", "kid": "rsa-1"}, theirs(owner), None),
         "unknown_kid": lambda: jwt.encode(theirs(owner), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-9"}),
         # an RS256 signature presented under the EC key's kid (and the reverse) must not verify
         "key_of_other_alg": lambda: jwt.encode(theirs(owner), jwks.rsa, algorithm="RS256", headers={"kid": "ec-1"}),
-        "expired": lambda: jwt.encode(theirs(owner, iat=long_ago, exp=long_ago + 3600), jwks.rsa, algorithm="RS256",
-                                      headers={"kid": "rsa-1"}),
-        "wrong_audience": lambda: jwt.encode(theirs(owner, aud="anon"), jwks.rsa, algorithm="RS256",
-                                             headers={"kid": "rsa-1"}),
-        "wrong_issuer": lambda: jwt.encode(theirs(owner, iss="https://elsewhere.example"), jwks.rsa,
-                                           algorithm="RS256", headers={"kid": "rsa-1"}),
+        "expired": lambda: jwt.encode(
+            theirs(owner, iat=long_ago, exp=long_ago + 3600), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}
+        ),
+        "wrong_audience": lambda: jwt.encode(
+            theirs(owner, aud="anon"), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}
+        ),
+        "wrong_issuer": lambda: jwt.encode(
+            theirs(owner, iss="https://elsewhere.example"), jwks.rsa, algorithm="RS256", headers={"kid": "rsa-1"}
+        ),
     }[case]
     assert_refused(me(bad()))
 
@@ -414,8 +497,14 @@ def test_unreachable_jwks_is_a_503_and_never_a_pass(monkeypatch, database, owner
     closed = Jwks()
     url = closed.url
     closed.close()
-    export_api_settings(monkeypatch, database, AUTH_EXTERNAL_ISSUER=EXT_ISSUER, AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
-                        AUTH_EXTERNAL_JWKS_URL=url, AUTH_EXTERNAL_JWKS_TIMEOUT_S="1")
+    export_api_settings(
+        monkeypatch,
+        database,
+        AUTH_EXTERNAL_ISSUER=EXT_ISSUER,
+        AUTH_EXTERNAL_AUDIENCE=EXT_AUDIENCE,
+        AUTH_EXTERNAL_JWKS_URL=url,
+        AUTH_EXTERNAL_JWKS_TIMEOUT_S="1",
+    )
     try:
         token = jwt.encode(theirs(owner), closed.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
         reply = me(token)

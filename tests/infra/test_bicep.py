@@ -4,6 +4,7 @@ No Bicep CLI here (it downloads a binary), so pycep-parser (checkov's own parser
 structural tests read its output. checkov runs when it is installed (see infra/README.md: its pins conflict with
 pytest's, so it lives in its own virtualenv); otherwise those tests are skipped with the reason.
 """
+
 from __future__ import annotations
 
 import base64
@@ -186,9 +187,11 @@ def test_ssh_only_from_the_admin_cidr_parameter() -> None:
 
 
 def test_mqtts_open_and_websockets_only_behind_the_parameter() -> None:
-    open_ports = {(next(p for p in (8883, 8884) if opens_port(props, p)), condition)
-                  for _, props, condition in nsg_rules()
-                  if allows_inbound(props) and any(opens_port(props, p) for p in (8883, 8884))}
+    open_ports = {
+        (next(p for p in (8883, 8884) if opens_port(props, p)), condition)
+        for _, props, condition in nsg_rules()
+        if allows_inbound(props) and any(opens_port(props, p) for p in (8883, 8884))
+    }
     assert open_ports == {(8883, None), (8884, "enableWebsockets")}
     assert parse(MAIN)["parameters"]["enableWebsockets"]["default"] is False
 
@@ -220,17 +223,27 @@ def cloud_init_as_deployed() -> str:
     """cloud-init.yaml with the mosquitto.conf placeholder filled the way modules/brokerVm.bicep fills it."""
     variables = module("brokerVm")["variables"]
     assert variables["cloudInitTemplate"]["value"]["function"] == {
-        "type": "load_text_content", "parameters": {"file_path": "../cloud-init.yaml", "encoding": None}}
+        "type": "load_text_content",
+        "parameters": {"file_path": "../cloud-init.yaml", "encoding": None},
+    }
     assert variables["mosquittoConfBase64"]["value"]["function"] == {
-        "type": "load_file_as_base64", "parameters": {"file_path": "../generated/mosquitto.conf"}}
+        "type": "load_file_as_base64",
+        "parameters": {"file_path": "../generated/mosquitto.conf"},
+    }
     assert variables["cloudInitWithConf"]["value"]["function"]["parameters"] == {
-        "original_string": "cloudInitTemplate", "old_string": "__MOSQUITTO_CONF_B64__",
-        "new_string": "mosquittoConfBase64"}
+        "original_string": "cloudInitTemplate",
+        "old_string": "__MOSQUITTO_CONF_B64__",
+        "new_string": "mosquittoConfBase64",
+    }
     assert variables["dynsecBootstrapBase64"]["value"]["function"] == {
-        "type": "load_file_as_base64", "parameters": {"file_path": "../generated/dynsec-bootstrap.sh"}}
+        "type": "load_file_as_base64",
+        "parameters": {"file_path": "../generated/dynsec-bootstrap.sh"},
+    }
     assert variables["cloudInitWithDynsec"]["value"]["function"]["parameters"] == {
-        "original_string": "cloudInitWithAdmin", "old_string": "__DYNSEC_BOOTSTRAP_B64__",
-        "new_string": "dynsecBootstrapBase64"}
+        "original_string": "cloudInitWithAdmin",
+        "old_string": "__DYNSEC_BOOTSTRAP_B64__",
+        "new_string": "dynsecBootstrapBase64",
+    }
     template = (MODULES / "../cloud-init.yaml").resolve().read_text()
     conf_b64 = base64.b64encode((MODULES / "../generated/mosquitto.conf").resolve().read_bytes()).decode()
     dynsec_b64 = base64.b64encode((MODULES / "../generated/dynsec-bootstrap.sh").resolve().read_bytes()).decode()
@@ -299,13 +312,27 @@ def test_vm_shell_scripts_are_valid_bash(script: str, tmp_path: Path) -> None:
 def test_broker_vm_reads_only_the_three_broker_passwords() -> None:
     # cloud-init creates the drain's, the provisioner's and the commander's clients; no other secret is its business.
     kv = module("keyVault")
-    scopes = sorted(resource_config(r)["scope"] for r in kv["resources"].values()
-                    if r["type"] == "Microsoft.Authorization/roleAssignments"
-                    and resource_config(r)["properties"]["principalId"] == "brokerPrincipalId")
+    scopes = sorted(
+        resource_config(r)["scope"]
+        for r in kv["resources"].values()
+        if r["type"] == "Microsoft.Authorization/roleAssignments"
+        and resource_config(r)["properties"]["principalId"] == "brokerPrincipalId"
+    )
     assert scopes == ["mqttCommanderPasswordSecret", "mqttIngestPasswordSecret", "mqttProvisionerPasswordSecret"]
     assert parse(MAIN)["modules"]["keyVault"]["config"]["params"]["brokerPrincipalId"] == {
-        "operator": {"type": "property_accessor", "operands": {"operand_1": "brokerVm", "operand_2": {
-            "operator": {"type": "property_accessor", "operands": {"operand_1": "outputs", "operand_2": "principalId"}}}}}}
+        "operator": {
+            "type": "property_accessor",
+            "operands": {
+                "operand_1": "brokerVm",
+                "operand_2": {
+                    "operator": {
+                        "type": "property_accessor",
+                        "operands": {"operand_1": "outputs", "operand_2": "principalId"},
+                    }
+                },
+            },
+        }
+    }
 
 
 def test_cloud_init_hardens_the_vm_and_holds_no_secret() -> None:
@@ -314,12 +341,24 @@ def test_cloud_init_hardens_the_vm_and_holds_no_secret() -> None:
         assert f"  - {package}\n" in cloud_init
     assert "ufw default deny incoming" in cloud_init and "ufw allow 8883/tcp" in cloud_init
     assert set(re.findall(r"__[A-Z0-9_]+__", cloud_init)) == {
-        "__MOSQUITTO_CONF_B64__", "__BROKER_FQDN__", "__ENABLE_WEBSOCKETS__", "__ADMIN_USERNAME__",
-        "__DYNSEC_BOOTSTRAP_B64__", "__KEY_VAULT_URI__", "__ROTATE_BROKER_CERT_B64__", "__LETSENCRYPT_SH_B64__",
-        "__LETSENCRYPT_EMAIL__", "__LETSENCRYPT_KEY_TYPE__"}
-    replaced = {p["old_string"] for v in module("brokerVm")["variables"].values()
-                if isinstance(v["value"], dict) and (p := v["value"].get("function", {}).get("parameters"))
-                and "old_string" in p}
+        "__MOSQUITTO_CONF_B64__",
+        "__BROKER_FQDN__",
+        "__ENABLE_WEBSOCKETS__",
+        "__ADMIN_USERNAME__",
+        "__DYNSEC_BOOTSTRAP_B64__",
+        "__KEY_VAULT_URI__",
+        "__ROTATE_BROKER_CERT_B64__",
+        "__LETSENCRYPT_SH_B64__",
+        "__LETSENCRYPT_EMAIL__",
+        "__LETSENCRYPT_KEY_TYPE__",
+    }
+    replaced = {
+        p["old_string"]
+        for v in module("brokerVm")["variables"].values()
+        if isinstance(v["value"], dict)
+        and (p := v["value"].get("function", {}).get("parameters"))
+        and "old_string" in p
+    }
     assert replaced == set(re.findall(r"__[A-Z0-9_]+__", cloud_init))
 
 
@@ -349,8 +388,11 @@ def key_vault_reference(name: str) -> str:
 
 
 def test_every_secret_setting_is_a_key_vault_reference() -> None:
-    secrets = {f.alias for f in Settings.model_fields.values() if SecretStr in (f.annotation, *getattr(
-        f.annotation, "__args__", ()))} - LOCAL_ONLY_SETTINGS
+    secrets = {
+        f.alias
+        for f in Settings.model_fields.values()
+        if SecretStr in (f.annotation, *getattr(f.annotation, "__args__", ()))
+    } - LOCAL_ONLY_SETTINGS
     assert secrets, "Settings has SecretStr fields"
     settings = app_settings()
     for name in secrets - set(OPTIONAL_SECRETS):
@@ -360,8 +402,16 @@ def test_every_secret_setting_is_a_key_vault_reference() -> None:
         operands = settings[name]["operator"]["operands"]
         assert settings[name]["operator"]["type"] == "conditional", name
         assert operands["condition"]["function"] == {
-            "type": "empty", "parameters": {"item_to_test": {"operator": {"type": "property_accessor", "operands": {
-                "operand_1": "secretUris", "operand_2": name}}}}}, name
+            "type": "empty",
+            "parameters": {
+                "item_to_test": {
+                    "operator": {
+                        "type": "property_accessor",
+                        "operands": {"operand_1": "secretUris", "operand_2": name},
+                    }
+                }
+            },
+        }, name
         assert (operands["true_value"], operands["false_value"]) == ("", key_vault_reference(name)), name
     uris = module("keyVault")["outputs"]["secretUris"]["value"]
     assert set(uris) == secrets
@@ -376,15 +426,23 @@ def test_optional_secrets_are_stored_only_when_given() -> None:
         assert parse(MAIN)["modules"]["keyVault"]["config"]["params"][param] == param
         uri = kv["outputs"]["secretUris"]["value"][name]["operator"]
         secret = uri["operands"]["false_value"]["operator"]["operands"]["operand_1"]
-        assert kv["resources"][secret]["config"]["condition"] == {"operator": {"type": "not", "operands": {
-            "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": param}}}}}}
+        assert kv["resources"][secret]["config"]["condition"] == {
+            "operator": {
+                "type": "not",
+                "operands": {"bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": param}}}},
+            }
+        }
 
 
 def test_timer_schedules_default_to_the_apps_and_main_passes_them_on() -> None:
     # Without ROLLUP_SCHEDULE / ARCHIVE_SCHEDULE / ALERT_SCHEDULE the host cannot index those timers (%NAME%).
     fn = module("functionApp")
-    for setting, param in (("INGEST_SCHEDULE", "ingestSchedule"), ("ROLLUP_SCHEDULE", "rollupSchedule"),
-                           ("ARCHIVE_SCHEDULE", "archiveSchedule"), ("ALERT_SCHEDULE", "alertSchedule")):
+    for setting, param in (
+        ("INGEST_SCHEDULE", "ingestSchedule"),
+        ("ROLLUP_SCHEDULE", "rollupSchedule"),
+        ("ARCHIVE_SCHEDULE", "archiveSchedule"),
+        ("ALERT_SCHEDULE", "alertSchedule"),
+    ):
         default = next(f.default for f in Settings.model_fields.values() if f.alias == setting)
         assert app_settings()[setting] == param
         assert fn["parameters"][param]["default"] == default
@@ -393,8 +451,17 @@ def test_timer_schedules_default_to_the_apps_and_main_passes_them_on() -> None:
 
 
 def storage_output(output: str) -> dict[str, Any]:
-    return {"operator": {"type": "property_accessor", "operands": {"operand_1": "storage", "operand_2": {
-        "operator": {"type": "property_accessor", "operands": {"operand_1": "outputs", "operand_2": output}}}}}}
+    return {
+        "operator": {
+            "type": "property_accessor",
+            "operands": {
+                "operand_1": "storage",
+                "operand_2": {
+                    "operator": {"type": "property_accessor", "operands": {"operand_1": "outputs", "operand_2": output}}
+                },
+            },
+        }
+    }
 
 
 def test_archive_is_reached_with_the_identity_and_refuses_shared_keys() -> None:
@@ -403,8 +470,11 @@ def test_archive_is_reached_with_the_identity_and_refuses_shared_keys() -> None:
     assert settings["ARCHIVE_CONTAINER"] == "archiveContainerName"
     assert settings["EXPORT_CONTAINER"] == "exportContainerName"
     params = parse(MAIN)["modules"]["functionApp"]["config"]["params"]
-    for param, output in (("archiveBlobEndpoint", "blobEndpoint"), ("archiveContainerName", "archiveContainerName"),
-                          ("exportContainerName", "exportContainerName")):
+    for param, output in (
+        ("archiveBlobEndpoint", "blobEndpoint"),
+        ("archiveContainerName", "archiveContainerName"),
+        ("exportContainerName", "exportContainerName"),
+    ):
         assert params[param] == storage_output(output), param
     account = resource_config(module("storage")["resources"]["storageAccount"])
     assert account["properties"]["allowSharedKeyAccess"] is False
@@ -436,8 +506,10 @@ def test_function_identity_is_storage_blob_data_contributor_on_the_archive() -> 
     role = resource_config(fn["resources"]["archiveStorageRole"])
     assert role["scope"] == "archiveStorage"
     assert fn["resources"]["archiveStorage"]["existing"] is True
-    assert role["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"] == \
-        "storageBlobDataContributorRoleId"
+    assert (
+        role["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+        == "storageBlobDataContributorRoleId"
+    )
     assert role["properties"]["principalType"] == "ServicePrincipal"
 
 
@@ -465,8 +537,11 @@ def test_export_files_outlive_their_longest_link_and_no_more() -> None:
 
 def test_alerts_watch_failures_drain_summaries_and_vm_cpu() -> None:
     resources = module("monitoring")["resources"]
-    queries = [resource_config(r)["properties"]["criteria"]["allOf"][0]["query"] for r in resources.values()
-               if r["type"] == "Microsoft.Insights/scheduledQueryRules"]
+    queries = [
+        resource_config(r)["properties"]["criteria"]["allOf"][0]["query"]
+        for r in resources.values()
+        if r["type"] == "Microsoft.Insights/scheduledQueryRules"
+    ]
     assert any("success == false" in q for q in queries)
     summary = [q for q in queries if 'startswith "ingest.summary "' in q]
     assert len(summary) == 2, "one alert for failed runs, one for absent runs"
@@ -491,20 +566,40 @@ def test_every_checkov_skip_states_its_reason() -> None:
 
 
 def checkov_command() -> list[str]:
-    candidates = [os.environ.get("CHECKOV", ""), str(Path(sys.executable).parent / "checkov"),
-                  shutil.which("checkov") or "", str(ROOT / ".venv" / "checkov" / "bin" / "checkov")]
+    candidates = [
+        os.environ.get("CHECKOV", ""),
+        str(Path(sys.executable).parent / "checkov"),
+        shutil.which("checkov") or "",
+        str(ROOT / ".venv" / "checkov" / "bin" / "checkov"),
+    ]
     found = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
     if found is None:
-        pytest.skip("checkov not installed: python3.11 -m venv .venv/checkov && "
-                    ".venv/checkov/bin/pip install -r infra/requirements-checkov.txt (see infra/README.md)")
+        pytest.skip(
+            "checkov not installed: python3.11 -m venv .venv/checkov && "
+            ".venv/checkov/bin/pip install -r infra/requirements-checkov.txt (see infra/README.md)"
+        )
     return [found]
 
 
 def run_checkov(directory: Path) -> dict[str, Any]:
     result = subprocess.run(
-        [*checkov_command(), "-d", str(directory), "--framework", "bicep", "--skip-download", "--output", "json",
-         "--external-checks-dir", str(INFRA / "checkov")],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+        [
+            *checkov_command(),
+            "-d",
+            str(directory),
+            "--framework",
+            "bicep",
+            "--skip-download",
+            "--output",
+            "json",
+            "--external-checks-dir",
+            str(INFRA / "checkov"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert result.returncode in (0, 1), result.stderr[-2000:]
     report = json.loads(result.stdout)
     report = report[0] if isinstance(report, list) else report
@@ -527,8 +622,9 @@ def test_checkov_finds_no_failed_check(checkov_report: dict[str, Any]) -> None:
 def test_every_checkov_skip_is_used(checkov_report: dict[str, Any]) -> None:
     # GIVEN the inline skips WHEN checkov runs THEN each one suppressed a check that applies (no stale skip).
     skipped = {(c["check_id"], Path(c["file_path"]).name) for c in checkov_report["results"]["skipped_checks"]}
-    inline = {(m[1], path.name) for path in BICEP_FILES
-              for m in re.finditer(r"#checkov:skip=([A-Z0-9_]+):", path.read_text())}
+    inline = {
+        (m[1], path.name) for path in BICEP_FILES for m in re.finditer(r"#checkov:skip=([A-Z0-9_]+):", path.read_text())
+    }
     assert inline == skipped
 
 
@@ -539,13 +635,14 @@ def nsg_template(source: str, ports: str) -> str:
         "        properties: {\n          priority: 100\n          direction: 'Inbound'\n          access: 'Allow'\n"
         f"          protocol: 'Tcp'\n          sourceAddressPrefix: '{source}'\n          sourcePortRange: '*'\n"
         f"          destinationAddressPrefix: '*'\n          destinationPortRange: '{ports}'\n        }}\n"
-        "      }\n    ]\n  }\n}\n")
+        "      }\n    ]\n  }\n}\n"
+    )
 
 
 BAD_RULES = [  # (source, destination ports, the checks that must fail)
-    ("10.0.0.0/8", "1880-1890", ["CKV_MQTTSAAS_1"]),           # plain MQTT, even from a private range
-    ("Internet", "22", ["CKV_MQTTSAAS_2"]),                    # checkov's CKV_AZURE_10 passes this one
-    ("0.0.0.0/0", "22", ["CKV_MQTTSAAS_2"]),                   # and this one
+    ("10.0.0.0/8", "1880-1890", ["CKV_MQTTSAAS_1"]),  # plain MQTT, even from a private range
+    ("Internet", "22", ["CKV_MQTTSAAS_2"]),  # checkov's CKV_AZURE_10 passes this one
+    ("0.0.0.0/0", "22", ["CKV_MQTTSAAS_2"]),  # and this one
     ("*", "22", ["CKV_AZURE_10", "CKV_MQTTSAAS_2"]),
     ("203.0.113.7/32", "22", []),
 ]
@@ -563,8 +660,11 @@ def bad_rules_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
 @pytest.mark.parametrize("index", range(len(BAD_RULES)), ids=[f"{s}:{p}" for s, p, _ in BAD_RULES])
 def test_custom_checks_fail_plain_mqtt_and_ssh_from_the_internet(index: int, bad_rules_report: dict[str, Any]) -> None:
     # GIVEN an NSG with one rule WHEN checkov scans it with infra/checkov THEN exactly these checks fail
-    failed = [c["check_id"] for c in bad_rules_report["results"]["failed_checks"]
-              if Path(c["file_path"]).name == f"nsg{index}.bicep"]
+    failed = [
+        c["check_id"]
+        for c in bad_rules_report["results"]["failed_checks"]
+        if Path(c["file_path"]).name == f"nsg{index}.bicep"
+    ]
     assert sorted(failed) == BAD_RULES[index][2]
 
 

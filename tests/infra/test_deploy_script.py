@@ -1,5 +1,6 @@
 """scripts/deploy refuses to start with a tool, a parameter or a secret missing, names each, and exits 2; its dry run
 prints every step without calling a tool. Runs the script as an operator would, never reaching Azure."""
+
 from __future__ import annotations
 
 import json
@@ -54,11 +55,17 @@ def tool_dir(tmp_path: Path, tools: tuple[str, ...]) -> Path:
     return folder
 
 
-def run_deploy(tmp_path: Path, params: Path, tools: tuple[str, ...], env: dict[str, str],
-               *extra: str) -> subprocess.CompletedProcess[str]:
+def run_deploy(
+    tmp_path: Path, params: Path, tools: tuple[str, ...], env: dict[str, str], *extra: str
+) -> subprocess.CompletedProcess[str]:
     environment = {"PATH": str(tool_dir(tmp_path, tools)), "HOME": str(tmp_path), **env}
-    return subprocess.run([sys.executable, str(DEPLOY), "--resource-group", "rg-test", "--parameters", str(params),
-                           *extra], env=environment, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(DEPLOY), "--resource-group", "rg-test", "--parameters", str(params), *extra],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def calls(tmp_path: Path) -> str:
@@ -110,8 +117,9 @@ def test_deploy_refuses_without_what_the_later_steps_need(tmp_path: Path, missin
 
 
 def test_deploy_refuses_a_short_jwt_secret(tmp_path: Path) -> None:
-    done = run_deploy(tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"),
-                      {**SECRET_VALUES, "AUTH_JWT_SECRET": "too-short"})
+    done = run_deploy(
+        tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"), {**SECRET_VALUES, "AUTH_JWT_SECRET": "too-short"}
+    )
     assert done.returncode == 2
     assert "AUTH_JWT_SECRET is shorter than 32 bytes" in done.stderr
 
@@ -119,7 +127,9 @@ def test_deploy_refuses_a_short_jwt_secret(tmp_path: Path) -> None:
 def test_deploy_refuses_an_external_provider_with_a_short_secret_and_a_jwks_address(tmp_path: Path) -> None:
     # GIVEN an external provider configured with both a (short) shared secret and a JWKS address
     params = parameters(tmp_path, authExternalJwksUri="https://idp.acme.test/.well-known/jwks.json")
-    done = run_deploy(tmp_path, params, ("az", "func", "ssh", "scp"), {**SECRET_VALUES, "AUTH_EXTERNAL_SECRET": "short"})
+    done = run_deploy(
+        tmp_path, params, ("az", "func", "ssh", "scp"), {**SECRET_VALUES, "AUTH_EXTERNAL_SECRET": "short"}
+    )
     # THEN deploy names both problems (the app would refuse every external token) and calls nothing
     assert done.returncode == 2
     assert "AUTH_EXTERNAL_SECRET is shorter than 32 bytes" in done.stderr
@@ -130,8 +140,13 @@ def test_deploy_refuses_an_external_provider_with_a_short_secret_and_a_jwks_addr
 def test_deploy_passes_the_maintenance_url_and_an_external_secret_only_when_exported(tmp_path: Path) -> None:
     # GIVEN every secret, first without and then with the external provider's shared secret
     without = run_deploy(tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"), SECRET_VALUES, "--dry-run")
-    with_external = run_deploy(tmp_path, parameters(tmp_path), ("az", "func", "ssh", "scp"),
-                               {**SECRET_VALUES, "AUTH_EXTERNAL_SECRET": "e" * 64}, "--dry-run")
+    with_external = run_deploy(
+        tmp_path,
+        parameters(tmp_path),
+        ("az", "func", "ssh", "scp"),
+        {**SECRET_VALUES, "AUTH_EXTERNAL_SECRET": "e" * 64},
+        "--dry-run",
+    )
     # THEN the secure parameters file names maintenanceDatabaseUrl always and authExternalSecret only when exported
     assert without.returncode == 0 and with_external.returncode == 0, without.stderr + with_external.stderr
     line = next(x for x in without.stdout.splitlines() if "secure parameters" in x)
@@ -165,7 +180,8 @@ def test_deploy_dry_run_prints_every_step_calls_nothing_and_shows_no_secret(tmp_
     assert "/api/devices" in done.stdout
     assert calls(tmp_path).splitlines() == [
         "az vm list --resource-group rg-test --query [].{name: name, vmSize: hardwareProfile.vmSize, tags: tags} "
-        "--output json"]
+        "--output json"
+    ]
     # (the stand-in az fails, as it would without a login: the dry run says it could not look)
     assert "could not list the group's VMs" in done.stdout
     for name, value in SECRET_VALUES.items():
@@ -207,7 +223,8 @@ def test_the_published_package_holds_the_app_and_nothing_else(tmp_path: Path) ->
     module.stage_package(package, ca)
     # THEN it holds the app, its SQL and the CA where MQTT_CA_FILE points, and none of the local state
     assert sorted(p.name for p in package.iterdir()) == sorted(
-        ["blueprints", "certs", "dashboard", "function_app.py", "host.json", "requirements.txt", "shared", "sql"])
+        ["blueprints", "certs", "dashboard", "function_app.py", "host.json", "requirements.txt", "shared", "sql"]
+    )
     assert (package / "certs" / "broker-ca.crt").read_text() == ca.read_text()
     # the page the app serves at /api/dashboard/, without the tool that copies its vendored libraries
     assert (package / "dashboard" / "index.html").read_bytes() == (REPO / "dashboard" / "index.html").read_bytes()
@@ -215,13 +232,22 @@ def test_the_published_package_holds_the_app_and_nothing_else(tmp_path: Path) ->
     assert (package / "sql" / "migrations" / "0001_roles_and_tenancy.sql").exists()
     assert not list(package.rglob("__pycache__"))
     # AND the app imports from it alone (nothing it needs lives in scripts/ or tests/), with its functions registered
-    done = subprocess.run([sys.executable, "-P", "-c",
-                           "import function_app; from shared.http import static as dashboard; "
-                           "assert dashboard.ROOT.is_relative_to(__import__('pathlib').Path.cwd()); "
-                           "assert dashboard.find_asset('index.html') is not None; "
-                           "print(len(function_app.app.get_functions()))"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(package)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            "-c",
+            "import function_app; from shared.http import static as dashboard; "
+            "assert dashboard.ROOT.is_relative_to(__import__('pathlib').Path.cwd()); "
+            "assert dashboard.find_asset('index.html') is not None; "
+            "print(len(function_app.app.get_functions()))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(package)},
+    )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip().splitlines()[-1]) >= 4
 
@@ -239,26 +265,42 @@ def az_listing(tmp_path: Path, vms: list[dict[str, object]]) -> None:
     assert "'" not in listing
     stub = folder / "az"
     # printf is the shell's own: PATH holds the stand-ins only
-    stub.write_text(f'#!/bin/sh\necho "az $*" >>"{tmp_path}/calls.log"\n'
-                    f'case "$*" in "vm list "*) printf %s \'{listing}\'; exit 0;; "group create "*) exit 0;; esac\n'
-                    'exit 1\n')
+    stub.write_text(
+        f'#!/bin/sh\necho "az $*" >>"{tmp_path}/calls.log"\n'
+        f'case "$*" in "vm list "*) printf %s \'{listing}\'; exit 0;; "group create "*) exit 0;; esac\n'
+        "exit 1\n"
+    )
     stub.chmod(0o755)
 
 
-def run_with_vms(tmp_path: Path, vms: list[dict[str, object]], params: Path, *extra: str,
-                 ) -> subprocess.CompletedProcess[str]:
+def run_with_vms(
+    tmp_path: Path,
+    vms: list[dict[str, object]],
+    params: Path,
+    *extra: str,
+) -> subprocess.CompletedProcess[str]:
     tool_dir(tmp_path, ("func", "ssh", "scp"))
     az_listing(tmp_path, vms)
     environment = {"PATH": str(tmp_path / "bin"), "HOME": str(tmp_path), **SECRET_VALUES}
-    return subprocess.run([sys.executable, str(DEPLOY), "--resource-group", "rg-test", "--parameters", str(params),
-                           *extra], env=environment, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(DEPLOY), "--resource-group", "rg-test", "--parameters", str(params), *extra],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_dry_run_names_the_decision_when_the_broker_vm_exists(tmp_path: Path) -> None:
     # GIVEN a group holding the deployment's broker VM (created with the generated CA) and an unrelated VM
-    vms = [{"name": BROKER_VM, "vmSize": "Standard_B1s",
-            "tags": {"mqtt-saas-cloud-init": "oldhash", "mqtt-saas-broker-certificate": "generated-ca"}},
-           {"name": "vm-mqtt-saas-other-abcdefgh23456", "vmSize": "Standard_B2s", "tags": None}]
+    vms = [
+        {
+            "name": BROKER_VM,
+            "vmSize": "Standard_B1s",
+            "tags": {"mqtt-saas-cloud-init": "oldhash", "mqtt-saas-broker-certificate": "generated-ca"},
+        },
+        {"name": "vm-mqtt-saas-other-abcdefgh23456", "vmSize": "Standard_B2s", "tags": None},
+    ]
     # WHEN deploy runs with --dry-run
     done = run_with_vms(tmp_path, vms, parameters(tmp_path), "--dry-run")
     # THEN it names the VM and the decision, the template gets brokerVmExists=true, and it says how broker changes
@@ -267,8 +309,10 @@ def test_dry_run_names_the_decision_when_the_broker_vm_exists(tmp_path: Path) ->
     assert f"broker VM: {BROKER_VM} exists (brokerVmExists=true)" in done.stdout
     assert "PropertyChangeNotAllowed" in done.stdout
     assert "--parameters brokerVmExists=true" in done.stdout
-    assert ("broker VM exists: its cloud-init is not reapplied; to roll broker changes use docs/runbook.md 6.8"
-            in done.stdout)
+    assert (
+        "broker VM exists: its cloud-init is not reapplied; to roll broker changes use docs/runbook.md 6.8"
+        in done.stdout
+    )
     assert [line.split(" --")[0] for line in calls(tmp_path).splitlines()] == ["az vm list"]
 
 

@@ -10,6 +10,7 @@
 - scripts/deploy's preflight, dry run, package, its check of the broker's certificate against a real Mosquitto, and its
   steps against the real PostgreSQL and Mosquitto with the "system CA store" trusting the test broker (SSL_CERT_FILE).
 """
+
 from __future__ import annotations
 
 import base64
@@ -58,9 +59,14 @@ def module(name: str) -> dict[str, Any]:
 # -- cloud-init as deployed ------------------------------------------------------------------------------------------
 
 
-BASE_PARAMS = {"brokerFqdn": "mqtt-saas-abc123.westeurope.cloudapp.azure.com", "enableWebsockets": False,
-               "adminUsername": "azureuser", "keyVaultUri": "https://kv-mqtt-saas.vault.azure.net/",
-               "letsEncryptEmail": "", "letsEncryptKeyType": "ecdsa"}
+BASE_PARAMS = {
+    "brokerFqdn": "mqtt-saas-abc123.westeurope.cloudapp.azure.com",
+    "enableWebsockets": False,
+    "adminUsername": "azureuser",
+    "keyVaultUri": "https://kv-mqtt-saas.vault.azure.net/",
+    "letsEncryptEmail": "",
+    "letsEncryptKeyType": "ecdsa",
+}
 LE_PARAMS = {**BASE_PARAMS, "brokerFqdn": "mqtt.acme.test", "letsEncryptEmail": "certs@acme.test"}
 
 
@@ -145,8 +151,10 @@ def test_generated_ca_mode_renders_nothing_of_lets_encrypt_into_action() -> None
         assert not [line for line in commands if word in line], word
         assert [line for line in inside if word in line], word
     # AND devices still get the generated CA in the admin's home, the broker its contract conf, ufw no port 80
-    assert 'install -m 0644 -o "$admin_user" -g "$admin_user" /etc/mosquitto/ca/ca.crt "/home/${admin_user}/ca.crt"' \
+    assert (
+        'install -m 0644 -o "$admin_user" -g "$admin_user" /etc/mosquitto/ca/ca.crt "/home/${admin_user}/ca.crt"'
         in "\n".join(inside)
+    )
     assert file_content(cloud_init, "/opt/mqtt-saas/mosquitto.conf").decode() == render_vm_conf()
     assert not re.search(r"ufw allow 80\b", script)
 
@@ -217,22 +225,36 @@ def test_vm_scripts_are_valid_bash(script: Path) -> None:
 
 def test_port_80_opens_only_with_lets_encrypt_and_only_for_http01() -> None:
     network = module("network")
-    rules = [(name, r["config"]) for name, r in network["resources"].items()
-             if r["type"] == "Microsoft.Network/networkSecurityGroups/securityRules"]
+    rules = [
+        (name, r["config"])
+        for name, r in network["resources"].items()
+        if r["type"] == "Microsoft.Network/networkSecurityGroups/securityRules"
+    ]
     inline = network["resources"]["networkSecurityGroup"]["config"]["properties"]["securityRules"]
     assert not [r for r in inline if r["properties"]["destinationPortRange"] in ("80", "*")]
-    port_80 = [(name, config) for name, config in rules if config["config"]["properties"]["destinationPortRange"] == "80"]
+    port_80 = [
+        (name, config) for name, config in rules if config["config"]["properties"]["destinationPortRange"] == "80"
+    ]
     assert len(port_80) == 1
     _, config = port_80[0]
     assert config["condition"] == "enableLetsEncrypt"
     properties = config["config"]["properties"]
     # Let's Encrypt validates from addresses it does not publish: the Internet, TCP, inbound 80 only
     assert (properties["sourceAddressPrefix"], properties["protocol"], properties["direction"]) == (
-        "Internet", "Tcp", "Inbound")
+        "Internet",
+        "Tcp",
+        "Inbound",
+    )
     assert network["parameters"]["enableLetsEncrypt"]["default"] is False
     assert main_bicep()["modules"]["network"]["config"]["params"]["enableLetsEncrypt"] == "letsEncrypt"
-    assert main_bicep()["variables"]["letsEncrypt"]["value"] == {"operator": {"type": "not", "operands": {
-        "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": "letsEncryptEmail"}}}}}}
+    assert main_bicep()["variables"]["letsEncrypt"]["value"] == {
+        "operator": {
+            "type": "not",
+            "operands": {
+                "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": "letsEncryptEmail"}}}
+            },
+        }
+    }
     skip = re.search(r"#checkov:skip=CKV_AZURE_160:(.+)", (MODULES / "network.bicep").read_text())
     assert skip is not None and "HTTP-01" in skip[1]
 
@@ -241,22 +263,34 @@ def test_the_app_gets_the_broker_name_and_the_system_ca_store_under_lets_encrypt
     main = main_bicep()
     params = main["modules"]["functionApp"]["config"]["params"]
     assert params["mqttHost"] == "brokerHost"
-    assert params["mqttCaFile"] == {"operator": {"type": "conditional", "operands": {
-        "condition": "letsEncrypt", "true_value": "",
-        "false_value": module("functionApp")["parameters"]["mqttCaFile"]["default"]}}}
+    assert params["mqttCaFile"] == {
+        "operator": {
+            "type": "conditional",
+            "operands": {
+                "condition": "letsEncrypt",
+                "true_value": "",
+                "false_value": module("functionApp")["parameters"]["mqttCaFile"]["default"],
+            },
+        }
+    }
     # the one host name: the custom one when given, else Azure's; the VM's certificate and the outputs use it too
     assert main["variables"]["brokerHost"]["value"]["operator"]["operands"]["condition"] == {
-        "function": {"type": "empty", "parameters": {"item_to_test": "brokerCustomDnsName"}}}
+        "function": {"type": "empty", "parameters": {"item_to_test": "brokerCustomDnsName"}}
+    }
     assert main["variables"]["brokerHost"]["value"]["operator"]["operands"]["false_value"] == "brokerCustomDnsName"
     assert main["modules"]["brokerVm"]["config"]["params"]["brokerFqdn"] == "brokerHost"
     assert main["outputs"]["brokerHost"]["value"] == "brokerHost"
     assert main["outputs"]["brokerCertificate"]["value"]["operator"]["operands"] == {
-        "condition": "letsEncrypt", "true_value": "letsencrypt", "false_value": "generated-ca"}
+        "condition": "letsEncrypt",
+        "true_value": "letsencrypt",
+        "false_value": "generated-ca",
+    }
     for name in ("letsEncryptEmail", "letsEncryptKeyType"):
         assert main["modules"]["brokerVm"]["config"]["params"][name] == name
     # and an empty MQTT_CA_FILE is the system store to the app (paho would try to open "")
-    settings = settings_from({"DATABASE_URL": "postgresql://x", "INGEST_DATABASE_URL": "postgresql://y",
-                              "MQTT_CA_FILE": ""})
+    settings = settings_from(
+        {"DATABASE_URL": "postgresql://x", "INGEST_DATABASE_URL": "postgresql://y", "MQTT_CA_FILE": ""}
+    )
     assert settings.mqtt_ca_file is None
 
 
@@ -295,18 +329,57 @@ class Vm:
         ca = root / "ca"
         ca.mkdir()
         (root / "ext").write_text("subjectAltName=DNS:mqtt.acme.test\nextendedKeyUsage=serverAuth\n")
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=test CA",
-                "-keyout", str(ca / "ca.key"), "-out", str(ca / "ca.crt"))
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            str(ca / "ca.key"),
+            "-out",
+            str(ca / "ca.crt"),
+        )
         for key, name, out in (("rsa:2048", "temporary", self.certs), ("ec", "issued", root / "issued")):
-            newkey = ["-newkey", "rsa:2048"] if key.startswith("rsa") else [
-                "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+            newkey = (
+                ["-newkey", "rsa:2048"]
+                if key.startswith("rsa")
+                else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+            )
             keyfile = out / ("server.key" if name == "temporary" else "privkey.pem")
             certfile = out / ("server.crt" if name == "temporary" else "fullchain.pem")
-            openssl("req", *newkey, "-nodes", "-subj", "/CN=mqtt.acme.test", "-keyout", str(keyfile),
-                    "-out", str(root / f"{name}.csr"))
-            openssl("x509", "-req", "-in", str(root / f"{name}.csr"), "-CA", str(ca / "ca.crt"), "-CAkey",
-                    str(ca / "ca.key"), "-CAcreateserial", "-days", "30", "-extfile", str(root / "ext"),
-                    "-out", str(certfile))
+            openssl(
+                "req",
+                *newkey,
+                "-nodes",
+                "-subj",
+                "/CN=mqtt.acme.test",
+                "-keyout",
+                str(keyfile),
+                "-out",
+                str(root / f"{name}.csr"),
+            )
+            openssl(
+                "x509",
+                "-req",
+                "-in",
+                str(root / f"{name}.csr"),
+                "-CA",
+                str(ca / "ca.crt"),
+                "-CAkey",
+                str(ca / "ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                str(root / "ext"),
+                "-out",
+                str(certfile),
+            )
         # a chain, as Let's Encrypt's fullchain.pem: the leaf, then the issuer
         with (root / "issued" / "fullchain.pem").open("a") as chain:
             chain.write((ca / "ca.crt").read_text())
@@ -316,16 +389,21 @@ class Vm:
         hook.write_bytes(ROTATE.read_bytes())
         hook.chmod(0o755)
         self.hook = f"{hook} certbot-hook"
-        self.stub("ufw", f"""
+        self.stub(
+            "ufw",
+            f"""
             echo "ufw $*" >>{self.calls}
             case "$*" in
                 "allow 80/tcp") echo 80 >>{self.ufw_open} ;;
                 "delete allow 80/tcp") sed -i '/^80$/d' {self.ufw_open} ;;
-            esac""")
+            esac""",
+        )
         self.stub("apt-get", f'echo "apt-get $*" >>{self.calls}; exit 100')
         # certbot as certonly behaves: pre hook, then (issued) the lineage and the deploy hook, then the post hook
         # whatever happened; CERTBOT_STUB=fail: no certificate; crash: dies after the pre hook.
-        self.stub("certbot", f"""
+        self.stub(
+            "certbot",
+            f"""
             echo "certbot $*" >>{self.calls}
             while [ $# -gt 0 ]; do
                 case "$1" in
@@ -343,22 +421,33 @@ class Vm:
             cp {root}/issued/fullchain.pem {root}/issued/privkey.pem {self.live}/"$name"/
             RENEWED_LINEAGE={self.live}/"$name" sh -c "$deploy"; rc=$?
             sh -c "$post"
-            exit $rc""")
+            exit $rc""",
+        )
 
     def stub(self, name: str, body: str) -> None:
         path = self.bin / name
-        path.write_text("#!/bin/bash\n" + "\n".join(line.removeprefix("            ") for line in body.splitlines())
-                        + "\n")
+        path.write_text(
+            "#!/bin/bash\n" + "\n".join(line.removeprefix("            ") for line in body.splitlines()) + "\n"
+        )
         path.chmod(0o755)
 
     def run(self, **env: str) -> subprocess.CompletedProcess[str]:
         environment = {
-            "PATH": f"{self.bin}:/usr/bin:/bin", "LE_DOMAIN": "mqtt.acme.test", "LE_EMAIL": "certs@acme.test",
-            "STATUS_FILE": str(self.status), "LIVE_DIR": str(self.live), "CERT_DIR": str(self.certs),
-            "DEPLOY_HOOK": self.hook, "CERT_GROUP": self.group,
-            "RELOAD": f"touch {self.root}/reloaded", "RESTART": f"touch {self.root}/restarted", **env}
-        return subprocess.run(["bash", str(LETSENCRYPT_SH)], env=environment, capture_output=True, text=True,
-                              timeout=60)
+            "PATH": f"{self.bin}:/usr/bin:/bin",
+            "LE_DOMAIN": "mqtt.acme.test",
+            "LE_EMAIL": "certs@acme.test",
+            "STATUS_FILE": str(self.status),
+            "LIVE_DIR": str(self.live),
+            "CERT_DIR": str(self.certs),
+            "DEPLOY_HOOK": self.hook,
+            "CERT_GROUP": self.group,
+            "RELOAD": f"touch {self.root}/reloaded",
+            "RESTART": f"touch {self.root}/restarted",
+            **env,
+        }
+        return subprocess.run(
+            ["bash", str(LETSENCRYPT_SH)], env=environment, capture_output=True, text=True, timeout=60
+        )
 
     def log(self) -> list[str]:
         return self.calls.read_text().splitlines() if self.calls.exists() else []
@@ -377,9 +466,16 @@ def test_first_certificate_is_installed_for_mosquitto_and_port_80_closes_again(v
     assert done.returncode == 0, done.stdout + done.stderr
     certbot = [line for line in vm.log() if line.startswith("certbot ")]
     assert len(certbot) == 1
-    for part in ("certonly --standalone --non-interactive --agree-tos", "--email certs@acme.test",
-                 "--domain mqtt.acme.test", "--cert-name mqtt.acme.test", "--key-type ecdsa",
-                 "--pre-hook ufw allow 80/tcp", "--post-hook ufw delete allow 80/tcp", f"--deploy-hook {vm.hook}"):
+    for part in (
+        "certonly --standalone --non-interactive --agree-tos",
+        "--email certs@acme.test",
+        "--domain mqtt.acme.test",
+        "--cert-name mqtt.acme.test",
+        "--key-type ecdsa",
+        "--pre-hook ufw allow 80/tcp",
+        "--post-hook ufw delete allow 80/tcp",
+        f"--deploy-hook {vm.hook}",
+    ):
         assert part in certbot[0], part
     assert "--staging" not in certbot[0]
     # AND port 80 was open only around certbot's run, and is closed now
@@ -397,8 +493,11 @@ def test_first_certificate_is_installed_for_mosquitto_and_port_80_closes_again(v
     assert (vm.certs / "server.crt.prev").read_bytes() == vm.temporary
     assert (vm.root / "restarted").exists() and not (vm.root / "reloaded").exists()
     # AND the status line says so
-    assert re.fullmatch(r"ok \S+Z: certificate for mqtt\.acme\.test served by Mosquitto, valid until .+; "
-                        r"certbot\.timer renews it\n", vm.status.read_text())
+    assert re.fullmatch(
+        r"ok \S+Z: certificate for mqtt\.acme\.test served by Mosquitto, valid until .+; "
+        r"certbot\.timer renews it\n",
+        vm.status.read_text(),
+    )
     assert stat.S_IMODE(vm.status.stat().st_mode) == 0o644
     assert not [line for line in vm.log() if line.startswith("apt-get")]
 
@@ -443,8 +542,11 @@ def test_a_failure_keeps_the_temporary_certificate_reports_it_and_closes_port_80
     assert vm.ufw_open.read_text() == ""
     assert vm.log()[-1] == "ufw delete allow 80/tcp"
     # AND the status line scripts/deploy prints says what happened and where to look
-    assert re.match(r"failed \S+Z: certbot could not get a certificate for mqtt\.acme\.test .*"
-                    r"/var/log/letsencrypt/letsencrypt\.log", vm.status.read_text())
+    assert re.match(
+        r"failed \S+Z: certbot could not get a certificate for mqtt\.acme\.test .*"
+        r"/var/log/letsencrypt/letsencrypt\.log",
+        vm.status.read_text(),
+    )
 
 
 def test_rsa_key_type_and_the_staging_server_are_passed_on(vm: Vm) -> None:
@@ -454,12 +556,18 @@ def test_rsa_key_type_and_the_staging_server_are_passed_on(vm: Vm) -> None:
     assert "--key-type rsa" in certbot and "--staging" in certbot
 
 
-@pytest.mark.parametrize(("env", "reason"), [
-    ({"LE_DOMAIN": ""}, "LE_DOMAIN is not set"),
-    ({"LE_EMAIL": ""}, "LE_EMAIL is not set"),
-    ({"LE_KEY_TYPE": "dsa"}, "LE_KEY_TYPE must be ecdsa or rsa"),
-    ({"DEPLOY_HOOK": "/nonexistent/rotate_broker_cert certbot-hook"}, "deploy hook /nonexistent/rotate_broker_cert"),
-])
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"LE_DOMAIN": ""}, "LE_DOMAIN is not set"),
+        ({"LE_EMAIL": ""}, "LE_EMAIL is not set"),
+        ({"LE_KEY_TYPE": "dsa"}, "LE_KEY_TYPE must be ecdsa or rsa"),
+        (
+            {"DEPLOY_HOOK": "/nonexistent/rotate_broker_cert certbot-hook"},
+            "deploy hook /nonexistent/rotate_broker_cert",
+        ),
+    ],
+)
 def test_missing_settings_are_reported_before_anything_runs(vm: Vm, env: dict[str, str], reason: str) -> None:
     done = vm.run(**env)
     assert done.returncode == 1
@@ -473,15 +581,21 @@ SECRETS = {
     "DATABASE_URL": "postgresql://mqtt_saas_app:app-secret-1234@db.example.net:5432/mqtt_saas",
     "INGEST_DATABASE_URL": "postgresql://mqtt_saas_ingest:ingest-secret-5678@db.example.net:5432/mqtt_saas",
     "MAINTENANCE_DATABASE_URL": "postgresql://mqtt_saas_maintenance:maint-secret-4444@db.example.net:5432/mqtt_saas",
-    "MQTT_INGEST_PASSWORD": "broker-ingest-secret-9999", "MQTT_PROVISIONER_PASSWORD": "broker-provisioner-secret-8888",
-    "MQTT_COMMANDER_PASSWORD": "broker-commander-secret-5555", "AUTH_JWT_SECRET": "f" * 64,
+    "MQTT_INGEST_PASSWORD": "broker-ingest-secret-9999",
+    "MQTT_PROVISIONER_PASSWORD": "broker-provisioner-secret-8888",
+    "MQTT_COMMANDER_PASSWORD": "broker-commander-secret-5555",
+    "AUTH_JWT_SECRET": "f" * 64,
     "ADMIN_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyForTestsOnly ops@test",
     "ADMIN_DATABASE_URL": "postgresql://owner:owner-secret-7777@db.example.net:5432/mqtt_saas",
-    "SMOKE_TENANT": "acme", "SMOKE_EMAIL": "owner@acme.test", "SMOKE_PASSWORD": "smoke-secret-6666",
+    "SMOKE_TENANT": "acme",
+    "SMOKE_EMAIL": "owner@acme.test",
+    "SMOKE_PASSWORD": "smoke-secret-6666",
 }
 
 
-def deploy(tmp_path: Path, tools: tuple[str, ...], *extra: str, **parameters: object) -> subprocess.CompletedProcess[str]:
+def deploy(
+    tmp_path: Path, tools: tuple[str, ...], *extra: str, **parameters: object
+) -> subprocess.CompletedProcess[str]:
     document = json.loads((INFRA / "main.parameters.json").read_text())
     values = document["parameters"]
     values["adminSourceCidr"] = {"value": "198.51.100.23/32"}
@@ -493,23 +607,35 @@ def deploy(tmp_path: Path, tools: tuple[str, ...], *extra: str, **parameters: ob
     for tool in tools:
         (folder / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >>"{tmp_path}/calls.log"\nexit 1\n')
         (folder / tool).chmod(0o755)
-    return subprocess.run([sys.executable, str(DEPLOY), "-g", "rg-test", "-p", str(tmp_path / "params.json"), *extra],
-                          env={"PATH": str(folder), "HOME": str(tmp_path), **SECRETS}, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(DEPLOY), "-g", "rg-test", "-p", str(tmp_path / "params.json"), *extra],
+        env={"PATH": str(folder), "HOME": str(tmp_path), **SECRETS},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize(("parameters", "problem"), [
-    ({"brokerCustomDnsName": "mqtt.acme.test"}, "parameter brokerCustomDnsName needs letsEncryptEmail"),
-    ({"letsEncryptEmail": "certs-at-acme.test"}, "parameter letsEncryptEmail is not an e-mail address"),
-    ({"letsEncryptEmail": "certs@acme.test", "brokerCustomDnsName": "MQTT.acme.test"},
-     "parameter brokerCustomDnsName is not a lower-case DNS name"),
-    ({"brokerDnsLabel": "9broker"}, "parameter brokerDnsLabel must be 3-63 lower-case letters"),
-    ({"letsEncryptEmail": "certs@acme.test", "letsEncryptKeyType": "dsa"},
-     "parameter letsEncryptKeyType must be ecdsa or rsa"),
-    ({"letsEncryptEmail": "certs@example.com"}, "parameter letsEncryptEmail still holds the example value"),
-])
-def test_deploy_refuses_lets_encrypt_parameters_that_cannot_work(tmp_path: Path, parameters: dict[str, str],
-                                                                  problem: str) -> None:
+@pytest.mark.parametrize(
+    ("parameters", "problem"),
+    [
+        ({"brokerCustomDnsName": "mqtt.acme.test"}, "parameter brokerCustomDnsName needs letsEncryptEmail"),
+        ({"letsEncryptEmail": "certs-at-acme.test"}, "parameter letsEncryptEmail is not an e-mail address"),
+        (
+            {"letsEncryptEmail": "certs@acme.test", "brokerCustomDnsName": "MQTT.acme.test"},
+            "parameter brokerCustomDnsName is not a lower-case DNS name",
+        ),
+        ({"brokerDnsLabel": "9broker"}, "parameter brokerDnsLabel must be 3-63 lower-case letters"),
+        (
+            {"letsEncryptEmail": "certs@acme.test", "letsEncryptKeyType": "dsa"},
+            "parameter letsEncryptKeyType must be ecdsa or rsa",
+        ),
+        ({"letsEncryptEmail": "certs@example.com"}, "parameter letsEncryptEmail still holds the example value"),
+    ],
+)
+def test_deploy_refuses_lets_encrypt_parameters_that_cannot_work(
+    tmp_path: Path, parameters: dict[str, str], problem: str
+) -> None:
     done = deploy(tmp_path, ("az", "func", "ssh", "scp"), "--dry-run", **parameters)
     assert done.returncode == 2, done.stdout + done.stderr
     assert problem in done.stderr
@@ -518,8 +644,13 @@ def test_deploy_refuses_lets_encrypt_parameters_that_cannot_work(tmp_path: Path,
 
 def test_deploy_dry_run_with_lets_encrypt_copies_no_ca_and_checks_the_public_certificate(tmp_path: Path) -> None:
     # GIVEN Let's Encrypt for a name of one's own, and no scp on PATH (nothing to copy)
-    done = deploy(tmp_path, ("az", "func", "ssh"), "--dry-run", letsEncryptEmail="certs@acme.test",
-                  brokerCustomDnsName="mqtt.acme.test")
+    done = deploy(
+        tmp_path,
+        ("az", "func", "ssh"),
+        "--dry-run",
+        letsEncryptEmail="certs@acme.test",
+        brokerCustomDnsName="mqtt.acme.test",
+    )
     # THEN the plan: the certificate's source, the VM's status line, the system CA store everywhere, no CA anywhere
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
@@ -567,8 +698,8 @@ def test_the_package_for_a_lets_encrypt_broker_carries_no_ca(tmp_path: Path) -> 
 
 
 def test_deploy_stops_with_a_clear_line_when_the_broker_certificate_is_not_publicly_trusted(
-        tmp_path: Path, mosquitto_broker: Any, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, mosquitto_broker: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # GIVEN a broker serving a certificate of a private CA (as the VM's temporary one), and the VM's status line
     deploy_module = load_deploy()
     folder = tmp_path / "bin"
@@ -584,14 +715,17 @@ def test_deploy_stops_with_a_clear_line_when_the_broker_certificate_is_not_publi
         deploy_module.fetch_broker_ca(plan)
     # THEN deploy stops there, saying what the broker presents and what Let's Encrypt on the VM said
     message = str(stopped.value)
-    assert f"{mosquitto_broker.host}:{mosquitto_broker.port} does not present a certificate the system CA store " \
-           "trusts" in message
+    assert (
+        f"{mosquitto_broker.host}:{mosquitto_broker.port} does not present a certificate the system CA store "
+        "trusts" in message
+    )
     assert "certificate verify failed" in message
     assert f"Let's Encrypt on the VM says: {status}" in message
     assert f"Let's Encrypt on the VM: {status}" in capsys.readouterr().out
     # AND the same check passes when the broker's issuer is trusted (here: its CA standing in for the system store)
-    summary = deploy_module.verify_broker_certificate(mosquitto_broker.host, mosquitto_broker.port,
-                                                      cafile=str(mosquitto_broker.ca_file))
+    summary = deploy_module.verify_broker_certificate(
+        mosquitto_broker.host, mosquitto_broker.port, cafile=str(mosquitto_broker.ca_file)
+    )
     assert summary.startswith(f"{mosquitto_broker.host}:{mosquitto_broker.port} presents a certificate for its name")
     with pytest.raises(ssl.SSLCertVerificationError):
         deploy_module.verify_broker_certificate(mosquitto_broker.host, mosquitto_broker.port)
@@ -612,8 +746,8 @@ def empty_database(postgres_server: Any) -> Any:
 
 
 def test_deploy_with_lets_encrypt_runs_its_steps_against_real_services_with_the_system_store(
-        tmp_path: Path, postgres_server: Any, mosquitto_broker: Any, role_passwords: dict[str, str],
-        empty_database: str) -> None:
+    tmp_path: Path, postgres_server: Any, mosquitto_broker: Any, role_passwords: dict[str, str], empty_database: str
+) -> None:
     # GIVEN a deployment with letsEncryptEmail, Azure's tools standing in, and a "system CA store" that trusts the
     # test broker's issuer (SSL_CERT_FILE: what Let's Encrypt's root is to a real one)
     from shared.ingest.drain import drop_session
@@ -622,20 +756,24 @@ def test_deploy_with_lets_encrypt_runs_its_steps_against_real_services_with_the_
     env = {
         "DATABASE_URL": f"postgresql://mqtt_saas_app:{role_passwords['mqtt_saas_app']}@{where}",
         "INGEST_DATABASE_URL": f"postgresql://mqtt_saas_ingest:{role_passwords['mqtt_saas_ingest']}@{where}",
-        "MAINTENANCE_DATABASE_URL":
-            f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}@{where}",
+        "MAINTENANCE_DATABASE_URL": f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}@{where}",
         "ADMIN_DATABASE_URL": postgres_server.superuser_dsn(empty_database),
         "MQTT_INGEST_PASSWORD": mosquitto_broker.ingest.password,
         "MQTT_PROVISIONER_PASSWORD": mosquitto_broker.provisioner.password,
-        "MQTT_COMMANDER_PASSWORD": "commander-for-the-le-test", "AUTH_JWT_SECRET": "e" * 64,
+        "MQTT_COMMANDER_PASSWORD": "commander-for-the-le-test",
+        "AUTH_JWT_SECRET": "e" * 64,
         "ADMIN_SSH_PUBLIC_KEY": SECRETS["ADMIN_SSH_PUBLIC_KEY"],
     }
     tools = tmp_path / "bin"
     tools.mkdir()
     log = tmp_path / "calls.log"
-    outputs = {"brokerHost": mosquitto_broker.host, "brokerPort": mosquitto_broker.port,
-               "functionAppName": "func-test", "functionAppUrl": "https://func-test.example.net",
-               "keyVaultName": "kv-test"}
+    outputs = {
+        "brokerHost": mosquitto_broker.host,
+        "brokerPort": mosquitto_broker.port,
+        "functionAppName": "func-test",
+        "functionAppUrl": "https://func-test.example.net",
+        "keyVaultName": "kv-test",
+    }
     (tools / "outputs.json").write_text(json.dumps({k: {"type": "String", "value": v} for k, v in outputs.items()}))
     status = "ok 2026-11-24T10:00:00Z: certificate for mqtt.acme.test served by Mosquitto, valid until Feb 22 2027"
     for name, body in {
@@ -647,20 +785,48 @@ def test_deploy_with_lets_encrypt_runs_its_steps_against_real_services_with_the_
         (tools / name).write_text(f"#!/bin/sh\n{body}\n")
         (tools / name).chmod(0o755)
     document = json.loads((INFRA / "main.parameters.json").read_text())
-    document["parameters"].update({"adminSourceCidr": {"value": "198.51.100.23/32"},
-                                   "alertEmail": {"value": "oncall@acme.test"},
-                                   "letsEncryptEmail": {"value": "certs@acme.test"}})
+    document["parameters"].update(
+        {
+            "adminSourceCidr": {"value": "198.51.100.23/32"},
+            "alertEmail": {"value": "oncall@acme.test"},
+            "letsEncryptEmail": {"value": "certs@acme.test"},
+        }
+    )
     (tmp_path / "params.json").write_text(json.dumps(document))
     ca_copy = tmp_path / "certs" / "broker-ca.crt"
-    settings = settings_from({**env, "MQTT_HOST": mosquitto_broker.host, "MQTT_PORT": str(mosquitto_broker.port),
-                              "MQTT_CA_FILE": str(mosquitto_broker.ca_file)})
+    settings = settings_from(
+        {
+            **env,
+            "MQTT_HOST": mosquitto_broker.host,
+            "MQTT_PORT": str(mosquitto_broker.port),
+            "MQTT_CA_FILE": str(mosquitto_broker.ca_file),
+        }
+    )
     try:
         # WHEN deploy runs (publish and smoke need Azure)
         done = subprocess.run(
-            [sys.executable, str(DEPLOY), "-g", "rg-test", "-p", str(tmp_path / "params.json"), "--ca-file",
-             str(ca_copy), "--skip-publish", "--skip-smoke"],
-            env={"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path), "SSL_CERT_FILE": str(mosquitto_broker.ca_file),
-                 **env}, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                str(DEPLOY),
+                "-g",
+                "rg-test",
+                "-p",
+                str(tmp_path / "params.json"),
+                "--ca-file",
+                str(ca_copy),
+                "--skip-publish",
+                "--skip-smoke",
+            ],
+            env={
+                "PATH": f"{tools}:/usr/bin:/bin",
+                "HOME": str(tmp_path),
+                "SSL_CERT_FILE": str(mosquitto_broker.ca_file),
+                **env,
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         # THEN step 4 printed the VM's status line and verified the broker with the system store, copying no CA;
         # the drain's session was made the same way (no MQTT_CA_FILE), and the deployment completed
         assert done.returncode == 0, done.stdout + done.stderr

@@ -1,6 +1,7 @@
 """The operators' KQL queries in infra/queries/: each parses minimally, and every field they read
 from the drain's `ingest.summary {json}` line is one the drain really logs (no KQL engine here, so
 a renamed summary field would otherwise break the queries silently, in production)."""
+
 from __future__ import annotations
 
 import json
@@ -36,9 +37,19 @@ def _summary_keys() -> set[str]:
 
 def test_there_are_queries() -> None:
     names = {p.stem for p in KQL_FILES}
-    assert {"ingest_per_minute", "drain_runs", "lag_percentiles", "drain_failing_or_absent",
-            "dead_letters_per_run", "function_failures", "ingest_per_tenant", "dead_letters_by_reason",
-            "top_tenants", "broker_connection_failures", "quota_usage"} <= names
+    assert {
+        "ingest_per_minute",
+        "drain_runs",
+        "lag_percentiles",
+        "drain_failing_or_absent",
+        "dead_letters_per_run",
+        "function_failures",
+        "ingest_per_tenant",
+        "dead_letters_by_reason",
+        "top_tenants",
+        "broker_connection_failures",
+        "quota_usage",
+    } <= names
 
 
 @pytest.mark.parametrize("path", KQL_FILES, ids=lambda p: p.name)
@@ -72,7 +83,7 @@ def test_queries_filter_on_the_prefix_the_drain_logs(caplog: pytest.LogCaptureFi
     lines = [r.getMessage() for r in caplog.records if r.name == "shared.ingest.drain"]
     assert len(lines) == 1
     assert lines[0].startswith(SUMMARY_PREFIX)
-    assert set(json.loads(lines[0][len(SUMMARY_PREFIX):])) == _summary_keys()
+    assert set(json.loads(lines[0][len(SUMMARY_PREFIX) :])) == _summary_keys()
     # Every string in the queries that names the summary line spells the prefix exactly.
     for path in KQL_FILES:
         for literal in STRING.findall(_code(path.read_text(encoding="utf-8"))):
@@ -101,6 +112,9 @@ def test_metric_names_are_ones_the_code_records(path: Path) -> None:
 def test_metric_names_match_the_instruments() -> None:
     from shared.core import observability
 
-    instruments = {value._name for value in vars(observability).values() if hasattr(value, "_name")
-                   and type(value).__name__.endswith(("Counter", "Histogram", "Gauge"))}
+    instruments = {
+        value._name
+        for value in vars(observability).values()
+        if hasattr(value, "_name") and type(value).__name__.endswith(("Counter", "Histogram", "Gauge"))
+    }
     assert instruments == METRIC_NAMES

@@ -2,6 +2,7 @@
 refuses any change of an existing VM's customData, PropertyChangeNotAllowed), it is referenced as `existing`, and the
 network, the key vault's grant to the VM's identity, the CPU alert and every output still resolve; the function app
 is deployed the same either way."""
+
 from __future__ import annotations
 
 import functools
@@ -32,8 +33,12 @@ def accessor(*parts: str) -> Any:
     """pycep's form of a.b.c."""
     if len(parts) == 1:
         return parts[0]
-    return {"operator": {"type": "property_accessor", "operands": {"operand_1": parts[0],
-                                                                   "operand_2": accessor(*parts[1:])}}}
+    return {
+        "operator": {
+            "type": "property_accessor",
+            "operands": {"operand_1": parts[0], "operand_2": accessor(*parts[1:])},
+        }
+    }
 
 
 def holds(condition: Any, params: dict[str, bool]) -> bool:
@@ -76,11 +81,14 @@ def test_the_vm_is_in_the_deployment_only_while_it_does_not_exist(exists: bool) 
     resources = deployed(broker_vm()["resources"], params)
     # THEN the VM (a module of its own) is deployed only without it, the network interface always
     assert ("virtualMachine" in modules) is (not exists)
-    assert modules.get("virtualMachine", {}).get("detail", {}).get("path", "brokerVmInstance.bicep") == \
-        "brokerVmInstance.bicep"
+    assert (
+        modules.get("virtualMachine", {}).get("detail", {}).get("path", "brokerVmInstance.bicep")
+        == "brokerVmInstance.bicep"
+    )
     assert "networkInterface" in resources
-    assert not any(r["type"] == "Microsoft.Compute/virtualMachines" for r in resources.values()), \
+    assert not any(r["type"] == "Microsoft.Compute/virtualMachines" for r in resources.values()), (
         "a VM declared in brokerVm.bicep itself would be redeployed (and its customData with it)"
+    )
     # AND with it, the VM is referenced as existing, under the name a new one gets
     existing = broker_vm()["resources"]["existingVirtualMachine"]
     assert existing["existing"] is True and existing["type"] == "Microsoft.Compute/virtualMachines"
@@ -99,29 +107,51 @@ def test_the_vm_instance_module_declares_the_vm_unconditionally() -> None:
 
 def test_outputs_resolve_from_the_existing_vm_or_the_new_one() -> None:
     outputs = broker_vm()["outputs"]
-    for output, existing, created in (("vmId", ("existingVirtualMachine", "id"), ("virtualMachine", "outputs", "vmId")),
-                                      ("principalId", ("existingVirtualMachine", "identity", "principalId"),
-                                       ("virtualMachine", "outputs", "principalId"))):
-        assert outputs[output]["value"]["operator"] == {"type": "conditional", "operands": {
-            "condition": "brokerVmExists", "true_value": accessor(*existing), "false_value": accessor(*created)}}
+    for output, existing, created in (
+        ("vmId", ("existingVirtualMachine", "id"), ("virtualMachine", "outputs", "vmId")),
+        (
+            "principalId",
+            ("existingVirtualMachine", "identity", "principalId"),
+            ("virtualMachine", "outputs", "principalId"),
+        ),
+    ):
+        assert outputs[output]["value"]["operator"] == {
+            "type": "conditional",
+            "operands": {
+                "condition": "brokerVmExists",
+                "true_value": accessor(*existing),
+                "false_value": accessor(*created),
+            },
+        }
     assert outputs["vmName"]["value"] == "vmName"
     assert outputs["cloudInitHash"]["value"] == "cloudInitHash"
     assert broker_vm()["variables"]["cloudInitHash"]["value"] == {
-        "function": {"type": "unique_string", "parameters": {"base_string": "cloudInit"}}}
+        "function": {"type": "unique_string", "parameters": {"base_string": "cloudInit"}}
+    }
 
 
 def test_everything_that_needs_the_vm_still_gets_it_and_the_app_does_not_depend_on_it() -> None:
     main = parse(MAIN)
     modules = main["modules"]
-    assert modules["keyVault"]["config"]["params"]["brokerPrincipalId"] == accessor("brokerVm", "outputs",
-                                                                                    "principalId")
+    assert modules["keyVault"]["config"]["params"]["brokerPrincipalId"] == accessor(
+        "brokerVm", "outputs", "principalId"
+    )
     assert modules["monitoring"]["config"]["params"]["brokerVmId"] == accessor("brokerVm", "outputs", "vmId")
     # the function app's settings come from the network (the broker's name) and the parameters, never the VM
     assert "brokerVm" not in str(modules["functionApp"]["config"]["params"])
     assert "brokerVmExists" not in str(modules["functionApp"]["config"]["params"])
     outputs = main["outputs"]
-    for name in ("brokerHost", "brokerAzureHost", "brokerIpAddress", "brokerCertificate", "brokerCaCertificateCommand",
-                 "brokerAdminPasswordLocation", "functionAppUrl", "functionAppName", "keyVaultName"):
+    for name in (
+        "brokerHost",
+        "brokerAzureHost",
+        "brokerIpAddress",
+        "brokerCertificate",
+        "brokerCaCertificateCommand",
+        "brokerAdminPasswordLocation",
+        "functionAppUrl",
+        "functionAppName",
+        "keyVaultName",
+    ):
         assert name in outputs, name
         assert "brokerVmExists" not in str(outputs[name]["value"]), name
     assert outputs["brokerVmName"]["value"] == accessor("brokerVm", "outputs", "vmName")
@@ -148,8 +178,11 @@ def test_deploy_uses_the_tag_names_the_template_writes() -> None:
 
 # -- rolling the repository's cloud-init onto an existing VM --------------------------------------------------------
 
-LE = {"broker_host": "mqtt.acme.test", "key_vault_uri": "https://kv-mqtt-saas.vault.azure.net/",
-      "lets_encrypt_email": "certs@acme.test"}
+LE = {
+    "broker_host": "mqtt.acme.test",
+    "key_vault_uri": "https://kv-mqtt-saas.vault.azure.net/",
+    "lets_encrypt_email": "certs@acme.test",
+}
 
 
 @pytest.mark.parametrize("lets_encrypt", [False, True])
@@ -160,8 +193,14 @@ def test_render_gives_what_the_template_gives_a_new_vm(lets_encrypt: bool) -> No
 
     params = LE_PARAMS if lets_encrypt else BASE_PARAMS
     # WHEN the operators' renderer renders it THEN it is the same text
-    assert render(params["brokerFqdn"], params["keyVaultUri"], params["enableWebsockets"], params["adminUsername"],
-                  params["letsEncryptEmail"], params["letsEncryptKeyType"]) == rendered_cloud_init(**params)
+    assert render(
+        params["brokerFqdn"],
+        params["keyVaultUri"],
+        params["enableWebsockets"],
+        params["adminUsername"],
+        params["letsEncryptEmail"],
+        params["letsEncryptKeyType"],
+    ) == rendered_cloud_init(**params)
 
 
 def test_reapply_script_writes_every_file_cloud_init_writes_and_runs_the_setup(tmp_path: Path) -> None:
@@ -180,8 +219,13 @@ def test_reapply_script_writes_every_file_cloud_init_writes_and_runs_the_setup(t
     root = tmp_path / "vm"
     # WHEN it runs twice into a scratch root (a second run, as after a failed first one, changes nothing)
     for _ in range(2):
-        done = subprocess.run(["/bin/bash", str(script)], env={"PATH": f"{stubs}:/usr/bin:/bin", "ROOT": str(root)},
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["/bin/bash", str(script)],
+            env={"PATH": f"{stubs}:/usr/bin:/bin", "ROOT": str(root)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
     # THEN every write_files entry is there, byte for byte, with its mode, and nothing else
     entries = write_files(cloud_init)
@@ -201,12 +245,32 @@ def test_reapply_script_writes_every_file_cloud_init_writes_and_runs_the_setup(t
 
 def test_render_reads_the_deploys_parameters_file(tmp_path: Path) -> None:
     params = tmp_path / "params.json"
-    params.write_text(json.dumps({"parameters": {"letsEncryptEmail": {"value": "certs@acme.test"},
-                                                 "letsEncryptKeyType": {"value": "rsa"},
-                                                 "adminUsername": {"value": "ops"}}}))
-    done = subprocess.run([sys.executable, str(INFRA / "render_cloud_init.py"), "--broker-host", "mqtt.acme.test",
-                           "--key-vault-name", "kv-mqtt-saas-abc", "--parameters", str(params)],
-                          capture_output=True, text=True, timeout=60)
+    params.write_text(
+        json.dumps(
+            {
+                "parameters": {
+                    "letsEncryptEmail": {"value": "certs@acme.test"},
+                    "letsEncryptKeyType": {"value": "rsa"},
+                    "adminUsername": {"value": "ops"},
+                }
+            }
+        )
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(INFRA / "render_cloud_init.py"),
+            "--broker-host",
+            "mqtt.acme.test",
+            "--key-vault-name",
+            "kv-mqtt-saas-abc",
+            "--parameters",
+            str(params),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "LE_EMAIL='certs@acme.test'" in done.stdout and "LE_KEY_TYPE='rsa'" in done.stdout
     assert 'admin_user="ops"' in done.stdout

@@ -2,6 +2,7 @@
 telemetry series produce exactly the expected events (opens after N, stays open without new events,
 clears with hysteresis), no-data fires and clears, overlapping runs never duplicate, and one
 tenant's rules never see another's devices."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,38 @@ from shared.core.db import tenant_transaction
 from tests.support.api import new_tenant
 from tests.support.registry import create_device
 
-THRESHOLD = {"kind": "threshold", "scope": "all", "metric": "temperature", "aggregation": "last", "window_s": 300,
-             "operator": ">", "value": 80.0, "clear_value": 70.0, "consecutive": 2}
+THRESHOLD = {
+    "kind": "threshold",
+    "scope": "all",
+    "metric": "temperature",
+    "aggregation": "last",
+    "window_s": 300,
+    "operator": ">",
+    "value": 80.0,
+    "clear_value": 70.0,
+    "consecutive": 2,
+}
 NO_DATA = {"kind": "no_data", "scope": "all", "no_data_minutes": 10, "consecutive": 1}
 
 
 def add_rule(app_pool, tenant, **fields: Any) -> str:
-    values = {"name": "rule", "scope": "all", "consecutive": 1, "severity": "warning", "device_id": None, "tag": None,
-              "device_type": None, "metric": None, "aggregation": None, "window_s": None, "operator": None,
-              "value": None, "clear_value": None, "no_data_minutes": None, **fields}
+    values = {
+        "name": "rule",
+        "scope": "all",
+        "consecutive": 1,
+        "severity": "warning",
+        "device_id": None,
+        "tag": None,
+        "device_type": None,
+        "metric": None,
+        "aggregation": None,
+        "window_s": None,
+        "operator": None,
+        "value": None,
+        "clear_value": None,
+        "no_data_minutes": None,
+        **fields,
+    }
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
         row = conn.execute(
             "INSERT INTO alert_rules (tenant_id, name, kind, scope, device_id, tag, device_type, metric, aggregation,"
@@ -33,7 +57,8 @@ def add_rule(app_pool, tenant, **fields: Any) -> str:
             " VALUES (%(tenant_id)s, %(name)s, %(kind)s, %(scope)s, %(device_id)s, %(tag)s, %(device_type)s,"
             " %(metric)s, %(aggregation)s, %(window_s)s, %(operator)s, %(value)s, %(clear_value)s,"
             " %(consecutive)s, %(no_data_minutes)s, %(severity)s) RETURNING id",
-            {**values, "tenant_id": tenant["id"]}).fetchone()
+            {**values, "tenant_id": tenant["id"]},
+        ).fetchone()
     assert row is not None
     return str(row["id"])
 
@@ -41,8 +66,10 @@ def add_rule(app_pool, tenant, **fields: Any) -> str:
 def read(app_pool, tenant, device_id: int, value: float, *, metric: str = "temperature") -> None:
     """One reading stamped now (later than every earlier one), and the device seen now, as the drain would."""
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, %s, %s, %s)",
-                     (tenant["id"], device_id, datetime.now(UTC), metric, value))
+        conn.execute(
+            "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, %s, %s, %s)",
+            (tenant["id"], device_id, datetime.now(UTC), metric, value),
+        )
         conn.execute("UPDATE devices SET last_seen = now(), status = 'online' WHERE id = %s", (device_id,))
 
 
@@ -99,19 +126,32 @@ def test_threshold_opens_after_n_stays_open_and_clears_with_hysteresis(app_pool,
     assert [e["state"] for e in events(app_pool, tenant)] == ["resolved", "open"]
 
 
-@pytest.mark.parametrize(("aggregation", "operator", "value", "clear", "series", "breaching"), [
-    ("avg", ">", 50.0, 40.0, [40.0, 70.0], True),     # avg 55
-    ("avg", ">", 60.0, 40.0, [40.0, 70.0], False),    # avg 55
-    ("min", "<", 10.0, 12.0, [30.0, 5.0, 20.0], True),
-    ("max", ">=", 30.0, 30.0, [30.0, 5.0], True),
-    ("count", ">", 2.0, 2.0, [1.0, 1.0], False),
-    ("count", ">", 2.0, 2.0, [1.0, 1.0, 1.0], True),
-])
+@pytest.mark.parametrize(
+    ("aggregation", "operator", "value", "clear", "series", "breaching"),
+    [
+        ("avg", ">", 50.0, 40.0, [40.0, 70.0], True),  # avg 55
+        ("avg", ">", 60.0, 40.0, [40.0, 70.0], False),  # avg 55
+        ("min", "<", 10.0, 12.0, [30.0, 5.0, 20.0], True),
+        ("max", ">=", 30.0, 30.0, [30.0, 5.0], True),
+        ("count", ">", 2.0, 2.0, [1.0, 1.0], False),
+        ("count", ">", 2.0, 2.0, [1.0, 1.0, 1.0], True),
+    ],
+)
 def test_each_aggregation_over_the_window(app_pool, plant, aggregation, operator, value, clear, series, breaching):
     # GIVEN a rule with the aggregation, N = 1, and readings in its window
     tenant, device = plant
-    add_rule(app_pool, tenant, **{**THRESHOLD, "aggregation": aggregation, "operator": operator, "value": value,
-                                  "clear_value": clear, "consecutive": 1})
+    add_rule(
+        app_pool,
+        tenant,
+        **{
+            **THRESHOLD,
+            "aggregation": aggregation,
+            "operator": operator,
+            "value": value,
+            "clear_value": clear,
+            "consecutive": 1,
+        },
+    )
     for reading in series:
         read(app_pool, tenant, device, reading)
     # WHEN evaluated THEN an event opens exactly when the aggregate breaches
@@ -124,8 +164,10 @@ def test_readings_outside_the_window_and_other_metrics_do_not_count(app_pool, pl
     tenant, device = plant
     add_rule(app_pool, tenant, **{**THRESHOLD, "consecutive": 1, "window_s": 60})
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, %s, %s, %s)",
-                     (tenant["id"], device, datetime.now(UTC) - timedelta(minutes=5), "temperature", 99.0))
+        conn.execute(
+            "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, %s, %s, %s)",
+            (tenant["id"], device, datetime.now(UTC) - timedelta(minutes=5), "temperature", 99.0),
+        )
     read(app_pool, tenant, device, 99.0, metric="pressure")
     # WHEN evaluated THEN nothing opens
     evaluate(app_pool, tenant)
@@ -194,10 +236,13 @@ def test_overlapping_runs_never_duplicate_events(app_pool):
     # GIVEN a tenant of 30 hot devices and a rule that fires at once
     tenant = new_tenant(app_pool)
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        conn.execute("INSERT INTO devices (tenant_id, name) SELECT %s, 'm-' || g FROM generate_series(1, 20) g",
-                     (tenant["id"],))
-        conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value)"
-                     " SELECT tenant_id, id, now() - interval '1 second', 'temperature', 99 FROM devices")
+        conn.execute(
+            "INSERT INTO devices (tenant_id, name) SELECT %s, 'm-' || g FROM generate_series(1, 20) g", (tenant["id"],)
+        )
+        conn.execute(
+            "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value)"
+            " SELECT tenant_id, id, now() - interval '1 second', 'temperature', 99 FROM devices"
+        )
     add_rule(app_pool, tenant, **{**THRESHOLD, "consecutive": 1})
 
     # WHEN four runs start at once, three times over
@@ -271,5 +316,11 @@ def test_the_registered_alert_evaluator_timer_runs_every_tenant(monkeypatch, dat
     # THEN the event is open, and the binding is the configured schedule, never on startup
     assert [e["state"] for e in events(app_pool, tenant)] == ["open"]
     [binding] = json.loads(function.get_function_json())["bindings"]
-    assert binding == {"type": "timerTrigger", "direction": "IN", "name": "timer", "schedule": "%ALERT_SCHEDULE%",
-                       "runOnStartup": False, "useMonitor": True}
+    assert binding == {
+        "type": "timerTrigger",
+        "direction": "IN",
+        "name": "timer",
+        "schedule": "%ALERT_SCHEDULE%",
+        "runOnStartup": False,
+        "useMonitor": True,
+    }

@@ -1,5 +1,6 @@
 """blob_archiver, retention per plan, partition maintenance and restore, against real PostgreSQL and
 Azurite (shared/telemetry/archive.py, shared/telemetry/retention.py, scripts/restore_archive)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,9 @@ from shared.telemetry.retention import maintenance_connection
 
 REPO = Path(__file__).resolve().parents[2]
 TODAY = datetime.now(UTC).date()
-OLD = TODAY - timedelta(days=40)       # past free's 30 days, inside professional's 365
+OLD = TODAY - timedelta(days=40)  # past free's 30 days, inside professional's 365
 OLDER = TODAY - timedelta(days=35)
-RECENT = TODAY - timedelta(days=10)    # hot for every plan
+RECENT = TODAY - timedelta(days=10)  # hot for every plan
 
 
 class Crash(Exception):
@@ -33,12 +34,15 @@ class Crash(Exception):
 @pytest.fixture
 def maintenance_settings(database, azurite_server) -> Settings:
     """The maintenance role with a blob container of this test's own."""
-    return settings_from({
-        "DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
-        "MAINTENANCE_DATABASE_URL": database.maintenance_dsn,
-        "STORAGE_CONNECTION_STRING": azurite_server.connection_string,
-        "ARCHIVE_CONTAINER": f"archive-{uuid.uuid4().hex[:12]}",
-    })
+    return settings_from(
+        {
+            "DATABASE_URL": database.app_dsn,
+            "INGEST_DATABASE_URL": database.ingest_dsn,
+            "MAINTENANCE_DATABASE_URL": database.maintenance_dsn,
+            "STORAGE_CONNECTION_STRING": azurite_server.connection_string,
+            "ARCHIVE_CONTAINER": f"archive-{uuid.uuid4().hex[:12]}",
+        }
+    )
 
 
 @pytest.fixture
@@ -50,10 +54,15 @@ def owner(database):
 
 
 def make_tenant(owner, plan: str, devices: int = 2) -> tuple[uuid.UUID, list[int]]:
-    tenant_id = owner.execute("INSERT INTO tenants (slug, name, plan) VALUES (%s, 'T', %s) RETURNING id",
-                              (f"t-{uuid.uuid4().hex[:10]}", plan)).fetchone()[0]
-    ids = [owner.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id",
-                         (tenant_id, f"dev-{n}")).fetchone()[0] for n in range(devices)]
+    tenant_id = owner.execute(
+        "INSERT INTO tenants (slug, name, plan) VALUES (%s, 'T', %s) RETURNING id", (f"t-{uuid.uuid4().hex[:10]}", plan)
+    ).fetchone()[0]
+    ids = [
+        owner.execute(
+            "INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id", (tenant_id, f"dev-{n}")
+        ).fetchone()[0]
+        for n in range(devices)
+    ]
     return tenant_id, ids
 
 
@@ -68,9 +77,10 @@ def add_day(owner, tenant_id, device_ids, day: date, per_metric: int = 30) -> No
             rows.append((tenant_id, device_id, "temp", ts, 0, 20.0 + i / 4, None, None))
             rows.append((tenant_id, device_id, "temp", ts, 1, -1.5e-7 * i, None, None))
             rows.append((tenant_id, device_id, "door", ts, 0, None, i % 2 == 0, None))
-            rows.append((tenant_id, device_id, "mode", ts, 0, None, None, ["auto", "", "a,b\n\"c\""][i % 3]))
-    with owner.cursor().copy("COPY telemetry (tenant_id, device_id, metric, ts, seq, value, value_bool, value_text)"
-                             " FROM STDIN") as copy:
+            rows.append((tenant_id, device_id, "mode", ts, 0, None, None, ["auto", "", 'a,b\n"c"'][i % 3]))
+    with owner.cursor().copy(
+        "COPY telemetry (tenant_id, device_id, metric, ts, seq, value, value_bool, value_text) FROM STDIN"
+    ) as copy:
         for row in rows:
             copy.write_row(row)
 
@@ -80,7 +90,9 @@ def day_rows(conn, tenant_id, day: date, table: str = "telemetry") -> list[tuple
         f"SELECT tenant_id, device_id, metric, ts, seq, received_at, value, value_bool, value_text FROM {table}"
         " WHERE tenant_id = %s AND ts >= %s::date::timestamp AT TIME ZONE 'UTC'"
         " AND ts < (%s::date + 1)::timestamp AT TIME ZONE 'UTC'"
-        " ORDER BY device_id, metric, ts, seq", (tenant_id, day, day)).fetchall()
+        " ORDER BY device_id, metric, ts, seq",
+        (tenant_id, day, day),
+    ).fetchall()
 
 
 def container_of(settings: Settings):
@@ -118,8 +130,9 @@ def test_archive_round_trip_restores_equal_rows_and_checksums(maintenance_settin
         assert name == blob_name(tenant, day)
         data = container.download_blob(name).readall()
         props = container.get_blob_client(name).get_blob_properties()
-        sha, rows = owner.execute("SELECT sha256, row_count FROM archive_manifest WHERE tenant_id = %s AND day = %s",
-                                  (tenant, day)).fetchone()
+        sha, rows = owner.execute(
+            "SELECT sha256, row_count FROM archive_manifest WHERE tenant_id = %s AND day = %s", (tenant, day)
+        ).fetchone()
         assert hashlib.sha256(data).hexdigest() == sha == props.metadata["sha256"]
         assert props.metadata["row_count"] == str(rows) == str(len(before[day]))
         assert props.metadata["schema_version"] == "1"
@@ -177,6 +190,7 @@ def test_half_written_or_corrupted_blob_is_written_again(maintenance_settings, o
 
     with pytest.raises(Crash):
         run_blob_archiver(maintenance_settings, hook=half_written)
+
     # AND a later run whose upload is corrupted before verification
     def corrupt(at: str, tenant_id, day) -> None:
         if at == "uploaded" and not corrupted:
@@ -281,8 +295,12 @@ def test_run_stops_within_budget_and_next_run_resumes(maintenance_settings, owne
 def test_maintenance_role_has_least_rights(maintenance_settings, owner):
     tenant, devices = make_tenant(owner, "free")
     with maintenance_connection(maintenance_settings) as conn:
-        assert conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user"
-                            ).fetchone()["?column?"] is False
+        assert (
+            conn.execute("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone()[
+                "?column?"
+            ]
+            is False
+        )
         for statement in (
             "INSERT INTO telemetry (tenant_id, device_id, metric, ts, value) VALUES (%s, 1, 'x', now(), 1)",
             "UPDATE telemetry SET value = 0 WHERE tenant_id = %s",
@@ -304,13 +322,31 @@ def test_restore_archive_command(maintenance_settings, owner, tmp_path):
     slug = owner.execute("SELECT slug FROM tenants WHERE id = %s", (tenant,)).fetchone()[0]
 
     # WHEN scripts/restore_archive loads it
-    env = {"PATH": "/usr/bin:/bin", "MAINTENANCE_DATABASE_URL":
-           maintenance_settings.maintenance_database_url.get_secret_value(),
-           "STORAGE_CONNECTION_STRING": maintenance_settings.storage_connection_string.get_secret_value(),
-           "ARCHIVE_CONTAINER": maintenance_settings.archive_container}
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "restore_archive"), "--tenant", slug,
-                           "--from", OLD.isoformat(), "--to", OLD.isoformat(), "--table", "by_script"],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "MAINTENANCE_DATABASE_URL": maintenance_settings.maintenance_database_url.get_secret_value(),
+        "STORAGE_CONNECTION_STRING": maintenance_settings.storage_connection_string.get_secret_value(),
+        "ARCHIVE_CONTAINER": maintenance_settings.archive_container,
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "restore_archive"),
+            "--tenant",
+            slug,
+            "--from",
+            OLD.isoformat(),
+            "--to",
+            OLD.isoformat(),
+            "--table",
+            "by_script",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     # THEN the rows are back, in the table it names
     assert done.returncode == 0, done.stderr
@@ -342,8 +378,10 @@ def test_registered_timers_run_archiver_and_rollups_on_their_schedules(maintenan
 
     # THEN the recent day is rolled up (the old one is older than any reading the drain accepts)
     # and the old day went to the archive
-    assert owner.execute("SELECT sum(count) FROM telemetry_rollup_1h WHERE tenant_id = %s",
-                         (tenant,)).fetchone()[0] == 2 * len(devices) * 30
+    assert (
+        owner.execute("SELECT sum(count) FROM telemetry_rollup_1h WHERE tenant_id = %s", (tenant,)).fetchone()[0]
+        == 2 * len(devices) * 30
+    )
     assert manifest_states(owner, tenant) == {OLD: "deleted"} and day_rows(owner, tenant, OLD) == []
 
 
@@ -354,9 +392,11 @@ def test_rollups_outlive_raw_rows_and_go_after_their_own_retention(maintenance_s
     for table in ("telemetry_rollup_1m", "telemetry_rollup_1h"):
         for days in (40, 399, 401, 3649, 3651):
             bucket = now - timedelta(days=days)
-            owner.execute(f"INSERT INTO {table} (tenant_id, device_id, metric, bucket, count, sum, min, max, last,"
-                          " last_ts, last_seq) VALUES (%s, %s, 'temp', %s, 1, 1, 1, 1, 1, %s, 0)",
-                          (tenant, devices[0], bucket, bucket))
+            owner.execute(
+                f"INSERT INTO {table} (tenant_id, device_id, metric, bucket, count, sum, min, max, last,"
+                " last_ts, last_seq) VALUES (%s, %s, 'temp', %s, 1, 1, 1, 1, 1, %s, 0)",
+                (tenant, devices[0], bucket, bucket),
+            )
 
     # WHEN the archiver runs (raw retention 30 days; minutes kept 400 days, hours 3650)
     run_blob_archiver(maintenance_settings)

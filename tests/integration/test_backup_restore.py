@@ -1,6 +1,7 @@
 """scripts/pg_backup.py and scripts/pg_restore_drill.py against the test PostgreSQL and Azurite: a backup taken while
 the database keeps changing restores with exactly the row counts of its snapshot; a tampered manifest or dump fails
 the drill; a role that row-level security would blind is refused."""
+
 from __future__ import annotations
 
 import json
@@ -34,18 +35,25 @@ def seed(database, tenants: int = 2, devices: int = 3, readings: int = 500) -> N
         conn.execute("SELECT ensure_telemetry_partitions(current_date - 1, current_date + 1)")
         for t in range(tenants):
             tenant_id = uuid.uuid4()
-            conn.execute("INSERT INTO tenants (id, slug, name, plan) VALUES (%s, %s, %s, 'starter')",
-                         (tenant_id, f"drill-{uuid.uuid4().hex[:8]}", f"Drill {t}"))
+            conn.execute(
+                "INSERT INTO tenants (id, slug, name, plan) VALUES (%s, %s, %s, 'starter')",
+                (tenant_id, f"drill-{uuid.uuid4().hex[:8]}", f"Drill {t}"),
+            )
             for d in range(devices):
-                device_id = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id",
-                                         (tenant_id, f"m-{d}")).fetchone()[0]
+                device_id = conn.execute(
+                    "INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id", (tenant_id, f"m-{d}")
+                ).fetchone()[0]
                 conn.execute(
                     "INSERT INTO telemetry (tenant_id, device_id, ts, seq, metric, value) "
                     "SELECT %s, %s, now() - g * interval '1 second', g, 'temp', g FROM generate_series(1, %s) g",
-                    (tenant_id, device_id, readings))
+                    (tenant_id, device_id, readings),
+                )
             # A reading for a day without a partition lands in telemetry_default: the drill must count it too.
-            conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) "
-                         "VALUES (%s, %s, now() - interval '3 years', 'temp', 1)", (tenant_id, device_id))
+            conn.execute(
+                "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) "
+                "VALUES (%s, %s, now() - interval '3 years', 'temp', 1)",
+                (tenant_id, device_id),
+            )
 
 
 def owner_counts(database, table: str) -> int:
@@ -74,8 +82,12 @@ def test_backup_then_drill_restores_exact_counts_of_the_snapshot(database, conta
     assert result.source_now["public.tenants"] == 3
     # AND the scratch database is gone
     with psycopg.connect(database.owner_dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
-                            (result.scratch_database,)).fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (result.scratch_database,)).fetchone()[
+                0
+            ]
+            == 0
+        )
 
 
 def test_drill_restores_row_level_security_and_grants(database, container) -> None:
@@ -129,14 +141,27 @@ def test_backup_refuses_a_role_that_row_level_security_blinds(database, containe
 def test_backup_and_drill_commands_end_with_their_summary_lines(database, azurite_server) -> None:
     # GIVEN a seeded database and storage given as the app's STORAGE_CONNECTION_STRING
     seed(database, tenants=1, devices=1, readings=20)
-    env = {**os.environ, "ADMIN_DATABASE_URL": database.owner_dsn,
-           "STORAGE_CONNECTION_STRING": azurite_server.connection_string}
+    env = {
+        **os.environ,
+        "ADMIN_DATABASE_URL": database.owner_dsn,
+        "STORAGE_CONNECTION_STRING": azurite_server.connection_string,
+    }
     container = f"backups-{uuid.uuid4().hex[:8]}"
     # WHEN the two commands run as an operator runs them
-    backed = subprocess.run([sys.executable, str(REPO / "scripts" / "pg_backup.py"), "--container", container],
-                            env=env, capture_output=True, text=True, timeout=120)
-    drilled = subprocess.run([sys.executable, str(REPO / "scripts" / "pg_restore_drill.py"), "--container",
-                              container], env=env, capture_output=True, text=True, timeout=120)
+    backed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "pg_backup.py"), "--container", container],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    drilled = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "pg_restore_drill.py"), "--container", container],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     BlobServiceClient.from_connection_string(azurite_server.connection_string).delete_container(container)
     # THEN both succeed and say what they did; no password reaches their output
     assert backed.returncode == 0, backed.stderr

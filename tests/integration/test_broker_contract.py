@@ -2,6 +2,7 @@
 get accepted is stored or dead-lettered, everything else is refused; a device subscribes to its
 command topic only; QoS 0 waits for the drain; retained copies stay bounded; a run ends when it
 has caught up; and the name patterns agree with the SQL CHECKs."""
+
 from __future__ import annotations
 
 import re
@@ -31,10 +32,10 @@ NOW_MS = lambda: int(time.time() * 1000)  # noqa: E731
 class Client:
     """A bare paho client for what Device does not do: MQTT 3.1.1, subscriptions, retained reads."""
 
-    def __init__(self, settings, username: str, password: str, client_id: str,
-                 protocol: int = mqtt.MQTTv5) -> None:
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=protocol)
+    def __init__(self, settings, username: str, password: str, client_id: str, protocol: int = mqtt.MQTTv5) -> None:
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol
+        )
         self.client.username_pw_set(username, password)
         self.client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED)
         self.subacks: dict[int, list[int]] = {}
@@ -122,9 +123,19 @@ def test_a_device_may_subscribe_to_its_own_command_topic_only(settings, app_pool
     tenant, creds = new_tenant_with_devices(app_pool, settings, ["s1", "s2"])
     client = as_device(settings, creds["s1"])
     slug = tenant["slug"]
-    refused = ["#", "t/#", "$SYS/#", f"t/{slug}/d/s2/cmd", f"t/{slug}/d/s2/#", f"t/{slug}/d/+/cmd",
-               f"t/{slug}/d/s1/telemetry", f"t/{slug}/d/s1/#", f"t/{slug}/d/s1/cmd/#",
-               drain_marker_topic(settings.mqtt_ingest_client_id), "$CONTROL/dynamic-security/#"]
+    refused = [
+        "#",
+        "t/#",
+        "$SYS/#",
+        f"t/{slug}/d/s2/cmd",
+        f"t/{slug}/d/s2/#",
+        f"t/{slug}/d/+/cmd",
+        f"t/{slug}/d/s1/telemetry",
+        f"t/{slug}/d/s1/#",
+        f"t/{slug}/d/s1/cmd/#",
+        drain_marker_topic(settings.mqtt_ingest_client_id),
+        "$CONTROL/dynamic-security/#",
+    ]
     codes = {topic: client.suback(topic) for topic in refused}
     own = client.suback(command_topic(slug, "s1"))
     client.close()
@@ -139,8 +150,9 @@ def test_qos0_readings_published_between_runs_are_stored(settings, app_pool, dat
     client = as_device(settings, creds["tiny"], protocol)
     ts = NOW_MS() - 1000
     for i in range(50):
-        client.client.publish(f"{creds['tiny'].topic_prefix}/telemetry",
-                              '{"ts": %d, "seq": %d, "metrics": {"v": %d}}' % (ts, i, i), qos=0)
+        client.client.publish(
+            f"{creds['tiny'].topic_prefix}/telemetry", '{"ts": %d, "seq": %d, "metrics": {"v": %d}}' % (ts, i, i), qos=0
+        )
     # A QoS 0 publish has no acknowledgement: a QoS 1 one behind it on the same connection tells
     # that the broker has handled everything before it.
     client.client.publish(f"{creds['tiny'].topic_prefix}/status", "online", qos=1).wait_for_publish(10)
@@ -159,8 +171,10 @@ def test_retained_messages_are_cleared_once_stored(settings, app_pool, database,
     _, creds = new_tenant_with_devices(app_pool, settings, ["ret"])
     device = Device(settings, creds["ret"])
     prefix = creds["ret"].topic_prefix
-    infos = [device.client.publish(f"{prefix}/status", "online", qos=1, retain=True),
-             device.client.publish(f"{prefix}/telemetry", '{"metrics": {"r": 1}}', qos=1, retain=True)]
+    infos = [
+        device.client.publish(f"{prefix}/status", "online", qos=1, retain=True),
+        device.client.publish(f"{prefix}/telemetry", '{"metrics": {"r": 1}}', qos=1, retain=True),
+    ]
     device.wait_acked([info.mid for info in infos])
     device.close()
 
@@ -217,15 +231,21 @@ def test_a_run_ends_when_it_has_caught_up_although_devices_keep_publishing(setti
 
 def test_name_patterns_are_the_ones_the_sql_checks_enforce(database):
     # The contract defines them once; the migrations repeat them in CHECKs (SQL cannot import Python).
-    definitions = dict(query(database, """
+    definitions = dict(
+        query(
+            database,
+            """
         SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint
         WHERE contype = 'c' AND conrelid IN ('tenants'::regclass, 'devices'::regclass)
-          AND pg_get_constraintdef(oid) LIKE '%%~%%'"""))
+          AND pg_get_constraintdef(oid) LIKE '%%~%%'""",
+        )
+    )
     assert re.search(re.escape(f"'{TENANT_SLUG_PATTERN}'"), definitions["tenants"])
     assert re.search(re.escape(f"'{DEVICE_NAME_PATTERN}'"), definitions["devices"])
     # And both engines read the patterns alike on the edge cases.
     samples = ["a", "a-", "-a", "A", "a.b", "a/b", "a_b", "a" * 63, "a" * 64, "a" * 65, "0", "é", "a b", ""]
     for pattern in (TENANT_SLUG_PATTERN, DEVICE_NAME_PATTERN):
-        in_sql = dict(query(database, "SELECT s, s ~ %(p)s FROM unnest(%(s)s::text[]) AS s",
-                            {"p": pattern, "s": samples}))
+        in_sql = dict(
+            query(database, "SELECT s, s ~ %(p)s FROM unnest(%(s)s::text[]) AS s", {"p": pattern, "s": samples})
+        )
         assert in_sql == {s: bool(re.match(pattern, s)) for s in samples}, pattern

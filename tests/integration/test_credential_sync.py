@@ -3,6 +3,7 @@ connects over TLS and its readings are stored; rotation with an overlap; disable
 disconnect at once and refuse reconnection; a broker outage leaves the outbox pending and the sync
 brings the broker into line afterwards; the reconciliation repairs drift both ways; the outbox
 keeps passwords encrypted, erases them when applied, and hides them from the app role."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,12 @@ class Session:
         self.connack = threading.Event()
         self.gone = threading.Event()
         self.reason: Any = None
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id or username,
-                                  protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id or username,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
         self.client.username_pw_set(username, password)
         self.client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED)
         self.client.on_connect = self._on_connect
@@ -104,8 +109,12 @@ def test_device_created_through_the_api_publishes_and_its_readings_are_stored(ap
     device = create(token, "press-01")
     credential = device["credential"]
     # WHEN it publishes over TLS with the credential it was given, and the drain runs
-    publisher = Device(api, DeviceCredential(tenant["slug"], "press-01", credential["username"],
-                                             credential["client_id"], credential["password"]))
+    publisher = Device(
+        api,
+        DeviceCredential(
+            tenant["slug"], "press-01", credential["username"], credential["client_id"], credential["password"]
+        ),
+    )
     ts = int(time.time() * 1000)
     assert publisher.wait_acked([publisher.publish("telemetry", {"ts": ts, "metrics": {"temp": 21.5}})]) != {}
     publisher.close()
@@ -178,14 +187,27 @@ def test_broker_down_requests_succeed_and_the_sync_catches_up(api, token, tenant
     assert not first["credential"]["broker_synced"] and not rotated.json["credential"]["broker_synced"]
     assert first["sync_pending"] == 2 and rotated.json["device"]["sync_pending"] >= 4
     assert rotated.json["device"]["sync_error"].startswith("broker unavailable")
-    pending = query(database, "SELECT op, attempts, last_error, next_attempt_at > now(), password_enc "
-                              "FROM broker_outbox WHERE applied_at IS NULL ORDER BY id")
-    assert [row[0] for row in pending] == ["ensure_role", "create_client", "ensure_role", "create_client",
-                                           "ensure_role", "create_client", "delete_client"]
+    pending = query(
+        database,
+        "SELECT op, attempts, last_error, next_attempt_at > now(), password_enc "
+        "FROM broker_outbox WHERE applied_at IS NULL ORDER BY id",
+    )
+    assert [row[0] for row in pending] == [
+        "ensure_role",
+        "create_client",
+        "ensure_role",
+        "create_client",
+        "ensure_role",
+        "create_client",
+        "delete_client",
+    ]
     heads = [row for row in pending if row[1]]
     assert heads and all(row[2].startswith("broker unavailable") and row[3] for row in heads)
-    secrets_ = {first["credential"]["password"], second["credential"]["password"],
-                rotated.json["credential"]["password"]}
+    secrets_ = {
+        first["credential"]["password"],
+        second["credential"]["password"],
+        rotated.json["credential"]["password"],
+    }
     stored = [row[4] for row in pending if row[4]]
     assert len(stored) == 3 and not any(secret in value for value in stored for secret in secrets_)
     assert not connects(api, first["credential"])
@@ -193,8 +215,15 @@ def test_broker_down_requests_succeed_and_the_sync_catches_up(api, token, tenant
     # WHEN the broker is reachable again and the sync runs (as the timer would, backoff respected)
     monkeypatch.setenv("MQTT_PORT", str(api.mqtt_port))
     get_settings.cache_clear()
-    wait_for(lambda: not sync(app_pool, api, tenant).sync.failed and not query(
-        database, "SELECT 1 FROM broker_outbox WHERE applied_at IS NULL"), 30, "the outbox to drain", interval=0.5)
+    wait_for(
+        lambda: (
+            not sync(app_pool, api, tenant).sync.failed
+            and not query(database, "SELECT 1 FROM broker_outbox WHERE applied_at IS NULL")
+        ),
+        30,
+        "the outbox to drain",
+        interval=0.5,
+    )
     # THEN the devices connect with the passwords the API answered, and no password is left stored
     assert connects(api, first["credential"])
     assert connects(api, rotated.json["credential"])
@@ -204,8 +233,9 @@ def test_broker_down_requests_succeed_and_the_sync_catches_up(api, token, tenant
     assert view["sync_pending"] == 0 and view["sync_error"] is None and not view["credential_needs_rotation"]
 
 
-def test_outbox_apply_is_idempotent_create_over_existing_and_delete_of_missing(api, token, tenant, app_pool,
-                                                                              database, monkeypatch):
+def test_outbox_apply_is_idempotent_create_over_existing_and_delete_of_missing(
+    api, token, tenant, app_pool, database, monkeypatch
+):
     # GIVEN a device created while the broker was unreachable, and a stale client of the same name
     monkeypatch.setenv("MQTT_PORT", str(closed_port()))
     from shared.core.settings import get_settings
@@ -233,15 +263,17 @@ def test_outbox_apply_is_idempotent_create_over_existing_and_delete_of_missing(a
     assert query(database, "SELECT count(*) FROM broker_outbox WHERE applied_at IS NULL") == [(0,)]
 
 
-def test_a_bulk_beyond_the_requests_time_budget_answers_and_the_timer_finishes(api, token, tenant, app_pool,
-                                                                             database, monkeypatch):
+def test_a_bulk_beyond_the_requests_time_budget_answers_and_the_timer_finishes(
+    api, token, tenant, app_pool, database, monkeypatch
+):
     # GIVEN a request budget already spent when the commit is done (a huge CSV on a big broker)
     from shared.broker import credential_sync
 
     monkeypatch.setattr(credential_sync, "INLINE_BUDGET_S", 0.0)
     # WHEN a CSV of devices is created
-    reply = call("POST", "/api/devices/bulk", token=token, raw=b"name\nb-1\nb-2\nb-3\n",
-                 headers={"Content-Type": "text/csv"})
+    reply = call(
+        "POST", "/api/devices/bulk", token=token, raw=b"name\nb-1\nb-2\nb-3\n", headers={"Content-Type": "text/csv"}
+    )
     # THEN it answers at once, each credential marked as not yet on the broker
     assert reply.status == 201, reply.body
     items = reply.json["items"]
@@ -265,10 +297,20 @@ def test_reconciliation_repairs_drift_both_ways(api, token, tenant, app_pool):
     with provisioner(api) as dynsec:
         dynsec.delete_client(lost["credential"]["username"])
         dynsec.create_role(device_role(slug, "ghost"), device_acls(slug, "ghost"))
-        dynsec.create_client(f"{slug}.ghost", "ghost-password-123456", client_id=f"{slug}.ghost",
-                             roles=[device_role(slug, "ghost")])
-        dynsec.execute([{"command": "addRoleACL", "rolename": device_role(slug, "tampered"),
-                         "acltype": "subscribePattern", "topic": "#", "allow": True}])
+        dynsec.create_client(
+            f"{slug}.ghost", "ghost-password-123456", client_id=f"{slug}.ghost", roles=[device_role(slug, "ghost")]
+        )
+        dynsec.execute(
+            [
+                {
+                    "command": "addRoleACL",
+                    "rolename": device_role(slug, "tampered"),
+                    "acltype": "subscribePattern",
+                    "topic": "#",
+                    "allow": True,
+                }
+            ]
+        )
         dynsec.enable_client(disabled["credential"]["username"])
     # WHEN the reconciliation runs
     report = reconcile(app_pool, api, only_tenants={slug})
@@ -281,8 +323,9 @@ def test_reconciliation_repairs_drift_both_ways(api, token, tenant, app_pool):
     with provisioner(api) as dynsec:
         acls = dynsec.get_role_acls(device_role(slug, "tampered"))
     assert {(a["acltype"], a["topic"]) for a in acls} == {(a.acltype, a.topic) for a in device_acls(slug, "tampered")}
-    assert not connects(api, {"username": f"{slug}.ghost", "password": "ghost-password-123456",
-                              "client_id": f"{slug}.ghost"})
+    assert not connects(
+        api, {"username": f"{slug}.ghost", "password": "ghost-password-123456", "client_id": f"{slug}.ghost"}
+    )
     assert not connects(api, disabled["credential"])
     assert connects(api, tampered["credential"])
     # AND the lost credential shows as needing rotation, which a rotation clears
@@ -293,8 +336,14 @@ def test_reconciliation_repairs_drift_both_ways(api, token, tenant, app_pool):
     assert connects(api, rotated.json["credential"])
     # AND a second run finds nothing to do
     again = reconcile(app_pool, api, only_tenants={slug})
-    assert not (again.deleted_clients or again.reset_roles or again.disabled_clients or again.flagged_devices
-                or again.enabled_clients or again.deleted_roles)
+    assert not (
+        again.deleted_clients
+        or again.reset_roles
+        or again.disabled_clients
+        or again.flagged_devices
+        or again.enabled_clients
+        or again.deleted_roles
+    )
 
 
 def test_reconciliation_never_touches_service_clients(api, token, tenant, app_pool):
@@ -312,8 +361,9 @@ def test_reconciliation_never_touches_service_clients(api, token, tenant, app_po
 # --------------------------------------------------------------------------- the database side
 
 
-def test_app_role_cannot_read_queued_passwords_nor_other_tenants_commands(api, token, tenant, app_pool, database,
-                                                                         monkeypatch):
+def test_app_role_cannot_read_queued_passwords_nor_other_tenants_commands(
+    api, token, tenant, app_pool, database, monkeypatch
+):
     monkeypatch.setenv("MQTT_PROVISIONER_PASSWORD", "")
     from shared.core.settings import get_settings
 

@@ -2,6 +2,7 @@
 the migrations, the roles' passwords and the drain's persistent session are in place after one run, and a second
 run, over the broker VM the first one created, changes nothing and succeeds (the script is safe to run again): it
 leaves the VM out of the template (brokerVmExists) and says that its cloud-init is not reapplied."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def stub_tools(folder: Path, outputs: dict[str, object], ca_file: Path) -> Path:
     (folder / "vms.json").write_text("[]")
     tools = {
         "az": f'echo "az $*" >>{log}\ncase "$*" in *"deployment group create"*) cat {folder}/outputs.json;;\n'
-              f'  "vm list "*) cat {folder}/vms.json;; esac',
+        f'  "vm list "*) cat {folder}/vms.json;; esac',
         "ssh": f'echo "ssh $*" >>{log}',
         "scp": f'echo "scp $*" >>{log}\nfor last; do :; done\ncp {ca_file} "$last"',
         "func": f'echo "func $*" >>{log}\nexit 1',
@@ -79,8 +80,9 @@ def fresh_database(postgres_server):
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_server, mosquitto_broker,
-                                                      role_passwords, fresh_database) -> None:
+def test_deploy_steps_run_twice_against_real_services(
+    tmp_path: Path, postgres_server, mosquitto_broker, role_passwords, fresh_database
+) -> None:
     # GIVEN an empty database, the test broker, and Azure's tools standing in (the template "deployed")
     where = f"127.0.0.1:{postgres_server.port}/{fresh_database}"
     ingest = mosquitto_broker.ingest
@@ -88,8 +90,7 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         # The roles are cluster-wide and other tests log in with these passwords: deploy sets the same ones.
         "DATABASE_URL": f"postgresql://mqtt_saas_app:{role_passwords['mqtt_saas_app']}@{where}",
         "INGEST_DATABASE_URL": f"postgresql://mqtt_saas_ingest:{role_passwords['mqtt_saas_ingest']}@{where}",
-        "MAINTENANCE_DATABASE_URL":
-            f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}@{where}",
+        "MAINTENANCE_DATABASE_URL": f"postgresql://mqtt_saas_maintenance:{role_passwords['mqtt_saas_maintenance']}@{where}",
         "ADMIN_DATABASE_URL": postgres_server.superuser_dsn(fresh_database),
         "MQTT_INGEST_PASSWORD": ingest.password,
         "MQTT_PROVISIONER_PASSWORD": mosquitto_broker.provisioner.password,
@@ -97,21 +98,42 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         "AUTH_JWT_SECRET": "e" * 64,
         "ADMIN_SSH_PUBLIC_KEY": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDeployStepsTest ops@test",
     }
-    outputs = {"brokerHost": mosquitto_broker.host, "brokerPort": mosquitto_broker.port,
-               "functionAppName": "func-test", "functionAppUrl": "https://func-test.example.net",
-               "keyVaultName": "kv-test", "brokerVmName": "vm-mqtt-saas-abcdefgh23456",
-               "brokerCloudInitHash": "newcloudinit1"}
+    outputs = {
+        "brokerHost": mosquitto_broker.host,
+        "brokerPort": mosquitto_broker.port,
+        "functionAppName": "func-test",
+        "functionAppUrl": "https://func-test.example.net",
+        "keyVaultName": "kv-test",
+        "brokerVmName": "vm-mqtt-saas-abcdefgh23456",
+        "brokerCloudInitHash": "newcloudinit1",
+    }
     tools = stub_tools(tmp_path / "bin", outputs, mosquitto_broker.ca_file)
     params = json.loads((REPO / "infra" / "main.parameters.json").read_text())
     params["parameters"]["adminSourceCidr"] = {"value": "198.51.100.23/32"}
     params["parameters"]["alertEmail"] = {"value": "oncall@acme.test"}
     (tmp_path / "params.json").write_text(json.dumps(params))
     ca_copy = tmp_path / "certs" / "broker-ca.crt"
-    command = [sys.executable, str(REPO / "scripts" / "deploy"), "-g", "rg-test", "-p", str(tmp_path / "params.json"),
-               "--ca-file", str(ca_copy), "--skip-publish", "--skip-smoke"]
+    command = [
+        sys.executable,
+        str(REPO / "scripts" / "deploy"),
+        "-g",
+        "rg-test",
+        "-p",
+        str(tmp_path / "params.json"),
+        "--ca-file",
+        str(ca_copy),
+        "--skip-publish",
+        "--skip-smoke",
+    ]
     full_env = {"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(tmp_path), **env}
-    settings = settings_from({**env, "MQTT_HOST": mosquitto_broker.host, "MQTT_PORT": str(mosquitto_broker.port),
-                              "MQTT_CA_FILE": str(mosquitto_broker.ca_file)})
+    settings = settings_from(
+        {
+            **env,
+            "MQTT_HOST": mosquitto_broker.host,
+            "MQTT_PORT": str(mosquitto_broker.port),
+            "MQTT_CA_FILE": str(mosquitto_broker.ca_file),
+        }
+    )
     try:
         # WHEN deploy runs
         first = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=300)
@@ -142,9 +164,20 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         # repository's cloud-init changed: the VM's tag holds another hash than the template's output)
         with psycopg.connect(env["ADMIN_DATABASE_URL"], autocommit=True) as conn:
             conn.execute("INSERT INTO ingest_runs (status, finished_at) VALUES ('ok', now())")
-        (tools / "vms.json").write_text(json.dumps([{
-            "name": "vm-mqtt-saas-abcdefgh23456", "vmSize": "Standard_B1s",
-            "tags": {"mqtt-saas-cloud-init": "oldcloudinit1", "mqtt-saas-broker-certificate": "generated-ca"}}]))
+        (tools / "vms.json").write_text(
+            json.dumps(
+                [
+                    {
+                        "name": "vm-mqtt-saas-abcdefgh23456",
+                        "vmSize": "Standard_B1s",
+                        "tags": {
+                            "mqtt-saas-cloud-init": "oldcloudinit1",
+                            "mqtt-saas-broker-certificate": "generated-ca",
+                        },
+                    }
+                ]
+            )
+        )
         (tools / "calls.log").write_text("")
         second = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=300)
         # THEN it succeeds, applying nothing new and leaving the drain's session alone (connecting with the drain's
@@ -154,11 +187,15 @@ def test_deploy_steps_run_twice_against_real_services(tmp_path: Path, postgres_s
         calls = (tools / "calls.log").read_text()
         assert "--parameters brokerVmExists=true" in calls
         assert "broker VM: vm-mqtt-saas-abcdefgh23456 exists (brokerVmExists=true)" in second.stdout
-        assert ("broker VM exists: its cloud-init is not reapplied; to roll broker changes use docs/runbook.md 6.8"
-                in second.stdout)
+        assert (
+            "broker VM exists: its cloud-init is not reapplied; to roll broker changes use docs/runbook.md 6.8"
+            in second.stdout
+        )
         assert "its cloud-init (oldcloudinit1) differs from the repository's (newcloudinit1)" in second.stdout
-        assert ("az vm update -g rg-test -n vm-mqtt-saas-abcdefgh23456 --set tags.mqtt-saas-cloud-init=newcloudinit1"
-                in second.stdout)
+        assert (
+            "az vm update -g rg-test -n vm-mqtt-saas-abcdefgh23456 --set tags.mqtt-saas-cloud-init=newcloudinit1"
+            in second.stdout
+        )
         assert "applied: nothing pending" in second.stdout
         assert "the drain has run" in second.stdout
         assert "deployed" in second.stdout.splitlines()[-1]

@@ -1,6 +1,7 @@
 """scripts/dev end to end: `up` runs the whole local stack in a folder of its own (free ports, its own settings file),
 the simulator's readings reach PostgreSQL through the timer-driven drain, a second `up` is a no-op, and `down`
 leaves no process behind. Real servers and the real command; every wait has a deadline."""
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,9 @@ def test_dev_up_runs_the_stack_until_down_stops_every_process(tmp_path_factory):
     stopped = False
     try:
         # WHEN the stack comes up on free ports with a drain every 2 s
-        up = dev("up", "--dir", str(state_dir), "--free-ports", "--ingest-schedule", "*/2 * * * * *",
-                 timeout=UP_TIMEOUT_S)
+        up = dev(
+            "up", "--dir", str(state_dir), "--free-ports", "--ingest-schedule", "*/2 * * * * *", timeout=UP_TIMEOUT_S
+        )
         state = json.loads((state_dir / "state.json").read_text()) if (state_dir / "state.json").exists() else {}
         recorded = state.get("processes", {})
         assert up.returncode == 0, f"scripts/dev up failed:\n{up.stdout}\n{up.stderr}"
@@ -115,8 +117,10 @@ def test_dev_up_runs_the_stack_until_down_stops_every_process(tmp_path_factory):
         # itself happens before the simulator starts), every metric with its type
         postgres = PostgresServer(state_dir / "postgres", state["ports"]["postgres"])
         superuser_dsn = postgres.superuser_dsn("mqtt_saas")
-        assert dev("secret", "db-superuser", "--dir", str(state_dir), timeout=30).stdout.strip() == \
-            postgres.superuser_password
+        assert (
+            dev("secret", "db-superuser", "--dir", str(state_dir), timeout=30).stdout.strip()
+            == postgres.superuser_password
+        )
 
         def two_readings() -> list[tuple]:
             rows = readings(superuser_dsn)

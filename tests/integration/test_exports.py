@@ -1,5 +1,6 @@
 """Exports (shared/telemetry/exports.py, behind POST /api/exports): the caller's tenant's rows only, owners and
 staff only, a read link that works until it expires, against real PostgreSQL and Azurite."""
+
 from __future__ import annotations
 
 import csv
@@ -26,21 +27,32 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 
 @pytest.fixture
 def export_settings(database, azurite_server) -> Settings:
-    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
-                          "STORAGE_CONNECTION_STRING": azurite_server.connection_string,
-                          "EXPORT_CONTAINER": f"exports-{uuid.uuid4().hex[:12]}"})
+    return settings_from(
+        {
+            "DATABASE_URL": database.app_dsn,
+            "INGEST_DATABASE_URL": database.ingest_dsn,
+            "STORAGE_CONNECTION_STRING": azurite_server.connection_string,
+            "EXPORT_CONTAINER": f"exports-{uuid.uuid4().hex[:12]}",
+        }
+    )
 
 
 def tenant_with_readings(app_pool, owner_dsn: str) -> tuple[dict, list[int]]:
     tenant = new_tenant(app_pool)
     with psycopg.connect(owner_dsn, autocommit=True) as owner:
-        devices = [owner.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id",
-                                 (tenant["id"], f"m-{n}")).fetchone()[0] for n in range(2)]
-        with owner.cursor().copy("COPY telemetry (tenant_id, device_id, metric, ts, value, value_text) FROM STDIN") as cp:
+        devices = [
+            owner.execute(
+                "INSERT INTO devices (tenant_id, name) VALUES (%s, %s) RETURNING id", (tenant["id"], f"m-{n}")
+            ).fetchone()[0]
+            for n in range(2)
+        ]
+        with owner.cursor().copy(
+            "COPY telemetry (tenant_id, device_id, metric, ts, value, value_text) FROM STDIN"
+        ) as cp:
             for device in devices:
                 for i in range(50):
                     cp.write_row((tenant["id"], device, "temp", NOW - timedelta(minutes=i), i / 2, None))
-                    cp.write_row((tenant["id"], device, "mode", NOW - timedelta(minutes=i), None, "a,\"b\""))
+                    cp.write_row((tenant["id"], device, "mode", NOW - timedelta(minutes=i), None, 'a,"b"'))
     return tenant, devices
 
 
@@ -54,8 +66,13 @@ def fetch(url: str) -> tuple[int, bytes]:
 
 
 def export(app_pool, settings, user, **kwargs):
-    options = {"device_id": None, "start": NOW - timedelta(hours=1), "end": NOW + timedelta(seconds=1),
-               "fmt": "parquet", "now": datetime.now(UTC)}
+    options = {
+        "device_id": None,
+        "start": NOW - timedelta(hours=1),
+        "end": NOW + timedelta(seconds=1),
+        "fmt": "parquet",
+        "now": datetime.now(UTC),
+    }
     options.update(kwargs)
     principal = Principal(user_id=user["id"], tenant_id=user["tenant"]["id"])
     container = archive_container(settings, settings.export_container)

@@ -1,5 +1,6 @@
 """mqtt_ingest end to end: a device on TLS with its own credential, the real broker, the
 registered timer function, real PostgreSQL."""
+
 from __future__ import annotations
 
 import time
@@ -26,9 +27,16 @@ def test_device_readings_land_as_typed_rows(settings, app_pool, database):
     device = Device(settings, creds["press-01"])
     ts = NOW_MS() - 5000
     mids = [
-        device.publish("telemetry", {"ts": ts, "seq": 1, "metrics": {"temp": 21.5, "door_open": False, "mode": "auto"}}),
-        device.publish("telemetry", [{"ts": ts + 1000, "metrics": {"temp": 21.75}},
-                                     {"ts": datetime.fromtimestamp((ts + 2000) / 1000, UTC).isoformat(), "metrics": {"temp": 22}}]),
+        device.publish(
+            "telemetry", {"ts": ts, "seq": 1, "metrics": {"temp": 21.5, "door_open": False, "mode": "auto"}}
+        ),
+        device.publish(
+            "telemetry",
+            [
+                {"ts": ts + 1000, "metrics": {"temp": 21.75}},
+                {"ts": datetime.fromtimestamp((ts + 2000) / 1000, UTC).isoformat(), "metrics": {"temp": 22}},
+            ],
+        ),
         device.publish("spindle/state", {"value": 85.5, "unit": "C", "timestamp": ts + 3000}),
     ]
     assert set(device.wait_acked(mids).values()) == {0}
@@ -38,11 +46,14 @@ def test_device_readings_land_as_typed_rows(settings, app_pool, database):
     run_mqtt_ingest()
 
     # THEN every reading is a row of the right tenant, device, metric, type and time
-    rows = query(database, """
+    rows = query(
+        database,
+        """
         SELECT t.tenant_id, d.name, t.metric, t.value, t.value_bool, t.value_text,
                (extract(epoch FROM t.ts) * 1000)::bigint, t.seq
         FROM telemetry t JOIN devices d ON d.tenant_id = t.tenant_id AND d.id = t.device_id
-        ORDER BY t.ts, t.metric""")
+        ORDER BY t.ts, t.metric""",
+    )
     assert rows == [
         (tenant["id"], "press-01", "door_open", None, False, None, ts, 1),
         (tenant["id"], "press-01", "mode", None, None, "auto", ts, 1),
@@ -55,7 +66,8 @@ def test_device_readings_land_as_typed_rows(settings, app_pool, database):
     assert status == "online"
     assert last_seen == datetime.fromtimestamp((ts + 3000) / 1000, UTC)
     [(run_status, messages, accepted, duplicates, dead)] = query(
-        database, "SELECT status, messages, accepted, duplicates, dead_lettered FROM ingest_runs")
+        database, "SELECT status, messages, accepted, duplicates, dead_lettered FROM ingest_runs"
+    )
     assert (run_status, messages, accepted, duplicates, dead) == ("ok", 3, 6, 0, 0)
 
 
@@ -87,7 +99,12 @@ BAD_INPUTS = [
     ("overflowing number", "telemetry", b'{"metrics": {"temp": 1e999}}', "non_finite_value"),
     ("huge integer", "telemetry", b'{"metrics": {"temp": ' + b"9" * 400 + b"}}", "non_finite_value"),
     ("oversized", "telemetry", b'{"metrics": {"blob": "' + b"x" * 3000 + b'"}}', "oversized"),
-    ("too many metrics", "telemetry", ('{"metrics": {' + ",".join(f'"m{i}": {i}' for i in range(11)) + "}}").encode(), "too_many_metrics"),
+    (
+        "too many metrics",
+        "telemetry",
+        ('{"metrics": {' + ",".join(f'"m{i}": {i}' for i in range(11)) + "}}").encode(),
+        "too_many_metrics",
+    ),
     ("bad metric name", "telemetry", b'{"metrics": {"temp C": 1}}', "bad_metric_name"),
     ("no metrics", "telemetry", b'{"ts": 1}', "invalid_payload"),
     ("empty metrics", "telemetry", b'{"metrics": {}}', "invalid_payload"),
@@ -101,10 +118,20 @@ BAD_INPUTS = [
     ("negative seq", "telemetry", b'{"seq": -1, "metrics": {"temp": 1}}', "wrong_type"),
     ("state on telemetry topic", "telemetry", b'{"value": 3}', "topic_payload_mismatch"),
     ("telemetry on state topic", "temp/state", b'{"metrics": {"temp": 1}}', "topic_payload_mismatch"),
-    ("other device in payload", "telemetry", b'{"device": "someone-else", "metrics": {"temp": 1}}', "topic_payload_mismatch"),
+    (
+        "other device in payload",
+        "telemetry",
+        b'{"device": "someone-else", "metrics": {"temp": 1}}',
+        "topic_payload_mismatch",
+    ),
     ("bad entity in topic", "bad entity!/state", b'{"value": 1}', "bad_topic"),
     ("bad status", "status", b"sleeping", "bad_status"),
-    ("one bad record spoils its message", "telemetry", b'[{"metrics": {"a": 1}}, {"metrics": {"a": "x", "b": [1]}}]', "wrong_type"),
+    (
+        "one bad record spoils its message",
+        "telemetry",
+        b'[{"metrics": {"a": 1}}, {"metrics": {"a": "x", "b": [1]}}]',
+        "wrong_type",
+    ),
 ]
 
 
@@ -128,8 +155,12 @@ def test_bad_inputs_are_dead_lettered_and_their_neighbours_stored(make_settings,
         dynsec.provision_device(tenant["slug"], "ghost", "ghost-password-0123456789")
     from tests.support.registry import DeviceCredential
 
-    ghost = Device(settings, DeviceCredential(tenant["slug"], "ghost", f"{tenant['slug']}.ghost",
-                                              f"{tenant['slug']}.ghost", "ghost-password-0123456789"))
+    ghost = Device(
+        settings,
+        DeviceCredential(
+            tenant["slug"], "ghost", f"{tenant['slug']}.ghost", f"{tenant['slug']}.ghost", "ghost-password-0123456789"
+        ),
+    )
     ghost.wait_acked([ghost.publish("telemetry", {"metrics": {"ok": 1}})])
 
     # WHEN the drain runs once over all of it
@@ -139,7 +170,9 @@ def test_bad_inputs_are_dead_lettered_and_their_neighbours_stored(make_settings,
     letters = query(database, "SELECT reason, payload, detail, tenant_id FROM dead_letters ORDER BY id")
     expected = [(reason, payload) for _, _, payload, reason in BAD_INPUTS]
     expected += [("device_disabled", None), ("unknown_device", None)]
-    assert [(r, p if e is not None else None) for (r, p, _, _), (_, e) in zip(letters, expected, strict=False)] == expected
+    assert [
+        (r, p if e is not None else None) for (r, p, _, _), (_, e) in zip(letters, expected, strict=False)
+    ] == expected
     assert all(detail for _, _, detail, _ in letters)
     assert letters[-1][3] is None  # the ghost's tenant is not known from a device row
     oks = query(database, "SELECT value FROM telemetry WHERE metric = 'ok' ORDER BY value")
@@ -157,10 +190,12 @@ def test_device_cannot_publish_into_another_devices_topic(settings, app_pool, da
     device = Device(settings, creds["a"])
 
     # WHEN device a publishes into b's topic and into the other tenant's device topic
-    refused = device.wait_acked([
-        device.publish("", {"metrics": {"x": 1}}, topic=f"t/{tenant['slug']}/d/b/telemetry"),
-        device.publish("", {"metrics": {"x": 2}}, topic=f"t/{other_tenant['slug']}/d/a/telemetry"),
-    ])
+    refused = device.wait_acked(
+        [
+            device.publish("", {"metrics": {"x": 1}}, topic=f"t/{tenant['slug']}/d/b/telemetry"),
+            device.publish("", {"metrics": {"x": 2}}, topic=f"t/{other_tenant['slug']}/d/a/telemetry"),
+        ]
+    )
     run_mqtt_ingest()
 
     # THEN the broker refuses both (PUBACK 135, not authorized) and nothing reaches the database
@@ -240,11 +275,13 @@ def test_a_message_the_database_refuses_is_isolated_and_dead_lettered_not_retrie
     _, creds = new_tenant_with_devices(app_pool, settings, ["p-1"])
     device = Device(settings, creds["p-1"])
     ts = NOW_MS()
-    device.wait_acked([
-        device.publish("telemetry", {"ts": ts, "metrics": {"good": 1}}),
-        device.publish("telemetry", {"ts": ts + 1, "metrics": {"good": 2, "poison": 1}}),
-        device.publish("telemetry", {"ts": ts + 2, "metrics": {"good": 3}}),
-    ])
+    device.wait_acked(
+        [
+            device.publish("telemetry", {"ts": ts, "metrics": {"good": 1}}),
+            device.publish("telemetry", {"ts": ts + 1, "metrics": {"good": 2, "poison": 1}}),
+            device.publish("telemetry", {"ts": ts + 2, "metrics": {"good": 3}}),
+        ]
+    )
 
     # WHEN the drain runs
     run_mqtt_ingest()

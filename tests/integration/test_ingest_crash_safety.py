@@ -1,4 +1,5 @@
 """The drain loses nothing and duplicates nothing when things fail at the worst moment."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def readings(database) -> tuple[int, int]:
 def publish_backlog(settings, device: Device, count: int) -> None:
     """count QoS 1 messages, each with METRICS readings and a unique seq; waits for every PUBACK."""
     ts = int(time.time() * 1000) - 600_000
-    mids = [device.publish("telemetry", f'{{"ts":{ts + i},"seq":{i},"metrics":{{"a":{i},"b":true}}}}')
-            for i in range(count)]
+    mids = [
+        device.publish("telemetry", f'{{"ts":{ts + i},"seq":{i},"metrics":{{"a":{i},"b":true}}}}') for i in range(count)
+    ]
     assert set(device.wait_acked(mids, timeout=120).values()) == {0}
 
 
@@ -79,7 +81,11 @@ def test_drain_killed_mid_run_then_rerun_stores_every_message_once(backlog_setti
     # WHEN a drain process is SIGKILLed after some batches committed but before it finished
     drain = subprocess.Popen(
         [sys.executable, "-c", "from tests.support.devices import run_mqtt_ingest; run_mqtt_ingest()"],
-        cwd=REPO, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=REPO,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stored_at_kill = wait_for(lambda: readings(database)[0], 60, "a first committed batch")
     drain.send_signal(signal.SIGKILL)
     drain.wait(10)
@@ -193,7 +199,9 @@ def test_batches_are_committed_and_acked_while_a_run_is_still_reading_its_backlo
         assert conn.execute("SELECT status, batches >= 20 FROM ingest_runs").fetchall() == [("ok", True)]
 
 
-def test_database_down_longer_than_the_retry_window_fails_the_run_without_acking(make_settings, settings_env, app_pool, database, postgres_server):
+def test_database_down_longer_than_the_retry_window_fails_the_run_without_acking(
+    make_settings, settings_env, app_pool, database, postgres_server
+):
     # GIVEN a drain that gives database errors 1 s of retries, working through a backlog
     settings = settings_env(make_settings(INGEST_BATCH_SIZE=1000, INGEST_DB_RETRY_S=1))
     prime_drain_session(settings)

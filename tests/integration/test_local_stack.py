@@ -135,8 +135,7 @@ class MqttV5:
         """Return the CONNACK reason, or None when the broker closed the connection without one."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_expiry
-        self.client.connect(self.broker.host, self.broker.port, keepalive=30, clean_start=clean_start,
-                            properties=props)
+        self.client.connect(self.broker.host, self.broker.port, keepalive=30, clean_start=clean_start, properties=props)
         self.client.loop_start()
         self.wait(lambda: self.connack is not None or self.disconnected, "CONNACK")
         return self.connack
@@ -361,15 +360,19 @@ def test_device_credential_is_not_a_dynsec_admin(
 ) -> None:
     device = new_device()
     username = device_username(device.tenant, device.name)
-    client = DynsecClient(mosquitto_broker.host, mosquitto_broker.port, str(mosquitto_broker.ca_file),
-                          username, device.password, client_id=username)
+    client = DynsecClient(
+        mosquitto_broker.host,
+        mosquitto_broker.port,
+        str(mosquitto_broker.ca_file),
+        username,
+        device.password,
+        client_id=username,
+    )
     with pytest.raises(DynsecError):  # not even allowed to subscribe to the response topic
         client.connect()
 
 
-def test_provisioner_cannot_read_telemetry(
-    mosquitto_broker: MosquittoBroker, new_device: Callable[[], Device]
-) -> None:
+def test_provisioner_cannot_read_telemetry(mosquitto_broker: MosquittoBroker, new_device: Callable[[], Device]) -> None:
     device = new_device()
     client = MqttV5(mosquitto_broker, mosquitto_broker.provisioner, f"prov-{uuid.uuid4().hex[:6]}").connect_ok()
     try:
@@ -456,12 +459,24 @@ def test_every_start_puts_the_contract_back(mosquitto_broker: MosquittoBroker) -
     # GIVEN a broker whose default access and service roles were changed by hand, and a service client deleted
     with admin_dynsec(mosquitto_broker) as dynsec:
         dynsec.set_default_acl_access({kind: True for kind in DEFAULT_ACL_ACCESS})
-        dynsec.execute([
-            {"command": "addRoleACL", "rolename": INGEST_ROLE, "acltype": "publishClientSend", "topic": "#",
-             "allow": True, "priority": 9},
-            {"command": "removeRoleACL", "rolename": PROVISIONER_ROLE, "acltype": "publishClientReceive",
-             "topic": provisioner_acls()[0].topic},
-        ])
+        dynsec.execute(
+            [
+                {
+                    "command": "addRoleACL",
+                    "rolename": INGEST_ROLE,
+                    "acltype": "publishClientSend",
+                    "topic": "#",
+                    "allow": True,
+                    "priority": 9,
+                },
+                {
+                    "command": "removeRoleACL",
+                    "rolename": PROVISIONER_ROLE,
+                    "acltype": "publishClientReceive",
+                    "topic": provisioner_acls()[0].topic,
+                },
+            ]
+        )
         dynsec.delete_client(mosquitto_broker.provisioner.username)
     # WHEN it restarts
     mosquitto_broker.restart()
@@ -677,8 +692,15 @@ def connect_error(server: PostgresServer, user: str, password: str | None) -> st
     """Why a TCP login as ``user`` with ``password`` (None: none at all) fails; pytest fails the test if it works."""
     # No password file (and the callers drop PGPASSWORD), so "none at all" means none.
     with pytest.raises(psycopg.OperationalError) as refused:
-        psycopg.connect(host=server.host, port=server.port, user=user, password=password, passfile=os.devnull,
-                        dbname="postgres", connect_timeout=5).close()
+        psycopg.connect(
+            host=server.host,
+            port=server.port,
+            user=user,
+            password=password,
+            passfile=os.devnull,
+            dbname="postgres",
+            connect_timeout=5,
+        ).close()
     return str(refused.value)
 
 
@@ -692,8 +714,14 @@ def test_postgres_refuses_a_tcp_login_without_the_right_password(
     assert "password authentication failed" in connect_error(postgres_server, role, right + "x")
     assert "no password supplied" in connect_error(postgres_server, role, None)
     # The right one is let in
-    with psycopg.connect(host=postgres_server.host, port=postgres_server.port, user=role, password=right,
-                         dbname="postgres", connect_timeout=5) as conn:
+    with psycopg.connect(
+        host=postgres_server.host,
+        port=postgres_server.port,
+        user=role,
+        password=right,
+        dbname="postgres",
+        connect_timeout=5,
+    ) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (role,)
 
 
@@ -705,8 +733,9 @@ def test_postgres_cluster_from_before_passwords_requires_them_after_a_start(
     server = PostgresServer(tmp_path_factory.mktemp("pg-old"))
     server.start()
     try:
-        with psycopg.connect(host=str(server.socket_dir), port=server.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host=str(server.socket_dir), port=server.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute("ALTER ROLE postgres PASSWORD NULL")
         server.stop()
         (server.data_dir / "pg_hba.conf").write_text("local all all trust\nhost all all all trust\n")

@@ -1,5 +1,6 @@
 """Metric metadata kept by the drain: device_metrics (unit, newest reading) and the
 per-minute ingest counts, written with the batch, by the ingest role, against a real database."""
+
 from __future__ import annotations
 
 import json
@@ -86,14 +87,20 @@ def test_one_batch_keeps_the_newest_reading_of_each_metric_by_ts_then_seq(databa
     # GIVEN one batch with readings out of order, two at the same ts told apart by seq, and every type
     tenant, device, prefix = press
     t0 = now_ms() - 60_000
-    store(database, [
-        message(f"{prefix}/telemetry", [
-            {"ts": t0 + 3000, "seq": 1, "metrics": {"rpm": 1200, "mode": "auto", "door": True}},
-            {"ts": t0 + 1000, "metrics": {"rpm": 900, "mode": "manual", "door": False}},
-            {"ts": t0 + 3000, "seq": 2, "metrics": {"rpm": 1250}},
-        ]),
-        message(f"{prefix}/telemetry", {"ts": t0 + 2000, "metrics": {"rpm": 1000, "mode": "off"}}),
-    ])
+    store(
+        database,
+        [
+            message(
+                f"{prefix}/telemetry",
+                [
+                    {"ts": t0 + 3000, "seq": 1, "metrics": {"rpm": 1200, "mode": "auto", "door": True}},
+                    {"ts": t0 + 1000, "metrics": {"rpm": 900, "mode": "manual", "door": False}},
+                    {"ts": t0 + 3000, "seq": 2, "metrics": {"rpm": 1250}},
+                ],
+            ),
+            message(f"{prefix}/telemetry", {"ts": t0 + 2000, "metrics": {"rpm": 1000, "mode": "off"}}),
+        ],
+    )
     # THEN each metric's row holds its newest reading, in the column of its type
     rows = metrics_of(app_pool, tenant, device["id"])
     assert (rows["rpm"]["last_value"], rows["rpm"]["last_seq"]) == (1250.0, 2)
@@ -115,12 +122,15 @@ def test_minute_counts_count_stored_messages_readings_and_dead_letters_per_tenan
     create_device(app_pool, str(other["id"]), "lathe")
     t0 = now_ms() - 5000
     # WHEN a batch holds 2 good messages (3 readings) and 1 bad one of the first, 1 of the other
-    store(database, [
-        message(f"{prefix}/telemetry", {"ts": t0, "metrics": {"a": 1, "b": 2}}),
-        message(f"{prefix}/telemetry", {"ts": t0 + 1, "metrics": {"a": 3}}),
-        message(f"{prefix}/telemetry", b"\x00not json"),
-        message(f"t/{other['slug']}/d/lathe/telemetry", {"ts": t0, "metrics": {"x": 1}}),
-    ])
+    store(
+        database,
+        [
+            message(f"{prefix}/telemetry", {"ts": t0, "metrics": {"a": 1, "b": 2}}),
+            message(f"{prefix}/telemetry", {"ts": t0 + 1, "metrics": {"a": 3}}),
+            message(f"{prefix}/telemetry", b"\x00not json"),
+            message(f"t/{other['slug']}/d/lathe/telemetry", {"ts": t0, "metrics": {"x": 1}}),
+        ],
+    )
     # THEN each tenant sees its own counts only
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
         mine = conn.execute("SELECT messages, readings, dead_lettered FROM ingest_minute_counts").fetchall()
@@ -165,8 +175,10 @@ def test_a_unit_published_over_mqtt_is_returned_by_latest(monkeypatch, settings,
     tenant, creds = new_tenant_with_devices(app_pool, settings, ["press-01"])
     device = Device(settings, creds["press-01"])
     t0 = now_ms() - 5000
-    mids = [device.publish("spindle/state", {"value": 85.5, "unit": "C", "timestamp": t0}),
-            device.publish("telemetry", {"ts": t0 + 1000, "metrics": {"spindle": 86.0, "rpm": 1200}})]
+    mids = [
+        device.publish("spindle/state", {"value": 85.5, "unit": "C", "timestamp": t0}),
+        device.publish("telemetry", {"ts": t0 + 1000, "metrics": {"spindle": 86.0, "rpm": 1200}}),
+    ]
     assert set(device.wait_acked(mids).values()) == {0}
     device.close()
     # WHEN the registered drain runs and a viewer reads the latest values through the API
@@ -182,22 +194,29 @@ def test_a_unit_published_over_mqtt_is_returned_by_latest(monkeypatch, settings,
     # THEN the unit the /state payload gave is there, kept by the newer unit-less telemetry reading
     assert reply.status == 200, reply.body
     assert {m["metric"]: (m["value"], m["unit"]) for m in reply.json["metrics"]} == {
-        "spindle": (86.0, "C"), "rpm": (1200.0, None)}
+        "spindle": (86.0, "C"),
+        "rpm": (1200.0, None),
+    }
 
 
 def test_a_unit_the_database_would_refuse_is_dropped_and_no_reading_lost(database, app_pool, press):
     # GIVEN /state payloads whose units hold a NUL or a lone surrogate, beside a good reading
     tenant, device, prefix = press
     t0 = now_ms() - 10_000
-    store(database, [
-        message(f"{prefix}/a/state", b'{"value": 1, "unit": "\\u0000C", "ts": %d}' % t0),
-        message(f"{prefix}/b/state", b'{"value": 2, "unit": "\\ud800", "ts": %d}' % t0),
-        message(f"{prefix}/c/state", {"value": 3, "unit": "bar", "ts": t0}),
-    ])
+    store(
+        database,
+        [
+            message(f"{prefix}/a/state", b'{"value": 1, "unit": "\\u0000C", "ts": %d}' % t0),
+            message(f"{prefix}/b/state", b'{"value": 2, "unit": "\\ud800", "ts": %d}' % t0),
+            message(f"{prefix}/c/state", {"value": 3, "unit": "bar", "ts": t0}),
+        ],
+    )
     # THEN the batch is stored: the NUL is gone from the unit, the lone surrogate's message is a dead
     # letter of validation (never a failed batch), and the good reading keeps its unit
     rows = metrics_of(app_pool, tenant, device["id"])
     assert {name: (row["last_value"], row["unit"]) for name, row in rows.items()} == {
-        "a": (1.0, "C"), "c": (3.0, "bar")}
+        "a": (1.0, "C"),
+        "c": (3.0, "bar"),
+    }
     with psycopg.connect(database.owner_dsn) as conn:
         assert conn.execute("SELECT topic FROM dead_letters").fetchall() == [(f"{prefix}/b/state",)]

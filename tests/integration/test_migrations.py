@@ -1,4 +1,5 @@
 """The migrations build the schema from nothing, and re-running them changes nothing."""
+
 from __future__ import annotations
 
 import psycopg
@@ -16,7 +17,8 @@ def test_migrations_apply_once_and_rerun_is_a_no_op(postgres_server, role_passwo
         assert apply_migrations(dsn) == []
         with psycopg.connect(dsn) as conn:
             partitions = conn.execute(
-                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'telemetry'::regclass").fetchone()[0]
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'telemetry'::regclass"
+            ).fetchone()[0]
             created = conn.execute("SELECT ensure_telemetry_partitions(current_date, current_date + 10)").fetchone()[0]
         assert partitions >= 39  # 31 days back, 7 ahead, and the default partition
         assert created == 3  # days 8 to 10 ahead were new; the rest already existed

@@ -6,6 +6,7 @@ owned by such an admin, migrate it as that admin, and check that what runs as th
 SECURITY DEFINER functions, the owner's scripts, the migrations' backfills) sees the rows FORCE'd
 RLS would otherwise hide from it.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,12 +44,14 @@ def admin_database(postgres_server, role_passwords) -> Iterator[OwnedDatabase]:
     suffix = uuid.uuid4().hex[:10]
     owner, name, owner_password = f"azadmin_{suffix}", f"owned_{suffix}", uuid.uuid4().hex
     with psycopg.connect(postgres_server.superuser_dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {owner} LOGIN CREATEROLE CREATEDB NOSUPERUSER NOBYPASSRLS"
-                     f" PASSWORD '{owner_password}'")
+        conn.execute(
+            f"CREATE ROLE {owner} LOGIN CREATEROLE CREATEDB NOSUPERUSER NOBYPASSRLS PASSWORD '{owner_password}'"
+        )
         conn.execute(f"CREATE DATABASE {name} OWNER {owner}")
     base = f"127.0.0.1:{postgres_server.port}/{name}"
     yield OwnedDatabase(
-        name=name, owner=owner,
+        name=name,
+        owner=owner,
         owner_dsn=f"postgresql://{owner}:{owner_password}@{base}",
         app_dsn=f"postgresql://mqtt_saas_app:{role_passwords['mqtt_saas_app']}@{base}",
         ingest_dsn=f"postgresql://mqtt_saas_ingest:{role_passwords['mqtt_saas_ingest']}@{base}",
@@ -75,8 +78,9 @@ def _new_tenant(app_dsn: str, slug: str, plan: str = "free") -> uuid.UUID:
     tenant_id = uuid.uuid4()
     with psycopg.connect(app_dsn) as conn:
         _as_tenant(conn, tenant_id)
-        conn.execute("INSERT INTO tenants (id, slug, name, plan) VALUES (%s, %s, %s, %s)",
-                     (tenant_id, slug, slug.title(), plan))
+        conn.execute(
+            "INSERT INTO tenants (id, slug, name, plan) VALUES (%s, %s, %s, %s)", (tenant_id, slug, slug.title(), plan)
+        )
     return tenant_id
 
 
@@ -84,12 +88,19 @@ def test_the_owner_is_an_ordinary_admin_and_every_table_rls_forces_has_an_owner_
     with psycopg.connect(owned.owner_dsn) as conn:
         flags = conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user").fetchone()
         assert flags == (False, False)
-        forced = {row[0] for row in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = 'public' AND c.relforcerowsecurity").fetchall()}
-        covered = dict(conn.execute(
-            "SELECT tablename, roles::text[] FROM pg_policies"
-            " WHERE schemaname = 'public' AND policyname = 'owner_access'").fetchall())
+        forced = {
+            row[0]
+            for row in conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = 'public' AND c.relforcerowsecurity"
+            ).fetchall()
+        }
+        covered = dict(
+            conn.execute(
+                "SELECT tablename, roles::text[] FROM pg_policies"
+                " WHERE schemaname = 'public' AND policyname = 'owner_access'"
+            ).fetchall()
+        )
     assert {"tenants", "users", "devices", "broker_outbox", "platform_operators", "telemetry"} <= forced
     # a table FORCE'd by a later migration without its own owner_access policy shows up here
     assert set(covered) == forced
@@ -99,26 +110,32 @@ def test_the_owner_is_an_ordinary_admin_and_every_table_rls_forces_has_an_owner_
 def test_login_and_operator_functions_see_rows_for_a_non_superuser_owner(owned):
     # GIVEN an operator, written by the owner (as scripts/create_operator.py does)
     with psycopg.connect(owned.owner_dsn) as conn:
-        conn.execute("INSERT INTO platform_operators (email, password_hash) VALUES ('ops@example.com', %s)",
-                     (hash_password(PASSWORD),))
+        conn.execute(
+            "INSERT INTO platform_operators (email, password_hash) VALUES ('ops@example.com', %s)",
+            (hash_password(PASSWORD),),
+        )
     with psycopg.connect(owned.app_dsn, autocommit=True) as app:
         # WHEN the app role signs the operator in and the operator creates a tenant
         found = app.execute("SELECT operator_id FROM platform_find_operator('ops@example.com')").fetchone()
         assert found is not None
         tenant_id, owner_id = app.execute(
             "SELECT * FROM platform_create_tenant(%s, 'acme', 'Acme', 'free', 'Boss@Acme.example', %s, 'test')",
-            (found[0], hash_password(PASSWORD))).fetchone()
+            (found[0], hash_password(PASSWORD)),
+        ).fetchone()
         # THEN the owner can log in, and the operator's listing and plan change see the tenant
         login = app.execute("SELECT user_id, tenant_id, role FROM find_login('acme', 'boss@acme.example')").fetchall()
         assert login == [(owner_id, tenant_id, "owner")]
-        external = app.execute("SELECT user_id, linked FROM find_external_user('acme', 'idp|42', 'boss@acme.example')"
-                               ).fetchall()
+        external = app.execute(
+            "SELECT user_id, linked FROM find_external_user('acme', 'idp|42', 'boss@acme.example')"
+        ).fetchall()
         assert external == [(owner_id, False)]
-        listed = app.execute("SELECT slug, users FROM platform_list_tenants(%s, NULL, NULL, 10)",
-                             (found[0],)).fetchall()
+        listed = app.execute(
+            "SELECT slug, users FROM platform_list_tenants(%s, NULL, NULL, 10)", (found[0],)
+        ).fetchall()
         assert listed == [("acme", 1)]
-        changed = app.execute("SELECT plan, previous_plan FROM platform_set_plan(%s, %s, 'starter', 'test')",
-                              (found[0], tenant_id)).fetchone()
+        changed = app.execute(
+            "SELECT plan, previous_plan FROM platform_set_plan(%s, %s, 'starter', 'test')", (found[0], tenant_id)
+        ).fetchone()
         assert changed == ("starter", "free")
 
 
@@ -127,19 +144,25 @@ def test_broker_sync_functions_see_pending_commands_for_a_non_superuser_owner(ow
     tenant_id = _new_tenant(owned.app_dsn, "sync")
     with psycopg.connect(owned.app_dsn) as conn:
         _as_tenant(conn, tenant_id)
-        device_id = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'pump-1') RETURNING id",
-                                 (tenant_id,)).fetchone()[0]
-        conn.execute("INSERT INTO device_credentials (tenant_id, device_id, slot, username)"
-                     " VALUES (%s, %s, 'a', 'sync.pump-1')", (tenant_id, device_id))
-        conn.execute("INSERT INTO broker_outbox (tenant_id, device_id, device_key, op, tenant_slug, device_name,"
-                     " username) VALUES (%s, %s, 'sync.pump-1', 'create_client', 'sync', 'pump-1', 'sync.pump-1')",
-                     (tenant_id, device_id))
+        device_id = conn.execute(
+            "INSERT INTO devices (tenant_id, name) VALUES (%s, 'pump-1') RETURNING id", (tenant_id,)
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO device_credentials (tenant_id, device_id, slot, username) VALUES (%s, %s, 'a', 'sync.pump-1')",
+            (tenant_id, device_id),
+        )
+        conn.execute(
+            "INSERT INTO broker_outbox (tenant_id, device_id, device_key, op, tenant_slug, device_name,"
+            " username) VALUES (%s, %s, 'sync.pump-1', 'create_client', 'sync', 'pump-1', 'sync.pump-1')",
+            (tenant_id, device_id),
+        )
     # WHEN the sync, acting for no tenant, asks the SECURITY DEFINER functions
     with psycopg.connect(owned.app_dsn) as conn:
         keys = conn.execute("SELECT device_key FROM broker_outbox_due_keys(10, true)").fetchall()
         taken = conn.execute("SELECT op, username FROM broker_outbox_take('sync.pump-1', false)").fetchall()
-        wanted = conn.execute("SELECT tenant_slug, device_name, usernames, pending FROM broker_wanted_devices()"
-                              ).fetchall()
+        wanted = conn.execute(
+            "SELECT tenant_slug, device_name, usernames, pending FROM broker_wanted_devices()"
+        ).fetchall()
     # THEN they see the pending command and the wanted client
     assert keys == [("sync.pump-1",)]
     assert taken == [("create_client", "sync.pump-1")]
@@ -149,14 +172,17 @@ def test_broker_sync_functions_see_pending_commands_for_a_non_superuser_owner(ow
 def test_partitions_are_created_and_dropped_when_the_owner_is_no_superuser(owned):
     with psycopg.connect(owned.owner_dsn) as conn:
         partitions = conn.execute(
-            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'telemetry'::regclass").fetchone()[0]
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'telemetry'::regclass"
+        ).fetchone()[0]
     assert partitions >= 39  # made by 0002 as the admin: 31 days back, 7 ahead, the default
     with psycopg.connect(owned.ingest_dsn) as conn:
-        assert conn.execute("SELECT ensure_telemetry_partitions(current_date + 8, current_date + 10)"
-                            ).fetchone()[0] == 3
+        assert (
+            conn.execute("SELECT ensure_telemetry_partitions(current_date + 8, current_date + 10)").fetchone()[0] == 3
+        )
     with psycopg.connect(owned.maintenance_dsn) as conn:
-        assert conn.execute("SELECT ensure_telemetry_partitions(current_date - 60, current_date - 60)"
-                            ).fetchone()[0] == 1
+        assert (
+            conn.execute("SELECT ensure_telemetry_partitions(current_date - 60, current_date - 60)").fetchone()[0] == 1
+        )
         dropped = conn.execute("SELECT * FROM drop_empty_telemetry_partitions(current_date)").fetchall()
     assert len(dropped) == 1
 
@@ -171,10 +197,13 @@ def test_backfills_of_0005_and_0007_are_redone_for_a_non_superuser_owner(admin_d
     tenant_id = _new_tenant(admin_database.app_dsn, "legacy")
     with psycopg.connect(admin_database.app_dsn) as conn:
         _as_tenant(conn, tenant_id)
-        device_id = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'old-1') RETURNING id",
-                                 (tenant_id,)).fetchone()[0]
-        conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, now(), 't', 21.5)",
-                     (tenant_id, device_id))
+        device_id = conn.execute(
+            "INSERT INTO devices (tenant_id, name) VALUES (%s, 'old-1') RETURNING id", (tenant_id,)
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, now(), 't', 21.5)",
+            (tenant_id, device_id),
+        )
     # WHEN the rest is applied, still as the admin
     apply_migrations(admin_database.owner_dsn)
     # THEN the device has its slot-a credential (0005's) and its metric's newest value (0007's)
@@ -194,19 +223,35 @@ def test_the_app_role_cannot_change_its_tenants_plan(database):
     with psycopg.connect(database.app_dsn) as conn:
         _as_tenant(conn, tenant_id)
         # renaming stays allowed, and the quota trigger (which locks the tenant row) still runs
-        assert conn.execute("UPDATE tenants SET name = 'Renamed' WHERE id = %s RETURNING name",
-                            (tenant_id,)).fetchone() == ("Renamed",)
-        conn.execute("INSERT INTO devices (tenant_id, name) SELECT %s, 'd' || n FROM generate_series(1, 3) n",
-                     (tenant_id,))
+        assert conn.execute(
+            "UPDATE tenants SET name = 'Renamed' WHERE id = %s RETURNING name", (tenant_id,)
+        ).fetchone() == ("Renamed",)
+        conn.execute(
+            "INSERT INTO devices (tenant_id, name) SELECT %s, 'd' || n FROM generate_series(1, 3) n", (tenant_id,)
+        )
         with pytest.raises(psycopg.Error) as over:
             conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'd4')", (tenant_id,))
     assert over.value.sqlstate == "MQ402"
 
 
 def _create_user(dsn: str, tenant: str, email: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "create_user.py"), tenant, email, "staff",
-                           "--password-stdin", "--database-url", dsn],
-                          input=f"{PASSWORD}\n", capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "create_user.py"),
+            tenant,
+            email,
+            "staff",
+            "--password-stdin",
+            "--database-url",
+            dsn,
+        ],
+        input=f"{PASSWORD}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_create_user_script_works_as_a_non_superuser_owner_and_fails_cleanly(owned):
@@ -230,10 +275,16 @@ def test_create_user_script_works_as_a_non_superuser_owner_and_fails_cleanly(own
 def test_dev_secret_prints_the_maintenance_roles_password(tmp_path):
     # GIVEN a local stack's database passwords, as `scripts/dev up` writes them
     (tmp_path / "db-passwords.json").write_text(
-        '{"mqtt_saas_app": "app-pw", "mqtt_saas_ingest": "ingest-pw", "mqtt_saas_maintenance": "maint-pw"}')
+        '{"mqtt_saas_app": "app-pw", "mqtt_saas_ingest": "ingest-pw", "mqtt_saas_maintenance": "maint-pw"}'
+    )
     # WHEN the maintenance role's is asked for THEN it alone is printed
-    done = subprocess.run([str(ROOT / "scripts" / "dev"), "secret", "db-maintenance", "--dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "dev"), "secret", "db-maintenance", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "maint-pw\n"
 
@@ -261,11 +312,21 @@ def test_pg_dump_as_a_non_superuser_owner_needs_row_security_enabled(owned, tmp_
     # FORCE'd RLS applies to the owner: pg_dump's default (row_security off) refuses such tables,
     # and with --enable-row-security the owner_access policies let it dump every tenant's rows.
     _new_tenant(owned.app_dsn, "dumped")
-    refused = subprocess.run(["pg_dump", "--data-only", "--table=tenants", f"--dbname={owned.owner_dsn}"],
-                             capture_output=True, text=True, timeout=60, check=False)
+    refused = subprocess.run(
+        ["pg_dump", "--data-only", "--table=tenants", f"--dbname={owned.owner_dsn}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert refused.returncode != 0 and "row-level security" in refused.stderr
-    dumped = subprocess.run(["pg_dump", "--data-only", "--table=tenants", "--enable-row-security",
-                             f"--dbname={owned.owner_dsn}"], capture_output=True, text=True, timeout=60, check=False)
+    dumped = subprocess.run(
+        ["pg_dump", "--data-only", "--table=tenants", "--enable-row-security", f"--dbname={owned.owner_dsn}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert dumped.returncode == 0, dumped.stderr
     assert "dumped" in dumped.stdout
 
@@ -287,21 +348,29 @@ def test_backup_and_restore_drill_run_as_a_non_superuser_owner(owned, azurite_se
     with psycopg.connect(owned.owner_dsn, autocommit=True) as conn:
         conn.execute("SELECT ensure_telemetry_partitions(current_date - 1, current_date + 1)")
         for slug in ("north", "south"):
-            tenant_id = conn.execute("INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
-                                     (f"{slug}-{uuid.uuid4().hex[:6]}", slug)).fetchone()[0]
-            device_id = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'm1') RETURNING id",
-                                     (tenant_id,)).fetchone()[0]
-            conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, seq, metric, value) "
-                         "SELECT %s, %s, now() - g * interval '1 second', g, 'temp', g FROM generate_series(1, 50) g",
-                         (tenant_id, device_id))
+            tenant_id = conn.execute(
+                "INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
+                (f"{slug}-{uuid.uuid4().hex[:6]}", slug),
+            ).fetchone()[0]
+            device_id = conn.execute(
+                "INSERT INTO devices (tenant_id, name) VALUES (%s, 'm1') RETURNING id", (tenant_id,)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO telemetry (tenant_id, device_id, ts, seq, metric, value) "
+                "SELECT %s, %s, now() - g * interval '1 second', g, 'temp', g FROM generate_series(1, 50) g",
+                (tenant_id, device_id),
+            )
     container = container_client(f"backups-{uuid.uuid4().hex[:8]}", azurite_server.connection_string, None)
     try:
         # WHEN the owner (not superuser, not BYPASSRLS) backs up and runs the drill
         done = backup(owned.owner_dsn, container)
         result = drill(owned.owner_dsn, container)
         # THEN every tenant's rows are in the dump and the restore
-        readings = sum(n for table, n in result.expected.items()
-                       if table.startswith("public.telemetry_2") or table == "public.telemetry_default")
+        readings = sum(
+            n
+            for table, n in result.expected.items()
+            if table.startswith("public.telemetry_2") or table == "public.telemetry_default"
+        )
         assert readings == 100 and result.expected["public.tenants"] == 2
         assert result.ok and result.restored == result.expected, result.mismatches
         assert done.manifest_blob == result.manifest_blob

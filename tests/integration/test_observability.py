@@ -3,6 +3,7 @@ mqtt_ingest function records per-tenant messages, dead letters per reason, lag a
 the run pushes them before it returns. The distro is configured for real with a connection
 string whose ingestion endpoint is a closed local port, plus an in-memory reader that sees
 exactly what would be exported."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,7 @@ def _closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def exported():
-    connection_string = (f"InstrumentationKey={uuid.uuid4()};"
-                         f"IngestionEndpoint=http://127.0.0.1:{_closed_port()}/")
+    connection_string = f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint=http://127.0.0.1:{_closed_port()}/"
     assert observability.configure(connection_string, extra_readers=[_reader])
     return _reader
 
@@ -99,6 +99,8 @@ def test_bound_fields_reach_every_event_line_inside_the_block(caplog):
             with observability.bound(device_id=4):
                 observability.event(logger, "nested")
         observability.event(logger, "outside")
-    assert caplog.messages == ['inner {"device_id":3,"run_id":42,"tenant_id":"t9"}',
-                               'nested {"device_id":4,"run_id":42,"tenant_id":"t9"}',
-                               'outside {}']
+    assert caplog.messages == [
+        'inner {"device_id":3,"run_id":42,"tenant_id":"t9"}',
+        'nested {"device_id":4,"run_id":42,"tenant_id":"t9"}',
+        "outside {}",
+    ]

@@ -2,6 +2,7 @@
 the registered mqtt_ingest function, real PostgreSQL. Over the quota, exactly the excess becomes
 dead letters with reason `quota` (never dropped silently), the rest is stored, and usage is
 counted per tenant and UTC hour; a bigger plan lifts the quota for the next run."""
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,12 @@ def _set_rate(database, plan: str, per_hour: int | None) -> None:
 
 def _publish(device: Device, first_seq: int, count: int) -> None:
     ts = NOW_MS() - 60_000
-    acks = device.wait_acked([device.publish("telemetry", {"ts": ts + seq, "seq": seq, "metrics": {"v": seq}})
-                              for seq in range(first_seq, first_seq + count)])
+    acks = device.wait_acked(
+        [
+            device.publish("telemetry", {"ts": ts + seq, "seq": seq, "metrics": {"v": seq}})
+            for seq in range(first_seq, first_seq + count)
+        ]
+    )
     assert set(acks.values()) == {0}
 
 
@@ -44,14 +49,20 @@ def test_drain_dead_letters_exactly_the_messages_over_the_hourly_quota(settings,
     # THEN the first 5 are stored, exactly the 3 later ones are dead letters with reason quota
     stored = query(database, "SELECT seq FROM telemetry WHERE tenant_id = %(t)s ORDER BY seq", {"t": tenant["id"]})
     assert stored == [(seq,) for seq in range(5)]
-    dead = query(database, "SELECT reason, tenant_id, convert_from(payload, 'UTF8')::jsonb ->> 'seq', detail"
-                           " FROM dead_letters ORDER BY id")
+    dead = query(
+        database,
+        "SELECT reason, tenant_id, convert_from(payload, 'UTF8')::jsonb ->> 'seq', detail"
+        " FROM dead_letters ORDER BY id",
+    )
     assert [(reason, tid, seq) for reason, tid, seq, _ in dead] == [("quota", tenant["id"], str(s)) for s in (5, 6, 7)]
     assert "5 messages per hour" in dead[0][3] and "free" in dead[0][3]
     # the unlimited tenant lost nothing; each tenant's hour is counted
     assert query(database, "SELECT count(*) FROM telemetry WHERE tenant_id = %(t)s", {"t": other["id"]}) == [(8,)]
-    usage = query(database, "SELECT tenant_id, hour = date_trunc('hour', now(), 'UTC'), messages, over_quota"
-                            " FROM usage_hourly ORDER BY messages")
+    usage = query(
+        database,
+        "SELECT tenant_id, hour = date_trunc('hour', now(), 'UTC'), messages, over_quota"
+        " FROM usage_hourly ORDER BY messages",
+    )
     assert usage == [(tenant["id"], True, 5, 3), (other["id"], True, 8, 0)]
     [(run_dead,)] = query(database, "SELECT dead_lettered FROM ingest_runs")
     assert run_dead == 3
@@ -60,18 +71,21 @@ def test_drain_dead_letters_exactly_the_messages_over_the_hourly_quota(settings,
     _publish(device, 8, 2)
     run_mqtt_ingest()
     assert query(database, "SELECT count(*) FROM dead_letters WHERE reason = 'quota'") == [(5,)]
-    assert query(database, "SELECT messages, over_quota FROM usage_hourly WHERE tenant_id = %(t)s",
-                 {"t": tenant["id"]}) == [(5, 5)]
+    assert query(
+        database, "SELECT messages, over_quota FROM usage_hourly WHERE tenant_id = %(t)s", {"t": tenant["id"]}
+    ) == [(5, 5)]
 
     # WHEN the tenant moves to a plan without the limit: the next run stores again
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
         conn.execute("UPDATE tenants SET plan = 'industrial' WHERE id = %s", (tenant["id"],))
     _publish(device, 10, 3)
     run_mqtt_ingest()
-    assert query(database, "SELECT count(*) FROM telemetry WHERE tenant_id = %(t)s AND seq >= 10",
-                 {"t": tenant["id"]}) == [(3,)]
-    assert query(database, "SELECT messages, over_quota FROM usage_hourly WHERE tenant_id = %(t)s",
-                 {"t": tenant["id"]}) == [(8, 5)]
+    assert query(
+        database, "SELECT count(*) FROM telemetry WHERE tenant_id = %(t)s AND seq >= 10", {"t": tenant["id"]}
+    ) == [(3,)]
+    assert query(
+        database, "SELECT messages, over_quota FROM usage_hourly WHERE tenant_id = %(t)s", {"t": tenant["id"]}
+    ) == [(8, 5)]
     device.close()
     other_device.close()
 
@@ -90,7 +104,8 @@ def test_quota_is_counted_once_per_batch_inside_one_run(settings, app_pool, data
     # THEN exactly 30 are stored and 20 are quota dead letters, however the run batched them
     assert query(database, "SELECT count(DISTINCT (device_id, seq)) FROM telemetry") == [(30,)]
     assert query(database, "SELECT count(*) FROM dead_letters WHERE reason = 'quota'") == [(20,)]
-    assert query(database, "SELECT messages, over_quota FROM usage_hourly WHERE tenant_id = %(t)s",
-                 {"t": tenant["id"]}) == [(30, 20)]
+    assert query(
+        database, "SELECT messages, over_quota FROM usage_hourly WHERE tenant_id = %(t)s", {"t": tenant["id"]}
+    ) == [(30, 20)]
     for device in devices:
         device.close()

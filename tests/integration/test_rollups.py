@@ -1,5 +1,6 @@
 """1-minute and 1-hour rollups against real PostgreSQL (shared/telemetry/rollups.py): equal to a from-scratch
 aggregation of the raw rows, late data included, idempotent, resumable."""
+
 from __future__ import annotations
 
 import uuid
@@ -37,26 +38,48 @@ def owner(database):
 
 
 def make_device(owner) -> tuple[uuid.UUID, int]:
-    tenant_id = owner.execute("INSERT INTO tenants (slug, name) VALUES (%s, 'T') RETURNING id",
-                              (f"t-{uuid.uuid4().hex[:10]}",)).fetchone()[0]
-    device_id = owner.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'd') RETURNING id",
-                              (tenant_id,)).fetchone()[0]
+    tenant_id = owner.execute(
+        "INSERT INTO tenants (slug, name) VALUES (%s, 'T') RETURNING id", (f"t-{uuid.uuid4().hex[:10]}",)
+    ).fetchone()[0]
+    device_id = owner.execute(
+        "INSERT INTO devices (tenant_id, name) VALUES (%s, 'd') RETURNING id", (tenant_id,)
+    ).fetchone()[0]
     return tenant_id, device_id
 
 
 def insert(owner, rows: list[tuple]) -> None:
     """rows: (tenant_id, device_id, metric, ts, seq, value, value_bool, received_at)."""
-    with owner.cursor().copy("COPY telemetry (tenant_id, device_id, metric, ts, seq, value, value_bool, received_at)"
-                             " FROM STDIN") as copy:
+    with owner.cursor().copy(
+        "COPY telemetry (tenant_id, device_id, metric, ts, seq, value, value_bool, received_at) FROM STDIN"
+    ) as copy:
         for row in rows:
             copy.write_row(row)
 
 
-def readings(tenant_id, device_id, start: datetime, count: int, received_at: datetime, step_s: int = 17,
-             metric: str = "temp", seq_base: int = 0) -> list[tuple]:
+def readings(
+    tenant_id,
+    device_id,
+    start: datetime,
+    count: int,
+    received_at: datetime,
+    step_s: int = 17,
+    metric: str = "temp",
+    seq_base: int = 0,
+) -> list[tuple]:
     # Quarter steps are exact in binary, so sums agree whatever order PostgreSQL adds them in.
-    return [(tenant_id, device_id, metric, start + timedelta(seconds=step_s * i), seq_base + i % 2,
-             (i % 40) / 4 - 3, None, received_at) for i in range(count)]
+    return [
+        (
+            tenant_id,
+            device_id,
+            metric,
+            start + timedelta(seconds=step_s * i),
+            seq_base + i % 2,
+            (i % 40) / 4 - 3,
+            None,
+            received_at,
+        )
+        for i in range(count)
+    ]
 
 
 def run(settings: Settings, **overrides):
@@ -77,9 +100,13 @@ def test_rollups_equal_a_from_scratch_aggregation_including_late_data(maintenanc
     (t1, d1), (t2, d2) = make_device(owner), make_device(owner)
     an_hour_ago = NOW - timedelta(hours=1)
     base = (NOW - timedelta(hours=3)).replace(minute=0, second=0)
-    insert(owner, readings(t1, d1, base, 400, an_hour_ago) + readings(t2, d2, base, 300, an_hour_ago, step_s=29)
-           + readings(t1, d1, base, 50, an_hour_ago, metric="rpm")
-           + [(t1, d1, "door", base, 0, None, True, an_hour_ago)])
+    insert(
+        owner,
+        readings(t1, d1, base, 400, an_hour_ago)
+        + readings(t2, d2, base, 300, an_hour_ago, step_s=29)
+        + readings(t1, d1, base, 50, an_hour_ago, metric="rpm")
+        + [(t1, d1, "door", base, 0, None, True, an_hour_ago)],
+    )
 
     # WHEN the rollup runs THEN it has caught up and equals the raw aggregation
     report = run(maintenance_settings)
@@ -89,8 +116,11 @@ def test_rollups_equal_a_from_scratch_aggregation_including_late_data(maintenanc
     # WHEN a device's backlog arrives late: old timestamps (2 days back, and inside buckets already
     # rolled up), received now, and the next run comes past the lag
     arrived = datetime.now(UTC)
-    insert(owner, readings(t1, d1, NOW - timedelta(days=2), 120, arrived)
-           + readings(t1, d1, base + timedelta(seconds=3), 30, arrived, step_s=41))
+    insert(
+        owner,
+        readings(t1, d1, NOW - timedelta(days=2), 120, arrived)
+        + readings(t1, d1, base + timedelta(seconds=3), 30, arrived, step_s=41),
+    )
     assert run(maintenance_settings, now=arrived + timedelta(minutes=2)).minute_buckets > 0
 
     # THEN the old buckets are corrected and the new old ones exist, equal to scratch again
@@ -147,8 +177,10 @@ def test_overlapping_runs_do_not_both_roll_up(maintenance_settings, owner):
 def test_tenant_reads_only_its_own_rollups(maintenance_settings, owner, app_pool):
     (t1, d1), (t2, d2) = make_device(owner), make_device(owner)
     base = (NOW - timedelta(hours=3)).replace(minute=0, second=0)
-    insert(owner, readings(t1, d1, base, 100, NOW - timedelta(hours=1))
-           + readings(t2, d2, base, 100, NOW - timedelta(hours=1)))
+    insert(
+        owner,
+        readings(t1, d1, base, 100, NOW - timedelta(hours=1)) + readings(t2, d2, base, 100, NOW - timedelta(hours=1)),
+    )
     run(maintenance_settings)
     with tenant_transaction(app_pool, str(t1)) as conn:
         assert {r["tenant_id"] for r in conn.execute("SELECT tenant_id FROM telemetry_rollup_1m")} == {t1}
@@ -175,27 +207,51 @@ GROUP BY 1 ORDER BY 1
 
 
 def raw_series(conn, tenant_id, device_id, start: datetime, end: datetime, bucket_s: int) -> list:
-    return conn.execute(SERIES_RAW, {"tenant_id": tenant_id, "device_id": device_id, "metric": "temp",
-                                     "from": start, "to": end, "bucket": timedelta(seconds=bucket_s)}).fetchall()
+    return conn.execute(
+        SERIES_RAW,
+        {
+            "tenant_id": tenant_id,
+            "device_id": device_id,
+            "metric": "temp",
+            "from": start,
+            "to": end,
+            "bucket": timedelta(seconds=bucket_s),
+        },
+    ).fetchall()
 
 
 def month_of_readings(tenant_id, device_id, end: datetime, step_s: int = 97) -> list[tuple]:
     """30 days and an hour of readings, each received 2 s after its ts (as a device online sends)."""
     start = end - timedelta(days=30, hours=1)
     count = int((end - start).total_seconds()) // step_s
-    return [(tenant_id, device_id, "temp", start + timedelta(seconds=step_s * i), i % 2, (i % 40) / 4 - 3, None,
-             start + timedelta(seconds=step_s * i + 2)) for i in range(count)]
+    return [
+        (
+            tenant_id,
+            device_id,
+            "temp",
+            start + timedelta(seconds=step_s * i),
+            i % 2,
+            (i % 40) / 4 - 3,
+            None,
+            start + timedelta(seconds=step_s * i + 2),
+        )
+        for i in range(count)
+    ]
 
 
 # (span, bucket): 1 h in minutes, 1 d in 5 minutes (the API's default width for a day), 1 d and
 # 30 d in hours, 30 d in 2 hours (the default for a month)
-SPANS = [(timedelta(hours=1), 60), (timedelta(days=1), 300), (timedelta(days=1), 3600),
-         (timedelta(days=30), 3600), (timedelta(days=30), 7200)]
+SPANS = [
+    (timedelta(hours=1), 60),
+    (timedelta(days=1), 300),
+    (timedelta(days=1), 3600),
+    (timedelta(days=30), 3600),
+    (timedelta(days=30), 7200),
+]
 
 
 @pytest.mark.parametrize("rollup", ["never_ran", "caught_up", "lagging_with_late_data"])
-def test_series_equals_raw_whether_rollups_never_ran_caught_up_or_lag(maintenance_settings, owner, app_pool,
-                                                                    rollup):
+def test_series_equals_raw_whether_rollups_never_ran_caught_up_or_lag(maintenance_settings, owner, app_pool, rollup):
     # GIVEN a month of readings up to now, and (one more tenant's device, which must never show)
     now = datetime.now(UTC).replace(microsecond=0)
     (tenant_id, device_id), (other_t, other_d) = make_device(owner), make_device(owner)
@@ -208,8 +264,19 @@ def test_series_equals_raw_whether_rollups_never_ran_caught_up_or_lag(maintenanc
         # rolled-up minutes and hours (a day back, 20 days back, 7 hours back), received after the
         # watermark, so not in the rollups yet
         run(maintenance_settings, chunk_s=40 * 86400, now=now - timedelta(hours=6))
-        late = [(tenant_id, device_id, "temp", now - timedelta(days=1, seconds=-13 * i), 100 + i, 7.25 + i,
-                 None, now - timedelta(minutes=3)) for i in range(40)]
+        late = [
+            (
+                tenant_id,
+                device_id,
+                "temp",
+                now - timedelta(days=1, seconds=-13 * i),
+                100 + i,
+                7.25 + i,
+                None,
+                now - timedelta(minutes=3),
+            )
+            for i in range(40)
+        ]
         late += [(tenant_id, device_id, "temp", now - timedelta(days=20, seconds=29), 0, 1000.5, None, now)]
         late += [(tenant_id, device_id, "temp", now - timedelta(hours=7, seconds=1), 7, -50.0, None, now)]
         insert(owner, late)
@@ -220,8 +287,9 @@ def test_series_equals_raw_whether_rollups_never_ran_caught_up_or_lag(maintenanc
         start = end - span + timedelta(seconds=7)
         with tenant_transaction(app_pool, str(tenant_id)) as conn:
             from_rollups = series_points(conn, tenant_id, device_id, "temp", start, end, bucket_s)
-            points = reads.series_points(conn, Principal(user_id=uuid.uuid4(), tenant_id=tenant_id), device_id,
-                                         "temp", start, end, bucket_s)
+            points = reads.series_points(
+                conn, Principal(user_id=uuid.uuid4(), tenant_id=tenant_id), device_id, "temp", start, end, bucket_s
+            )
             raw = raw_series(conn, tenant_id, device_id, start, end, bucket_s)
 
         # THEN it equals the raw aggregation bucket for bucket: no reading lost or counted twice
@@ -239,7 +307,8 @@ def test_series_equals_raw_whether_rollups_never_ran_caught_up_or_lag(maintenanc
             for span, bucket_s in SPANS:
                 start = end - span + timedelta(seconds=7)
                 assert series_points(conn, tenant_id, device_id, "temp", start, end, bucket_s) == raw_series(
-                    conn, tenant_id, device_id, start, end, bucket_s), (span, bucket_s)
+                    conn, tenant_id, device_id, start, end, bucket_s
+                ), (span, bucket_s)
 
 
 def test_series_narrower_than_a_minute_or_before_a_first_run_reads_raw(maintenance_settings, owner, app_pool):

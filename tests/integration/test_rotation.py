@@ -1,6 +1,7 @@
 """Rotation, against the real services: the broker's server certificate (scripts/rotate_broker_cert, generated-CA path)
 on a Mosquitto of its own; a broker service password over dynsec and a database role password
 (scripts/rotate_secrets.py) on the test broker and PostgreSQL; and the order of the Azure steps."""
+
 from __future__ import annotations
 
 import grp
@@ -31,18 +32,22 @@ REPO = Path(__file__).resolve().parents[2]
 def served_certificate(broker: MosquittoBroker) -> x509.Certificate:
     """The certificate a new TLS handshake gets, verified against the broker's CA."""
     assert broker.port is not None
-    with socket.create_connection((broker.host, broker.port), timeout=5) as raw, \
-            broker.ssl_context().wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection((broker.host, broker.port), timeout=5) as raw,
+        broker.ssl_context().wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
 
 
-def connected_client(broker: MosquittoBroker, username: str, password: str,
-                     client_id: str | None = None) -> tuple[mqtt.Client, dict[str, object]]:
+def connected_client(
+    broker: MosquittoBroker, username: str, password: str, client_id: str | None = None
+) -> tuple[mqtt.Client, dict[str, object]]:
     state: dict[str, object] = {"connected": threading.Event(), "disconnected": threading.Event(), "rc": None}
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id or username,
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id or username, protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(username, password)
     client.tls_set(ca_certs=str(broker.ca_file))
 
@@ -90,22 +95,35 @@ def broker_of_each_key_type(request, tmp_path: Path):
 
 
 def test_rotating_the_server_certificate_keeps_the_ca_and_connected_clients(
-        broker_of_each_key_type: MosquittoBroker) -> None:
+    broker_of_each_key_type: MosquittoBroker,
+) -> None:
     own_broker = broker_of_each_key_type
     # GIVEN a broker serving a certificate of its local CA, and a client connected over TLS
     before = served_certificate(own_broker)
     client, state = connected_client(own_broker, own_broker.admin.username, own_broker.admin.password)
     folder = own_broker.base_dir
-    env = {**os.environ, "CA_DIR": str(folder), "CERT_DIR": str(folder),
-           "CERT_GROUP": "mosquitto" if os.geteuid() == 0 else grp.getgrgid(os.getgid()).gr_name,
-           "RELOAD": f"kill -HUP {own_broker.pid}"}
+    env = {
+        **os.environ,
+        "CA_DIR": str(folder),
+        "CERT_DIR": str(folder),
+        "CERT_GROUP": "mosquitto" if os.geteuid() == 0 else grp.getgrgid(os.getgid()).gr_name,
+        "RELOAD": f"kill -HUP {own_broker.pid}",
+    }
     # WHEN the generated-CA rotation runs
-    done = subprocess.run(["bash", str(REPO / "scripts" / "rotate_broker_cert"), "generated"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "rotate_broker_cert"), "generated"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     # THEN new handshakes get a new certificate (new serial, new key) that the same CA verifies, with the same names
-    after = wait_for(lambda: (c := served_certificate(own_broker)).serial_number != before.serial_number and c,
-                     timeout=15, what="the broker to serve the new certificate")
+    after = wait_for(
+        lambda: (c := served_certificate(own_broker)).serial_number != before.serial_number and c,
+        timeout=15,
+        what="the broker to serve the new certificate",
+    )
     assert after.public_key().public_bytes(*_spki()) != before.public_key().public_bytes(*_spki())
     san = after.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san == before.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -127,13 +145,34 @@ def test_rotate_broker_cert_refuses_a_key_that_does_not_match(tmp_path: Path, ow
     lineage = tmp_path / "lineage"
     lineage.mkdir()
     (lineage / "fullchain.pem").write_bytes((own_broker.base_dir / "server.crt").read_bytes())
-    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-out", str(lineage / "privkey.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-out",
+            str(lineage / "privkey.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     before = (own_broker.base_dir / "server.crt").read_bytes()
-    env = {**os.environ, "CERT_DIR": str(own_broker.base_dir), "RENEWED_LINEAGE": str(lineage),
-           "RELOAD": f"kill -HUP {own_broker.pid}"}
-    done = subprocess.run(["bash", str(REPO / "scripts" / "rotate_broker_cert"), "certbot-hook"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "CERT_DIR": str(own_broker.base_dir),
+        "RENEWED_LINEAGE": str(lineage),
+        "RELOAD": f"kill -HUP {own_broker.pid}",
+    }
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "rotate_broker_cert"), "certbot-hook"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     # THEN nothing is installed and the broker keeps serving
     assert done.returncode == 2
     assert "does not match" in done.stderr
@@ -142,26 +181,70 @@ def test_rotate_broker_cert_refuses_a_key_that_does_not_match(tmp_path: Path, ow
 
 
 def test_a_certificate_of_another_key_type_restarts_the_broker_instead_of_reloading(
-        tmp_path: Path, own_broker: MosquittoBroker) -> None:
+    tmp_path: Path, own_broker: MosquittoBroker
+) -> None:
     # GIVEN a broker serving an EC certificate and a renewed lineage holding an RSA pair (e.g. the move from the
     # generated CA to Let's Encrypt, or back)
     lineage = tmp_path / "lineage"
     lineage.mkdir()
     folder = own_broker.base_dir
     (tmp_path / "ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-                    "-keyout", str(lineage / "privkey.pem"), "-out", str(tmp_path / "csr")], check=True,
-                   capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(tmp_path / "csr"), "-CA", str(folder / "ca.crt"),
-                    "-CAkey", str(folder / "ca.key"), "-CAcreateserial", "-days", "30", "-extfile",
-                    str(tmp_path / "ext"), "-out", str(lineage / "fullchain.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(lineage / "privkey.pem"),
+            "-out",
+            str(tmp_path / "csr"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(tmp_path / "csr"),
+            "-CA",
+            str(folder / "ca.crt"),
+            "-CAkey",
+            str(folder / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            str(tmp_path / "ext"),
+            "-out",
+            str(lineage / "fullchain.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     marker = tmp_path / "restarted"
-    env = {**os.environ, "CERT_DIR": str(folder), "RENEWED_LINEAGE": str(lineage),
-           "CERT_GROUP": "mosquitto" if os.geteuid() == 0 else grp.getgrgid(os.getgid()).gr_name,
-           "RELOAD": "false", "RESTART": f"touch {marker}"}
+    env = {
+        **os.environ,
+        "CERT_DIR": str(folder),
+        "RENEWED_LINEAGE": str(lineage),
+        "CERT_GROUP": "mosquitto" if os.geteuid() == 0 else grp.getgrgid(os.getgid()).gr_name,
+        "RELOAD": "false",
+        "RESTART": f"touch {marker}",
+    }
     # WHEN certbot's deploy hook runs
-    done = subprocess.run(["bash", str(REPO / "scripts" / "rotate_broker_cert"), "certbot-hook"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(REPO / "scripts" / "rotate_broker_cert"), "certbot-hook"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     # THEN it installs the pair and restarts (a reload would keep serving the old EC certificate beside it)
     assert done.returncode == 0, done.stderr
     assert "restarting Mosquitto instead of reloading it" in done.stderr
@@ -181,8 +264,15 @@ def test_rotating_a_broker_service_password_refuses_the_old_one(mosquitto_broker
     client, state = connected_client(mosquitto_broker, username, old)
     new = "rotated-" + uuid.uuid4().hex
     # WHEN the provisioner sets a new password over dynsec, as rotate_secrets.py does
-    set_broker_password(mosquitto_broker.host, mosquitto_broker.port, str(mosquitto_broker.ca_file),
-                        mosquitto_broker.provisioner.username, mosquitto_broker.provisioner.password, username, new)
+    set_broker_password(
+        mosquitto_broker.host,
+        mosquitto_broker.port,
+        str(mosquitto_broker.ca_file),
+        mosquitto_broker.provisioner.username,
+        mosquitto_broker.provisioner.password,
+        username,
+        new,
+    )
     # THEN the broker disconnects the live session (a drain run then ends as connection_lost and the next run,
     # with the app's new password, continues), the new password is accepted and the old one refused
     assert state["disconnected"].wait(15)  # type: ignore[attr-defined]
@@ -220,11 +310,27 @@ def test_rotating_a_database_role_password(postgres_server, database) -> None:
 
 def test_rotate_secrets_orders_key_vault_then_target_then_app(tmp_path: Path) -> None:
     # The dry run prints the plan: Key Vault first (the app does not re-read it yet), then the broker, then the app.
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "rotate_secrets.py"), "broker-client",
-                           "mqtt-saas-ingest", "-g", "rg", "--app", "fa", "--vault", "kv", "--broker-host",
-                           "broker.example.net", "--dry-run"],
-                          env={"PATH": str(tmp_path), "HOME": str(tmp_path), "MQTT_PROVISIONER_PASSWORD": "x" * 20},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "rotate_secrets.py"),
+            "broker-client",
+            "mqtt-saas-ingest",
+            "-g",
+            "rg",
+            "--app",
+            "fa",
+            "--vault",
+            "kv",
+            "--broker-host",
+            "broker.example.net",
+            "--dry-run",
+        ],
+        env={"PATH": str(tmp_path), "HOME": str(tmp_path), "MQTT_PROVISIONER_PASSWORD": "x" * 20},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     vault = out.index("az keyvault secret set --vault-name kv --name mqtt-ingest-password")

@@ -1,6 +1,7 @@
 """The command round trip: a set_point sent through the API reaches scripts/simulator.py (run as
 `scripts/dev up` runs it, a process with its own credential file), which applies it; its next telemetry carries the
 new set point and the ack, the drain stores both, and the API lists the command as acknowledged."""
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,27 @@ def simulator(tmp_path, app_pool, settings):
     credential_file.write_text(json.dumps(asdict(credentials["press-01"])))
     log_file = (tmp_path / "simulator.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "simulator.py"), "--credential", str(credential_file),
-         "--host", settings.mqtt_host, "--port", str(settings.mqtt_port), "--cafile", settings.mqtt_ca_file,
-         "--interval", "0.2", "--seed", "7"],
-        cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "simulator.py"),
+            "--credential",
+            str(credential_file),
+            "--host",
+            settings.mqtt_host,
+            "--port",
+            str(settings.mqtt_port),
+            "--cafile",
+            settings.mqtt_ca_file,
+            "--interval",
+            "0.2",
+            "--seed",
+            "7",
+        ],
+        cwd=ROOT,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         yield tenant, tmp_path / "simulator.log"
     finally:
@@ -47,17 +65,21 @@ def simulator(tmp_path, app_pool, settings):
 
 @pytest.fixture
 def commands_api(monkeypatch, database, settings, mosquitto_broker):
-    export_api_settings(monkeypatch, database, MQTT_HOST=settings.mqtt_host, MQTT_PORT=str(settings.mqtt_port),
-                        MQTT_CA_FILE=settings.mqtt_ca_file,
-                        MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
-                        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password)
+    export_api_settings(
+        monkeypatch,
+        database,
+        MQTT_HOST=settings.mqtt_host,
+        MQTT_PORT=str(settings.mqtt_port),
+        MQTT_CA_FILE=settings.mqtt_ca_file,
+        MQTT_COMMANDER_USERNAME=mosquitto_broker.commander.username,
+        MQTT_COMMANDER_PASSWORD=mosquitto_broker.commander.password,
+    )
     yield
     close_commander_connection()
     close_api_pool()
 
 
-def test_simulator_applies_a_set_point_and_its_telemetry_and_ack_show_it(app_pool, database, simulator,
-                                                                       commands_api):
+def test_simulator_applies_a_set_point_and_its_telemetry_and_ack_show_it(app_pool, database, simulator, commands_api):
     # GIVEN the simulator connected and reporting (its readings reach the database)
     tenant, log_file = simulator
     staff = new_user(app_pool, tenant, "staff")
@@ -66,16 +88,20 @@ def test_simulator_applies_a_set_point_and_its_telemetry_and_ack_show_it(app_poo
 
     def stored(metric: str) -> list[tuple]:
         run_mqtt_ingest()
-        return query(database, "SELECT value, value_text, ts FROM telemetry WHERE tenant_id = %(t)s "
-                               "AND metric = %(m)s ORDER BY ts, seq", {"t": tenant["id"], "m": metric})
+        return query(
+            database,
+            "SELECT value, value_text, ts FROM telemetry WHERE tenant_id = %(t)s AND metric = %(m)s ORDER BY ts, seq",
+            {"t": tenant["id"], "m": metric},
+        )
 
     wait_for(lambda: stored("spindle_rpm"), 30, "the simulator's readings in telemetry", interval=0.2)
     # (the simulator subscribes right after connecting; its first stored reading proves it is connected)
     assert "connected to" in log_file.read_text()
 
     # WHEN staff sends it set_point 7300 through the API
-    reply = call("POST", f"/api/devices/{device_id}/commands", {"name": "set_point", "args": {"value": 7300}},
-                 token=token)
+    reply = call(
+        "POST", f"/api/devices/{device_id}/commands", {"name": "set_point", "args": {"value": 7300}}, token=token
+    )
     assert reply.status == 202, reply.body
     command = reply.json
     assert command["status"] == "sent"
@@ -92,8 +118,9 @@ def test_simulator_applies_a_set_point_and_its_telemetry_and_ack_show_it(app_poo
     assert listed[0]["acked_at"] is not None and listed[0]["sent_by"] == str(staff["id"])
 
     # AND a command it cannot carry out is acknowledged with the reason, the set point unchanged
-    reply = call("POST", f"/api/devices/{device_id}/commands", {"name": "set_point", "args": {"value": "fast"}},
-                 token=token)
+    reply = call(
+        "POST", f"/api/devices/{device_id}/commands", {"name": "set_point", "args": {"value": "fast"}}, token=token
+    )
     assert reply.status == 202, reply.body
 
     def rejected() -> list[dict]:

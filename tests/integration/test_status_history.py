@@ -1,6 +1,7 @@
 """A device's status changes: the drain appends one row per change (not per message) in the
 batch's transaction, and GET /api/devices/{id}/status-history reads them newest first, for the
 device's own tenant only."""
+
 from __future__ import annotations
 
 from tests.integration.test_metric_units import message, now_ms, store
@@ -27,8 +28,9 @@ def test_changes_are_recorded_once_each_and_read_newest_first(api, database, app
     # AND it pages with a cursor
     first = call("GET", f"/api/devices/{device['id']}/status-history?limit=2", token=token).json
     assert len(first["items"]) == 2 and first["next_cursor"]
-    rest = call("GET", f"/api/devices/{device['id']}/status-history?limit=2&cursor={first['next_cursor']}",
-                token=token).json
+    rest = call(
+        "GET", f"/api/devices/{device['id']}/status-history?limit=2&cursor={first['next_cursor']}", token=token
+    ).json
     assert [(i["status"], i["previous"]) for i in rest["items"]] == [("online", "never_seen")]
     assert rest["next_cursor"] is None
 

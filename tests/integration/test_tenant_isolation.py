@@ -1,5 +1,6 @@
 """Row-level security: the application role sees one tenant's rows, even through a query that
 forgets the tenant filter, and nothing at all when no tenant is set."""
+
 from __future__ import annotations
 
 import psycopg
@@ -21,9 +22,13 @@ def two_tenants(app_pool, database):
             conn.execute(
                 "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) "
                 "SELECT %s, %s, now() - g * interval '1 minute', 'temp', g FROM generate_series(1, 3) g",
-                (tenant["id"], device["id"]))
-            conn.execute("INSERT INTO dead_letters (tenant_id, topic, reason, payload, payload_bytes) "
-                         "VALUES (%s, 't', 'invalid_json', 'x', 1)", (tenant["id"],))
+                (tenant["id"], device["id"]),
+            )
+            conn.execute(
+                "INSERT INTO dead_letters (tenant_id, topic, reason, payload, payload_bytes) "
+                "VALUES (%s, 't', 'invalid_json', 'x', 1)",
+                (tenant["id"],),
+            )
     return tenants
 
 
@@ -36,8 +41,10 @@ def test_app_role_sees_only_its_tenant_through_unfiltered_queries(app_pool, two_
         assert conn.execute("SELECT count(*) AS n FROM devices").fetchone()["n"] == 1
         assert conn.execute("SELECT count(*) AS n FROM dead_letters").fetchone()["n"] == 1
         # a query naming the other tenant explicitly still finds nothing
-        assert conn.execute("SELECT count(*) AS n FROM telemetry WHERE tenant_id = %s",
-                            (bravo["id"],)).fetchone()["n"] == 0
+        assert (
+            conn.execute("SELECT count(*) AS n FROM telemetry WHERE tenant_id = %s", (bravo["id"],)).fetchone()["n"]
+            == 0
+        )
 
 
 def test_no_tenant_set_sees_nothing_instead_of_failing(app_pool, two_tenants):
@@ -58,10 +65,14 @@ def test_tenant_setting_does_not_leak_into_the_next_transaction_on_the_same_conn
 
 def test_app_role_cannot_write_into_another_tenant(app_pool, two_tenants):
     (alpha, _), (bravo, bravo_device) = two_tenants
-    with (pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
-          tenant_transaction(app_pool, str(alpha["id"])) as conn):
-        conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, now(), 'x', 1)",
-                     (bravo["id"], bravo_device["id"]))
+    with (
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
+        tenant_transaction(app_pool, str(alpha["id"])) as conn,
+    ):
+        conn.execute(
+            "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, now(), 'x', 1)",
+            (bravo["id"], bravo_device["id"]),
+        )
     with tenant_transaction(app_pool, str(alpha["id"])) as conn:
         changed = conn.execute("UPDATE devices SET enabled = false WHERE tenant_id = %s", (bravo["id"],)).rowcount
     assert changed == 0
@@ -69,7 +80,9 @@ def test_app_role_cannot_write_into_another_tenant(app_pool, two_tenants):
 
 def test_partitions_cannot_be_read_around_the_parent(database, two_tenants):
     with psycopg.connect(database.app_dsn) as conn:
-        partition = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'telemetry_2%' AND relkind = 'r' LIMIT 1").fetchone()[0]
+        partition = conn.execute(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'telemetry_2%' AND relkind = 'r' LIMIT 1"
+        ).fetchone()[0]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"SELECT * FROM {partition}")
 
@@ -82,9 +95,9 @@ def test_ingest_role_writes_but_cannot_read_telemetry(database, two_tenants):
 def test_application_roles_are_neither_superuser_nor_owner_nor_bypassing_rls(database):
     with psycopg.connect(database.owner_dsn) as conn:
         roles = conn.execute(
-            "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname LIKE 'mqtt_saas_%' ORDER BY 1").fetchall()
-        owners = {o for (o,) in conn.execute(
-            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")}
+            "SELECT rolname, rolsuper, rolbypassrls FROM pg_roles WHERE rolname LIKE 'mqtt_saas_%' ORDER BY 1"
+        ).fetchall()
+        owners = {o for (o,) in conn.execute("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")}
         # Every table (not partition) with tenant rows: a tenant_id column, or tenants itself.
         unforced = conn.execute("""
             SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -93,7 +106,10 @@ def test_application_roles_are_neither_superuser_nor_owner_nor_bypassing_rls(dat
                   SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'))
               AND NOT (c.relrowsecurity AND c.relforcerowsecurity)
             ORDER BY 1""").fetchall()
-    assert roles == [("mqtt_saas_app", False, False), ("mqtt_saas_ingest", False, False),
-                     ("mqtt_saas_maintenance", False, False)]
+    assert roles == [
+        ("mqtt_saas_app", False, False),
+        ("mqtt_saas_ingest", False, False),
+        ("mqtt_saas_maintenance", False, False),
+    ]
     assert not owners & {"mqtt_saas_app", "mqtt_saas_ingest", "mqtt_saas_maintenance"}
     assert unforced == []

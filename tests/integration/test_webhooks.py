@@ -4,6 +4,7 @@ payloads arrive signed (checked with docs/webhooks.md's own example), retries ba
 recorded, overlapping runs send each delivery once, a hanging receiver is cut at the timeout without
 holding up another tenant, targets on private addresses are refused at creation and at delivery,
 and the signing secret is stored only encrypted."""
+
 from __future__ import annotations
 
 import http.server
@@ -45,6 +46,7 @@ def readme_verify() -> Callable[..., bool]:
 
 
 # -- a real receiver -------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Received:
@@ -110,10 +112,19 @@ def receive() -> Iterator[Callable[..., Receiver]]:
 
 # -- the database side -----------------------------------------------------------------------------------------
 
+
 def settings_for(database: Any, **overrides: str) -> Settings:
-    return settings_from({"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
-                          "AUTH_JWT_SECRET": JWT_SECRET, "WEBHOOK_ALLOW_HTTP": "true",
-                          "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", "WEBHOOK_TIMEOUT_S": "1", **overrides})
+    return settings_from(
+        {
+            "DATABASE_URL": database.app_dsn,
+            "INGEST_DATABASE_URL": database.ingest_dsn,
+            "AUTH_JWT_SECRET": JWT_SECRET,
+            "WEBHOOK_ALLOW_HTTP": "true",
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+            "WEBHOOK_TIMEOUT_S": "1",
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture
@@ -127,7 +138,9 @@ def add_rule(app_pool, tenant: dict[str, Any], name: str = "Boiler too hot") -> 
         row = conn.execute(
             "INSERT INTO alert_rules (tenant_id, name, kind, scope, metric, aggregation, window_s, operator, value,"
             " clear_value, severity) VALUES (%s, %s, 'threshold', 'all', 'temperature', 'last', 300, '>', 80, 70,"
-            " 'critical') RETURNING id", (tenant["id"], name)).fetchone()
+            " 'critical') RETURNING id",
+            (tenant["id"], name),
+        ).fetchone()
     assert row is not None
     return str(row["id"])
 
@@ -136,9 +149,11 @@ def add_target(app_pool, settings: Settings, tenant: dict[str, Any], rule_id: st
     """A target as the API stores it: (its id, its plaintext secret)."""
     secret = webhooks.new_secret()
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        row = conn.execute("INSERT INTO alert_webhooks (tenant_id, rule_id, url, secret_encrypted)"
-                           " VALUES (%s, %s, %s, %s) RETURNING id",
-                           (tenant["id"], rule_id, url, webhooks.encrypt_secret(settings, secret))).fetchone()
+        row = conn.execute(
+            "INSERT INTO alert_webhooks (tenant_id, rule_id, url, secret_encrypted)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
+            (tenant["id"], rule_id, url, webhooks.encrypt_secret(settings, secret)),
+        ).fetchone()
     assert row is not None
     return str(row["id"]), secret
 
@@ -146,8 +161,10 @@ def add_target(app_pool, settings: Settings, tenant: dict[str, Any], rule_id: st
 def hot(app_pool, tenant: dict[str, Any], name: str = "boiler-01", value: float = 95.0) -> int:
     device = int(create_device(app_pool, str(tenant["id"]), name)["id"])
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, %s, %s, %s)",
-                     (tenant["id"], device, datetime.now(UTC), "temperature", value))
+        conn.execute(
+            "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value) VALUES (%s, %s, %s, %s, %s)",
+            (tenant["id"], device, datetime.now(UTC), "temperature", value),
+        )
     return device
 
 
@@ -158,8 +175,9 @@ def deliveries(app_pool, tenant: dict[str, Any]) -> list[dict[str, Any]]:
 
 def attempts(app_pool, tenant: dict[str, Any], delivery_id: Any) -> list[dict[str, Any]]:
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        return conn.execute("SELECT * FROM webhook_attempts WHERE delivery_id = %s ORDER BY attempt",
-                            (delivery_id,)).fetchall()
+        return conn.execute(
+            "SELECT * FROM webhook_attempts WHERE delivery_id = %s ORDER BY attempt", (delivery_id,)
+        ).fetchall()
 
 
 def make_due(database: Any) -> None:
@@ -176,6 +194,7 @@ def plant(app_pool, local):
 
 
 # -- tests -----------------------------------------------------------------------------------------------------
+
 
 def test_an_opened_event_reaches_every_target_signed_and_verifiable(app_pool, local, plant, receive):
     tenant, rule = plant
@@ -203,12 +222,19 @@ def test_an_opened_event_reaches_every_target_signed_and_verifiable(app_pool, lo
         assert request.headers["Content-Type"] == "application/json"
         body = json.loads(request.body)
         assert body["id"] == request.headers["Webhook-Id"]
-        assert (body["type"], body["tenant"], body["event"]["state"], body["event"]["severity"],
-                body["event"]["value"], body["rule"]["id"], body["rule"]["name"], body["device"]["id"],
-                body["device"]["name"]) == ("alert.opened", tenant["slug"], "open", "critical", 95.0, rule,
-                                            "Boiler too hot", device, "boiler-01")
+        assert (
+            body["type"],
+            body["tenant"],
+            body["event"]["state"],
+            body["event"]["severity"],
+            body["event"]["value"],
+            body["rule"]["id"],
+            body["rule"]["name"],
+            body["device"]["id"],
+            body["device"]["name"],
+        ) == ("alert.opened", tenant["slug"], "open", "critical", 95.0, rule, "Boiler too hot", device, "boiler-01")
         # AND a tampered body, or the same request replayed later, fails verification
-        tampered = request.body.replace(b"\"value\":95", b"\"value\":15")
+        tampered = request.body.replace(b'"value":95', b'"value":15')
         assert tampered != request.body
         assert not verify(secret, request.headers, tampered)
         assert not webhooks.verify(secret, request.headers, tampered)
@@ -264,8 +290,9 @@ def test_failing_receiver_is_retried_with_backoff_until_it_answers(app_pool, dat
     assert len({r.headers["Webhook-Id"] for r in receiver.requests}) == 1
     assert len({r.body for r in receiver.requests}) == 1
     stamps = [int(r.headers["Webhook-Timestamp"]) for r in receiver.requests]
-    assert stamps == sorted(stamps) and all(abs(r.at - int(r.headers["Webhook-Timestamp"])) < 2
-                                            for r in receiver.requests)
+    assert stamps == sorted(stamps) and all(
+        abs(r.at - int(r.headers["Webhook-Timestamp"])) < 2 for r in receiver.requests
+    )
     assert all(webhooks.verify(secret, r.headers, r.body) for r in receiver.requests)
 
 
@@ -298,8 +325,9 @@ def test_a_410_gone_disables_the_target(app_pool, local, plant, receive):
     [delivery] = deliveries(app_pool, tenant)
     assert delivery["state"] == "failed"
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        target = conn.execute("SELECT enabled, disabled_reason FROM alert_webhooks WHERE id = %s",
-                              (webhook,)).fetchone()
+        target = conn.execute(
+            "SELECT enabled, disabled_reason FROM alert_webhooks WHERE id = %s", (webhook,)
+        ).fetchone()
         # AND the event's next change enqueues nothing for it
         conn.execute("UPDATE alert_events SET state = 'resolved', resolved_at = now()")
     assert target == {"enabled": False, "disabled_reason": "the receiver answered 410 Gone"}
@@ -323,12 +351,16 @@ def test_each_state_change_enqueues_once_and_a_rolled_back_change_nothing(app_po
     # THEN one opened and one acknowledged delivery exist, with the payload as it was at each change
     queued = deliveries(app_pool, tenant)
     assert [(d["kind"], d["payload"]["event"]["state"]) for d in queued] == [
-        ("alert.opened", "open"), ("alert.acknowledged", "acknowledged")]
+        ("alert.opened", "open"),
+        ("alert.acknowledged", "acknowledged"),
+    ]
 
     # WHEN the evaluator resolves it (the condition cleared) THEN alert.resolved follows
     with tenant_transaction(app_pool, tenant_id) as conn:
-        conn.execute("INSERT INTO telemetry (tenant_id, device_id, ts, metric, value)"
-                     " SELECT tenant_id, id, now(), 'temperature', 20 FROM devices")
+        conn.execute(
+            "INSERT INTO telemetry (tenant_id, device_id, ts, metric, value)"
+            " SELECT tenant_id, id, now(), 'temperature', 20 FROM devices"
+        )
     assert evaluate_tenant(app_pool, tenant_id).resolved == 1
     assert [d["kind"] for d in deliveries(app_pool, tenant)][-1] == "alert.resolved"
 
@@ -345,8 +377,9 @@ def test_overlapping_runs_send_each_delivery_once(app_pool, local, plant, receiv
 
     # WHEN three runs deliver at once
     reports: list[webhooks.DeliveryReport] = []
-    runs = [threading.Thread(target=lambda: reports.append(webhooks.deliver_due(app_pool, local, 10)))
-            for _ in range(3)]
+    runs = [
+        threading.Thread(target=lambda: reports.append(webhooks.deliver_due(app_pool, local, 10))) for _ in range(3)
+    ]
     for run in runs:
         run.start()
     for run in runs:
@@ -386,7 +419,8 @@ def test_a_hanging_receiver_is_cut_and_another_tenant_still_gets_its_delivery(ap
 
 
 def test_https_target_is_reached_at_the_checked_address_with_the_certificate_checked_for_its_name(
-        app_pool, database, local, plant, receive, mosquitto_broker):
+    app_pool, database, local, plant, receive, mosquitto_broker
+):
     # GIVEN a TLS receiver with the local CA's certificate for localhost (the broker's), at https://localhost
     tenant, rule = plant
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -412,27 +446,30 @@ def test_https_target_is_reached_at_the_checked_address_with_the_certificate_che
     assert webhooks.verify(secret, request.headers, request.body)
 
 
-@pytest.mark.parametrize("url", [
-    "http://hooks.example.com/alerts",        # plain http
-    "https://127.0.0.1/alerts",               # loopback
-    "https://10.1.2.3/alerts",                # RFC 1918
-    "https://192.168.0.10/alerts",
-    "https://169.254.169.254/latest/meta-data",  # the cloud metadata endpoint (link-local)
-    "https://100.64.0.1/alerts",              # CGNAT
-    "https://[::1]/alerts",                   # IPv6 loopback
-    "https://[fd00::1]/alerts",               # IPv6 unique local
-    "https://[::ffff:127.0.0.1]/alerts",      # IPv4-mapped loopback
-    "https://[64:ff9b::a00:1]/alerts",        # NAT64 of 10.0.0.1
-    "https://0.0.0.0/alerts",
-    "https://localhost/alerts",               # a name that resolves to loopback
-    "https://2130706433/alerts",              # 127.0.0.1 as one decimal number
-    "https://user:pass@hooks.example.com/alerts",
-    "https://hooks.example.com/alerts#frag",
-    "ftp://hooks.example.com/alerts",
-    "https:///alerts",
-    "https://hooks.example.com:99999/alerts",
-    "https://hooks.example.com/" + "a" * 2048,
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/alerts",  # plain http
+        "https://127.0.0.1/alerts",  # loopback
+        "https://10.1.2.3/alerts",  # RFC 1918
+        "https://192.168.0.10/alerts",
+        "https://169.254.169.254/latest/meta-data",  # the cloud metadata endpoint (link-local)
+        "https://100.64.0.1/alerts",  # CGNAT
+        "https://[::1]/alerts",  # IPv6 loopback
+        "https://[fd00::1]/alerts",  # IPv6 unique local
+        "https://[::ffff:127.0.0.1]/alerts",  # IPv4-mapped loopback
+        "https://[64:ff9b::a00:1]/alerts",  # NAT64 of 10.0.0.1
+        "https://0.0.0.0/alerts",
+        "https://localhost/alerts",  # a name that resolves to loopback
+        "https://2130706433/alerts",  # 127.0.0.1 as one decimal number
+        "https://user:pass@hooks.example.com/alerts",
+        "https://hooks.example.com/alerts#frag",
+        "ftp://hooks.example.com/alerts",
+        "https:///alerts",
+        "https://hooks.example.com:99999/alerts",
+        "https://hooks.example.com/" + "a" * 2048,
+    ],
+)
 def test_unsafe_targets_are_refused_where_private_targets_are_not_allowed(url):
     strict = settings_from({"DATABASE_URL": "postgresql://x", "INGEST_DATABASE_URL": "postgresql://x"})
     with pytest.raises(UnsafeTarget):
@@ -446,8 +483,14 @@ def test_public_targets_are_accepted_and_an_unresolvable_host_with_a_warning():
     [warning] = webhooks.check_target("https://no-such-host.invalid/alerts", strict)
     assert "does not resolve" in warning
     # AND locally (both allowed) plain http to loopback is fine
-    local = settings_from({"DATABASE_URL": "postgresql://x", "INGEST_DATABASE_URL": "postgresql://x",
-                           "WEBHOOK_ALLOW_HTTP": "true", "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"})
+    local = settings_from(
+        {
+            "DATABASE_URL": "postgresql://x",
+            "INGEST_DATABASE_URL": "postgresql://x",
+            "WEBHOOK_ALLOW_HTTP": "true",
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+        }
+    )
     assert webhooks.check_target("http://localhost:8080/alerts", local) == []
 
 
@@ -472,16 +515,22 @@ def test_the_secret_is_stored_only_encrypted(app_pool, database, local, plant):
     assert re.fullmatch(r"whsec_[A-Za-z0-9_-]{43}", secret)
     # WHEN the app role reads everything it may of the target THEN the plaintext is nowhere in it
     with tenant_transaction(app_pool, str(tenant["id"])) as conn:
-        row = conn.execute("SELECT row_to_json(w)::text AS text, w.secret_encrypted FROM alert_webhooks w"
-                           " WHERE id = %s", (webhook,)).fetchone()
+        row = conn.execute(
+            "SELECT row_to_json(w)::text AS text, w.secret_encrypted FROM alert_webhooks w WHERE id = %s", (webhook,)
+        ).fetchone()
     assert row is not None and secret not in row["text"] and secret.removeprefix("whsec_") not in row["text"]
     # AND nothing in the database holds it (the owner sees every row)
-    assert query(database, "SELECT count(*) FROM alert_webhooks w WHERE row_to_json(w)::text LIKE %(s)s",
-                 {"s": f"%{secret.removeprefix('whsec_')}%"}) == [(0,)]
+    assert query(
+        database,
+        "SELECT count(*) FROM alert_webhooks w WHERE row_to_json(w)::text LIKE %(s)s",
+        {"s": f"%{secret.removeprefix('whsec_')}%"},
+    ) == [(0,)]
     # AND only the app's key opens it: another JWT secret derives another key
     assert webhooks.decrypt_secret(local, row["secret_encrypted"]) == secret
-    assert webhooks.decrypt_secret(settings_for(database, AUTH_JWT_SECRET=secrets.token_hex(32)),
-                                   row["secret_encrypted"]) is None
+    assert (
+        webhooks.decrypt_secret(settings_for(database, AUTH_JWT_SECRET=secrets.token_hex(32)), row["secret_encrypted"])
+        is None
+    )
 
 
 def test_nothing_due_ends_at_once(app_pool, local):
@@ -508,8 +557,9 @@ def test_a_tenant_with_a_backlog_takes_turns_with_the_others(app_pool, local, re
     assert order.index(quiet["slug"]) <= 4
 
 
-def test_the_registered_alert_evaluator_timer_delivers_what_its_evaluation_opened(monkeypatch, database, app_pool,
-                                                                                 receive):
+def test_the_registered_alert_evaluator_timer_delivers_what_its_evaluation_opened(
+    monkeypatch, database, app_pool, receive
+):
     import azure.functions as func
 
     from tests.support.api import close_api_pool, export_api_settings
@@ -535,8 +585,9 @@ def test_the_registered_alert_evaluator_timer_delivers_what_its_evaluation_opene
     assert [d["state"] for d in deliveries(app_pool, tenant)] == ["delivered"]
 
 
-def test_settled_deliveries_are_pruned_after_the_retention_and_pending_ones_kept(app_pool, database, local, plant,
-                                                                                 receive):
+def test_settled_deliveries_are_pruned_after_the_retention_and_pending_ones_kept(
+    app_pool, database, local, plant, receive
+):
     # GIVEN two events' deliveries: one delivered, one pending (its receiver failed), both older than the retention
     tenant, rule = plant
     receiver = receive()
@@ -548,8 +599,11 @@ def test_settled_deliveries_are_pruned_after_the_retention_and_pending_ones_kept
     webhooks.deliver_due(app_pool, local, 10, workers=1, batch=1)  # one a turn: both tried in this run
     assert sorted(d["state"] for d in deliveries(app_pool, tenant)) == ["delivered", "pending"]
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
-        conn.execute("UPDATE webhook_deliveries SET created_at = now() - make_interval(days => %s),"
-                     " next_attempt_at = now() + interval '1 hour'", (webhooks.RETENTION_DAYS + 1,))
+        conn.execute(
+            "UPDATE webhook_deliveries SET created_at = now() - make_interval(days => %s),"
+            " next_attempt_at = now() + interval '1 hour'",
+            (webhooks.RETENTION_DAYS + 1,),
+        )
     # WHEN a delivery run ends THEN the delivered one is gone with its attempt, the pending one stays
     assert webhooks.deliver_due(app_pool, local, 10).pruned == 1
     assert [d["state"] for d in deliveries(app_pool, tenant)] == ["pending"]

@@ -1,6 +1,7 @@
 """The anomaly detector bucket by bucket in Python: the reference the evaluator's closed-form SQL
 (sql/queries/alerts.sql evaluate_anomaly) must equal, used by its test and by the benchmark's naive
 loop."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,7 @@ class Baseline:
     samples: int
 
 
-def reference_baseline(values: list[float], span: int, warmup: int, sensitivity: float,
-                       clip: bool = True) -> Baseline:
+def reference_baseline(values: list[float], span: int, warmup: int, sensitivity: float, clip: bool = True) -> Baseline:
     """Bucket by bucket, as the SQL's closed form must equal: the West/Finch EWMA mean and variance, the
     slow mean (span x 10) and the noise (EWMA of half the squared bucket-to-bucket difference);
     deviations into the fast baseline and the noise clipped at max(sensitivity, 3) widths once warm
@@ -43,6 +43,7 @@ def reference_baseline(values: list[float], span: int, warmup: int, sensitivity:
 @dataclass
 class PairState:
     """What alert_rule_state keeps for an anomaly (rule, device) pair."""
+
     mean: float
     var: float
     slow_mean: float
@@ -51,8 +52,9 @@ class PairState:
     last_value: float | None
 
 
-def evaluate_pair(state: PairState | None, buckets: list[float], span: int, warmup: int,
-                  sensitivity: float) -> tuple[PairState, bool]:
+def evaluate_pair(
+    state: PairState | None, buckets: list[float], span: int, warmup: int, sensitivity: float
+) -> tuple[PairState, bool]:
     """One evaluation of a pair over its new complete buckets (oldest first), exactly as the SQL does it:
     the moments centred on the run's starting mean, deviations clipped against the run's starting
     widths; returns the new state and whether the newest bucket breaches."""
@@ -84,5 +86,6 @@ def evaluate_pair(state: PairState | None, buckets: list[float], span: int, warm
     drift = (centre + s1 - (centre + bslow)) / max(math.sqrt(bnoise), floor)
     warm = state.samples + len(buckets) - 1 >= warmup
     breach = warm and (abs(score) > sensitivity or abs(drift) > 1.25 * sensitivity)
-    return PairState(centre + s1, max(s2 - s1 * s1, 0), centre + slow, noise, state.samples + len(buckets),
-                     newest), breach
+    return PairState(
+        centre + s1, max(s2 - s1 * s1, 0), centre + slow, noise, state.samples + len(buckets), newest
+    ), breach

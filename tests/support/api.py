@@ -1,6 +1,7 @@
 """Drives the admin API through the app's own registered `api` function (the Functions ASGI
 adapter and the FastAPI app as deployed), with settings exported for get_settings(); and
 factories for tenants and users."""
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,13 @@ def export_api_settings(monkeypatch, database, **overrides: str) -> None:
     from shared.core import db
     from shared.core.settings import get_settings
 
-    values = {"DATABASE_URL": database.app_dsn, "INGEST_DATABASE_URL": database.ingest_dsn,
-              "AUTH_JWT_SECRET": JWT_SECRET, "AUTH_JWT_ISSUER": "mqtt-saas-test", "AUTH_JWT_AUDIENCE": "mqtt-saas-api"}
+    values = {
+        "DATABASE_URL": database.app_dsn,
+        "INGEST_DATABASE_URL": database.ingest_dsn,
+        "AUTH_JWT_SECRET": JWT_SECRET,
+        "AUTH_JWT_ISSUER": "mqtt-saas-test",
+        "AUTH_JWT_AUDIENCE": "mqtt-saas-api",
+    }
     values.update(overrides)
     for key in [k for k in os.environ if k.startswith("AUTH_")]:
         monkeypatch.delenv(key)
@@ -61,8 +67,15 @@ class Reply:
         return json.loads(self.body)
 
 
-def call(method: str, path: str, body: Any = None, *, token: str | None = None,
-         headers: dict[str, str] | None = None, raw: bytes | None = None) -> Reply:
+def call(
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> Reply:
     """One request through the registered function, as the host would invoke it."""
     all_headers = {"Content-Type": "application/json"} if body is not None or raw is not None else {}
     if token is not None:
@@ -71,7 +84,10 @@ def call(method: str, path: str, body: Any = None, *, token: str | None = None,
     path_only, _, query = path.partition("?")
     params = dict(pair.split("=", 1) for pair in query.split("&")) if query else {}
     request = func.HttpRequest(
-        method, f"http://localhost{path}", headers=all_headers, params=params,
+        method,
+        f"http://localhost{path}",
+        headers=all_headers,
+        params=params,
         route_params={"route": path_only.removeprefix("/api/")},
         body=raw if raw is not None else (json.dumps(body).encode() if body is not None else b""),
     )
@@ -88,13 +104,18 @@ def new_user(pool, tenant: dict[str, Any], role: str = "owner", email: str | Non
     with tenant_transaction(pool, str(tenant["id"])) as conn:
         row = conn.execute(
             "INSERT INTO users (tenant_id, email, role, password_hash) VALUES (%s, %s, %s, %s) RETURNING id",
-            (tenant["id"], email, role, PASSWORD_HASH)).fetchone()
+            (tenant["id"], email, role, PASSWORD_HASH),
+        ).fetchone()
     return {"id": row["id"], "email": email, "role": role, "tenant": tenant}
 
 
 def login(user: dict[str, Any], password: str = PASSWORD, source: str = "203.0.113.7") -> Reply:
-    return call("POST", "/api/auth/login", {"tenant": user["tenant"]["slug"], "email": user["email"],
-                                             "password": password}, headers={"X-Forwarded-For": source})
+    return call(
+        "POST",
+        "/api/auth/login",
+        {"tenant": user["tenant"]["slug"], "email": user["email"], "password": password},
+        headers={"X-Forwarded-For": source},
+    )
 
 
 def token_for(user: dict[str, Any]) -> str:

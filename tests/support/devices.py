@@ -1,5 +1,6 @@
 """Factories for tests: tenants and devices (row + broker credential), a device that publishes
 over TLS and waits for every PUBACK, and a way to run the registered mqtt_ingest function."""
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,13 @@ def unique_slug(prefix: str = "acme") -> str:
 
 
 def provisioner(settings) -> DynsecClient:
-    return DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                        settings.mqtt_provisioner_username, settings.mqtt_provisioner_password)
+    return DynsecClient(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_ca_file,
+        settings.mqtt_provisioner_username,
+        settings.mqtt_provisioner_password,
+    )
 
 
 def new_tenant_with_devices(pool, settings, names: Iterable[str], plan: str = "starter"):
@@ -39,8 +45,11 @@ class Device:
 
     def __init__(self, settings, credential: DeviceCredential, client_id: str | None = None) -> None:
         self.credential = credential
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or credential.client_id, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id or credential.client_id,
+            protocol=mqtt.MQTTv5,
+        )
         self.client.username_pw_set(credential.username, credential.password)
         self.client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED)
         self.client.max_inflight_messages_set(1000)

@@ -4,6 +4,7 @@ A device exists in two places: its row here (which the drain routes by) and its 
 client on the broker (which lets it publish under its own topic prefix only). The row is written
 first, so a device can never publish before the drain knows it.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -53,9 +54,12 @@ def create_device(pool: DictPool, tenant_id: str, name: str, display_name: str |
 
 def set_device_enabled(pool: DictPool, tenant_id: str, name: str, enabled: bool) -> bool:
     with tenant_transaction(pool, tenant_id) as conn:
-        return conn.execute(
-            QUERIES["set_device_enabled"], {"tenant_id": tenant_id, "name": name, "enabled": enabled}
-        ).fetchone() is not None
+        return (
+            conn.execute(
+                QUERIES["set_device_enabled"], {"tenant_id": tenant_id, "name": name, "enabled": enabled}
+            ).fetchone()
+            is not None
+        )
 
 
 def provision_device(pool: DictPool, dynsec: DynsecClient, tenant: Mapping[str, Any], name: str) -> DeviceCredential:
@@ -66,10 +70,14 @@ def provision_device(pool: DictPool, dynsec: DynsecClient, tenant: Mapping[str, 
     tenant_id = str(tenant["id"])
     username = device_username(tenant["slug"], name)
     with tenant_transaction(pool, tenant_id) as conn:
-        device = one_row(conn.execute(
-            QUERIES["insert_device"], {"tenant_id": tenant_id, "name": name, "display_name": None}), "insert_device")
-        conn.execute(QUERIES["insert_credentials"], {"tenant_id": tenant_id, "rows": Jsonb([
-            {"device_id": device["id"], "slot": "a", "username": username}])})
+        device = one_row(
+            conn.execute(QUERIES["insert_device"], {"tenant_id": tenant_id, "name": name, "display_name": None}),
+            "insert_device",
+        )
+        conn.execute(
+            QUERIES["insert_credentials"],
+            {"tenant_id": tenant_id, "rows": Jsonb([{"device_id": device["id"], "slot": "a", "username": username}])},
+        )
     password = generate_password()
     username = dynsec.provision_device(tenant["slug"], name, password)
     return DeviceCredential(tenant["slug"], name, username, username, password)

@@ -1,4 +1,5 @@
 """Waiting on a condition with a deadline (never a fixed sleep), and reading the test database."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Derived keys: one per purpose, and the broker outbox still reads what the previous release queued."""
+
 import base64
 import hashlib
 
@@ -16,8 +17,13 @@ def test_each_purpose_gets_its_own_key():
 
 
 def _settings(provisioner_password: str):
-    return settings_from({"DATABASE_URL": "postgresql://unused", "INGEST_DATABASE_URL": "postgresql://unused",
-                          "MQTT_PROVISIONER_PASSWORD": provisioner_password})
+    return settings_from(
+        {
+            "DATABASE_URL": "postgresql://unused",
+            "INGEST_DATABASE_URL": "postgresql://unused",
+            "MQTT_PROVISIONER_PASSWORD": provisioner_password,
+        }
+    )
 
 
 def test_outbox_reads_a_password_queued_by_the_previous_release():

@@ -1,5 +1,6 @@
 """What import-linter cannot say about external packages' subpackages: shared/ never imports azure.functions
 (only blueprints/ and function_app.py do), nor anything of tests/ or scripts/ (they are not deployed)."""
+
 import ast
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """The drain's lean PUBLISH parser, fed hand-built MQTT 5 packets, and the paho pin it relies on."""
+
 from __future__ import annotations
 
 import struct
@@ -20,8 +21,15 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
-def packet(topic: bytes, payload: bytes, *, qos: int = 1, mid: int = 7, properties: bytes = b"",
-           property_length: int | None = None) -> bytes:
+def packet(
+    topic: bytes,
+    payload: bytes,
+    *,
+    qos: int = 1,
+    mid: int = 7,
+    properties: bytes = b"",
+    property_length: int | None = None,
+) -> bytes:
     """The variable header and payload of a PUBLISH (what paho hands its handler)."""
     header = struct.pack("!H", len(topic)) + topic
     if qos:
@@ -68,15 +76,17 @@ def test_empty_payload_is_a_message():
     ("what", "cmd", "raw"),
     [
         ("QoS 2 goes to paho", command(2), packet(b"t/a", b"x")),
-        ("a topic alias (empty topic name) goes to paho", command(1),
-         packet(b"", b"x", properties=b"\x23\x00\x05")),
+        ("a topic alias (empty topic name) goes to paho", command(1), packet(b"", b"x", properties=b"\x23\x00\x05")),
         ("packet id 0 is invalid for QoS 1", command(1), packet(b"t/a", b"x", mid=0)),
         ("truncated before the topic length", command(1), b"\x00"),
         ("topic length past the end", command(1), struct.pack("!H", 200) + b"t/a"),
         ("truncated before the packet id", command(1), struct.pack("!H", 3) + b"t/a" + b"\x00"),
         ("property length past the end", command(1), packet(b"t/a", b"", property_length=50)),
-        ("property length varint longer than four bytes", command(1),
-         struct.pack("!H", 3) + b"t/a" + b"\x00\x01" + b"\xff\xff\xff\xff\x01"),
+        (
+            "property length varint longer than four bytes",
+            command(1),
+            struct.pack("!H", 3) + b"t/a" + b"\x00\x01" + b"\xff\xff\xff\xff\x01",
+        ),
         ("property length varint cut off", command(1), struct.pack("!H", 3) + b"t/a" + b"\x00\x01" + b"\x80"),
         ("topic that is not UTF-8", command(1), packet(b"t/\xff\xfe", b"x")),
     ],

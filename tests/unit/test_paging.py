@@ -1,4 +1,5 @@
 """The one cursor codec: the cursors clients already hold still decode, and one list's cursor is refused by another."""
+
 import base64
 import uuid
 from datetime import UTC, datetime
@@ -18,8 +19,16 @@ def test_id_cursors_keep_their_wire_form():
         assert encode_id_cursor(kind, 42) == issued
 
 
-@pytest.mark.parametrize("cursor", [encode_id_cursor("dl", 7), encode_id_cursor("d", 2**63), "not base64 !",
-                                    base64.urlsafe_b64encode(b"d:-1").decode(), base64.urlsafe_b64encode(b"\xff").decode()])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        encode_id_cursor("dl", 7),
+        encode_id_cursor("d", 2**63),
+        "not base64 !",
+        base64.urlsafe_b64encode(b"d:-1").decode(),
+        base64.urlsafe_b64encode(b"\xff").decode(),
+    ],
+)
 def test_a_foreign_or_broken_id_cursor_is_refused(cursor):
     with pytest.raises(InvalidCursor):
         decode_id_cursor(cursor, "d")

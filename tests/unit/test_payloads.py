@@ -1,4 +1,5 @@
 """Pure validation and batch preparation: no broker, no database."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,33 +21,47 @@ def directory(*names: str, disabled: tuple[str, ...] = ()) -> DeviceDirectory:
     return found
 
 
-@pytest.mark.parametrize("topic, expected", [
-    ("t/acme/d/press-01/telemetry", ("telemetry", "acme", "press-01", None)),
-    ("t/acme/d/press-01/status", ("status", "acme", "press-01", None)),
-    ("t/acme/d/press-01/spindle_temp/state", ("state", "acme", "press-01", "spindle_temp")),
-])
+@pytest.mark.parametrize(
+    "topic, expected",
+    [
+        ("t/acme/d/press-01/telemetry", ("telemetry", "acme", "press-01", None)),
+        ("t/acme/d/press-01/status", ("status", "acme", "press-01", None)),
+        ("t/acme/d/press-01/spindle_temp/state", ("state", "acme", "press-01", "spindle_temp")),
+    ],
+)
 def test_topics_parse_into_kind_tenant_device_entity(topic, expected):
     parsed = parse_topic(topic)
     assert (parsed.kind, parsed.tenant, parsed.device, parsed.entity) == expected
 
 
-@pytest.mark.parametrize("topic", [
-    "t/acme/d/press-01/other", "t/ACME/d/x/telemetry", "x/acme/d/p/telemetry", "t/acme/d/p/q/telemetry",
-    "t/acme/d/bad device/telemetry", "t/acme/d/p/bad entity/state", "t/acme/d//telemetry",
-])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "t/acme/d/press-01/other",
+        "t/ACME/d/x/telemetry",
+        "x/acme/d/p/telemetry",
+        "t/acme/d/p/q/telemetry",
+        "t/acme/d/bad device/telemetry",
+        "t/acme/d/p/bad entity/state",
+        "t/acme/d//telemetry",
+    ],
+)
 def test_unexpected_topics_are_rejected_as_bad_topic(topic):
     with pytest.raises(Rejected) as caught:
         parse_topic(topic)
     assert caught.value.reason == "bad_topic"
 
 
-@pytest.mark.parametrize("raw, expected", [
-    (1763900000123, 1763900000123000),
-    (1763900000123.5, 1763900000123500),
-    ("2025-11-23T12:13:20.123456Z", 1763900000123456),
-    ("2025-11-23T13:13:20.123+01:00", 1763900000123000),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (1763900000123, 1763900000123000),
+        (1763900000123.5, 1763900000123500),
+        ("2025-11-23T12:13:20.123456Z", 1763900000123456),
+        ("2025-11-23T13:13:20.123+01:00", 1763900000123000),
+        (None, None),
+    ],
+)
 def test_timestamps_become_epoch_microseconds(raw, expected):
     assert timestamp_us(raw) == expected
 
@@ -57,17 +72,20 @@ def test_boolean_stays_boolean_and_integer_stays_number():
     assert type(reading["metrics"]["on"]) is bool and type(reading["metrics"]["n"]) is int
 
 
-@pytest.mark.parametrize("payload, status", [(b"online", "online"), (b" offline\n", "offline"),
-                                             (b'"online"', "online"), (b'{"status": "offline"}', "offline")])
+@pytest.mark.parametrize(
+    "payload, status",
+    [(b"online", "online"), (b" offline\n", "offline"), (b'"online"', "online"), (b'{"status": "offline"}', "offline")],
+)
 def test_status_accepts_plain_json_string_and_object(payload, status):
     assert validate_status(payload, Limits()) == status
 
 
 def test_prepare_batch_escapes_text_and_keeps_one_line_per_reading():
-    message = InboundMessage("t/acme/d/p1/telemetry",
-                             b'{"ts": 1763900000000, "seq": 3, '
-                             b'"metrics": {"note": "a\\tb\\\\c\\nd", "on": false, "t": 2.5}}',
-                             NOW_US)
+    message = InboundMessage(
+        "t/acme/d/p1/telemetry",
+        b'{"ts": 1763900000000, "seq": 3, "metrics": {"note": "a\\tb\\\\c\\nd", "on": false, "t": 2.5}}',
+        NOW_US,
+    )
     batch = prepare_batch([message], directory("p1"), Limits(), WINDOW, NOW_US)
     assert batch.dead_letters == []
     assert batch.copy_lines == [

@@ -1,6 +1,7 @@
 """Alert rules and events: /api/alerts/rules (staff and owners write, every role reads),
 /api/alerts/events (every role lists; staff and owners acknowledge and resolve) and
 /api/alerts/evaluate (staff and owners: the caller's tenant's rules, now)."""
+
 from __future__ import annotations
 
 import uuid
@@ -29,8 +30,12 @@ _THRESHOLD_FIELDS = ("metric", "aggregation", "window_s", "operator", "value")
 _ANOMALY_FIELDS = ("sensitivity", "baseline_buckets", "warmup_buckets")
 # Chosen on the labelled synthetic series of tests/integration/test_anomaly_detection.py (its figures
 # are in the README): one-minute buckets, an hour's memory (ten for the slow mean), an hour to warm up.
-ANOMALY_DEFAULTS: dict[str, float | int] = {"window_s": 60, "sensitivity": 4.0, "baseline_buckets": 60,
-                                            "warmup_buckets": 60}
+ANOMALY_DEFAULTS: dict[str, float | int] = {
+    "window_s": 60,
+    "sensitivity": 4.0,
+    "baseline_buckets": 60,
+    "warmup_buckets": 60,
+}
 
 
 class RuleRequest(BaseModel):
@@ -39,40 +44,63 @@ class RuleRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200, pattern=_TEXT, examples=["Boiler too hot"])
     kind: Kind = Field(
         description="threshold: an aggregate over a window passes a value; no_data: a device sent nothing "
-                    "for no_data_minutes, or its status says offline; anomaly: the metric's mean per window_s "
-                    "bucket strays more than `sensitivity` standard deviations from the device's own adaptive "
-                    "baseline (an EWMA over baseline_buckets buckets).")
-    scope: Scope = Field("all", description="Which devices: one (device_id), those with a tag, those of a "
-                                            "type (device_type), or all of the tenant's.")
+        "for no_data_minutes, or its status says offline; anomaly: the metric's mean per window_s "
+        "bucket strays more than `sensitivity` standard deviations from the device's own adaptive "
+        "baseline (an EWMA over baseline_buckets buckets)."
+    )
+    scope: Scope = Field(
+        "all",
+        description="Which devices: one (device_id), those with a tag, those of a "
+        "type (device_type), or all of the tenant's.",
+    )
     device_id: int | None = Field(None, ge=1, le=2**63 - 1)
     tag: str | None = Field(None, pattern=TAG_PATTERN)
     device_type: str | None = Field(None, min_length=1, max_length=100, pattern=_TEXT)
     metric: str | None = Field(None, pattern=METRIC_NAME_PATTERN, examples=["temperature"])
     aggregation: Literal["avg", "min", "max", "last", "count"] | None = None
-    window_s: int | None = Field(None, ge=10, le=86400,
-                                 description="threshold: the aggregation window, seconds. anomaly: the bucket "
-                                             "whose mean is judged, 60-3600 seconds (default 60).")
+    window_s: int | None = Field(
+        None,
+        ge=10,
+        le=86400,
+        description="threshold: the aggregation window, seconds. anomaly: the bucket "
+        "whose mean is judged, 60-3600 seconds (default 60).",
+    )
     operator: Literal[">", ">=", "<", "<="] | None = None
     value: float | None = Field(None, ge=-1e300, le=1e300, description="The threshold.")
     clear_value: float | None = Field(
-        None, ge=-1e300, le=1e300,
+        None,
+        ge=-1e300,
+        le=1e300,
         description="threshold: an open event resolves only when the aggregate no longer passes this "
-                    "(hysteresis); defaults to value; at most value for > and >=, at least value for < and <=. "
-                    "anomaly: resolves once a bucket is within this many standard deviations "
-                    "(default sensitivity / 2, below sensitivity).")
+        "(hysteresis); defaults to value; at most value for > and >=, at least value for < and <=. "
+        "anomaly: resolves once a bucket is within this many standard deviations "
+        "(default sensitivity / 2, below sensitivity).",
+    )
     consecutive: int = Field(1, ge=1, le=100, description="Breaching evaluations in a row before an event opens.")
     no_data_minutes: int | None = Field(None, ge=1, le=10080)
     sensitivity: float | None = Field(
-        None, ge=1, le=20, description="anomaly: standard deviations from the baseline that count as anomalous "
-                                       f"(default {ANOMALY_DEFAULTS['sensitivity']}; lower finds more, and more "
-                                       "false alarms).")
+        None,
+        ge=1,
+        le=20,
+        description="anomaly: standard deviations from the baseline that count as anomalous "
+        f"(default {ANOMALY_DEFAULTS['sensitivity']}; lower finds more, and more "
+        "false alarms).",
+    )
     baseline_buckets: int | None = Field(
-        None, ge=10, le=10080, description="anomaly: the baseline's memory in buckets, the EWMA's span "
-                                           f"(default {ANOMALY_DEFAULTS['baseline_buckets']}).")
+        None,
+        ge=10,
+        le=10080,
+        description="anomaly: the baseline's memory in buckets, the EWMA's span "
+        f"(default {ANOMALY_DEFAULTS['baseline_buckets']}).",
+    )
     warmup_buckets: int | None = Field(
-        None, ge=1, le=10080, description="anomaly: buckets the baseline must have seen before it may fire "
-                                          f"(default {ANOMALY_DEFAULTS['warmup_buckets']}); a new rule learns "
-                                          "from the last day's history at once.")
+        None,
+        ge=1,
+        le=10080,
+        description="anomaly: buckets the baseline must have seen before it may fire "
+        f"(default {ANOMALY_DEFAULTS['warmup_buckets']}); a new rule learns "
+        "from the last day's history at once.",
+    )
     severity: Severity = "warning"
     enabled: bool = True
 
@@ -92,10 +120,12 @@ class RuleRequest(BaseModel):
             if missing:
                 raise ValueError(f"a threshold rule needs {', '.join(missing)}")
             assert self.value is not None
-            if self.clear_value is not None and (self.clear_value > self.value if self.operator in (">", ">=")
-                                                 else self.clear_value < self.value):
-                raise ValueError("clear_value must not pass the threshold (at most value for > and >=, "
-                                 "at least value for < and <=)")
+            if self.clear_value is not None and (
+                self.clear_value > self.value if self.operator in (">", ">=") else self.clear_value < self.value
+            ):
+                raise ValueError(
+                    "clear_value must not pass the threshold (at most value for > and >=, at least value for < and <=)"
+                )
             if self.no_data_minutes is not None:
                 raise ValueError("no_data_minutes belongs to no_data rules")
         else:
@@ -109,8 +139,9 @@ class RuleRequest(BaseModel):
     def _anomaly(self) -> Self:
         if self.metric is None:
             raise ValueError("an anomaly rule needs metric")
-        extra = [name for name in ("aggregation", "operator", "value", "no_data_minutes")
-                 if getattr(self, name) is not None]
+        extra = [
+            name for name in ("aggregation", "operator", "value", "no_data_minutes") if getattr(self, name) is not None
+        ]
         if extra:
             raise ValueError(f"an anomaly rule takes no {', '.join(extra)}")
         for name, default in ANOMALY_DEFAULTS.items():
@@ -164,13 +195,14 @@ class AlertEvent(BaseModel):
     severity: Severity
     state: EventState
     opened_at: datetime
-    value: float | None = Field(description="The aggregate (threshold), the seconds silent (no_data) or the "
-                                            "bucket's mean (anomaly) when the event opened.")
+    value: float | None = Field(
+        description="The aggregate (threshold), the seconds silent (no_data) or the "
+        "bucket's mean (anomaly) when the event opened."
+    )
     acknowledged_at: datetime | None
     acknowledged_by: str | None
     resolved_at: datetime | None
-    resolved_by: str | None = Field(description="Who resolved it; null when the evaluator did (the condition "
-                                                "cleared).")
+    resolved_by: str | None = Field(description="Who resolved it; null when the evaluator did (the condition cleared).")
     comment: str | None
 
 
@@ -200,9 +232,15 @@ def _saved(row: dict[str, Any], warnings: list[str]) -> SavedRule:
 
 
 def _event(row: dict[str, Any]) -> AlertEvent:
-    return AlertEvent.model_validate({**row, "id": str(row["id"]), "rule_id": str(row["rule_id"]),
-                                      "acknowledged_by": _str(row["acknowledged_by"]),
-                                      "resolved_by": _str(row["resolved_by"])})
+    return AlertEvent.model_validate(
+        {
+            **row,
+            "id": str(row["id"]),
+            "rule_id": str(row["rule_id"]),
+            "acknowledged_by": _str(row["acknowledged_by"]),
+            "resolved_by": _str(row["resolved_by"]),
+        }
+    )
 
 
 def _fields(body: RuleRequest) -> rules.RuleFields:
@@ -210,8 +248,12 @@ def _fields(body: RuleRequest) -> rules.RuleFields:
 
 
 @router.get("/alerts/rules", responses=problems(401, 422))
-def list_rules(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max_length=200)] = None,
-               limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> Page[Rule]:
+def list_rules(
+    db: Pool,
+    caller: Caller,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[Rule]:
     """The tenant's alert rules, oldest first, a page at a time (every role)."""
     rows, next_cursor = rules.list_rules(db, caller, cursor, limit)
     return Page[Rule](items=[_rule(row) for row in rows], next_cursor=next_cursor)
@@ -239,8 +281,9 @@ def replace_rule(rule_id: uuid.UUID, body: RuleRequest, db: Pool, caller: Caller
     return _saved(row, warnings)
 
 
-@router.delete("/alerts/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses=problems(401, 403, 404, 422))
+@router.delete(
+    "/alerts/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problems(401, 403, 404, 422)
+)
 def delete_rule(rule_id: uuid.UUID, db: Pool, caller: Caller, source: Source) -> Response:
     """Deletes an alert rule and its events (staff, owners)."""
     rules.delete_rule(db, caller, rule_id, source)
@@ -248,14 +291,20 @@ def delete_rule(rule_id: uuid.UUID, db: Pool, caller: Caller, source: Source) ->
 
 
 @router.get("/alerts/events", responses=problems(400, 401, 422))
-def list_events(db: Pool, caller: Caller, state: EventState | None = None, severity: Severity | None = None,
-                device_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
-                cursor: Annotated[str | None, Query(max_length=200)] = None,
-                limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> Page[AlertEvent]:
+def list_events(
+    db: Pool,
+    caller: Caller,
+    state: EventState | None = None,
+    severity: Severity | None = None,
+    device_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[AlertEvent]:
     """The tenant's alert events, newest first, a page at a time, optionally one state, severity or device
     (every role)."""
-    rows, next_cursor = rules.list_events(db, caller, cursor=cursor, limit=limit, state=state, severity=severity,
-                                           device_id=device_id)
+    rows, next_cursor = rules.list_events(
+        db, caller, cursor=cursor, limit=limit, state=state, severity=severity, device_id=device_id
+    )
     return Page[AlertEvent](items=[_event(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -263,15 +312,17 @@ EventId = Annotated[uuid.UUID, Path(description="The event's id.")]
 
 
 @router.post("/alerts/events/{event_id}/acknowledge", responses=problems(401, 403, 404, 409, 422))
-def acknowledge_event(event_id: EventId, db: Pool, caller: Caller, source: Source,
-                      body: EventChange | None = None) -> AlertEvent:
+def acknowledge_event(
+    event_id: EventId, db: Pool, caller: Caller, source: Source, body: EventChange | None = None
+) -> AlertEvent:
     """Acknowledges an open event, with an optional comment (staff, owners; audited). 409 when resolved."""
     return _event(rules.acknowledge_event(db, caller, event_id, body.comment if body else None, source))
 
 
 @router.post("/alerts/events/{event_id}/resolve", responses=problems(401, 403, 404, 409, 422))
-def resolve_event(event_id: EventId, db: Pool, caller: Caller, source: Source,
-                  body: EventChange | None = None) -> AlertEvent:
+def resolve_event(
+    event_id: EventId, db: Pool, caller: Caller, source: Source, body: EventChange | None = None
+) -> AlertEvent:
     """Resolves an open or acknowledged event, with an optional comment (staff, owners; audited). 409 when
     already resolved."""
     return _event(rules.resolve_event(db, caller, event_id, body.comment if body else None, source))

@@ -1,4 +1,5 @@
 """Signing in: /api/auth/login, /refresh and /logout (tokens for a tenant's user)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -12,8 +13,9 @@ from shared.http.models import Body, Email
 
 
 class LoginRequest(Body):
-    tenant: str = Field(min_length=1, max_length=63, pattern=r"^[^\x00-\x1f\x7f]+$", description="The tenant's slug.",
-                        examples=["demo"])
+    tenant: str = Field(
+        min_length=1, max_length=63, pattern=r"^[^\x00-\x1f\x7f]+$", description="The tenant's slug.", examples=["demo"]
+    )
     email: str = Email
     password: str = Field(min_length=1, max_length=1024)
 

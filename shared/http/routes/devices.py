@@ -1,6 +1,7 @@
 """Devices and their broker credentials: /api/devices (staff and owners change, viewers read).
 
 A created device, and a rotation, answer with the credential's password: shown this once."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -31,8 +32,11 @@ class _Body(BaseModel):
 
 
 class CreateDeviceRequest(_Body):
-    name: str = Field(pattern=DEVICE_NAME_PATTERN, description="Unique in the tenant; the device's id in its topics.",
-                      examples=["press-01"])
+    name: str = Field(
+        pattern=DEVICE_NAME_PATTERN,
+        description="Unique in the tenant; the device's id in its topics.",
+        examples=["press-01"],
+    )
     display_name: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT)
     type: str | None = Field(None, min_length=1, max_length=100, pattern=PLAIN_TEXT)
     location: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT)
@@ -40,17 +44,18 @@ class CreateDeviceRequest(_Body):
 
 
 class UpdateDeviceRequest(_Body):
-    display_name: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT,
-                                     description="null clears it.")
+    display_name: str | None = Field(
+        None, min_length=1, max_length=200, pattern=PLAIN_TEXT, description="null clears it."
+    )
     type: str | None = Field(None, min_length=1, max_length=100, pattern=PLAIN_TEXT, description="null clears it.")
-    location: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT,
-                                 description="null clears it.")
+    location: str | None = Field(None, min_length=1, max_length=200, pattern=PLAIN_TEXT, description="null clears it.")
     tags: list[Tag] | None = Field(None, max_length=manage.MAX_TAGS, description="Replaces the tags; null clears.")
 
 
 class RotateRequest(_Body):
-    overlap_s: int = Field(0, ge=0, le=manage.MAX_OVERLAP_S,
-                           description="Seconds the old password keeps working (0: it stops at once).")
+    overlap_s: int = Field(
+        0, ge=0, le=manage.MAX_OVERLAP_S, description="Seconds the old password keeps working (0: it stops at once)."
+    )
 
 
 class CredentialSlotView(BaseModel):
@@ -72,7 +77,8 @@ class Device(BaseModel):
     created_at: datetime
     credentials: list[CredentialSlotView] = Field(description="The broker credentials that work (none after a revoke).")
     credential_needs_rotation: bool = Field(
-        description="The broker lost this device's credential (found by the reconciliation): rotate to issue one.")
+        description="The broker lost this device's credential (found by the reconciliation): rotate to issue one."
+    )
     sync_pending: int = Field(description="Broker changes not applied yet (the broker was unreachable); retried.")
     sync_error: str | None = Field(description="Why the next pending broker change failed last time, if it did.")
 
@@ -117,10 +123,25 @@ def create_device(body: CreateDeviceRequest, db: Pool, config: Config, caller: C
     return _created(view, issued)
 
 
-@router.post("/devices/bulk", status_code=status.HTTP_201_CREATED, responses=problems(401, 402, 403, 409, 422),
-             openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
-                 "type": "string", "description": "Header name,display_name,type,location,tags (tags separated by "
-                 f"';'), then one device per line; at most {manage.MAX_BULK_ROWS}."}}}}})
+@router.post(
+    "/devices/bulk",
+    status_code=status.HTTP_201_CREATED,
+    responses=problems(401, 402, 403, 409, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {
+                        "type": "string",
+                        "description": "Header name,display_name,type,location,tags (tags separated by "
+                        f"';'), then one device per line; at most {manage.MAX_BULK_ROWS}.",
+                    }
+                }
+            },
+        }
+    },
+)
 async def bulk_create(request: Request, db: Pool, config: Config, caller: Caller, source: Source) -> CreatedDevices:
     """Creates all the CSV's devices or none (staff, owners), answering each credential once; 402 when they
     would exceed the plan's device quota."""
@@ -137,16 +158,27 @@ async def bulk_create(request: Request, db: Pool, config: Config, caller: Caller
 
 
 @router.get("/devices", responses=problems(400, 401, 422))
-def list_devices(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max_length=200)] = None,
-                 limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-                 status: Annotated[DeviceStatus | None, Query()] = None,
-                 name_prefix: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-                                        ] = None,
-                 name_contains: Annotated[str | None, Query(min_length=1, max_length=200, pattern=PLAIN_TEXT)] = None,
-                 tag: Annotated[Tag | None, Query()] = None) -> Page[Device]:
+def list_devices(
+    db: Pool,
+    caller: Caller,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    status: Annotated[DeviceStatus | None, Query()] = None,
+    name_prefix: Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    name_contains: Annotated[str | None, Query(min_length=1, max_length=200, pattern=PLAIN_TEXT)] = None,
+    tag: Annotated[Tag | None, Query()] = None,
+) -> Page[Device]:
     """The tenant's devices in creation order, a page at a time, optionally filtered (every role)."""
-    rows, next_cursor = manage.list_devices(db, caller, cursor=cursor, limit=limit, status=status,
-                                             name_prefix=name_prefix, name_contains=name_contains, tag=tag)
+    rows, next_cursor = manage.list_devices(
+        db,
+        caller,
+        cursor=cursor,
+        limit=limit,
+        status=status,
+        name_prefix=name_prefix,
+        name_contains=name_contains,
+        tag=tag,
+    )
     return Page[Device](items=[Device.model_validate(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -183,14 +215,21 @@ def delete_device(device_id: DeviceId, db: Pool, config: Config, caller: Caller,
 
 
 @router.post("/devices/{device_id}/credentials/rotate", responses=problems(401, 403, 404, 422))
-def rotate_credential(device_id: DeviceId, db: Pool, config: Config, caller: Caller, source: Source,
-                      body: Annotated[RotateRequest | None, Body()] = None) -> RotatedCredential:
+def rotate_credential(
+    device_id: DeviceId,
+    db: Pool,
+    config: Config,
+    caller: Caller,
+    source: Source,
+    body: Annotated[RotateRequest | None, Body()] = None,
+) -> RotatedCredential:
     """Issues a new password (shown once) on the device's other credential; the old one works for
     overlap_s more seconds (staff, owners)."""
     overlap_s = body.overlap_s if body is not None else 0
     view, issued = manage.rotate_credential(db, config, caller, device_id, overlap_s, source)
-    return RotatedCredential(device=Device.model_validate(view),
-                             credential=Credential.model_validate(issued, from_attributes=True))
+    return RotatedCredential(
+        device=Device.model_validate(view), credential=Credential.model_validate(issued, from_attributes=True)
+    )
 
 
 @router.post("/devices/{device_id}/credentials/revoke", responses=problems(401, 403, 404, 422))

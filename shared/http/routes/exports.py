@@ -1,4 +1,5 @@
 """POST /api/exports: a time range of the caller's tenant's readings as a file behind a time-limited link."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -36,8 +37,24 @@ class ExportLink(BaseModel):
 @router.post("/exports", status_code=status.HTTP_201_CREATED, responses=problems(401, 403, 404, 422))
 def create_export(body: ExportRequest, db: Pool, config: Config, caller: Caller, source: Source) -> ExportLink:
     """Writes the readings in [from, to) (one device, or all) as Parquet or CSV; owners and staff only."""
-    done = exports.create_export(db, caller, config, archive_container(config, config.export_container),
-                                 source=source, device_id=body.device_id, start=body.from_, end=body.to,
-                                 fmt=body.format, now=datetime.now(UTC))
-    return ExportLink(url=done.url, expires_at=done.expires_at, blob=done.blob, format=done.format, rows=done.rows,
-                      bytes=done.bytes, sha256=done.sha256)
+    done = exports.create_export(
+        db,
+        caller,
+        config,
+        archive_container(config, config.export_container),
+        source=source,
+        device_id=body.device_id,
+        start=body.from_,
+        end=body.to,
+        fmt=body.format,
+        now=datetime.now(UTC),
+    )
+    return ExportLink(
+        url=done.url,
+        expires_at=done.expires_at,
+        blob=done.blob,
+        format=done.format,
+        rows=done.rows,
+        bytes=done.bytes,
+        sha256=done.sha256,
+    )

@@ -1,4 +1,5 @@
 """Reads for dashboards: latest values, series, fleet overview, /api/admin/ingest."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -81,8 +82,10 @@ class DeadLetterView(BaseModel):
     payload_bytes: int = Field(description="The payload's size as received.")
     payload_base64: str = Field(description=f"The payload's first {reads.PAYLOAD_SHOWN_BYTES} bytes at most.")
     payload_truncated: bool
-    payload_preview: str = Field(description="UTF-8 text with invalid bytes and control characters escaped "
-                                             "(\\xNN, \\uNNNN), backslashes doubled, cut with an ellipsis.")
+    payload_preview: str = Field(
+        description="UTF-8 text with invalid bytes and control characters escaped "
+        "(\\xNN, \\uNNNN), backslashes doubled, cut with an ellipsis."
+    )
 
 
 class DeadLetterPage(BaseModel):
@@ -112,11 +115,14 @@ class IngestOverview(BaseModel):
     messages_per_minute: list[MinuteCount] = Field(description="Minutes with traffic only, oldest first.")
     dead_letters_by_reason: list[ReasonCount]
     dead_letters: DeadLetterPage
-    recent_runs: list[IngestRun] = Field(description="The platform's drain runs (shared by all tenants): "
-                                                     "timing and lag only.")
+    recent_runs: list[IngestRun] = Field(
+        description="The platform's drain runs (shared by all tenants): timing and lag only."
+    )
     quiet_minutes: int
-    quiet_devices: list[QuietDevice] = Field(description="Enabled devices that stored nothing within quiet_minutes "
-                                                         "(seen before, or never seen but dead-lettered).")
+    quiet_devices: list[QuietDevice] = Field(
+        description="Enabled devices that stored nothing within quiet_minutes "
+        "(seen before, or never seen but dead-lettered)."
+    )
 
 
 @router.get("/devices/{device_id}/latest", responses=problems(401, 404, 422))
@@ -138,13 +144,20 @@ class StatusHistory(BaseModel):
 
 
 @router.get("/devices/{device_id}/status-history", responses=problems(400, 401, 404, 422))
-def get_status_history(device_id: DeviceId, db: Pool, caller: Caller,
-                       cursor: Annotated[str | None, Query(max_length=200)] = None,
-                       limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> StatusHistory:
+def get_status_history(
+    device_id: DeviceId,
+    db: Pool,
+    caller: Caller,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> StatusHistory:
     """The device's status changes (never seen, online, offline), newest first, as the drain saw them (every role)."""
     rows, next_cursor = reads.status_history(db, caller, device_id, cursor, limit)
-    return StatusHistory(device_id=device_id, items=[StatusChange(**{k: row[k] for k in ("status", "previous", "at")})
-                                                     for row in rows], next_cursor=next_cursor)
+    return StatusHistory(
+        device_id=device_id,
+        items=[StatusChange(**{k: row[k] for k in ("status", "previous", "at")}) for row in rows],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get("/fleet", responses=problems(401))
@@ -155,14 +168,19 @@ def get_fleet(db: Pool, caller: Caller) -> Fleet:
 
 @router.get("/devices/{device_id}/series", responses=problems(401, 404, 422))
 def get_series(
-    device_id: DeviceId, db: Pool, caller: Caller,
+    device_id: DeviceId,
+    db: Pool,
+    caller: Caller,
     metric: Annotated[str, Query(pattern=METRIC_NAME_PATTERN)],
     from_: Annotated[AwareDatetime | None, Query(alias="from", description="Default: 'to' minus one day.")] = None,
     to: Annotated[AwareDatetime | None, Query(description="Exclusive; default: now.")] = None,
     max_points: Annotated[int, Query(ge=2, le=reads.SERIES_MAX_POINTS)] = reads.SERIES_DEFAULT_POINTS,
-    bucket: Annotated[int | None, Query(ge=1, le=31 * 86400,
-                                        description="Narrowest bucket width in seconds; widened to keep "
-                                                    "points <= max_points.")] = None,
+    bucket: Annotated[
+        int | None,
+        Query(
+            ge=1, le=31 * 86400, description="Narrowest bucket width in seconds; widened to keep points <= max_points."
+        ),
+    ] = None,
 ) -> Series:
     """A numeric metric over [from, to), bucketed server-side: avg, min, max, count per bucket (every role).
     At most 400 days; a boolean or text metric answers 422."""
@@ -172,7 +190,8 @@ def get_series(
 
 @router.get("/admin/ingest", responses=problems(401, 403, 422))
 def get_ingest_overview(
-    db: Pool, caller: Caller,
+    db: Pool,
+    caller: Caller,
     minutes: Annotated[int, Query(ge=1, le=1440, description="Window of the per-minute counts and reasons.")] = 60,
     quiet_minutes: Annotated[int, Query(ge=1, le=30 * 1440)] = 60,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -180,6 +199,6 @@ def get_ingest_overview(
 ) -> IngestOverview:
     """The drain's work for your tenant: messages per minute, dead letters by reason and paged (payload shown
     safely), recent drain runs with lag, devices that sent nothing valid lately (staff, owners)."""
-    return IngestOverview.model_validate(reads.ingest_overview(db, caller, minutes=minutes,
-                                                               quiet_minutes=quiet_minutes, cursor=cursor,
-                                                               limit=limit))
+    return IngestOverview.model_validate(
+        reads.ingest_overview(db, caller, minutes=minutes, quiet_minutes=quiet_minutes, cursor=cursor, limit=limit)
+    )

@@ -2,6 +2,7 @@
 
 /api/usage (any role) and /api/audit (owners) take a tenant user's token; /api/platform/* take
 only an operator's token (POST /api/platform/auth/login), which no tenant endpoint accepts."""
+
 from __future__ import annotations
 
 import uuid
@@ -28,8 +29,11 @@ EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"
 # An action as the audit log writes it: area.verb
 AuditAction = Annotated[str, Query(pattern=r"^[a-z_]+\.[a-z_]+$", max_length=100)]
 
-_operator_bearer = HTTPBearer(auto_error=False, scheme_name="PlatformOperatorBearer",
-                              description="An operator token from POST /api/platform/auth/login.")
+_operator_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="PlatformOperatorBearer",
+    description="An operator token from POST /api/platform/auth/login.",
+)
 
 
 class _Body(BaseModel):
@@ -55,7 +59,8 @@ class Usage(BaseModel):
     raw_retention_days: int | None = Field(description="Days raw telemetry is kept; null: kept.")
     quotas: Quotas
     messages_over_quota_this_hour: int = Field(
-        description="Messages dead-lettered with reason quota this hour (see /api/admin/ingest).")
+        description="Messages dead-lettered with reason quota this hour (see /api/admin/ingest)."
+    )
 
 
 class Plan(BaseModel):
@@ -101,13 +106,18 @@ class TenantSummary(BaseModel):
 
 
 class CreateTenantRequest(_Body):
-    slug: str = Field(pattern=TENANT_SLUG_PATTERN, description="The tenant's id in topics and logins.",
-                      examples=["acme"])
+    slug: str = Field(
+        pattern=TENANT_SLUG_PATTERN, description="The tenant's id in topics and logins.", examples=["acme"]
+    )
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
     plan: PlanName = "free"
     owner_email: str = Field(min_length=3, max_length=254, pattern=EMAIL_PATTERN)
-    owner_password: str | None = Field(None, min_length=MIN_PASSWORD_LENGTH, max_length=1024,
-                                       description="Omit to have one generated and returned once.")
+    owner_password: str | None = Field(
+        None,
+        min_length=MIN_PASSWORD_LENGTH,
+        max_length=1024,
+        description="Omit to have one generated and returned once.",
+    )
 
 
 class CreatedOwner(BaseModel):
@@ -137,8 +147,9 @@ class TenantPlan(BaseModel):
     created_at: datetime
 
 
-def operator(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_operator_bearer)],
-             db: Pool, config: Config) -> tenancy.Operator:
+def operator(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_operator_bearer)], db: Pool, config: Config
+) -> tenancy.Operator:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthenticated()
     return tenancy.verify_operator_token(db, config, credentials.credentials)
@@ -148,6 +159,7 @@ PlatformOperator = Annotated[tenancy.Operator, Depends(operator)]
 
 
 # --- a tenant's view
+
 
 @router.get("/usage", tags=["quotas"], responses=problems(401))
 def get_usage(db: Pool, caller: Caller) -> Usage:
@@ -162,10 +174,15 @@ def list_plans(db: Pool, caller: Caller) -> list[Plan]:
 
 
 @router.get("/audit", tags=["audit"], responses=problems(400, 401, 403, 422))
-def list_audit(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max_length=200)] = None,
-               limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-               action: AuditAction | None = None, actor: uuid.UUID | None = None,
-               since: datetime | None = None) -> Page[AuditEntry]:
+def list_audit(
+    db: Pool,
+    caller: Caller,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    action: AuditAction | None = None,
+    actor: uuid.UUID | None = None,
+    since: datetime | None = None,
+) -> Page[AuditEntry]:
     """The tenant's audit log, newest first, a page at a time (owners only); filter by action,
     acting user, or time (since, inclusive)."""
     rows, next_cursor = tenancy.list_audit(db, caller, cursor, limit, action, actor, since)
@@ -173,6 +190,7 @@ def list_audit(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max
 
 
 # --- the platform operator
+
 
 @router.post("/platform/auth/login", tags=["platform"], responses=problems(401, 422, 429))
 def operator_login(body: OperatorLoginRequest, db: Pool, config: Config, source: Source) -> OperatorToken:
@@ -182,15 +200,20 @@ def operator_login(body: OperatorLoginRequest, db: Pool, config: Config, source:
 
 
 @router.get("/platform/tenants", tags=["platform"], responses=problems(400, 401, 422))
-def list_tenants(db: Pool, op: PlatformOperator, cursor: Annotated[str | None, Query(max_length=200)] = None,
-                 limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> Page[TenantSummary]:
+def list_tenants(
+    db: Pool,
+    op: PlatformOperator,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[TenantSummary]:
     """Every tenant with its plan and use, oldest first, a page at a time."""
     rows, next_cursor = tenancy.list_tenants(db, op, cursor, limit)
     return Page[TenantSummary](items=[TenantSummary.model_validate(row) for row in rows], next_cursor=next_cursor)
 
 
-@router.post("/platform/tenants", tags=["platform"], status_code=status.HTTP_201_CREATED,
-             responses=problems(401, 409, 422))
+@router.post(
+    "/platform/tenants", tags=["platform"], status_code=status.HTTP_201_CREATED, responses=problems(401, 409, 422)
+)
 def create_tenant(body: CreateTenantRequest, db: Pool, op: PlatformOperator, source: Source) -> CreatedTenant:
     """Creates a tenant and its first owner; without owner_password one is generated and returned once."""
     password = body.owner_password or generate_password()
@@ -200,8 +223,9 @@ def create_tenant(body: CreateTenantRequest, db: Pool, op: PlatformOperator, sou
 
 
 @router.patch("/platform/tenants/{tenant_id}", tags=["platform"], responses=problems(401, 404, 422))
-def change_plan(tenant_id: uuid.UUID, body: ChangePlanRequest, db: Pool, op: PlatformOperator,
-                source: Source) -> TenantPlan:
+def change_plan(
+    tenant_id: uuid.UUID, body: ChangePlanRequest, db: Pool, op: PlatformOperator, source: Source
+) -> TenantPlan:
     """Moves a tenant to another plan; its quotas change at once (a smaller plan refuses new rows
     over its limits but removes nothing)."""
     return TenantPlan.model_validate(tenancy.change_plan(db, op, tenant_id, body.plan, source))

@@ -1,4 +1,5 @@
 """A tenant's users: /api/me (every role) and /api/users (owners manage them)."""
+
 from __future__ import annotations
 
 import uuid
@@ -28,8 +29,12 @@ class User(BaseModel):
 class CreateUserRequest(Body):
     email: str = Email
     role: Role
-    password: str | None = Field(None, min_length=MIN_PASSWORD_LENGTH, max_length=1024,
-                                 description="Omit to have one generated and returned once.")
+    password: str | None = Field(
+        None,
+        min_length=MIN_PASSWORD_LENGTH,
+        max_length=1024,
+        description="Omit to have one generated and returned once.",
+    )
 
 
 class CreatedUser(User):
@@ -47,15 +52,18 @@ def me(db: Pool, caller: Caller) -> User:
 
 
 @router.get("/users", tags=["users"], responses=problems(400, 401, 403, 422))
-def list_users(db: Pool, caller: Caller, cursor: Annotated[str | None, Query(max_length=200)] = None,
-               limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> Page[User]:
+def list_users(
+    db: Pool,
+    caller: Caller,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> Page[User]:
     """The tenant's users, oldest first, a page at a time (owners only)."""
     rows, next_cursor = users.list_users(db, caller, cursor, limit)
     return Page[User](items=[User.model_validate(row) for row in rows], next_cursor=next_cursor)
 
 
-@router.post("/users", tags=["users"], status_code=status.HTTP_201_CREATED,
-             responses=problems(401, 402, 403, 409, 422))
+@router.post("/users", tags=["users"], status_code=status.HTTP_201_CREATED, responses=problems(401, 402, 403, 409, 422))
 def create_user(body: CreateUserRequest, db: Pool, caller: Caller, source: Source) -> CreatedUser:
     """Adds a user to the tenant (owners only); without a password, one is generated and returned once."""
     password = body.password or generate_password()
@@ -75,8 +83,12 @@ def change_role(user_id: uuid.UUID, body: ChangeRoleRequest, db: Pool, caller: C
     return User.model_validate(users.change_role(db, caller, user_id, body.role, source))
 
 
-@router.delete("/users/{user_id}", tags=["users"], status_code=status.HTTP_204_NO_CONTENT,
-               responses=problems(401, 403, 404, 409, 422))
+@router.delete(
+    "/users/{user_id}",
+    tags=["users"],
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problems(401, 403, 404, 409, 422),
+)
 def delete_user(user_id: uuid.UUID, db: Pool, caller: Caller, source: Source) -> Response:
     """Removes a user (owners only); the last owner cannot be removed."""
     users.delete_user(db, caller, user_id, source)
