@@ -96,8 +96,16 @@ class IngestStore:
     def close(self) -> None:
         if self.conn is not None:
             try:
-                self.conn.close()
+                # Released explicitly: closing only asks the server to end the session, and the next run's
+                # try_drain_lock could otherwise still find the lock held for a moment and skip.
+                if not self.conn.broken:
+                    self.conn.rollback()
+                    self.conn.execute(QUERIES["release_drain_lock"], {"key": self.LOCK_KEY})
+                    self.conn.commit()
+            except psycopg.Error:
+                pass  # the session is going anyway, and the lock with it
             finally:
+                self.conn.close()
                 self.conn = None
 
     def write(self, messages: Sequence[InboundMessage], batch: PreparedBatch) -> BatchOutcome:

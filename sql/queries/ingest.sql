@@ -3,6 +3,10 @@
 -- the first still works. Session-level, so it holds across the run's transactions.
 SELECT pg_try_advisory_lock(%(key)s)
 
+-- release_drain_lock --
+-- At the end of a run, before the session closes (a closed session's locks go only when its backend exits).
+SELECT pg_advisory_unlock(%(key)s)
+
 -- create_staging --
 -- Per-connection staging for COPY; emptied by every commit.
 CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
