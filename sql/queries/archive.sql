@@ -103,16 +103,15 @@ COPY (
     ORDER BY t.device_id, t.metric, t.ts, t.seq
 ) TO STDOUT (FORMAT csv);
 
--- export_range_csv --
--- POST /api/exports as CSV: the same rows for people and spreadsheets, with a header and UTC
--- ISO 8601 timestamps whatever the session's time zone.
-COPY (
-    SELECT t.device_id, d.name AS device, t.metric,
-           to_char(t.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS ts, t.seq,
-           to_char(t.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS received_at,
-           t.value, t.value_bool, t.value_text
-    FROM telemetry t LEFT JOIN devices d ON d.tenant_id = t.tenant_id AND d.id = t.device_id
-    WHERE t.tenant_id = %(tenant_id)s AND t.ts >= %(from)s AND t.ts < %(to)s
-      AND (%(device_id)s::bigint IS NULL OR t.device_id = %(device_id)s)
-    ORDER BY t.device_id, t.metric, t.ts, t.seq
-) TO STDOUT (FORMAT csv, HEADER);
+-- export_range_rows --
+-- POST /api/exports as CSV: the same rows for people and spreadsheets, UTC ISO 8601 timestamps
+-- whatever the session's time zone. Rows, not COPY: every text cell goes through
+-- shared/core/spreadsheet.py on its way into the file (a device's text reading may be a formula).
+SELECT t.device_id, d.name AS device, t.metric,
+       to_char(t.ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS ts, t.seq,
+       to_char(t.received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS received_at,
+       t.value, t.value_bool, t.value_text
+FROM telemetry t LEFT JOIN devices d ON d.tenant_id = t.tenant_id AND d.id = t.device_id
+WHERE t.tenant_id = %(tenant_id)s AND t.ts >= %(from)s AND t.ts < %(to)s
+  AND (%(device_id)s::bigint IS NULL OR t.device_id = %(device_id)s)
+ORDER BY t.device_id, t.metric, t.ts, t.seq;

