@@ -85,6 +85,7 @@ def test_openapi_document_is_generated_and_lists_the_routes(api):
 
 def test_unknown_route_and_wrong_method_are_problems(api):
     assert_problem(call("GET", "/api/no-such-thing"), 404, "not-found")
+    assert call("GET", "/api/no-such-thing").headers.get("cache-control") == "no-store"
     assert_problem(call("PUT", "/api/me"), 405, "method-not-allowed")
 
 
@@ -111,6 +112,8 @@ def test_database_outage_is_a_503_problem_without_driver_text(monkeypatch, datab
         close_api_pool()
     assert_problem(reply, 503, "unavailable")
     assert b"not-a-secret-really" not in reply.body and b"127.0.0.1" not in reply.body
+    # the answers the outermost middleware writes itself carry the API's headers too
+    assert (reply.headers.get("cache-control"), reply.headers.get("x-content-type-options")) == ("no-store", "nosniff")
 
 
 # --------------------------------------------------------------------------- login and tokens

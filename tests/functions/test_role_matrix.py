@@ -407,5 +407,9 @@ def test_role_matrix(context, route):
         got[caller] = reply.status
         if reply.status >= 400:
             assert reply.headers["content-type"].startswith("application/problem+json"), (caller, reply.body)
+        # AND no answer may be cached (tokens, passwords, secrets and SAS links are among them) or
+        # sniffed into something other than its type, whoever called and whatever the status
+        assert reply.headers.get("cache-control") == "no-store", (caller, reply.status)
+        assert reply.headers.get("x-content-type-options") == "nosniff", (caller, reply.status)
     # THEN each gets the status the matrix says
     assert got == row.expect
