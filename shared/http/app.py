@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from shared.http.deps import PREFIX
-from shared.http.middleware import ResponseHeaders
+from shared.http.middleware import ResponseHeaders, UnicodeJsonBodies
 from shared.http.problems import install_problem_handlers
 from shared.http.routes import alerts, auth, commands, devices, exports, reads, tenancy, users, webhooks
 
@@ -31,7 +31,8 @@ def create_app() -> FastAPI:
     for module in ROUTERS:
         app.include_router(module.router)
     install_problem_handlers(app)
-    app.add_middleware(ResponseHeaders)  # outermost: the problem middleware's own answers get them too
+    app.add_middleware(UnicodeJsonBodies)
+    app.add_middleware(ResponseHeaders)  # outermost: the other middlewares' own answers get them too
     return app
 
 

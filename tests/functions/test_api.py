@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from shared.core.db import tenant_transaction
+from shared.http.middleware import LONE_SURROGATE
 from tests.support.api import (
     JWT_SECRET,
     PASSWORD,
@@ -95,6 +96,40 @@ def test_invalid_body_is_422_with_fields_and_never_echoes_the_password(api):
     assert [p["name"] for p in body["invalid-params"]] == ["body.email"]
     assert b"hunter2-secret" not in reply.body
     assert_problem(call("POST", "/api/auth/login", raw=b"{not json"), 422, "validation")
+
+
+def json_operations() -> list[tuple[str, str]]:
+    """(method, path) of every operation whose request body is JSON, from the served OpenAPI document."""
+    from shared.http.app import api as app
+
+    return sorted((method.upper(), path) for path, item in app.openapi()["paths"].items()
+                  for method, operation in item.items()
+                  if "application/json" in operation.get("requestBody", {}).get("content", {}))
+
+
+def test_a_lone_surrogate_in_any_json_body_is_422_never_a_500(api, database, tenant, owner):
+    # GIVEN a device (the command route stored its args as they came: PostgreSQL refused them, 500)
+    with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
+        device = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'm-1') RETURNING id",
+                              (tenant["id"],)).fetchone()[0]
+    token = token_for(owner)
+    # WHEN a command's args hold a lone surrogate as a value or as a key (the escape as JSON sends it)
+    for raw in (rb'{"name": "set_point", "args": {"v": "\ud800"}}', rb'{"name": "set_point", "args": {"\udfff": 1}}'):
+        reply = call("POST", f"/api/devices/{device}/commands", raw=raw, token=token)
+        # THEN it is a validation problem that names the reason
+        body = assert_problem(reply, 422, "validation")
+        assert body["invalid-params"] == [{"name": "body", "reason": LONE_SURROGATE}]
+    # AND so for every route that takes JSON, with or without a token, before anything else runs
+    operations = json_operations()
+    assert ("POST", "/api/auth/login") in operations and len(operations) > 10
+    for method, path in operations:
+        route = path.replace("{device_id}", str(device)).replace("{rule_id}", str(uuid.uuid4())).replace(
+            "{user_id}", str(uuid.uuid4())).replace("{event_id}", "1").replace("{tenant_id}", str(uuid.uuid4()))
+        reply = call(method, route, raw=rb'{"name": "x\udc00y"}', token=token)
+        assert reply.status == 422 and reply.json["invalid-params"][0]["reason"] == LONE_SURROGATE, (method, path)
+    # AND a surrogate pair (an emoji) is text like any other
+    emoji = call("POST", "/api/auth/login", raw=b'{"tenant": "t", "email": "a@b.example", "password": "\\ud83d\\ude00"}')
+    assert emoji.status == 401
 
 
 def test_database_outage_is_a_503_problem_without_driver_text(monkeypatch, database):
