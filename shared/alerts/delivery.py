@@ -78,6 +78,22 @@ RETENTION_DAYS = 30
 PRUNE_BATCH = 5000
 WORKERS = 4
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Cloud platforms' own endpoints, reachable from inside their networks. ipaddress calls Azure's
+# 168.63.129.16 (WireServer: the VM agent's channel, platform DNS and health probes) "global", so it
+# is named here; the others already fall in a range refused anyway (link-local, unique-local, CGNAT)
+# and are named so that a test holds each to it.
+PLATFORM_NETWORKS = tuple(ipaddress.ip_network(net) for net in (
+    "168.63.129.16/32",   # Azure WireServer
+    "169.254.169.254/32",  # instance metadata: Azure IMDS, AWS, Google Cloud, Oracle, DigitalOcean
+    "169.254.169.253/32",  # AWS Route 53 resolver
+    "169.254.169.123/32",  # AWS time sync
+    "169.254.170.2/32",    # AWS ECS task metadata
+    "fd00:ec2::254/128",   # AWS instance metadata over IPv6
+    "fd00:ec2::253/128",   # AWS resolver over IPv6
+    "fd00:ec2::123/128",   # AWS time sync over IPv6
+    "fd20:ce::254/128",    # Google Cloud metadata over IPv6
+    "100.100.100.200/32",  # Alibaba Cloud metadata
+))
 _JITTER = random.Random()
 
 
@@ -148,15 +164,17 @@ def body_of(delivery_id: str, payload: Mapping[str, Any]) -> bytes:
 
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether an address is on the public internet: not private (RFC 1918, ULA), loopback, link-local
-    (the 169.254.169.254 metadata endpoint), shared (CGNAT), multicast, reserved or unspecified, also
-    when wrapped in IPv6 (IPv4-mapped, NAT64, 6to4, Teredo)."""
+    (the 169.254.169.254 metadata endpoint), shared (CGNAT), multicast, reserved or unspecified, nor a
+    cloud platform's own endpoint (PLATFORM_NETWORKS), also when wrapped in IPv6 (IPv4-mapped,
+    NAT64, 6to4, Teredo)."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
         if embedded is None and address in _NAT64:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public_address(embedded)
-    return address.is_global and not address.is_multicast and not address.is_reserved and not address.is_unspecified
+    return (address.is_global and not address.is_multicast and not address.is_reserved
+            and not address.is_unspecified and not any(address in network for network in PLATFORM_NETWORKS))
 
 
 def _split(url: str, settings: Settings) -> tuple[SplitResult, str, int]:
