@@ -260,9 +260,11 @@ BROKER_SETTINGS: dict[str, str] = {
     # shorter wins), so it must stay above the drain's own (INGEST_SESSION_EXPIRY_S, 7 days).
     "persistent_client_expiration": "14d",
     # The app dead-letters payloads over INGEST_MAX_PAYLOAD_BYTES (64 KiB) itself, so the broker
-    # lets them through up to 1 MiB to reach the dead-letter table. Above that a v5 QoS 1
-    # publisher gets PUBACK 149 and nothing is stored. max_packet_size (advertised in CONNACK)
-    # leaves room for the topic and properties of a 1 MiB payload.
+    # lets them through up to 1 MiB to reach the dead-letter table. Above that Mosquitto 2.0
+    # answers a QoS 1 PUBLISH with PUBACK 149 and stores nothing, keeping the connection; 149 is
+    # not a PUBACK code in MQTT 5, so strict clients (paho-mqtt 2.2) close the connection
+    # themselves. A packet over max_packet_size (advertised in CONNACK; it leaves room for the
+    # topic and properties of a 1 MiB payload) gets DISCONNECT 149 from the broker.
     "message_size_limit": "1048576",
     "max_packet_size": "1114112",
     # Without it the broker's small replies (CONNACK) wait ~40 ms for the client's delayed ACK:

@@ -750,3 +750,86 @@ def test_postgres_cluster_from_before_passwords_requires_them_after_a_start(
         assert server.password_file.stat().st_mode & 0o077 == 0
     finally:
         server.stop()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(text: str) -> bytes:
+    return len(text.encode()).to_bytes(2, "big") + text.encode()
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _varint(len(body)) + body
+
+
+class RawMqttV5:
+    """MQTT v5 at the byte level, over the broker's TLS: to see exactly what the broker sends, where a
+    client library would interpret it (paho-mqtt 2.2 drops a connection on a PUBACK code it thinks invalid)."""
+
+    def __init__(self, broker: MosquittoBroker, username: str, password: str) -> None:
+        raw = socket.create_connection((broker.host, broker.port), timeout=TIMEOUT)
+        self.sock = broker.ssl_context().wrap_socket(raw, server_hostname="localhost")
+        flags = 0xC2  # user name, password, clean start
+        body = _utf8("MQTT") + bytes([5, flags]) + (30).to_bytes(2, "big") + b"\x00" + _utf8(username) + \
+            _utf8(username) + _utf8(password)
+        self.sock.sendall(_packet(0x10, body))
+
+    def read(self) -> tuple[int, bytes] | None:
+        """(packet type, body) of the next packet, None when the broker closed the connection."""
+        head = self.sock.recv(1)
+        if not head:
+            return None
+        length, shift = 0, 0
+        while True:
+            byte = self.sock.recv(1)[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        body = b""
+        while len(body) < length:
+            chunk = self.sock.recv(length - len(body))
+            if not chunk:
+                return None
+            body += chunk
+        return head[0] >> 4, body
+
+    def publish(self, topic: str, payload: bytes, packet_id: int) -> None:
+        self.sock.sendall(_packet(0x32, _utf8(topic) + packet_id.to_bytes(2, "big") + b"\x00" + payload))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_payload_over_message_size_limit_gets_puback_149_and_over_max_packet_size_a_disconnect(
+    mosquitto_broker: MosquittoBroker, new_device: Callable[[], Device], offline_ingest_session: None
+) -> None:
+    """What the broker itself sends (paho-mqtt would hide it: it drops the connection on PUBACK 149,
+    a code MQTT 5 does not list for PUBACK; test_payloads_between_app_and_broker_limits_... shows that)."""
+    # GIVEN a device connected at the byte level
+    device = new_device()
+    client = RawMqttV5(mosquitto_broker, device_username(device.tenant, device.name), device.password)
+    try:
+        connack = client.read()
+        assert connack is not None and connack[0] == 2 and connack[1][1] == 0
+        # WHEN it publishes (QoS 1) a payload one byte over message_size_limit
+        limit = int(BROKER_SETTINGS["message_size_limit"])
+        client.publish(device.telemetry_topic, b"y" * (limit + 1), 1)
+        # THEN the broker answers PUBACK 149 (0x95, packet too large) and keeps the connection: the
+        # next message is accepted
+        assert client.read() == (4, b"\x00\x01\x95")
+        client.publish(device.telemetry_topic, b"after", 2)
+        assert client.read() in {(4, b"\x00\x02"), (4, b"\x00\x02\x00")}  # success (its reason may be left out)
+        # AND a packet over max_packet_size (advertised in CONNACK) ends the connection with DISCONNECT 149
+        client.publish(device.telemetry_topic, b"z" * int(BROKER_SETTINGS["max_packet_size"]), 3)
+        assert client.read() == (14, b"\x95")
+        assert client.read() is None
+    finally:
+        client.close()
