@@ -53,6 +53,15 @@ INLINE_TIMEOUT_S = 3.0
 INLINE_BUDGET_S = 30.0
 SYNC_TIMEOUT_S = 10.0
 SYNC_BATCH = 500
+# The broker_sync timer: at second 0 of every minute. A rotation's overlap ends at one of its runs
+# (the overlap is rounded up to the next), so the old credential stops when the answer says, not up
+# to a minute later; a faster cadence would be billed every run (at least 1 s each on Flex).
+BROKER_SYNC_SCHEDULE = "0 */1 * * * *"
+BROKER_SYNC_PERIOD_S = 60
+# A run that finds an overlap ending this soon waits for it (the timer may fire a little early, or
+# the clocks differ by a little), so that run, not the next, retires it: at most this long, billed
+# only in the runs where an overlap ends.
+RETIRE_WAIT_S = 5.0
 
 
 # -- the outbox's password encryption ---------------------------------------------------------------------------
@@ -446,12 +455,23 @@ def retire_expired_credentials(pool: DictPool) -> int:
     return retired
 
 
-def run_broker_sync(
-    pool: DictPool, settings: Settings, only_tenants: Collection[str] | None = None
-) -> BrokerSyncReport:
-    """The broker_sync timer: retire ended overlaps, apply the outbox, then reconcile (skipped while
-    the broker is unreachable: the next run does it)."""
+def seconds_to_next_expiry(pool: DictPool) -> float | None:
+    with pool.connection() as conn:
+        seconds: float | None = one_row(conn.execute(QUERIES["next_credential_expiry"]), "next_credential_expiry")[
+            "seconds"]
+    return seconds
+
+
+def run_broker_sync(pool: DictPool, settings: Settings, only_tenants: Collection[str] | None = None
+                    ) -> BrokerSyncReport:
+    """The broker_sync timer: retire ended overlaps (waiting up to RETIRE_WAIT_S for one about to
+    end), apply the outbox, then reconcile (skipped while the broker is unreachable: the next run
+    does it)."""
     retired = retire_expired_credentials(pool)
+    wait = seconds_to_next_expiry(pool)
+    if wait is not None and wait <= RETIRE_WAIT_S:
+        time.sleep(max(wait, 0.0) + 0.05)
+        retired += retire_expired_credentials(pool)
     sync = sync_outbox(pool, settings)
     drift = None if sync.broker_unavailable else reconcile(pool, settings, only_tenants)
     observability.event(

@@ -107,8 +107,11 @@ WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s
 ORDER BY slot
 
 -- expire_credential --
--- The old slot of a rotation: valid until the overlap ends (the broker_sync timer retires it).
-UPDATE device_credentials SET expires_at = now() + make_interval(secs => %(overlap_s)s)
+-- The old slot of a rotation: valid until the overlap ends, rounded up to the broker_sync timer's
+-- next run (a whole multiple of its period on the clock), which retires it then.
+UPDATE device_credentials
+SET expires_at = to_timestamp(ceil(extract(epoch FROM now() + make_interval(secs => %(overlap_s)s))
+                                   / %(period_s)s) * %(period_s)s)
 WHERE tenant_id = %(tenant_id)s AND device_id = %(device_id)s AND slot = %(slot)s
 
 -- drop_credential --
@@ -134,6 +137,10 @@ SELECT broker_outbox_failed(%(id)s, %(error)s)
 
 -- retire_expired_credentials --
 SELECT broker_retire_expired_credentials() AS retired
+
+-- next_credential_expiry --
+-- Seconds until the next overlap ends (NULL: none), by the database's clock.
+SELECT broker_next_credential_expiry_s() AS seconds
 
 -- wanted_devices --
 SELECT tenant_id, device_id, tenant_slug, device_name, enabled, usernames, pending FROM broker_wanted_devices()

@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -18,6 +19,7 @@ import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from shared.broker import credential_sync
 from shared.broker.contract import device_acls, device_role
 from shared.broker.credential_sync import reconcile, run_broker_sync, sync_outbox
 from tests.support.api import call, new_tenant, users_of_each_role
@@ -123,24 +125,42 @@ def test_device_created_through_the_api_publishes_and_its_readings_are_stored(ap
     assert query(database, "SELECT device_id, metric, value FROM telemetry") == [(device["id"], "temp", 21.5)]
 
 
-def test_rotation_overlap_both_work_then_the_old_one_is_refused(api, token, tenant, app_pool):
-    # GIVEN a device connected with its first credential
+def test_rotation_overlap_ends_when_the_answer_says(api, token, tenant, app_pool, monkeypatch):
+    """The overlap ends at a broker_sync run, as the answer says (it used to end up to a minute after
+    replaced_valid_until, at the first run past it). The timer is played here on a 6 s period."""
+    period = 6
+    monkeypatch.setattr(credential_sync, "BROKER_SYNC_PERIOD_S", period)
+    # GIVEN a device connected with its first credential, just after a run of the timer
     device = create(token, "gw-1")
     old = device["credential"]
     session = Session(api, old["username"], old["password"])
     assert session.accepted
-    # WHEN its credential is rotated with a short overlap
-    reply = call("POST", f"/api/devices/{device['id']}/credentials/rotate", {"overlap_s": 2}, token=token)
+    wait_for(lambda: time.time() % period < 0.5, period + 1, "a timer run", interval=0.05)
+    # WHEN its credential is rotated with a 1 s overlap
+    asked = time.time()
+    reply = call("POST", f"/api/devices/{device['id']}/credentials/rotate", {"overlap_s": 1}, token=token)
     assert reply.status == 200, reply.body
     new = reply.json["credential"]
-    assert new["replaces"] == old["username"] and new["replaced_valid_until"] is not None
-    # THEN during the overlap both work: the session on the old one stays, the new one connects
-    # (each credential is bound to its own client id, so they can be connected at once)
+    until = datetime.fromisoformat(new["replaced_valid_until"]).timestamp()
+    assert new["replaces"] == old["username"] and until >= asked + 1
+    # THEN until then both work: the session on the old one stays, the new one connects (each
+    # credential is bound to its own client id, so they can be connected at once)
     assert connects(api, new) and not session.gone.is_set()
-    # AND once a sync run after the overlap retires the old one, it is disconnected and refused
-    wait_for(lambda: sync(app_pool, api, tenant).retired, 30, "the overlap to end", interval=0.25)
-    assert session.gone.wait(5)
-    assert not connects(api, old)
+    # AND with the timer firing on its period (each run a little early, as a timer may), the old
+    # password is refused within a second of replaced_valid_until, and not before it
+    refused_at = None
+    run = (asked // period + 1) * period
+    while refused_at is None and run < until + 2 * period:
+        time.sleep(max(0.0, run - 0.3 - time.time()))
+        assert time.time() > until or connects(api, old)
+        sync(app_pool, api, tenant)
+        if not connects(api, old):
+            refused_at = time.time()
+        run += period
+    assert refused_at is not None and until <= refused_at < until + 1, (until, refused_at)
+    assert session.gone.wait(1)
+    # AND the answer said so: the overlap was rounded up to a run of the timer
+    assert until % period == 0 and until < asked + 1 + period
     assert connects(api, new)
     view = call("GET", f"/api/devices/{device['id']}", token=token).json
     assert [c["slot"] for c in view["credentials"]] == ["b"] and view["sync_pending"] == 0
@@ -386,3 +406,5 @@ def test_broker_sync_timer_is_registered_every_minute():
     bindings = json.loads(function.get_function_json())["bindings"]
     trigger = next(b for b in bindings if b["type"] == "timerTrigger")
     assert trigger["schedule"] == "0 */1 * * * *" and trigger["runOnStartup"] is False
+    # the period the rotation overlaps are rounded up to is this schedule's
+    assert credential_sync.BROKER_SYNC_PERIOD_S == 60 and trigger["schedule"] == credential_sync.BROKER_SYNC_SCHEDULE
