@@ -11,6 +11,7 @@
 import { has, t } from './i18n.js';
 
 const REFRESH_KEY = 'mqtt-saas.refresh';
+const SIGN_IN_STATE_KEY = 'mqtt-saas.sign-in-state';
 let accessToken = null;
 let accessExpiresAt = 0;
 let refreshing = null;
@@ -68,9 +69,41 @@ export async function login(tenant, email, password) {
   keep(await send('POST', '/api/auth/login', { tenant, email, password }));
 }
 
-// An external identity provider's access token (pasted, or handed over in the URL fragment by the
-// provider's redirect): kept in memory only and used until it expires; there is no refresh token,
-// so the reader signs in again then.
+// Sends the reader to the identity provider to sign in. The random state, kept in this tab's
+// sessionStorage, is what makes the provider's answer (a token in the URL) acceptable: a link
+// carrying somebody else's token, which this tab never asked for, has no state it knows.
+export function startExternalSignIn(signInUrl) {
+  const bytes = crypto.getRandomValues(new Uint8Array(32));
+  const state = btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  sessionStorage.setItem(SIGN_IN_STATE_KEY, state);
+  const back = `${location.origin}${location.pathname}`;
+  let url;
+  if (signInUrl.includes('{state}')) {
+    // A provider that does not echo OAuth's state (Supabase's /authorize) gets it inside its redirect URL.
+    url = signInUrl.replaceAll('{state}', encodeURIComponent(state));
+  } else {
+    const target = new URL(signInUrl);
+    target.searchParams.set('state', state);
+    if (!target.searchParams.has('redirect_uri') && !target.searchParams.has('redirect_to')) {
+      target.searchParams.set('redirect_uri', back);
+    }
+    url = target.toString();
+  }
+  location.assign(url);
+}
+
+// The provider's answer to a sign-in this tab started: taken only when its state is the one this tab
+// stored, which is spent either way (one answer per sign-in). False: not an answer to ours.
+export function takeExternalAnswer(token, state) {
+  const expected = sessionStorage.getItem(SIGN_IN_STATE_KEY);
+  sessionStorage.removeItem(SIGN_IN_STATE_KEY);
+  if (!expected || !state || state !== expected || !token) return false;
+  useExternalToken(token);
+  return true;
+}
+
+// An external identity provider's access token (pasted, or the answer to startExternalSignIn): kept
+// in memory only and used until it expires; there is no refresh token, so the reader signs in again then.
 export function useExternalToken(token) {
   const parts = String(token).trim().split('.');
   if (parts.length !== 3) throw new ApiError(401, null);

@@ -1,6 +1,6 @@
 // The dashboard's entry: sign-in, the hash router, the header and the auto-refresh at the drain's
 // cadence. Views live in views/*.js; each renders into <main> and may return {refresh, dispose}.
-import { ApiError, api, logout, resume, setOperations, setSignedOutHandler, useExternalToken } from './api.js';
+import { ApiError, api, logout, resume, setOperations, setSignedOutHandler, takeExternalAnswer } from './api.js';
 import { h, replace } from './dom.js';
 import { pickLocale, setLocale, t } from './i18n.js';
 import { renderLogin } from './views/login.js';
@@ -133,12 +133,17 @@ async function start() {
   } catch { /* defaults */ }
   scheduleRefresh();
   setOperations(ctx.config.operations);
-  // A provider's redirect may hand its token over in the fragment (#access_token=...): take it
-  // into memory and drop it from the address bar and history at once.
-  const handed = new URLSearchParams(location.hash.slice(1)).get('access_token');
-  if (handed) {
+  // A token in the URL (#access_token=...) leaves the address bar and history at once, and signs in
+  // only where a provider's sign-in is configured and as the answer to the one this tab started (its
+  // state, from the fragment or, for providers that return it in the redirect URL, the query).
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const handed = fragment.get('access_token');
+  if (handed || new URLSearchParams(location.search).has('state')) {
+    const state = fragment.get('state') || new URLSearchParams(location.search).get('state');
     history.replaceState(null, '', `${location.pathname}#/fleet`);
-    try { useExternalToken(handed); await signedIn(); return; } catch { /* show the sign-in form */ }
+    if (ctx.config.external_sign_in && ctx.config.external_sign_in_url) {
+      try { if (takeExternalAnswer(handed, state)) { await signedIn(); return; } } catch { /* the sign-in form */ }
+    }
   }
   if (await resume()) {
     try { await signedIn(); return; } catch { /* fall through to the sign-in form */ }

@@ -98,6 +98,9 @@ param authExternalRoleClaim string = 'app_metadata.role'
 @description('Optional. Dotted claim path of the e-mail address in external tokens (AUTH_EXTERNAL_EMAIL_CLAIM).')
 param authExternalEmailClaim string = 'email'
 
+@description('Optional. The external provider\'s sign-in (authorization) URL for the dashboard (AUTH_EXTERNAL_SIGN_IN_URL): the page adds state and redirect_uri, or fills a {state} placeholder. Empty: no provider sign-in button.')
+param authExternalSignInUri string = ''
+
 @description('Required. PostgreSQL URL of the application role mqtt_saas_app (DATABASE_URL), e.g. postgresql://mqtt_saas_app:...@host:5432/mqtt_saas?sslmode=require.')
 @secure()
 param databaseUrl string
@@ -240,6 +243,7 @@ module functionApp 'modules/functionApp.bicep' = {
     authExternalTenantClaim: authExternalTenantClaim
     authExternalRoleClaim: authExternalRoleClaim
     authExternalEmailClaim: authExternalEmailClaim
+    authExternalSignInUri: authExternalSignInUri
     applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     keyVaultName: keyVault.outputs.keyVaultName

@@ -1,4 +1,4 @@
-import { ApiError, login, useExternalToken } from '../api.js';
+import { ApiError, login, startExternalSignIn, useExternalToken } from '../api.js';
 import { h, replace } from '../dom.js';
 import { t } from '../i18n.js';
 
@@ -29,17 +29,22 @@ export function renderLogin(ctx, onSignedIn) {
       submit.disabled = false;
     }
   });
-  replace(ctx.main, form, ctx.config.external_sign_in ? externalForm(onSignedIn) : null);
+  replace(ctx.main, form, ctx.config.external_sign_in ? externalForm(ctx, onSignedIn) : null);
   form.querySelector('input').focus();
 }
 
 // Where an external identity provider is configured, its token signs the reader in as the user the
 // API maps it to (tenant and role from its claims).
-function externalForm(onSignedIn) {
+function externalForm(ctx, onSignedIn) {
   const error = h('p', { class: 'error', role: 'alert' });
   const token = h('textarea', { name: 'token', rows: 3, required: true, autocomplete: 'off', spellcheck: 'false' });
+  const signInUrl = ctx.config.external_sign_in_url;
+  const redirect = signInUrl ? h('button', { type: 'button', class: 'primary', 'data-action': 'external-sign-in',
+    text: t('sign_in_at_provider') }) : null;
+  if (redirect) redirect.addEventListener('click', () => startExternalSignIn(signInUrl));
   const form = h('form', { class: 'card login external' },
     h('h2', { text: t('sign_in_external') }),
+    redirect,
     h('label', {}, h('span', { text: t('external_token') }), token),
     h('button', { type: 'submit', text: t('sign_in') }), error);
   form.addEventListener('submit', async (event) => {

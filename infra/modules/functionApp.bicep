@@ -100,6 +100,9 @@ param authExternalRoleClaim string = 'app_metadata.role'
 @description('Optional. Dotted claim path of the e-mail address in external tokens (AUTH_EXTERNAL_EMAIL_CLAIM).')
 param authExternalEmailClaim string = 'email'
 
+@description('Optional. The external provider\'s sign-in (authorization) URL the dashboard sends readers to (AUTH_EXTERNAL_SIGN_IN_URL). Empty: no such button.')
+param authExternalSignInUri string = ''
+
 // Built-in role definition IDs.
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-bfe8-cba1d4a0bbd0'
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
@@ -357,6 +360,10 @@ var appSettings = [
   {
     name: 'AUTH_EXTERNAL_EMAIL_CLAIM'
     value: authExternalEmailClaim
+  }
+  {
+    name: 'AUTH_EXTERNAL_SIGN_IN_URL'
+    value: authExternalSignInUri
   }
   {
     name: 'PLATFORM_JWT_AUDIENCE'

@@ -89,6 +89,10 @@ class Settings(BaseModel):
     auth_external_audience: str = Field("", alias="AUTH_EXTERNAL_AUDIENCE")
     auth_external_secret: SecretStr = Field(SecretStr(""), alias="AUTH_EXTERNAL_SECRET")
     auth_external_jwks_url: str = Field("", alias="AUTH_EXTERNAL_JWKS_URL")
+    # Where the dashboard sends a reader to sign in at the provider (its authorization URL; the page
+    # adds state and redirect_uri, or fills a {state} placeholder). Empty: no such button, and the
+    # page takes no token from its URL (a pasted one still works).
+    auth_external_sign_in_url: str = Field("", alias="AUTH_EXTERNAL_SIGN_IN_URL")
     auth_external_jwks_timeout_s: float = Field(5.0, alias="AUTH_EXTERNAL_JWKS_TIMEOUT_S", gt=0, le=30)
     auth_external_jwks_cache_s: int = Field(300, alias="AUTH_EXTERNAL_JWKS_CACHE_S", ge=0)
     auth_external_tenant_claim: str = Field("app_metadata.tenant", alias="AUTH_EXTERNAL_TENANT_CLAIM")

@@ -300,51 +300,104 @@ def test_owner_adds_a_user_sees_the_password_once_and_keeps_the_last_owner(stack
     page.screenshot(path=str(screenshots / "users.png"), full_page=True)
 
 
-def test_an_identity_providers_token_signs_in_and_its_role_claim_narrows(stack, page_for, monkeypatch):
+def test_a_link_carrying_another_users_token_signs_nobody_in(stack, page_for):
+    # GIVEN the owner's own access token, in a link someone sends a staff member (no identity provider
+    # configured: the page used to hand any fragment token to the external-token path)
+    token = off_loop(token_for, stack["users"]["owner"])
+    page = page_for()
+    # WHEN the link is opened
+    page.goto(f"/api/dashboard/#access_token={token}&token_type=bearer")
+    # THEN the page shows the sign-in form, signed in as nobody, and the token has left the address bar
+    page.locator("form.login input[name=tenant]").wait_for()
+    assert page.locator("#signout").is_hidden()
+    assert token not in page.url
+    assert page.evaluate("() => JSON.stringify({...sessionStorage})").find(token) == -1
+
+
+class FakeProvider:
+    """An identity provider's authorization endpoint: answers /authorize by redirecting back to the
+    redirect_uri with the token and the state in the fragment (OAuth 2.0's implicit answer)."""
+
+    def __init__(self, token: str) -> None:
+        import http.server
+        import threading
+        from urllib.parse import parse_qs, urlsplit
+
+        provider = self
+        self.requests: list[dict[str, list[str]]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                query = parse_qs(urlsplit(self.path).query)
+                provider.requests.append(query)
+                self.send_response(302)
+                self.send_header("Location", f"{query['redirect_uri'][0]}#access_token={token}&token_type=bearer"
+                                             f"&state={query['state'][0]}")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/authorize?client_id=dashboard"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_identity_providers_sign_in_signs_in_only_as_the_answer_this_tab_asked_for(stack, page_for, monkeypatch):
     import uuid
 
     import jwt
 
     from shared.core.settings import get_settings
 
-    # GIVEN an external provider configured (HS256, Supabase-shaped claims) and the owner's token
-    # from it that narrows the role to viewer, handed over in the URL fragment as a redirect would
+    # GIVEN an external provider configured (HS256, Supabase-shaped claims) with its sign-in page, and
+    # the owner's token from it that narrows the role to viewer
     issuer, audience, secret = "https://idp.example.test/auth/v1", "authenticated", "idp-shared-secret-" + "x" * 24
-    for key, value in {
-        "AUTH_EXTERNAL_ISSUER": issuer,
-        "AUTH_EXTERNAL_AUDIENCE": audience,
-        "AUTH_EXTERNAL_SECRET": secret,
-    }.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
     owner = stack["users"]["owner"]
     now = int(time.time())
-    token = jwt.encode(
-        {
-            "iss": issuer,
-            "aud": audience,
-            "sub": str(uuid.uuid4()),
-            "email": owner["email"],
-            "app_metadata": {"tenant": owner["tenant"]["slug"], "role": "viewer"},
-            "iat": now,
-            "exp": now + 600,
-        },
-        secret,
-        algorithm="HS256",
-    )
-    page = page_for()
-    page.goto("/api/dashboard/")
-    page.locator("form.external").wait_for()
-    page = page_for()
-    page.goto(f"/api/dashboard/#access_token={token}&token_type=bearer")
-    # THEN the page signs in as that user, with the narrowed role, and the token leaves the address bar
-    page.locator("#signout").wait_for(state="visible")
-    assert "viewer" in page.locator("#who").inner_text()
-    assert nav_texts(page) == ["Fleet", "Alerts"]
-    assert token not in page.url
-    assert (
-        page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(token) == -1
-    )
+    token = jwt.encode({"iss": issuer, "aud": audience, "sub": str(uuid.uuid4()), "email": owner["email"],
+                        "app_metadata": {"tenant": owner["tenant"]["slug"], "role": "viewer"},
+                        "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+    provider = FakeProvider(token)
+    for key, value in {"AUTH_EXTERNAL_ISSUER": issuer, "AUTH_EXTERNAL_AUDIENCE": audience,
+                       "AUTH_EXTERNAL_SECRET": secret, "AUTH_EXTERNAL_SIGN_IN_URL": provider.url}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        # WHEN a link hands that token over unasked, with no state or a made-up one
+        for fragment in (f"access_token={token}", f"access_token={token}&state=guessed"):
+            page = page_for()
+            page.goto(f"/api/dashboard/#{fragment}")
+            # THEN nobody is signed in
+            page.locator("form.external").wait_for()
+            assert page.locator("#signout").is_hidden() and token not in page.url
+        # WHEN the reader starts the provider's sign-in from the page
+        page = page_for()
+        page.goto("/api/dashboard/")
+        page.locator("[data-action=external-sign-in]").click()
+        # THEN the provider got a fresh random state and the page's own address, and its answer signs the
+        # reader in as that user, with the narrowed role; the token leaves the address bar and storage
+        page.locator("#signout").wait_for(state="visible")
+        [asked] = provider.requests
+        assert len(asked["state"][0]) >= 40 and asked["redirect_uri"] == [f"{page.url.split('#')[0]}"]
+        assert asked["client_id"] == ["dashboard"]
+        assert "viewer" in page.locator("#who").inner_text()
+        assert nav_texts(page) == ["Fleet", "Alerts"]
+        assert token not in page.url
+        assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
+            token) == -1
+        # AND the answer is spent: the same answer again, in the same tab, signs nobody in
+        page.locator("#signout").click()
+        page.goto("about:blank")
+        page.goto(f"/api/dashboard/#access_token={token}&state={asked['state'][0]}")
+        page.locator("form.external").wait_for()
+        assert page.locator("#signout").is_hidden()
+    finally:
+        provider.close()
 
 
 def test_staff_commission_many_devices_from_a_csv(stack, page_for):

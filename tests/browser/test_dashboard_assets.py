@@ -155,7 +155,8 @@ def test_config_json_carries_the_cadence_and_nothing_secret(monkeypatch):
     )
     # the API's operations, so the page offers only views whose endpoints exist
     assert {"GET /api/devices", "POST /api/devices", "GET /api/me"} <= set(config["operations"])
-    assert set(config) == {"refresh_s", "ca_url", "system_ca", "external_sign_in", "operations"}
+    assert set(config) == {"refresh_s", "ca_url", "system_ca", "external_sign_in", "external_sign_in_url", "operations"}
+    assert config["external_sign_in_url"] is None  # no provider: the page takes no token from its URL
 
 
 def test_broker_ca_is_offered_only_as_a_certificate(tmp_path):
