@@ -72,8 +72,8 @@ def main() -> None:
         }
         os.environ.update(env)
         from function_app import app
+        from shared.accounts.auth import open_session
         from shared.accounts.passwords import hash_password
-        from shared.accounts.tokens import issue_access_token
         from shared.broker.contract import command_topic
         from shared.broker.dynsec import DynsecClient
         from shared.core.db import get_pool, tenant_transaction
@@ -102,7 +102,7 @@ def main() -> None:
             ).fetchone()
             device = conn.execute("SELECT id FROM devices WHERE name = 'press-01'").fetchone()
         assert user is not None and device is not None
-        token = issue_access_token(settings, user["id"], tenant["id"])
+        token = open_session(pool, settings, user["id"], tenant["id"]).access_token
         topic = command_topic("bench", "press-01")
 
         # The device, subscribed to its commands: each phase's commands must all arrive.

@@ -46,8 +46,8 @@ def main() -> None:
         env = stack.create_app_database("bench") | {"AUTH_JWT_SECRET": uuid.uuid4().hex * 2}
         os.environ.update(env)
         from function_app import app
+        from shared.accounts.auth import open_session
         from shared.accounts.passwords import hash_password
-        from shared.accounts.tokens import issue_access_token
         from shared.core.db import get_pool, tenant_transaction
         from shared.core.settings import get_settings
         from tests.support.registry import create_tenant
@@ -63,7 +63,7 @@ def main() -> None:
                 (tenant["id"], hash_password(uuid.uuid4().hex)),
             ).fetchone()
         assert user is not None
-        token = issue_access_token(get_settings(), user["id"], tenant["id"])
+        token = open_session(pool, get_settings(), user["id"], tenant["id"]).access_token
 
         def call(path: str, body: bytes, content_type: str) -> tuple[int, Any]:
             request = func.HttpRequest(

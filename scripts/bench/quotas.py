@@ -49,8 +49,8 @@ def main() -> None:
         os.environ.update(env)
         owner_dsn = stack.postgres.superuser_dsn("bench")
         from function_app import app
+        from shared.accounts.auth import open_session
         from shared.accounts.passwords import hash_password
-        from shared.accounts.tokens import issue_access_token
         from shared.core.db import get_pool, tenant_transaction
         from shared.core.settings import get_settings
         from tests.support.registry import create_tenant
@@ -72,7 +72,7 @@ def main() -> None:
                 (tid, hash_password(uuid.uuid4().hex)),
             ).fetchone()
         assert user is not None
-        token = issue_access_token(get_settings(), user["id"], tenant["id"])
+        token = open_session(pool, get_settings(), user["id"], tenant["id"]).access_token
         api = next(f for f in app.get_functions() if f.get_function_name() == "api").get_user_function()
 
         def set_trigger(enabled: bool) -> None:

@@ -440,11 +440,12 @@ def api_caller(env: dict[str, str], user_id: uuid.UUID, tenant_id: uuid.UUID) ->
     import azure.functions as func
 
     from function_app import app
-    from shared.accounts.tokens import issue_access_token
+    from shared.accounts.auth import open_session
+    from shared.core.db import get_pool
     from shared.core.settings import get_settings
 
     get_settings.cache_clear()
-    token = issue_access_token(get_settings(), user_id, tenant_id)
+    token = open_session(get_pool(), get_settings(), user_id, tenant_id).access_token
     function = next(f for f in app.get_functions() if f.get_function_name() == "api").get_user_function()
 
     def call(device_id: int, frm: datetime, to: datetime) -> None:

@@ -1,9 +1,9 @@
 """Who is acting, and the record of what they did: the two things every feature's use case needs.
 
 acting_user() reads the caller's current row in the request's tenant transaction: a user deleted since
-the token was issued is refused, and the role checked is the one stored now (narrowed by an external
-token's role claim), not the one at login. audit() appends to the tenant's audit log in the same
-transaction, so a change and its record commit together.
+the token was issued is refused, so is a token whose session was logged out, and the role checked is
+the one stored now (narrowed by an external token's role claim), not the one at login. audit() appends
+to the tenant's audit log in the same transaction, so a change and its record commit together.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from shared.core.sql import QUERIES
 
 def acting_user(conn: DictConnection, principal: Principal, *allowed_roles: str) -> dict[str, Any]:
     """The caller's current user row; Unauthenticated if it is gone, Forbidden unless its role is allowed."""
-    row = conn.execute(QUERIES["get_user"], {"tenant_id": principal.tenant_id, "user_id": principal.user_id}).fetchone()
+    row = conn.execute(QUERIES["get_acting_user"], {"tenant_id": principal.tenant_id, "user_id": principal.user_id,
+                                                    "session_id": principal.session_id}).fetchone()
     if row is None:
-        raise Unauthenticated()
+        raise Unauthenticated()  # the user is gone, or the token's session was logged out
     # An external token's role claim narrows the stored role for this request (never raises it).
     row = {**row, "role": effective_role(row["role"], principal)}
     if allowed_roles and row["role"] not in allowed_roles:

@@ -1,9 +1,10 @@
 """Access tokens (short-lived HS256 JWTs, PyJWT) and refresh tokens (random, stored hashed).
 
-An access token says who (sub: user id) in which tenant (tid); verifying it pins the algorithm
-to HS256 (so `alg: none` and algorithm confusion are refused), checks signature, expiry, issuer
-and audience, and requires every claim the API reads. The role is not trusted from the token:
-each request reads the user's current row, so a deleted or demoted user loses access at once.
+An access token says who (sub: user id) in which tenant (tid) in which sign-in (sid); verifying it
+pins the algorithm to HS256 (so `alg: none` and algorithm confusion are refused), checks signature,
+expiry, issuer and audience, and requires every claim the API reads. The role is not trusted from
+the token: each request reads the user's current row, and the session's, so a deleted or demoted
+user loses access at once, and so does a token whose session was logged out.
 
 A refresh token is "<tenant id>.<256 random bits>": the tenant part only says which tenant's
 rows to search (inside that tenant's RLS scope); the random part must match a stored SHA-256.
@@ -37,7 +38,7 @@ from shared.core.settings import Settings
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32
-_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "tid"]
+_REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "tid", "sid"]
 
 ROLES = ("owner", "staff", "viewer")  # most rights first
 EXTERNAL_SECRET_ALGORITHMS = ["HS256"]
@@ -50,11 +51,14 @@ EXTERNAL_LEEWAY_S = 10
 @dataclass(frozen=True)
 class Principal:
     """Who a verified access token speaks for. role_cap is an external token's role claim: the
-    most this request may do, whatever the user's stored role (it narrows, never raises)."""
+    most this request may do, whatever the user's stored role (it narrows, never raises).
+    session_id: the sign-in our own token belongs to (None for an external provider's token); the
+    token works only while that session lasts (logout ends it)."""
 
     user_id: uuid.UUID
     tenant_id: uuid.UUID
     role_cap: str | None = None
+    session_id: uuid.UUID | None = None
 
 
 def effective_role(stored_role: str, principal: Principal) -> str:
@@ -81,13 +85,14 @@ def signing_secret(settings: Settings) -> bytes:
     return secret
 
 
-def issue_access_token(settings: Settings, user_id: uuid.UUID, tenant_id: uuid.UUID) -> str:
+def issue_access_token(settings: Settings, user_id: uuid.UUID, tenant_id: uuid.UUID, session_id: uuid.UUID) -> str:
     now = int(time.time())
     claims = {
         "iss": settings.auth_jwt_issuer,
         "aud": settings.auth_jwt_audience,
         "sub": str(user_id),
         "tid": str(tenant_id),
+        "sid": str(session_id),
         "iat": now,
         "exp": now + settings.auth_access_token_ttl_s,
         "jti": secrets.token_hex(8),
@@ -107,7 +112,8 @@ def verify_access_token(settings: Settings, token: str) -> Principal:
             options={"require": _REQUIRED_CLAIMS},
             leeway=5,
         )
-        return Principal(uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["tid"])))
+        return Principal(uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["tid"])),
+                         session_id=uuid.UUID(str(claims["sid"])))
     except (jwt.InvalidTokenError, ValueError):
         # Which check failed is not the client's business: one fixed message for all.
         raise Unauthenticated() from None

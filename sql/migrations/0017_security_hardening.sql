@@ -9,3 +9,10 @@ AS $$
 $$;
 REVOKE ALL ON FUNCTION broker_next_credential_expiry_s() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION broker_next_credential_expiry_s() TO mqtt_saas_app;
+
+-- A sign-in's session: every refresh token of one login carries its id, and the access tokens issued
+-- with them name it (claim sid). The API's per-request read of the acting user checks the session
+-- still has a live refresh token, so logging out (which revokes them) ends the access tokens at
+-- once instead of at their expiry. Existing rows become sessions of their own.
+ALTER TABLE refresh_tokens ADD COLUMN session_id uuid NOT NULL DEFAULT gen_random_uuid();
+CREATE INDEX refresh_tokens_live_session ON refresh_tokens (tenant_id, session_id) WHERE revoked_at IS NULL;

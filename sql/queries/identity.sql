@@ -6,6 +6,18 @@ SELECT user_id, tenant_id, role, password_hash FROM find_login(%(tenant_slug)s, 
 -- A login whose hash used weaker parameters stores the rehash (inside the user's tenant).
 UPDATE users SET password_hash = %(password_hash)s WHERE tenant_id = %(tenant_id)s AND id = %(user_id)s
 
+-- get_acting_user --
+-- The user a request's access token speaks for, while its session lasts: a session id (our own
+-- tokens) must still have a live refresh token, so a logout ends its access tokens at once. NULL
+-- session (an external provider's token): the provider's expiry alone.
+SELECT u.id, u.tenant_id, t.slug AS tenant_slug, u.email, u.role, u.created_at
+FROM users u JOIN tenants t ON t.id = u.tenant_id
+WHERE u.tenant_id = %(tenant_id)s AND u.id = %(user_id)s
+  AND (%(session_id)s::uuid IS NULL OR EXISTS (
+        SELECT 1 FROM refresh_tokens r
+        WHERE r.tenant_id = u.tenant_id AND r.session_id = %(session_id)s AND r.user_id = u.id
+          AND r.revoked_at IS NULL AND r.expires_at > now()))
+
 -- get_user --
 -- The acting user of a request, or a user an owner asks about; no row if gone or in another tenant.
 SELECT u.id, u.tenant_id, t.slug AS tenant_slug, u.email, u.role, u.created_at
@@ -44,19 +56,26 @@ UPDATE users SET role = %(role)s WHERE tenant_id = %(tenant_id)s AND id = %(user
 DELETE FROM users WHERE tenant_id = %(tenant_id)s AND id = %(user_id)s
 
 -- insert_refresh_token --
-INSERT INTO refresh_tokens (tenant_id, user_id, token_hash, expires_at)
-VALUES (%(tenant_id)s, %(user_id)s, %(token_hash)s, now() + make_interval(secs => %(ttl_s)s))
-RETURNING id, expires_at
+-- session_id: the session the token continues (a refresh), or NULL for a new one (a login).
+INSERT INTO refresh_tokens (tenant_id, user_id, token_hash, expires_at, session_id)
+VALUES (%(tenant_id)s, %(user_id)s, %(token_hash)s, now() + make_interval(secs => %(ttl_s)s),
+        coalesce(%(session_id)s::uuid, gen_random_uuid()))
+RETURNING id, expires_at, session_id
 
 -- take_refresh_token --
 -- The token's row, locked so two refreshes with one token cannot both succeed.
-SELECT id, user_id, expires_at, revoked_at, expires_at <= now() AS expired
+SELECT id, user_id, session_id, expires_at, revoked_at, expires_at <= now() AS expired
 FROM refresh_tokens WHERE tenant_id = %(tenant_id)s AND token_hash = %(token_hash)s
 FOR UPDATE
 
 -- revoke_refresh_token --
 UPDATE refresh_tokens SET revoked_at = now()
 WHERE tenant_id = %(tenant_id)s AND token_hash = %(token_hash)s AND revoked_at IS NULL
+
+-- revoke_session --
+-- Logout: every refresh token of the session goes, and with them its access tokens.
+UPDATE refresh_tokens SET revoked_at = now()
+WHERE tenant_id = %(tenant_id)s AND session_id = %(session_id)s AND revoked_at IS NULL
 
 -- revoke_user_refresh_tokens --
 -- A revoked token presented again means it was copied: every token of that user goes.

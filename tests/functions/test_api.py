@@ -266,6 +266,31 @@ def test_logout_revokes_the_refresh_token_and_is_idempotent(api, owner):
         assert_problem(call("POST", "/api/auth/refresh", {"refresh_token": junk}), 401, "invalid-refresh-token")
 
 
+def test_logout_ends_the_sessions_access_tokens_at_once_and_no_other_session(api, owner):
+    # GIVEN the owner signed in twice (a laptop and a phone), the laptop having refreshed once
+    laptop, phone = login(owner).json, login(owner, source="198.51.100.9").json
+    refreshed = call("POST", "/api/auth/refresh", {"refresh_token": laptop["refresh_token"]}).json
+    # (a refresh continues the session: the access token from before it works until it expires)
+    for token in (laptop["access_token"], refreshed["access_token"], phone["access_token"]):
+        assert call("GET", "/api/me", token=token).status == 200
+    # WHEN the laptop signs out
+    assert call("POST", "/api/auth/logout", {"refresh_token": refreshed["refresh_token"]}).status == 204
+    # THEN both of its access tokens stop working at once (they used to work until their expiry, 15 min)
+    for token in (laptop["access_token"], refreshed["access_token"]):
+        assert_problem(call("GET", "/api/me", token=token), 401, "unauthenticated")
+    # AND the phone's session goes on
+    assert call("GET", "/api/me", token=phone["access_token"]).status == 200
+    assert call("POST", "/api/auth/refresh", {"refresh_token": phone["refresh_token"]}).status == 200
+
+
+def test_a_reused_refresh_token_ends_every_session_and_its_access_tokens(api, owner):
+    first, second = login(owner).json, login(owner).json
+    assert call("POST", "/api/auth/refresh", {"refresh_token": first["refresh_token"]}).status == 200
+    # a refresh token that comes back after its rotation was copied: every session of the user ends
+    assert call("POST", "/api/auth/refresh", {"refresh_token": first["refresh_token"]}).status == 401
+    assert call("GET", "/api/me", token=second["access_token"]).status == 401
+
+
 def test_refresh_token_names_its_tenant_but_cannot_reach_another(api, app_pool, owner):
     other = new_user(app_pool, new_tenant(app_pool), "owner")
     tokens = login(owner).json
@@ -293,6 +318,22 @@ def test_login_throttle_refuses_the_guessing_source_but_not_the_user_elsewhere(m
         for _ in range(2):
             assert login(other, password="guess guess guess", source="192.0.2.66").status == 401
         assert_problem(login(other, source="192.0.2.66"), 429, "too-many-login-attempts")
+    finally:
+        close_api_pool()
+
+
+def test_login_throttle_counts_an_ipv6_network_as_one_source(monkeypatch, database, app_pool, owner):
+    export_api_settings(monkeypatch, database, AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT="3",
+                        AUTH_LOGIN_MAX_FAILURES_PER_SOURCE="50")
+    try:
+        # GIVEN a stranger guessing from a new address of their own /64 each time (as the platform's
+        # front end appends it, after whatever the client claimed)
+        for host in range(1, 4):
+            assert login(owner, password="guess guess guess",
+                         source=f"10.9.9.{host}, 2001:db8:7:7::{host:x}").status == 401
+        # THEN the next address of that /64 is refused, another network is not
+        assert_problem(login(owner, source="2001:db8:7:7:ffff::1"), 429, "too-many-login-attempts")
+        assert login(owner, source="2001:db8:7:8::1").status == 200
     finally:
         close_api_pool()
 

@@ -125,12 +125,13 @@ def token_for(user: dict[str, Any]) -> str:
 
 
 def mint_token(user: dict[str, Any]) -> str:
-    """An access token as login would issue it, without login's argon2 work, throttle or audit row
-    (for tests that need many callers; export_api_settings first)."""
-    from shared.accounts.tokens import issue_access_token
+    """An access token as login would issue it (a session of its own), without login's argon2 work,
+    throttle or audit row (for tests that need many callers; export_api_settings first)."""
+    from shared.accounts.auth import open_session
+    from shared.core.db import get_pool
     from shared.core.settings import get_settings
 
-    return issue_access_token(get_settings(), user["id"], user["tenant"]["id"])
+    return open_session(get_pool(), get_settings(), user["id"], user["tenant"]["id"]).access_token
 
 
 ROLES = ("owner", "staff", "viewer")
