@@ -6,6 +6,7 @@ import azure.functions as func
 
 from shared.core.db import get_pool
 from shared.core.health import check_health
+from shared.http.middleware import RESPONSE_HEADERS
 
 bp = func.Blueprint()
 
@@ -17,4 +18,5 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
         json.dumps(report.as_dict()),
         status_code=200 if report.ok else 503,
         mimetype="application/json",
+        headers={name.decode(): value.decode() for name, value in RESPONSE_HEADERS},  # as every API answer
     )

@@ -103,14 +103,10 @@ def create_export(
         from azure.storage.blob import ContentSettings
 
         with file.path.open("rb") as data:
-            container.upload_blob(
-                name,
-                data,
-                overwrite=True,
-                length=file.bytes,
-                content_settings=ContentSettings(content_type=content_type),
-                metadata={"row_count": str(file.row_count), "sha256": file.sha256},
-            )
+            container.upload_blob(name, data, overwrite=True, length=file.bytes,
+                                  # Whoever holds the link reads a tenant's data: no cache along the way keeps it.
+                                  content_settings=ContentSettings(content_type=content_type, cache_control="no-store"),
+                                  metadata={"row_count": str(file.row_count), "sha256": file.sha256})
     expires_at = now + timedelta(seconds=settings.export_link_ttl_s)
     url = read_link(container, name, now, expires_at)
     observability.event(

@@ -79,6 +79,7 @@ def test_health_reports_database_and_last_ingest_run(app_settings, database):
     body = json.loads(response.get_body())
     assert response.status_code == 200
     assert (body["status"], body["database"], body["last_ingest_status"]) == ("ok", "ok", "ok")
+    assert (response.headers["Cache-Control"], response.headers["X-Content-Type-Options"]) == ("no-store", "nosniff")
 
 
 def test_health_answers_503_with_a_fixed_message_when_the_database_is_unreachable(app_settings, caplog):

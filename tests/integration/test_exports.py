@@ -61,6 +61,8 @@ def tenant_with_readings(app_pool, owner_dsn: str) -> tuple[dict, list[int]]:
 def fetch(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=10) as reply:
+            # the file is a tenant's data behind a bearer link: no cache may keep it
+            assert reply.headers.get("Cache-Control") == "no-store"
             return reply.status, reply.read()
     except urllib.error.HTTPError as error:
         with error:  # it holds the response's socket; left to the garbage collector it warns in a later test
