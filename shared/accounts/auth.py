@@ -5,7 +5,7 @@ account alone: a stranger who guesses at a user's password from elsewhere fills 
 address's counters and is refused, while the user, from their own address, can still log in.
 (A stranger behind the same address as the user, e.g. one office NAT, can still slow them down;
 that is the price of not being able to tell them apart.) An IPv6 source counts as its /64. The
-address is the one the platform's front end saw (shared/api/deps.py source_address).
+address is the one the platform's front end saw (shared/http/deps.py source_address).
 """
 
 from __future__ import annotations
