@@ -30,9 +30,16 @@ def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
         ca_available = static.broker_ca(settings.mqtt_ca_file) is not None
         external = bool(settings.auth_external_issuer)
         operations = static.offered_operations(api_app.openapi())  # FastAPI builds the document once
-        return _reply(static.page_config(settings.ingest_schedule, ca_available, settings.mqtt_ca_file is None,
-                                         external, operations,
-                                         settings.auth_external_sign_in_url if external else ""))
+        return _reply(
+            static.page_config(
+                settings.ingest_schedule,
+                ca_available,
+                settings.mqtt_ca_file is None,
+                external,
+                operations,
+                settings.auth_external_sign_in_url if external else "",
+            )
+        )
     if path == "broker-ca.pem":
         return _reply(static.broker_ca(get_settings().mqtt_ca_file))
     return _reply(static.find_asset(path))

@@ -21,8 +21,10 @@ from shared.core.sql import QUERIES
 
 def acting_user(conn: DictConnection, principal: Principal, *allowed_roles: str) -> dict[str, Any]:
     """The caller's current user row; Unauthenticated if it is gone, Forbidden unless its role is allowed."""
-    row = conn.execute(QUERIES["get_acting_user"], {"tenant_id": principal.tenant_id, "user_id": principal.user_id,
-                                                    "session_id": principal.session_id}).fetchone()
+    row = conn.execute(
+        QUERIES["get_acting_user"],
+        {"tenant_id": principal.tenant_id, "user_id": principal.user_id, "session_id": principal.session_id},
+    ).fetchone()
     if row is None:
         raise Unauthenticated()  # the user is gone, or the token's session was logged out
     # An external token's role claim narrows the stored role for this request (never raises it).

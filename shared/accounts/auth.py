@@ -72,15 +72,31 @@ def refuse_if_throttled(conn: DictConnection, settings: Settings, source_key: by
             raise TooManyLoginAttempts(int(wait) + 1)
 
 
-def _issue(conn: DictConnection, settings: Settings, user_id: uuid.UUID, tenant_id: uuid.UUID,
-           session_id: uuid.UUID | None = None) -> TokenPair:
+def _issue(
+    conn: DictConnection,
+    settings: Settings,
+    user_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    session_id: uuid.UUID | None = None,
+) -> TokenPair:
     """A refresh token continuing session_id (a refresh), or opening a session (a login), and its access token."""
     refresh, digest = new_refresh_token(tenant_id)
-    row = one_row(conn.execute(QUERIES["insert_refresh_token"], {
-        "tenant_id": tenant_id, "user_id": user_id, "token_hash": digest, "ttl_s": settings.auth_refresh_token_ttl_s,
-        "session_id": session_id}), "insert_refresh_token")
-    return TokenPair(issue_access_token(settings, user_id, tenant_id, row["session_id"]),
-                     settings.auth_access_token_ttl_s, refresh)
+    row = one_row(
+        conn.execute(
+            QUERIES["insert_refresh_token"],
+            {
+                "tenant_id": tenant_id,
+                "user_id": user_id,
+                "token_hash": digest,
+                "ttl_s": settings.auth_refresh_token_ttl_s,
+                "session_id": session_id,
+            },
+        ),
+        "insert_refresh_token",
+    )
+    return TokenPair(
+        issue_access_token(settings, user_id, tenant_id, row["session_id"]), settings.auth_access_token_ttl_s, refresh
+    )
 
 
 def open_session(pool: DictPool, settings: Settings, user_id: uuid.UUID, tenant_id: uuid.UUID) -> TokenPair:

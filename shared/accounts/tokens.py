@@ -112,8 +112,9 @@ def verify_access_token(settings: Settings, token: str) -> Principal:
             options={"require": _REQUIRED_CLAIMS},
             leeway=5,
         )
-        return Principal(uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["tid"])),
-                         session_id=uuid.UUID(str(claims["sid"])))
+        return Principal(
+            uuid.UUID(str(claims["sub"])), uuid.UUID(str(claims["tid"])), session_id=uuid.UUID(str(claims["sid"]))
+        )
     except (jwt.InvalidTokenError, ValueError):
         # Which check failed is not the client's business: one fixed message for all.
         raise Unauthenticated() from None

@@ -82,18 +82,21 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # 168.63.129.16 (WireServer: the VM agent's channel, platform DNS and health probes) "global", so it
 # is named here; the others already fall in a range refused anyway (link-local, unique-local, CGNAT)
 # and are named so that a test holds each to it.
-PLATFORM_NETWORKS = tuple(ipaddress.ip_network(net) for net in (
-    "168.63.129.16/32",   # Azure WireServer
-    "169.254.169.254/32",  # instance metadata: Azure IMDS, AWS, Google Cloud, Oracle, DigitalOcean
-    "169.254.169.253/32",  # AWS Route 53 resolver
-    "169.254.169.123/32",  # AWS time sync
-    "169.254.170.2/32",    # AWS ECS task metadata
-    "fd00:ec2::254/128",   # AWS instance metadata over IPv6
-    "fd00:ec2::253/128",   # AWS resolver over IPv6
-    "fd00:ec2::123/128",   # AWS time sync over IPv6
-    "fd20:ce::254/128",    # Google Cloud metadata over IPv6
-    "100.100.100.200/32",  # Alibaba Cloud metadata
-))
+PLATFORM_NETWORKS = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "168.63.129.16/32",  # Azure WireServer
+        "169.254.169.254/32",  # instance metadata: Azure IMDS, AWS, Google Cloud, Oracle, DigitalOcean
+        "169.254.169.253/32",  # AWS Route 53 resolver
+        "169.254.169.123/32",  # AWS time sync
+        "169.254.170.2/32",  # AWS ECS task metadata
+        "fd00:ec2::254/128",  # AWS instance metadata over IPv6
+        "fd00:ec2::253/128",  # AWS resolver over IPv6
+        "fd00:ec2::123/128",  # AWS time sync over IPv6
+        "fd20:ce::254/128",  # Google Cloud metadata over IPv6
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+    )
+)
 _JITTER = random.Random()
 
 
@@ -173,8 +176,13 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None:
             return is_public_address(embedded)
-    return (address.is_global and not address.is_multicast and not address.is_reserved
-            and not address.is_unspecified and not any(address in network for network in PLATFORM_NETWORKS))
+    return (
+        address.is_global
+        and not address.is_multicast
+        and not address.is_reserved
+        and not address.is_unspecified
+        and not any(address in network for network in PLATFORM_NETWORKS)
+    )
 
 
 def _split(url: str, settings: Settings) -> tuple[SplitResult, str, int]:

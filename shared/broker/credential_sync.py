@@ -458,12 +458,14 @@ def retire_expired_credentials(pool: DictPool) -> int:
 def seconds_to_next_expiry(pool: DictPool) -> float | None:
     with pool.connection() as conn:
         seconds: float | None = one_row(conn.execute(QUERIES["next_credential_expiry"]), "next_credential_expiry")[
-            "seconds"]
+            "seconds"
+        ]
     return seconds
 
 
-def run_broker_sync(pool: DictPool, settings: Settings, only_tenants: Collection[str] | None = None
-                    ) -> BrokerSyncReport:
+def run_broker_sync(
+    pool: DictPool, settings: Settings, only_tenants: Collection[str] | None = None
+) -> BrokerSyncReport:
     """The broker_sync timer: retire ended overlaps (waiting up to RETIRE_WAIT_S for one about to
     end), apply the outbox, then reconcile (skipped while the broker is unreachable: the next run
     does it)."""

@@ -13,6 +13,7 @@ For XLSX the writer must also store a text cell as a string (openpyxl's `data_ty
 XlsxWriter's `write_string`): both libraries otherwise turn a string starting with `=` into a
 formula. Parquet files are data for programs, not spreadsheets, and keep their text exactly.
 """
+
 from __future__ import annotations
 
 import csv

@@ -467,10 +467,17 @@ def rotate_credential(
                 conn.execute(QUERIES["drop_credential"], {**key, "slot": current})
                 commands.append(Command("delete_client", device_username(slug, name, current)))
             else:
-                conn.execute(QUERIES["expire_credential"], {**key, "slot": current, "overlap_s": overlap_s,
-                                                            "period_s": credential_sync.BROKER_SYNC_PERIOD_S})
-        conn.execute(QUERIES["insert_credentials"], {"tenant_id": principal.tenant_id, "rows": Jsonb([
-            {"device_id": device_id, "slot": new, "username": device_username(slug, name, new)}])})
+                conn.execute(
+                    QUERIES["expire_credential"],
+                    {**key, "slot": current, "overlap_s": overlap_s, "period_s": credential_sync.BROKER_SYNC_PERIOD_S},
+                )
+        conn.execute(
+            QUERIES["insert_credentials"],
+            {
+                "tenant_id": principal.tenant_id,
+                "rows": Jsonb([{"device_id": device_id, "slot": new, "username": device_username(slug, name, new)}]),
+            },
+        )
         conn.execute(QUERIES["clear_needs_rotation"], key)
         queue_commands(conn, settings, principal.tenant_id, slug, device_id, name, commands)
         audit(

@@ -1,6 +1,7 @@
 """What the API does to every request and answer, whichever route: answers get the API's headers,
 and a JSON body must be Unicode text. Plain ASGI (like the problem middleware in problems.py), for
 the Functions adapter."""
+
 from __future__ import annotations
 
 import email.message
@@ -16,8 +17,10 @@ from shared.http.problems import problem_response
 # cannot forget it. nosniff: a browser never runs a JSON answer as a script or a page.
 RESPONSE_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 
-LONE_SURROGATE = ("A string in the body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair), "
-                  "which is not Unicode text.")
+LONE_SURROGATE = (
+    "A string in the body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair), "
+    "which is not Unicode text."
+)
 
 
 class ResponseHeaders:
@@ -86,9 +89,13 @@ class UnicodeJsonBodies:
                 break
         body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
         if b"\\u" in body and has_lone_surrogate(body):
-            response = problem_response(422, "validation", "Unprocessable Content",
-                                        "The request is not valid: see invalid-params.",
-                                        invalid_params=[{"name": "body", "reason": LONE_SURROGATE}])
+            response = problem_response(
+                422,
+                "validation",
+                "Unprocessable Content",
+                "The request is not valid: see invalid-params.",
+                invalid_params=[{"name": "body", "reason": LONE_SURROGATE}],
+            )
             await response(scope, receive, send)
             return
 

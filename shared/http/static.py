@@ -125,20 +125,28 @@ def offered_operations(openapi: Mapping[str, Any]) -> list[str]:
     )
 
 
-def page_config(ingest_schedule: str, ca_available: bool, system_ca: bool, external_sign_in: bool,
-                operations: list[str], external_sign_in_url: str = "") -> Asset:
+def page_config(
+    ingest_schedule: str,
+    ca_available: bool,
+    system_ca: bool,
+    external_sign_in: bool,
+    operations: list[str],
+    external_sign_in_url: str = "",
+) -> Asset:
     """config.json: what the page needs to know of this deployment (nothing secret). system_ca: the
     broker's certificate is publicly trusted (no MQTT_CA_FILE, e.g. Let's Encrypt), so a device's own CA
     store verifies it and the page shows examples without a CA file. external_sign_in_url: the
     provider's sign-in, the only way a token in the page's URL is taken (as the answer to it)."""
-    body = json.dumps({
-        "refresh_s": refresh_interval_s(ingest_schedule),
-        "ca_url": "broker-ca.pem" if ca_available else None,
-        "system_ca": system_ca,
-        "external_sign_in": external_sign_in,
-        "external_sign_in_url": external_sign_in_url or None,
-        "operations": operations,
-    }).encode()
+    body = json.dumps(
+        {
+            "refresh_s": refresh_interval_s(ingest_schedule),
+            "ca_url": "broker-ca.pem" if ca_available else None,
+            "system_ca": system_ca,
+            "external_sign_in": external_sign_in,
+            "external_sign_in_url": external_sign_in_url or None,
+            "operations": operations,
+        }
+    ).encode()
     return Asset(body, "application/json", {**SECURITY_HEADERS, "Cache-Control": "no-cache"})
 
 

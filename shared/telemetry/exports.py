@@ -88,9 +88,16 @@ def create_export(
                 rows = _copy_raw(conn, params, csv_path)
             else:
                 rows = _write_spreadsheet_csv(conn, params, csv_path)
-            audit(conn, principal.tenant_id, user["id"], "telemetry.export", "export", name, source,
-                  {"format": fmt, "device_id": device_id, "from": start.isoformat(), "to": end.isoformat(),
-                   "rows": rows})
+            audit(
+                conn,
+                principal.tenant_id,
+                user["id"],
+                "telemetry.export",
+                "export",
+                name,
+                source,
+                {"format": fmt, "device_id": device_id, "from": start.isoformat(), "to": end.isoformat(), "rows": rows},
+            )
         if fmt == "parquet":
             file = write_parquet(
                 csv_path,
@@ -103,10 +110,15 @@ def create_export(
         from azure.storage.blob import ContentSettings
 
         with file.path.open("rb") as data:
-            container.upload_blob(name, data, overwrite=True, length=file.bytes,
-                                  # Whoever holds the link reads a tenant's data: no cache along the way keeps it.
-                                  content_settings=ContentSettings(content_type=content_type, cache_control="no-store"),
-                                  metadata={"row_count": str(file.row_count), "sha256": file.sha256})
+            container.upload_blob(
+                name,
+                data,
+                overwrite=True,
+                length=file.bytes,
+                # Whoever holds the link reads a tenant's data: no cache along the way keeps it.
+                content_settings=ContentSettings(content_type=content_type, cache_control="no-store"),
+                metadata={"row_count": str(file.row_count), "sha256": file.sha256},
+            )
     expires_at = now + timedelta(seconds=settings.export_link_ttl_s)
     url = read_link(container, name, now, expires_at)
     observability.event(
@@ -129,8 +141,10 @@ def _copy_raw(conn: DictConnection, params: dict[str, Any], path: Path) -> int:
 def _write_spreadsheet_csv(conn: DictConnection, params: dict[str, Any], path: Path) -> int:
     """The rows as a CSV for people: through shared/core/spreadsheet.py, so no cell is a formula. A
     server-side cursor keeps memory flat whatever the range holds."""
-    with conn.cursor("export_rows", row_factory=tuple_row) as cursor, \
-            path.open("w", encoding="utf-8", newline="") as out:
+    with (
+        conn.cursor("export_rows", row_factory=tuple_row) as cursor,
+        path.open("w", encoding="utf-8", newline="") as out,
+    ):
         cursor.itersize = EXPORT_FETCH_ROWS
         cursor.execute(QUERIES["export_range_rows"], params)
         return write_csv(out, CSV_HEADER, cursor)

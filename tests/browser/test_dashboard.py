@@ -331,8 +331,10 @@ class FakeProvider:
                 query = parse_qs(urlsplit(self.path).query)
                 provider.requests.append(query)
                 self.send_response(302)
-                self.send_header("Location", f"{query['redirect_uri'][0]}#access_token={token}&token_type=bearer"
-                                             f"&state={query['state'][0]}")
+                self.send_header(
+                    "Location",
+                    f"{query['redirect_uri'][0]}#access_token={token}&token_type=bearer&state={query['state'][0]}",
+                )
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -359,12 +361,26 @@ def test_an_identity_providers_sign_in_signs_in_only_as_the_answer_this_tab_aske
     issuer, audience, secret = "https://idp.example.test/auth/v1", "authenticated", "idp-shared-secret-" + "x" * 24
     owner = stack["users"]["owner"]
     now = int(time.time())
-    token = jwt.encode({"iss": issuer, "aud": audience, "sub": str(uuid.uuid4()), "email": owner["email"],
-                        "app_metadata": {"tenant": owner["tenant"]["slug"], "role": "viewer"},
-                        "iat": now, "exp": now + 600}, secret, algorithm="HS256")
+    token = jwt.encode(
+        {
+            "iss": issuer,
+            "aud": audience,
+            "sub": str(uuid.uuid4()),
+            "email": owner["email"],
+            "app_metadata": {"tenant": owner["tenant"]["slug"], "role": "viewer"},
+            "iat": now,
+            "exp": now + 600,
+        },
+        secret,
+        algorithm="HS256",
+    )
     provider = FakeProvider(token)
-    for key, value in {"AUTH_EXTERNAL_ISSUER": issuer, "AUTH_EXTERNAL_AUDIENCE": audience,
-                       "AUTH_EXTERNAL_SECRET": secret, "AUTH_EXTERNAL_SIGN_IN_URL": provider.url}.items():
+    for key, value in {
+        "AUTH_EXTERNAL_ISSUER": issuer,
+        "AUTH_EXTERNAL_AUDIENCE": audience,
+        "AUTH_EXTERNAL_SECRET": secret,
+        "AUTH_EXTERNAL_SIGN_IN_URL": provider.url,
+    }.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     try:
@@ -388,8 +404,10 @@ def test_an_identity_providers_sign_in_signs_in_only_as_the_answer_this_tab_aske
         assert "viewer" in page.locator("#who").inner_text()
         assert nav_texts(page) == ["Fleet", "Alerts"]
         assert token not in page.url
-        assert page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(
-            token) == -1
+        assert (
+            page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(token)
+            == -1
+        )
         # AND the answer is spent: the same answer again, in the same tab, signs nobody in
         page.locator("#signout").click()
         page.goto("about:blank")

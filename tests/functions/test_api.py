@@ -102,16 +102,20 @@ def json_operations() -> list[tuple[str, str]]:
     """(method, path) of every operation whose request body is JSON, from the served OpenAPI document."""
     from shared.http.app import api as app
 
-    return sorted((method.upper(), path) for path, item in app.openapi()["paths"].items()
-                  for method, operation in item.items()
-                  if "application/json" in operation.get("requestBody", {}).get("content", {}))
+    return sorted(
+        (method.upper(), path)
+        for path, item in app.openapi()["paths"].items()
+        for method, operation in item.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    )
 
 
 def test_a_lone_surrogate_in_any_json_body_is_422_never_a_500(api, database, tenant, owner):
     # GIVEN a device (the command route stored its args as they came: PostgreSQL refused them, 500)
     with psycopg.connect(database.owner_dsn, autocommit=True) as conn:
-        device = conn.execute("INSERT INTO devices (tenant_id, name) VALUES (%s, 'm-1') RETURNING id",
-                              (tenant["id"],)).fetchone()[0]
+        device = conn.execute(
+            "INSERT INTO devices (tenant_id, name) VALUES (%s, 'm-1') RETURNING id", (tenant["id"],)
+        ).fetchone()[0]
     token = token_for(owner)
     # WHEN a command's args hold a lone surrogate as a value or as a key (the escape as JSON sends it)
     for raw in (rb'{"name": "set_point", "args": {"v": "\ud800"}}', rb'{"name": "set_point", "args": {"\udfff": 1}}'):
@@ -123,12 +127,19 @@ def test_a_lone_surrogate_in_any_json_body_is_422_never_a_500(api, database, ten
     operations = json_operations()
     assert ("POST", "/api/auth/login") in operations and len(operations) > 10
     for method, path in operations:
-        route = path.replace("{device_id}", str(device)).replace("{rule_id}", str(uuid.uuid4())).replace(
-            "{user_id}", str(uuid.uuid4())).replace("{event_id}", "1").replace("{tenant_id}", str(uuid.uuid4()))
+        route = (
+            path.replace("{device_id}", str(device))
+            .replace("{rule_id}", str(uuid.uuid4()))
+            .replace("{user_id}", str(uuid.uuid4()))
+            .replace("{event_id}", "1")
+            .replace("{tenant_id}", str(uuid.uuid4()))
+        )
         reply = call(method, route, raw=rb'{"name": "x\udc00y"}', token=token)
         assert reply.status == 422 and reply.json["invalid-params"][0]["reason"] == LONE_SURROGATE, (method, path)
     # AND a surrogate pair (an emoji) is text like any other
-    emoji = call("POST", "/api/auth/login", raw=b'{"tenant": "t", "email": "a@b.example", "password": "\\ud83d\\ude00"}')
+    emoji = call(
+        "POST", "/api/auth/login", raw=b'{"tenant": "t", "email": "a@b.example", "password": "\\ud83d\\ude00"}'
+    )
     assert emoji.status == 401
 
 
@@ -323,14 +334,17 @@ def test_login_throttle_refuses_the_guessing_source_but_not_the_user_elsewhere(m
 
 
 def test_login_throttle_counts_an_ipv6_network_as_one_source(monkeypatch, database, app_pool, owner):
-    export_api_settings(monkeypatch, database, AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT="3",
-                        AUTH_LOGIN_MAX_FAILURES_PER_SOURCE="50")
+    export_api_settings(
+        monkeypatch, database, AUTH_LOGIN_MAX_FAILURES_PER_ACCOUNT="3", AUTH_LOGIN_MAX_FAILURES_PER_SOURCE="50"
+    )
     try:
         # GIVEN a stranger guessing from a new address of their own /64 each time (as the platform's
         # front end appends it, after whatever the client claimed)
         for host in range(1, 4):
-            assert login(owner, password="guess guess guess",
-                         source=f"10.9.9.{host}, 2001:db8:7:7::{host:x}").status == 401
+            assert (
+                login(owner, password="guess guess guess", source=f"10.9.9.{host}, 2001:db8:7:7::{host:x}").status
+                == 401
+            )
         # THEN the next address of that /64 is refused, another network is not
         assert_problem(login(owner, source="2001:db8:7:7:ffff::1"), 429, "too-many-login-attempts")
         assert login(owner, source="2001:db8:7:8::1").status == 200

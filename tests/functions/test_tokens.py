@@ -158,8 +158,15 @@ def ours(user: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """Our own claims for user, in a live session of theirs (a token names its sign-in)."""
     now = int(time.time())
     session = jwt.decode(mint_token(user), options={"verify_signature": False})["sid"]
-    claims = {"iss": OUR_ISSUER, "aud": OUR_AUDIENCE, "sub": str(user["id"]), "tid": str(user["tenant"]["id"]),
-              "sid": session, "iat": now, "exp": now + 600}
+    claims = {
+        "iss": OUR_ISSUER,
+        "aud": OUR_AUDIENCE,
+        "sub": str(user["id"]),
+        "tid": str(user["tenant"]["id"]),
+        "sid": session,
+        "iat": now,
+        "exp": now + 600,
+    }
     claims.update(overrides)
     return claims
 
@@ -202,9 +209,21 @@ def test_own_token_opens_me(api, owner):
     assert reply.status == 200 and reply.json["id"] == str(owner["id"]), reply.body
 
 
-OWN_BAD = ["forged_signature", "expired", "wrong_issuer", "wrong_audience", "alg_none", "hs_rs_confusion",
-           "rs256_signed", "missing_exp", "garbage", "empty_segments", "not_a_uuid_subject", "missing_session",
-           "unknown_session"]
+OWN_BAD = [
+    "forged_signature",
+    "expired",
+    "wrong_issuer",
+    "wrong_audience",
+    "alg_none",
+    "hs_rs_confusion",
+    "rs256_signed",
+    "missing_exp",
+    "garbage",
+    "empty_segments",
+    "not_a_uuid_subject",
+    "missing_session",
+    "unknown_session",
+]
 
 
 @pytest.mark.parametrize("case", OWN_BAD)
@@ -226,8 +245,9 @@ def test_own_bad_tokens_are_refused(api, owner, jwks, case):
         "garbage": lambda: "garbage",
         "empty_segments": lambda: "..",
         "not_a_uuid_subject": lambda: jwt.encode(ours(owner, sub="root"), JWT_SECRET, algorithm="HS256"),
-        "missing_session": lambda: jwt.encode({k: v for k, v in ours(owner).items() if k != "sid"}, JWT_SECRET,
-                                              algorithm="HS256"),
+        "missing_session": lambda: jwt.encode(
+            {k: v for k, v in ours(owner).items() if k != "sid"}, JWT_SECRET, algorithm="HS256"
+        ),
         "unknown_session": lambda: jwt.encode(ours(owner, sid=str(uuid.uuid4())), JWT_SECRET, algorithm="HS256"),
     }[case]
     # WHEN it is presented THEN it is refused, with the same fixed problem every time

@@ -146,10 +146,20 @@ def test_a_rule_takes_at_most_five_targets(app_pool, api):
     new_target(owner, new_rule(owner))
 
 
-@pytest.mark.parametrize("url", ["http://hooks.example.com/x", "https://127.0.0.1/x", "https://localhost/x",
-                                 "https://169.254.169.254/latest/meta-data", "https://[::1]/x",
-                                 "https://168.63.129.16/", "https://[fd00:ec2::254]/latest/meta-data",
-                                 "https://10.0.0.8/x", "https://user:pw@hooks.example.com/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/x",
+        "https://127.0.0.1/x",
+        "https://localhost/x",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/x",
+        "https://168.63.129.16/",
+        "https://[fd00:ec2::254]/latest/meta-data",
+        "https://10.0.0.8/x",
+        "https://user:pw@hooks.example.com/x",
+    ],
+)
 def test_unsafe_urls_are_refused_with_the_reason(app_pool, api, database, url):
     _, users = tenant_with_users(app_pool)
     owner = users["owner"]["token"]

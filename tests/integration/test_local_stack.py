@@ -777,8 +777,15 @@ class RawMqttV5:
         raw = socket.create_connection((broker.host, broker.port), timeout=TIMEOUT)
         self.sock = broker.ssl_context().wrap_socket(raw, server_hostname="localhost")
         flags = 0xC2  # user name, password, clean start
-        body = _utf8("MQTT") + bytes([5, flags]) + (30).to_bytes(2, "big") + b"\x00" + _utf8(username) + \
-            _utf8(username) + _utf8(password)
+        body = (
+            _utf8("MQTT")
+            + bytes([5, flags])
+            + (30).to_bytes(2, "big")
+            + b"\x00"
+            + _utf8(username)
+            + _utf8(username)
+            + _utf8(password)
+        )
         self.sock.sendall(_packet(0x10, body))
 
     def read(self) -> tuple[int, bytes] | None:

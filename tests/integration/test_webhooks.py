@@ -446,36 +446,39 @@ def test_https_target_is_reached_at_the_checked_address_with_the_certificate_che
     assert webhooks.verify(secret, request.headers, request.body)
 
 
-@pytest.mark.parametrize("url", [
-    "http://hooks.example.com/alerts",        # plain http
-    "https://127.0.0.1/alerts",               # loopback
-    "https://10.1.2.3/alerts",                # RFC 1918
-    "https://192.168.0.10/alerts",
-    "https://169.254.169.254/latest/meta-data",  # the cloud metadata endpoint (link-local)
-    "https://100.64.0.1/alerts",              # CGNAT
-    "https://[::1]/alerts",                   # IPv6 loopback
-    "https://[fd00::1]/alerts",               # IPv6 unique local
-    "https://[::ffff:127.0.0.1]/alerts",      # IPv4-mapped loopback
-    "https://[64:ff9b::a00:1]/alerts",        # NAT64 of 10.0.0.1
-    "https://168.63.129.16/",                 # Azure's platform address (WireServer), "global" to ipaddress
-    "https://168.63.129.16:32526/machine",
-    "https://[::ffff:168.63.129.16]/",        # the same, IPv4-mapped
-    "https://[64:ff9b::a83f:8110]/",          # the same, NAT64
-    "https://2822734096/",                    # the same as one decimal number
-    "https://[fd00:ec2::254]/latest/meta-data",  # AWS metadata over IPv6
-    "https://[fd20:ce::254]/computeMetadata/v1",  # Google Cloud metadata over IPv6
-    "https://100.100.100.200/latest/meta-data",  # Alibaba Cloud metadata
-    "https://169.254.170.2/v2/credentials",   # AWS ECS task credentials
-    "https://0.0.0.0/alerts",
-    "https://localhost/alerts",               # a name that resolves to loopback
-    "https://2130706433/alerts",              # 127.0.0.1 as one decimal number
-    "https://user:pass@hooks.example.com/alerts",
-    "https://hooks.example.com/alerts#frag",
-    "ftp://hooks.example.com/alerts",
-    "https:///alerts",
-    "https://hooks.example.com:99999/alerts",
-    "https://hooks.example.com/" + "a" * 2048,
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://hooks.example.com/alerts",  # plain http
+        "https://127.0.0.1/alerts",  # loopback
+        "https://10.1.2.3/alerts",  # RFC 1918
+        "https://192.168.0.10/alerts",
+        "https://169.254.169.254/latest/meta-data",  # the cloud metadata endpoint (link-local)
+        "https://100.64.0.1/alerts",  # CGNAT
+        "https://[::1]/alerts",  # IPv6 loopback
+        "https://[fd00::1]/alerts",  # IPv6 unique local
+        "https://[::ffff:127.0.0.1]/alerts",  # IPv4-mapped loopback
+        "https://[64:ff9b::a00:1]/alerts",  # NAT64 of 10.0.0.1
+        "https://168.63.129.16/",  # Azure's platform address (WireServer), "global" to ipaddress
+        "https://168.63.129.16:32526/machine",
+        "https://[::ffff:168.63.129.16]/",  # the same, IPv4-mapped
+        "https://[64:ff9b::a83f:8110]/",  # the same, NAT64
+        "https://2822734096/",  # the same as one decimal number
+        "https://[fd00:ec2::254]/latest/meta-data",  # AWS metadata over IPv6
+        "https://[fd20:ce::254]/computeMetadata/v1",  # Google Cloud metadata over IPv6
+        "https://100.100.100.200/latest/meta-data",  # Alibaba Cloud metadata
+        "https://169.254.170.2/v2/credentials",  # AWS ECS task credentials
+        "https://0.0.0.0/alerts",
+        "https://localhost/alerts",  # a name that resolves to loopback
+        "https://2130706433/alerts",  # 127.0.0.1 as one decimal number
+        "https://user:pass@hooks.example.com/alerts",
+        "https://hooks.example.com/alerts#frag",
+        "ftp://hooks.example.com/alerts",
+        "https:///alerts",
+        "https://hooks.example.com:99999/alerts",
+        "https://hooks.example.com/" + "a" * 2048,
+    ],
+)
 def test_unsafe_targets_are_refused_where_private_targets_are_not_allowed(url):
     strict = settings_from({"DATABASE_URL": "postgresql://x", "INGEST_DATABASE_URL": "postgresql://x"})
     with pytest.raises(UnsafeTarget):

@@ -1,5 +1,6 @@
 """The spreadsheet cell rule (shared/core/spreadsheet.py): text that would start a formula opens as text,
 numbers stay numbers, and every text cell is quoted."""
+
 from __future__ import annotations
 
 import csv

@@ -53,9 +53,15 @@ class UpdateDeviceRequest(_Body):
 
 
 class RotateRequest(_Body):
-    overlap_s: int = Field(0, ge=0, le=manage.MAX_OVERLAP_S,
-                           description=("Seconds the old password keeps working at least (0: it stops at once); the "
-                                        "overlap ends at the next whole minute after, as replaced_valid_until says."))
+    overlap_s: int = Field(
+        0,
+        ge=0,
+        le=manage.MAX_OVERLAP_S,
+        description=(
+            "Seconds the old password keeps working at least (0: it stops at once); the "
+            "overlap ends at the next whole minute after, as replaced_valid_until says."
+        ),
+    )
 
 
 class CredentialSlotView(BaseModel):
@@ -94,9 +100,13 @@ class Credential(BaseModel):
     broker_port: int
     broker_synced: bool = Field(description="False: the broker was unreachable; the credential works once synced.")
     replaces: str | None = Field(None, description="Rotation: the previous credential's username.")
-    replaced_valid_until: datetime | None = Field(None, description=(
-        "Rotation: when the previous one stops working: the overlap asked for, rounded up to the next whole minute "
-        "(the broker_sync timer's run, which then deletes it within seconds)."))
+    replaced_valid_until: datetime | None = Field(
+        None,
+        description=(
+            "Rotation: when the previous one stops working: the overlap asked for, rounded up to the next whole minute "
+            "(the broker_sync timer's run, which then deletes it within seconds)."
+        ),
+    )
 
 
 class CreatedDevice(Device):
