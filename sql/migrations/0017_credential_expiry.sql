@@ -1,6 +1,6 @@
 -- Seconds (by the database's clock) until the next rotation overlap ends, across tenants, for the
 -- broker_sync run: a run that finds one ending within seconds waits for it, so an overlap ends when
--- the rotation's answer said (shared/credentials.py). NULL: none pending. Answers that only.
+-- the rotation's answer said (shared/broker/credential_sync.py). NULL: none pending. Answers that only.
 CREATE FUNCTION broker_next_credential_expiry_s() RETURNS double precision
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public
 AS $$
