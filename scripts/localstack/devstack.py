@@ -775,7 +775,7 @@ def print_info(state: State) -> None:
         f"  curl -s {health_url(ports['functions'])}",
         f"Dashboard: http://{LOCALHOST}:{ports['functions']}/api/dashboard/ (sign in: tenant {DEMO_TENANT}, "
         f"{DEMO_OWNER_EMAIL}, password from `{layout.dev_command('secret', 'demo-owner')}`)",
-        f'The API as the demo tenant\'s owner ({DEMO_OWNER_EMAIL}; README "HTTP API" has more):',
+        f"The API as the demo tenant's owner ({DEMO_OWNER_EMAIL}; docs/api.md has more):",
         f"  TOKEN=$(curl -s -X POST http://{LOCALHOST}:{ports['functions']}/api/auth/login "
         "-H 'content-type: application/json' "
         f'-d "{{\\"tenant\\":\\"{DEMO_TENANT}\\",\\"email\\":\\"{DEMO_OWNER_EMAIL}\\",'

@@ -3,7 +3,7 @@ browser of its own), served by the app's registered functions through scripts/fu
 LocalHost on a free port, against the harness's real PostgreSQL and Mosquitto.
 
 One browser for the session; each test gets a fresh context (no shared storage) and its own
-database clone, tenant and users. Screenshots go to docs/screenshots/ (the README's) when
+database clone, tenant and users. Screenshots go to docs/screenshots/ (docs/dashboard.md shows them) when
 DASHBOARD_SCREENSHOTS=docs, otherwise to the pytest temporary folder."""
 
 from __future__ import annotations

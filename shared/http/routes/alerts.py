@@ -29,7 +29,7 @@ _SCOPE_FIELD = {"device": "device_id", "tag": "tag", "type": "device_type"}
 _THRESHOLD_FIELDS = ("metric", "aggregation", "window_s", "operator", "value")
 _ANOMALY_FIELDS = ("sensitivity", "baseline_buckets", "warmup_buckets")
 # Chosen on the labelled synthetic series of tests/integration/test_anomaly_detection.py (its figures
-# are in the README): one-minute buckets, an hour's memory (ten for the slow mean), an hour to warm up.
+# are in docs/alerts.md): one-minute buckets, an hour's memory (ten for the slow mean), an hour to warm up.
 ANOMALY_DEFAULTS: dict[str, float | int] = {
     "window_s": 60,
     "sensitivity": 4.0,
