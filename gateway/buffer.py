@@ -14,7 +14,8 @@ back into pending ones, so what a crashed broker forgot is sent again.
 Bounded by ``max_bytes`` of live pages. When full, ``drop_oldest`` deletes the oldest readings to make room (the
 newest data is what an operator needs first after an outage), ``drop_newest`` refuses new ones; either way every
 dropped reading is counted (``dropped_total``, kept in the file) and logged, never silent. The health device's own
-rows are exempt, so the gateway can still say that it is dropping.
+rows are exempt, so the gateway can still say that it is dropping, and so are the few /state readings that carry
+each metric's unit.
 
 All methods run on one thread at a time (the gateway gives the buffer a single-thread executor); the lock is for
 callers that do not.
@@ -148,7 +149,8 @@ class Buffer:
             chunk = max(100, total // 100)
             marks = ",".join("?" * len(self.exempt)) or "''"
             deleted = self._db.execute(
-                f"DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE device NOT IN ({marks}) "
+                f"DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE kind = {TELEMETRY} "
+                f"AND device NOT IN ({marks}) "
                 "ORDER BY seq LIMIT ?)", (*self.exempt, chunk)).rowcount
             if deleted == 0:
                 break

@@ -37,6 +37,7 @@ class BrokerConfig:
     ca_file: str | None = None  # None: the system's CA store (a publicly trusted broker certificate)
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0
+    reconnect_max_s: float = 30.0  # the pause between attempts doubles from 1 s up to this
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,8 @@ def parse(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
         host=section.text("host"), port=section.integer("port", 8883, 1, 65535),
         ca_file=_path(base_dir, section.text("ca_file", None)),
         keepalive_s=section.integer("keepalive_s", 30, 5, 3600),
-        connect_timeout_s=section.number("connect_timeout_s", 10.0))
+        connect_timeout_s=section.number("connect_timeout_s", 10.0),
+        reconnect_max_s=section.number("reconnect_max_s", 30.0))
     section.done()
 
     section = root.table("buffer")

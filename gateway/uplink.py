@@ -156,12 +156,12 @@ class Uplink:
     # -- the connection loop ----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        delay = 1.0
+        delay = min(1.0, self.broker.reconnect_max_s)
         while not self.hub.stopping.is_set():
             connection = _Connection(self, asyncio.get_running_loop())
             try:
                 if await self._connect(connection):
-                    delay = 1.0
+                    delay = min(1.0, self.broker.reconnect_max_s)
                     await self._serve(connection)
             except Exception as exc:  # noqa: BLE001 - logged, then reconnect
                 event("uplink.error", {"device": self.device, "error": f"{type(exc).__name__}: {exc}"[:300]},
@@ -176,7 +176,7 @@ class Uplink:
             pause = delay * random.uniform(0.5, 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.hub.stopping.wait(), pause)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, self.broker.reconnect_max_s)
 
     @staticmethod
     def _stop_client(client: mqtt.Client) -> None:
@@ -218,11 +218,16 @@ class Uplink:
         """Publishes the device's pending rows, at most max_in_flight messages awaiting their PUBACK at a time,
         until the connection is lost or the gateway stops."""
         cursor = 0  # rows up to here were handed to this connection
+        stop_by: float | None = None
         while not connection.lost.is_set():
             self._changed.clear()
-            if self.hub.stopping.is_set():
-                await self._close(connection)
-                return
+            if self.hub.stopping.is_set() and self.hub.flushed.is_set():
+                # Stopping: what the sources read last is in the buffer now; publish it too, for a while.
+                stop_by = stop_by or time.monotonic() + CLOSE_WAIT_S
+                if time.monotonic() > stop_by or not (
+                        connection.inflight or await self.hub.db(self.hub.buffer.pending, self.device, cursor, 1)):
+                    await self._close(connection)
+                    return
             self._send_status(connection)
             if self._retry_at is not None:
                 if time.monotonic() < self._retry_at or connection.inflight:
@@ -240,7 +245,7 @@ class Uplink:
                         connection.inflight[info.mid] = (message.seqs, time.monotonic())
                     cursor = rows[-1].seq
                     continue
-            await self._wait(None)
+            await self._wait(0.1 if stop_by else None)
 
     async def _wait(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):

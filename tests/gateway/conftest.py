@@ -222,8 +222,15 @@ class GatewayProcess:
 
     def buffer(self, sql: str) -> list[tuple[Any, ...]]:
         """A query on the gateway's buffer file (WAL: readable while the gateway writes)."""
+        wait_for(self._schema_made, 10, "the gateway's buffer file")
         with sqlite3.connect(f"file:{self.buffer_path}?mode=ro", uri=True, timeout=5) as conn:
             return conn.execute(sql).fetchall()
+
+    def _schema_made(self) -> bool:
+        if not self.buffer_path.exists():
+            return False
+        with sqlite3.connect(f"file:{self.buffer_path}?mode=ro", uri=True, timeout=5) as conn:
+            return bool(conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'commands'").fetchall())
 
     def pending(self) -> int:
         return int(self.buffer("SELECT count(*) FROM readings WHERE acked_at IS NULL")[0][0])

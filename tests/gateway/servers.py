@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +29,9 @@ from scripts.localstack.process import (
 )
 
 T = TypeVar("T")
+
+# The servers log every client that goes away (the gateway killed on purpose, a poll cut short) at ERROR.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 class BackgroundLoop:
@@ -213,6 +218,7 @@ class LinkProxy:
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self.accepted = 0
+        self.delay_s = 0.0  # added before relaying each chunk from the broker: a slow, far link
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -232,13 +238,14 @@ class LinkProxy:
             with self._lock:
                 self._pairs.append((conn, upstream))
                 self.accepted += 1
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, slow in ((conn, upstream, False), (upstream, conn, True)):
+                threading.Thread(target=self._pump, args=(a, b, slow), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, slow: bool) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if slow and self.delay_s:
+                    time.sleep(self.delay_s)
                 sink.sendall(data)
         for s in (source, sink):
             with contextlib.suppress(OSError):
