@@ -224,8 +224,9 @@ class Uplink:
             if self.hub.stopping.is_set() and self.hub.flushed.is_set():
                 # Stopping: what the sources read last is in the buffer now; publish it too, for a while.
                 stop_by = stop_by or time.monotonic() + CLOSE_WAIT_S
-                if time.monotonic() > stop_by or not (
-                        connection.inflight or await self.hub.db(self.hub.buffer.pending, self.device, cursor, 1)):
+                more = bool(connection.inflight) or bool(
+                    await self.hub.db(self.hub.buffer.pending, self.device, cursor, 1))
+                if time.monotonic() > stop_by or not more:
                     await self._close(connection)
                     return
             self._send_status(connection)
