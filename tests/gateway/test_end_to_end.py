@@ -12,7 +12,6 @@ from asyncua import ua
 from shared.commands import close_commander_connection
 from tests.gateway.conftest import HEALTH_DEVICE
 from tests.support.api import call, close_api_pool, export_api_settings, mint_token, new_user
-from tests.support.devices import Device
 from tests.support.waiting import query, wait_for
 
 
@@ -160,20 +159,6 @@ def test_meter_plc_and_lan_device_land_in_postgres_with_names_units_and_times(
     shop.drain_until(lambda: dict(query(database, "SELECT name, status FROM devices WHERE tenant_id = %(t)s",
                                         {"t": shop.tenant["id"]}))["meter-01"] == "offline", 20, "meter offline")
     assert gw.pending() == 0
-
-
-def test_a_device_publishing_directly_and_the_gateway_share_the_tenant(site, gateway, modbus_meter, settings):
-    """A device of the gateway is an ordinary device: its credential connects directly too (one at a time)."""
-    shop = site("meter-01")
-    meter = modbus_meter()
-    meter.set(3, 0, [5])
-    direct = Device(settings, shop.credentials["meter-01"])
-    assert not direct.refused
-    direct.close()
-    gw = gateway(shop.config(modbus=[{"device": "meter-01", "host": "127.0.0.1", "port": meter.port,
-                                      "poll_interval_s": 0.2, "points": [{"metric": "count", "address": 0}]}])).start()
-    shop.drain_until(lambda: shop.rows("meter-01", "count"), 20, "the meter's readings")
-    assert gw.stop() == 0
 
 
 def _lan_client(port: int):
