@@ -120,11 +120,14 @@ def test_broker_sigkilled_right_after_pubacks_loses_nothing_the_gateway_sent(
 
     # WHEN the broker takes a snapshot, acknowledges more readings, and is SIGKILLed before its next one
     snapshot = mosquitto_broker.base_dir / "mosquitto.db"
+    def saved_ns() -> int:
+        return snapshot.stat().st_mtime_ns if snapshot.exists() else 0
+
     def save() -> int:
-        before = snapshot.stat().st_mtime_ns
+        before = saved_ns()
         os.kill(mosquitto_broker.pid, signal.SIGUSR1)  # Mosquitto saves at once on SIGUSR1
-        wait_for(lambda: snapshot.stat().st_mtime_ns != before, 10, "the broker's snapshot", interval=0.005)
-        return snapshot.stat().st_mtime_ns
+        wait_for(lambda: saved_ns() != before, 10, "the broker's snapshot", interval=0.005)
+        return saved_ns()
 
     def acked_since(saved_ns: int) -> int:
         return int(gw.buffer("SELECT count(*) FROM readings WHERE device = 'meter-01' AND acked_at > "
@@ -137,7 +140,7 @@ def test_broker_sigkilled_right_after_pubacks_loses_nothing_the_gateway_sent(
         assert set(direct.wait_acked(mids).values()) == {0}
         wait_for(functools.partial(lambda ns: acked_since(ns) >= 3, saved_at), 10,
                  "gateway readings acknowledged since")
-        if snapshot.stat().st_mtime_ns == saved_at:  # no autosave came in between: kill now
+        if saved_ns() == saved_at:  # no autosave came in between: kill now
             mosquitto_broker.kill()
             break
     else:
