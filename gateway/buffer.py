@@ -137,7 +137,8 @@ class Buffer:
         if dropped:
             log.warning("buffer.full %s", json.dumps({
                 "policy": self.when_full, "dropped": dropped, "max_mb": round(self.max_bytes / 2**20, 3),
-                "what": "oldest readings deleted" if self.when_full == "drop_oldest" else "new readings refused"}))
+                "what": "oldest readings deleted" if self.when_full == "drop_oldest" else "new readings refused"},
+                separators=(",", ":")))
         return Appended(len(records), dropped)
 
     def _drop_oldest(self) -> int:
@@ -179,7 +180,8 @@ class Buffer:
             if expired:
                 self._count("expired_total", expired)
         if expired:
-            log.warning("buffer.expired %s", json.dumps({"expired": expired, "older_than_ms": older_than_ms}))
+            log.warning("buffer.expired %s", json.dumps({"expired": expired, "older_than_ms": older_than_ms},
+                                                          separators=(",", ":")))
         return expired
 
     # -- reading --------------------------------------------------------------------------------------------------

@@ -47,13 +47,12 @@ def decode(registers: list[int], point: ModbusPoint) -> int | float:
         raise DecodeError(f"{point.metric}: the device sent {raw} (no value)")
     if point.scale == 1 and point.offset == 0:
         return raw
-    value = raw * point.scale + point.offset
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise DecodeError(f"{point.metric}: {raw} x {point.scale} + {point.offset} is not finite")
-        value = round(value, 9)  # 0.1 * 3 is 0.30000000000000004; nine places are below any meter's resolution
-        if value.is_integer() and point.scale.is_integer() and point.offset.is_integer():
-            return int(value)
+    value = float(raw * point.scale + point.offset)
+    if not math.isfinite(value):
+        raise DecodeError(f"{point.metric}: {raw} x {point.scale} + {point.offset} is not finite")
+    value = round(value, 9)  # 0.1 * 3 is 0.30000000000000004; nine places are below any meter's resolution
+    if point.type != "float32" and float(point.scale).is_integer() and float(point.offset).is_integer():
+        return int(value)  # an integer register scaled by whole numbers stays an integer
     return value
 
 

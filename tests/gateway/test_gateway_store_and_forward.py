@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.gateway.conftest import HEALTH_DEVICE, assert_every_reading_stored_once
+from tests.gateway.harness import HEALTH_DEVICE, assert_every_reading_stored_once
 from tests.gateway.servers import GarbageDevice, LinkProxy, SilentDevice
 from tests.support.devices import Device
 from tests.support.waiting import query, wait_for
