@@ -65,6 +65,7 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
     _, late = await asyncio.wait(uplink_tasks, timeout=10)
     for task in late:
         task.cancel()
+    await hub.settle()
     hub.close()
     stats = buffer.stats()
     buffer.close()

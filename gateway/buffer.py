@@ -107,7 +107,8 @@ class Buffer:
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL syncs the WAL on every commit: a power cut keeps what was committed. NORMAL survives a crash of the
         # gateway (SIGKILL) but may lose the last commits to a power cut.
-        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self._synchronous = "FULL" if synchronous == "full" else "NORMAL"
+        self._db.execute(f"PRAGMA synchronous={self._synchronous}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -159,12 +160,27 @@ class Buffer:
         return dropped
 
     def mark_acked(self, device: str, seqs: Sequence[int], at: float, resend_window_s: float) -> None:
-        """The broker acknowledged these; rows acknowledged more than the window before this ack are safe in the
-        broker's snapshot by now and go."""
-        with self._lock, self._transaction():
-            self._db.executemany("UPDATE readings SET acked_at = ? WHERE seq = ?", [(at, s) for s in seqs])
-            self._db.execute("DELETE FROM readings WHERE device = ? AND acked_at IS NOT NULL AND acked_at < ?",
-                             (device, at - resend_window_s))
+        self.mark_acked_many([(device, seqs, at)], resend_window_s)
+
+    def mark_acked_many(self, acks: Sequence[tuple[str, Sequence[int], float]], resend_window_s: float) -> None:
+        """The broker acknowledged these (device, seqs, when); per device, rows acknowledged more than the window
+        before its latest ack are safe in the broker's snapshot by now and go. One transaction for them all, and
+        without a WAL sync of its own: an ack lost to a power cut only means the reading is sent again (the next
+        append's sync makes it durable anyway)."""
+        latest: dict[str, float] = {}
+        for device, _, at in acks:
+            latest[device] = max(at, latest.get(device, at))
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._transaction():
+                    self._db.executemany("UPDATE readings SET acked_at = ? WHERE seq = ?",
+                                         [(at, seq) for _, seqs, at in acks for seq in seqs])
+                    self._db.executemany(
+                        "DELETE FROM readings WHERE device = ? AND acked_at IS NOT NULL AND acked_at < ?",
+                        [(device, at - resend_window_s) for device, at in latest.items()])
+            finally:
+                self._db.execute(f"PRAGMA synchronous={self._synchronous}")
 
     def requeue_acknowledged(self, device: str) -> int:
         """On every (re)connect: what the broker acknowledged within the window may be what a crashed broker lost,

@@ -52,6 +52,8 @@ class Hub:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         self._incoming: list[Record] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._acks: list[tuple[str, tuple[int, ...], float]] = []
+        self._acking: asyncio.Task[None] | None = None
         self._announced: set[tuple[str, str]] = set()
         self._units = {device: config.units(device) for device in config.devices}
         self.uplinks: dict[str, Waker] = {}
@@ -131,6 +133,34 @@ class Hub:
         finally:
             self._flushing = None
             self.flushed.set()
+
+    # -- acknowledgements -------------------------------------------------------------------------------------------
+
+    def acknowledged(self, device: str, seqs: tuple[int, ...], at: float) -> None:
+        """Records a PUBACK's rows: coalesced like the appends, so fifty devices' acks cost one transaction."""
+        self._acks.append((device, seqs, at))
+        if self._acking is None:
+            self._acking = asyncio.get_running_loop().create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        try:
+            while self._acks:
+                batch, self._acks = self._acks, []
+                await self.db(self.buffer.mark_acked_many, batch, self.config.publish.resend_window_s)
+        finally:
+            self._acking = None
+
+    async def settle(self) -> None:
+        """Waits until every ack and reading handed over is written."""
+        while self._acking is not None or self._flushing is not None:
+            await asyncio.wait({t for t in (self._acking, self._flushing) if t is not None})
+
+    async def requeue_acknowledged(self, device: str) -> int:
+        """After a (re)connect: the device's acknowledged rows are pending again. The acks recorded before it are
+        written first, or an ack from the old connection landing after this would hide a row from the re-send."""
+        while self._acking is not None:
+            await asyncio.wait({self._acking})
+        return await self.db(self.buffer.requeue_acknowledged, device)
 
     def set_source_ok(self, device: str, ok: bool) -> None:
         if self.source_ok.get(device) != ok:

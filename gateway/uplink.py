@@ -139,8 +139,7 @@ class Uplink:
         if reason < 128 and reason != NO_MATCHING_SUBSCRIBERS:
             self.hub.latencies_ms.append((time.monotonic() - sent_at) * 1000)
             self.hub.published += len(seqs)
-            self.spawn(self.hub.db(self.hub.buffer.mark_acked, self.device, seqs, time.time(),
-                                   self.publish.resend_window_s))
+            self.hub.acknowledged(self.device, seqs, time.time())
             return
         self.hub.refused += len(seqs)
         if self._retry_at is None:
@@ -209,7 +208,7 @@ class Uplink:
         self.connected = True
         client.subscribe(self.command_topic, qos=1)
         self._status_sent = None
-        resent = await self.hub.db(self.hub.buffer.requeue_acknowledged, self.device)
+        resent = await self.hub.requeue_acknowledged(self.device)
         self.hub.resent += resent
         event("uplink.connected", {"device": self.device, "resent": resent})
         return True
