@@ -61,7 +61,7 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
     await asyncio.gather(*source_tasks, return_exceptions=True)
     await hub.flushed.wait()  # the readings read so far are in the buffer
     for uplink in uplinks.values():
-        uplink.wake()
+        uplink.wake_always()
     _, late = await asyncio.wait(uplink_tasks, timeout=10)
     for task in late:
         task.cancel()

@@ -84,7 +84,7 @@ class _Connection:
         def lost() -> None:
             self._connack(reason)
             self.lost.set()
-            self.uplink.wake()
+            self.uplink.wake_always()
         self._hand(lost)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
@@ -110,11 +110,18 @@ class Uplink:
         self._status_sent: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_refusal_log = 0.0
+        self._await_ack = False
         self.connected = False
 
     # -- called from the hub and the connection -----------------------------------------------------------------
 
     def wake(self) -> None:
+        """New rows for the device: publish them, unless a partial message is already on its way (then they go
+        with the next one, when its PUBACK comes: under load messages grow instead of multiplying)."""
+        if not self._await_ack:
+            self._changed.set()
+
+    def wake_always(self) -> None:
         self._changed.set()
 
     def source_state_changed(self) -> None:
@@ -135,6 +142,7 @@ class Uplink:
         if entry is None:
             return
         seqs, sent_at = entry
+        self._await_ack = False
         self._changed.set()
         if reason < 128 and reason != NO_MATCHING_SUBSCRIBERS:
             self.hub.latencies_ms.append((time.monotonic() - sent_at) * 1000)
@@ -218,6 +226,7 @@ class Uplink:
         until the connection is lost or the gateway stops."""
         cursor = 0  # rows up to here were handed to this connection
         stop_by: float | None = None
+        self._await_ack = False
         while not connection.lost.is_set():
             self._changed.clear()
             if self.hub.stopping.is_set() and self.hub.flushed.is_set():
@@ -236,6 +245,10 @@ class Uplink:
                 self._retry_at, cursor = None, 0  # everything not acknowledged goes again
             if len(connection.inflight) < self.publish.max_in_flight:
                 rows = await self.hub.db(self.hub.buffer.pending, self.device, cursor, self.publish.max_records)
+                if rows and connection.inflight and len(rows) < self.publish.max_records and not stop_by:
+                    self._await_ack = True  # a partial message waits for the one in flight: it will be fuller
+                    await self._wait(None)
+                    continue
                 if rows and not connection.lost.is_set():
                     for message in build_messages(self.tenant, self.device, rows, self.publish.max_records):
                         info = connection.client.publish(message.topic, message.payload, qos=1)
