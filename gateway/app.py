@@ -17,7 +17,7 @@ from gateway.hub import Hub, event, forever
 from gateway.sources.lan_mqtt import LanMqttSource
 from gateway.sources.modbus import ModbusSource
 from gateway.sources.opcua import OpcUaSource
-from gateway.uplink import Uplink
+from gateway.uplink import Uplink, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
     hub = Hub(config, buffer)
     if config.health.device:
         hub.add_units(config.health.device, HEALTH_UNITS)
-    uplinks = {device: Uplink(hub, config.tenant, config.credentials[device], config.broker, config.publish)
+    tls = tls_context(config.broker)
+    uplinks = {device: Uplink(hub, config.tenant, config.credentials[device], config.broker, config.publish, tls)
                for device in config.devices}
     hub.uplinks.update(uplinks)
     sources: list[Any] = [*(ModbusSource(s, hub) for s in config.modbus), *(OpcUaSource(s, hub) for s in config.opcua),

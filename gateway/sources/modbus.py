@@ -30,6 +30,16 @@ FAILED_POLLS_OFFLINE = 3
 ERROR_LOG_EVERY_S = 60.0
 
 
+async def _pause(stopping: asyncio.Event, seconds: float) -> None:
+    """Sleeps until the next poll, or until the gateway stops; a plain sleep for the short pauses of a fast poll,
+    where a wait on the event (a task and a timer each time) would cost more than the poll."""
+    if seconds < 0.25:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+
+
 class ModbusSource:
     def __init__(self, config: ModbusSourceConfig, hub: Hub) -> None:
         self.config, self.hub = config, hub
@@ -55,8 +65,7 @@ class ModbusSource:
                 now = loop.time()
                 if next_at < now:
                     next_at = now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.hub.stopping.wait(), next_at - now)
+                await _pause(self.hub.stopping, next_at - now)
         finally:
             self._drop_connection()
 
@@ -132,9 +141,8 @@ class ModbusSource:
         unit = self.config.unit_id
         request = {"holding": client.read_holding_registers, "input": client.read_input_registers,
                    "coil": client.read_coils, "discrete": client.read_discrete_inputs}[block.table]
-        # pymodbus' own timeout covers the answer; this one also covers a device that trickles bytes forever.
-        response = await asyncio.wait_for(request(block.address, count=block.count, device_id=unit),
-                                          self.config.timeout_s + 1)
+        # pymodbus' own timeout (timeout_s) bounds the wait for the answer, a device that never answers included.
+        response = await request(block.address, count=block.count, device_id=unit)
         if response.isError():
             raise ModbusException(f"exception code {getattr(response, 'exception_code', '?')}")
         return list(response.bits if block.table in ("coil", "discrete") else response.registers)

@@ -27,7 +27,7 @@ def link(settings):
 
 def meter_config(meter, device: str = "meter-01", interval: float = 0.05, points: int = 3) -> dict:
     return {"device": device, "host": "127.0.0.1", "port": meter.port, "poll_interval_s": interval,
-            "timeout_s": 0.5, "points": [{"metric": f"r{i}", "address": i, "unit": "A" if i == 0 else None}
+            "timeout_s": 3.0, "points": [{"metric": f"r{i}", "address": i, "unit": "A" if i == 0 else None}
                                          for i in range(points)]}
 
 
