@@ -22,7 +22,7 @@ change. Then, in one run:
   outage      a 1-hour outage at --devices x --metrics x 1 Hz, in simulated time: the gateway's buffer is filled
               with the hour's readings as its pollers would have written them (timestamps over the last hour),
               then the real gateway starts with the broker reachable and the machines polled at 1 Hz: how long
-              until its buffer is empty again;
+              until its buffer is empty again; then 10 s of that steady 1 Hz state: the design fleet's CPU and RSS;
   check       the real drain (drain_once) stores everything in PostgreSQL: every seq the gateway gave is there
               once, as one reading (lost, duplicates).
 
@@ -400,11 +400,23 @@ def _bench_outage(work: Path, settings: Any, creds: list[Any], ports: list[int],
         _wait(lambda: _pending(folder) <= 2 * len(ports), 1800, "the backlog published")
         drain_s = time.monotonic() - started
         rss = _rss_mb(process.pid)
+        # Then the design fleet's steady state: the same gateway polling every machine once a second.
+        time.sleep(2.0)
+        info = process_info(process.pid)
+        assert info is not None
+        cpu_before, measured_from = info.cpu_ticks, time.monotonic()
+        time.sleep(10.0)
+        info = process_info(process.pid)
+        assert info is not None
+        steady_cores = (info.cpu_ticks - cpu_before) / TICK / (time.monotonic() - measured_from)
+        steady_rss = _rss_mb(process.pid)
     finally:
         _stop_gateway(process)
     print(f"outage: {outage_s} s x {len(ports)} devices x {metrics} metrics x 1 Hz = {backlog:,} readings "
           f"({size_mb:.0f} MB of buffer), published in {drain_s:.1f} s from the gateway's start "
           f"(= {backlog / drain_s:,.0f} readings/s) while polling live at 1 Hz; rss {rss:.0f} MB")
+    print(f"design fleet, steady: {len(ports)} x {metrics} x 1 Hz = {len(ports) * metrics} readings/s take "
+          f"{steady_cores:.3f} cores and {steady_rss:.0f} MB resident")
     return backlog, drain_s
 
 
