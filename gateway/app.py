@@ -1,6 +1,7 @@
 """Wires the gateway together and runs it until SIGTERM or SIGINT: the buffer, one uplink per device, the sources,
 the health report and the buffer's expiry; then stops in order (sources, the last buffer writes, the uplinks with
 their "offline" status)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,13 @@ EXPIRE_EVERY_S = 600.0
 
 def open_buffer(config: GatewayConfig) -> Buffer:
     exempt = [config.health.device] if config.health.device else []
-    return Buffer(config.buffer.path, int(config.buffer.max_mb * 2**20), config.buffer.when_full,
-                  config.buffer.synchronous, exempt)
+    return Buffer(
+        config.buffer.path,
+        int(config.buffer.max_mb * 2**20),
+        config.buffer.when_full,
+        config.buffer.synchronous,
+        exempt,
+    )
 
 
 async def run(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
@@ -41,19 +47,34 @@ async def run(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
     if config.health.device:
         hub.add_units(config.health.device, HEALTH_UNITS)
     tls = tls_context(config.broker)
-    uplinks = {device: Uplink(hub, config.tenant, config.credentials[device], config.broker, config.publish, tls)
-               for device in config.devices}
+    uplinks = {
+        device: Uplink(hub, config.tenant, config.credentials[device], config.broker, config.publish, tls)
+        for device in config.devices
+    }
     hub.uplinks.update(uplinks)
-    sources: list[Any] = [*(ModbusSource(s, hub) for s in config.modbus), *(OpcUaSource(s, hub) for s in config.opcua),
-                          *(LanMqttSource(s, hub) for s in config.lan_mqtt)]
+    sources: list[Any] = [
+        *(ModbusSource(s, hub) for s in config.modbus),
+        *(OpcUaSource(s, hub) for s in config.opcua),
+        *(LanMqttSource(s, hub) for s in config.lan_mqtt),
+    ]
     stats = await hub.db(buffer.stats)
-    event("gateway.started", {"tenant": config.tenant, "devices": config.devices, "sources": len(sources),
-                              "buffer": str(config.buffer.path), "pending": stats.pending,
-                              "last_seq": await hub.db(buffer.highest_seq),
-                              "resend_window_s": config.publish.resend_window_s})
+    event(
+        "gateway.started",
+        {
+            "tenant": config.tenant,
+            "devices": config.devices,
+            "sources": len(sources),
+            "buffer": str(config.buffer.path),
+            "pending": stats.pending,
+            "last_seq": await hub.db(buffer.highest_seq),
+            "resend_window_s": config.publish.resend_window_s,
+        },
+    )
     uplink_tasks = [loop.create_task(u.run(), name=f"uplink {d}") for d, u in uplinks.items()]
-    source_tasks = [loop.create_task(forever(f"source {type(s).__name__}", s.run, hub.stopping),
-                                     name=f"source {type(s).__name__}") for s in sources]
+    source_tasks = [
+        loop.create_task(forever(f"source {type(s).__name__}", s.run, hub.stopping), name=f"source {type(s).__name__}")
+        for s in sources
+    ]
     source_tasks.append(loop.create_task(report_health(hub, lambda: sum(u.connected for u in uplinks.values()))))
     source_tasks.append(loop.create_task(_expire(hub)))
     await stop.wait()

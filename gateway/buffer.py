@@ -20,6 +20,7 @@ each metric's unit.
 All methods run on one thread at a time (the gateway gives the buffer a single-thread executor); the lock is for
 callers that do not.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,9 +94,14 @@ class Appended:
 
 
 class Buffer:
-    def __init__(self, path: str | Path, max_bytes: int,
-                 when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest",
-                 synchronous: Literal["full", "normal"] = "full", exempt: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        max_bytes: int,
+        when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest",
+        synchronous: Literal["full", "normal"] = "full",
+        exempt: Iterable[str] = (),
+    ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.when_full = when_full
@@ -131,15 +137,26 @@ class Buffer:
                 records = kept
             self._db.executemany(
                 "INSERT INTO readings (device, ts_ms, kind, body) VALUES (?, ?, ?, ?)",
-                [(r.device, r.ts_ms, r.kind, json.dumps(r.body, separators=(",", ":"))) for r in records])
+                [(r.device, r.ts_ms, r.kind, json.dumps(r.body, separators=(",", ":"))) for r in records],
+            )
             dropped = refused + (self._drop_oldest() if self.when_full == "drop_oldest" else 0)
             if dropped:
                 self._count("dropped_total", dropped)
         if dropped:
-            log.warning("buffer.full %s", json.dumps({
-                "policy": self.when_full, "dropped": dropped, "max_mb": round(self.max_bytes / 2**20, 3),
-                "what": "oldest readings deleted" if self.when_full == "drop_oldest" else "new readings refused"},
-                separators=(",", ":")))
+            log.warning(
+                "buffer.full %s",
+                json.dumps(
+                    {
+                        "policy": self.when_full,
+                        "dropped": dropped,
+                        "max_mb": round(self.max_bytes / 2**20, 3),
+                        "what": "oldest readings deleted"
+                        if self.when_full == "drop_oldest"
+                        else "new readings refused",
+                    },
+                    separators=(",", ":"),
+                ),
+            )
         return Appended(len(records), dropped)
 
     def _drop_oldest(self) -> int:
@@ -153,7 +170,9 @@ class Buffer:
             deleted = self._db.execute(
                 f"DELETE FROM readings WHERE seq IN (SELECT seq FROM readings WHERE kind = {TELEMETRY} "
                 f"AND device NOT IN ({marks}) "
-                "ORDER BY seq LIMIT ?)", (*self.exempt, chunk)).rowcount
+                "ORDER BY seq LIMIT ?)",
+                (*self.exempt, chunk),
+            ).rowcount
             if deleted == 0:
                 break
             dropped += deleted
@@ -174,11 +193,14 @@ class Buffer:
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
                 with self._transaction():
-                    self._db.executemany("UPDATE readings SET acked_at = ? WHERE seq = ?",
-                                         [(at, seq) for _, seqs, at in acks for seq in seqs])
+                    self._db.executemany(
+                        "UPDATE readings SET acked_at = ? WHERE seq = ?",
+                        [(at, seq) for _, seqs, at in acks for seq in seqs],
+                    )
                     self._db.executemany(
                         "DELETE FROM readings WHERE device = ? AND acked_at IS NOT NULL AND acked_at < ?",
-                        [(device, at - resend_window_s) for device, at in latest.items()])
+                        [(device, at - resend_window_s) for device, at in latest.items()],
+                    )
             finally:
                 self._db.execute(f"PRAGMA synchronous={self._synchronous}")
 
@@ -186,8 +208,9 @@ class Buffer:
         """On every (re)connect: what the broker acknowledged within the window may be what a crashed broker lost,
         so it is pending again and goes out first. Returns how many rows."""
         with self._lock, self._transaction():
-            return self._db.execute("UPDATE readings SET acked_at = NULL WHERE device = ? AND acked_at IS NOT NULL",
-                                    (device,)).rowcount
+            return self._db.execute(
+                "UPDATE readings SET acked_at = NULL WHERE device = ? AND acked_at IS NOT NULL", (device,)
+            ).rowcount
 
     def expire(self, older_than_ms: int) -> int:
         """Deletes pending readings too old for the drain to accept (it would dead-letter their whole message)."""
@@ -196,17 +219,24 @@ class Buffer:
             if expired:
                 self._count("expired_total", expired)
         if expired:
-            log.warning("buffer.expired %s", json.dumps({"expired": expired, "older_than_ms": older_than_ms},
-                                                          separators=(",", ":")))
+            log.warning(
+                "buffer.expired %s",
+                json.dumps({"expired": expired, "older_than_ms": older_than_ms}, separators=(",", ":")),
+            )
         return expired
 
     # -- reading --------------------------------------------------------------------------------------------------
 
     def pending(self, device: str, after_seq: int, limit: int) -> list[Row]:
         with self._lock:
-            return [Row(*r) for r in self._db.execute(
-                "SELECT seq, ts_ms, kind, body FROM readings WHERE device = ? AND acked_at IS NULL AND seq > ? "
-                "ORDER BY seq LIMIT ?", (device, after_seq, limit))]
+            return [
+                Row(*r)
+                for r in self._db.execute(
+                    "SELECT seq, ts_ms, kind, body FROM readings WHERE device = ? AND acked_at IS NULL AND seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (device, after_seq, limit),
+                )
+            ]
 
     def stats(self) -> Stats:
         with self._lock:
@@ -237,11 +267,15 @@ class Buffer:
         now = time.time()
         with self._lock, self._transaction():
             self._db.execute("DELETE FROM commands WHERE applied_at < ?", (now - COMMAND_MEMORY_S,))
-            inserted = self._db.execute("INSERT OR IGNORE INTO commands (id, device, result, applied_at) "
-                                        "VALUES (?, ?, ?, ?)", (command_id, device, result, now)).rowcount
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO commands (id, device, result, applied_at) VALUES (?, ?, ?, ?)",
+                (command_id, device, result, now),
+            ).rowcount
             if inserted:
-                self._db.execute("INSERT INTO readings (device, ts_ms, kind, body) VALUES (?, ?, ?, ?)",
-                                 (ack.device, ack.ts_ms, ack.kind, json.dumps(ack.body, separators=(",", ":"))))
+                self._db.execute(
+                    "INSERT INTO readings (device, ts_ms, kind, body) VALUES (?, ?, ?, ?)",
+                    (ack.device, ack.ts_ms, ack.kind, json.dumps(ack.body, separators=(",", ":"))),
+                )
         return bool(inserted)
 
     # -- internals ------------------------------------------------------------------------------------------------
@@ -252,8 +286,11 @@ class Buffer:
         return int(pages - free) * self._page_size
 
     def _count(self, name: str, amount: int) -> None:
-        self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
-                         "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, amount))
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, amount),
+        )
 
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()

@@ -6,6 +6,7 @@ disagree on their order (word order) and, more rarely, on the byte order within 
 the configuration. A value that is not a finite number (a float32 NaN, which meters use for "no value") is a read
 error, never a reading: the drain rejects a whole message for one NaN.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ def _to_bytes(registers: list[int], point: ModbusPoint) -> bytes:
 
 
 def _to_registers(raw: bytes, point: ModbusPoint) -> list[int]:
-    words = [int.from_bytes(raw[i:i + 2], point.byte_order) for i in range(0, len(raw), 2)]
+    words = [int.from_bytes(raw[i : i + 2], point.byte_order) for i in range(0, len(raw), 2)]
     return words if point.word_order == "big" else list(reversed(words))
 
 
@@ -74,8 +75,10 @@ def encode(value: object, point: ModbusPoint) -> list[int] | bool:
         bits = 16 if point.type.endswith("16") else 32
         low, high = (0, 2**bits - 1) if point.type.startswith("u") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
         if not low <= integer <= high:
-            raise EncodeError(f"{point.metric}: {value} is outside what a {point.type} holds here "
-                              f"({low * point.scale + point.offset:g} to {high * point.scale + point.offset:g})")
+            raise EncodeError(
+                f"{point.metric}: {value} is outside what a {point.type} holds here "
+                f"({low * point.scale + point.offset:g} to {high * point.scale + point.offset:g})"
+            )
         packed = struct.pack(">" + _STRUCT[point.type], integer)
     return _to_registers(packed, point)
 
@@ -126,7 +129,7 @@ def values_of(block: Block, words: list[int] | list[bool]) -> tuple[dict[str, in
             values[point.metric] = bool(words[at])
             continue
         try:
-            values[point.metric] = decode([int(w) for w in words[at:at + point.count]], point)
+            values[point.metric] = decode([int(w) for w in words[at : at + point.count]], point)
         except DecodeError as exc:
             errors.append(str(exc))
     return values, errors

@@ -4,6 +4,7 @@ Every mistake is reported with where it is (``modbus[0].points[2].type``) and wh
 keys are mistakes too: a misspelt ``poll_intervall_s`` silently falling back to its default is how a meter ends up
 polled every second instead of every ten. Relative paths are relative to the configuration file's folder.
 """
+
 from __future__ import annotations
 
 import math
@@ -304,11 +305,13 @@ def parse(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
 
     section = root.table("broker")
     broker = BrokerConfig(
-        host=section.text("host"), port=section.integer("port", 8883, 1, 65535),
+        host=section.text("host"),
+        port=section.integer("port", 8883, 1, 65535),
         ca_file=_path(base_dir, section.text("ca_file", None)),
         keepalive_s=section.integer("keepalive_s", 30, 5, 3600),
         connect_timeout_s=section.number("connect_timeout_s", 10.0),
-        reconnect_max_s=section.number("reconnect_max_s", 30.0))
+        reconnect_max_s=section.number("reconnect_max_s", 30.0),
+    )
     section.done()
 
     section = root.table("buffer")
@@ -316,7 +319,8 @@ def parse(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
         path=Path(_path(base_dir, section.text("path", "buffer.sqlite3")) or "buffer.sqlite3"),
         max_mb=section.number("max_mb", 1024.0),
         when_full=section.choice("when_full", ("drop_oldest", "drop_newest"), "drop_oldest"),
-        synchronous=section.choice("synchronous", ("full", "normal"), "full"))
+        synchronous=section.choice("synchronous", ("full", "normal"), "full"),
+    )
     section.done()
 
     section = root.table("publish")
@@ -325,19 +329,28 @@ def parse(data: dict[str, Any], base_dir: Path) -> GatewayConfig:
         max_in_flight=section.integer("max_in_flight", 4, 1, 64),
         resend_window_s=section.number("resend_window_s", float(contract.RESEND_WINDOW_S)),
         max_age_days=section.number("max_age_days", float(contract.INGEST_MAX_PAST_DAYS - 1)),
-        retry_s=section.number("retry_s", 5.0))
+        retry_s=section.number("retry_s", 5.0),
+    )
     if publish.resend_window_s < contract.BROKER_AUTOSAVE_INTERVAL_S:
-        raise section.fail("resend_window_s", f"must cover the broker's autosave_interval "
-                                              f"({contract.BROKER_AUTOSAVE_INTERVAL_S} s), or a broker crash loses "
-                                              "what it had acknowledged")
+        raise section.fail(
+            "resend_window_s",
+            f"must cover the broker's autosave_interval "
+            f"({contract.BROKER_AUTOSAVE_INTERVAL_S} s), or a broker crash loses "
+            "what it had acknowledged",
+        )
     if publish.max_age_days >= contract.INGEST_MAX_PAST_DAYS:
-        raise section.fail("max_age_days", f"must stay below the drain's {contract.INGEST_MAX_PAST_DAYS} days, or an "
-                                           "old reading gets its whole message dead-lettered")
+        raise section.fail(
+            "max_age_days",
+            f"must stay below the drain's {contract.INGEST_MAX_PAST_DAYS} days, or an "
+            "old reading gets its whole message dead-lettered",
+        )
     section.done()
 
     section = root.table("health")
-    health = HealthConfig(device=section.name("device", contract.DEVICE_RE, "device name", None),
-                          interval_s=section.number("interval_s", 60.0))
+    health = HealthConfig(
+        device=section.name("device", contract.DEVICE_RE, "device name", None),
+        interval_s=section.number("interval_s", 60.0),
+    )
     section.done()
 
     modbus = tuple(_modbus(s) for s in root.tables("modbus"))
@@ -370,10 +383,14 @@ def _path(base_dir: Path, value: str | None) -> str | None:
 def _modbus(section: _Section) -> ModbusSourceConfig:
     device = section.name("device", contract.DEVICE_RE, "device name")
     source = ModbusSourceConfig(
-        device=device, host=section.text("host"), port=section.integer("port", 502, 1, 65535),
-        unit_id=section.integer("unit_id", 1, 0, 255), poll_interval_s=section.number("poll_interval_s", 1.0),
+        device=device,
+        host=section.text("host"),
+        port=section.integer("port", 502, 1, 65535),
+        unit_id=section.integer("unit_id", 1, 0, 255),
+        poll_interval_s=section.number("poll_interval_s", 1.0),
         timeout_s=section.number("timeout_s", 1.0),
-        points=tuple(_modbus_point(p) for p in section.tables("points")))
+        points=tuple(_modbus_point(p) for p in section.tables("points")),
+    )
     if not source.points:
         raise section.fail("points", "at least one [[modbus.points]]")
     section.done()
@@ -385,19 +402,27 @@ def _modbus_point(section: _Section) -> ModbusPoint:
     bits = table in ("coil", "discrete")
     kind = section.choice("type", ("bool",) if bits else tuple(REGISTER_TYPES), "bool" if bits else "uint16")
     point = ModbusPoint(
-        metric=section.name("metric", contract.METRIC_RE, "metric name"), table=table,
-        address=section.integer("address", _REQUIRED, 0, 65535), type=kind,
+        metric=section.name("metric", contract.METRIC_RE, "metric name"),
+        table=table,
+        address=section.integer("address", _REQUIRED, 0, 65535),
+        type=kind,
         word_order=section.choice("word_order", ("big", "little"), "big"),
         byte_order=section.choice("byte_order", ("big", "little"), "big"),
-        scale=section.number("scale", 1.0, positive=False), offset=section.number("offset", 0.0, positive=False),
-        unit=_unit(section), writable=section.flag("writable", False))
+        scale=section.number("scale", 1.0, positive=False),
+        offset=section.number("offset", 0.0, positive=False),
+        unit=_unit(section),
+        writable=section.flag("writable", False),
+    )
     if point.scale == 0:
         raise section.fail("scale", "cannot be 0")
     if bits and (point.scale != 1 or point.offset != 0):
         raise section.fail("scale", f"a {table} is true or false: no scale or offset")
     if point.writable and table in ("input", "discrete"):
-        raise section.fail("writable", f"{table} {'registers' if table == 'input' else 'inputs'} are read-only in "
-                                       "Modbus; only holding registers and coils can be written")
+        raise section.fail(
+            "writable",
+            f"{table} {'registers' if table == 'input' else 'inputs'} are read-only in "
+            "Modbus; only holding registers and coils can be written",
+        )
     if point.address + point.count > 65536:
         raise section.fail("address", f"{point.type} at {point.address} runs past register 65535")
     section.done()
@@ -406,11 +431,16 @@ def _modbus_point(section: _Section) -> ModbusPoint:
 
 def _opcua(section: _Section, base_dir: Path) -> OpcUaSourceConfig:
     source = OpcUaSourceConfig(
-        device=section.name("device", contract.DEVICE_RE, "device name"), url=section.text("url"),
-        mode=section.choice("mode", ("subscribe", "poll"), "subscribe"), interval_s=section.number("interval_s", 1.0),
-        timeout_s=section.number("timeout_s", 4.0), username=section.text("username", None),
-        password=section.secret(base_dir), security=section.text("security", None),
-        nodes=tuple(_opcua_node(n) for n in section.tables("nodes")))
+        device=section.name("device", contract.DEVICE_RE, "device name"),
+        url=section.text("url"),
+        mode=section.choice("mode", ("subscribe", "poll"), "subscribe"),
+        interval_s=section.number("interval_s", 1.0),
+        timeout_s=section.number("timeout_s", 4.0),
+        username=section.text("username", None),
+        password=section.secret(base_dir),
+        security=section.text("security", None),
+        nodes=tuple(_opcua_node(n) for n in section.tables("nodes")),
+    )
     if not source.url.startswith("opc.tcp://"):
         raise section.fail("url", f"{source.url!r} is not an opc.tcp:// endpoint")
     if not source.nodes:
@@ -420,17 +450,25 @@ def _opcua(section: _Section, base_dir: Path) -> OpcUaSourceConfig:
 
 
 def _opcua_node(section: _Section) -> OpcUaNode:
-    node = OpcUaNode(metric=section.name("metric", contract.METRIC_RE, "metric name"),
-                     node_id=section.text("node_id"), unit=_unit(section), writable=section.flag("writable", False))
+    node = OpcUaNode(
+        metric=section.name("metric", contract.METRIC_RE, "metric name"),
+        node_id=section.text("node_id"),
+        unit=_unit(section),
+        writable=section.flag("writable", False),
+    )
     section.done()
     return node
 
 
 def _lan(section: _Section, base_dir: Path) -> LanMqttConfig:
-    lan = LanMqttConfig(host=section.text("host", "127.0.0.1"), port=section.integer("port", 1883, 1, 65535),
-                        username=section.text("username", None), password=section.secret(base_dir),
-                        client_id=section.text("client_id", None),
-                        topics=tuple(_lan_topic(t) for t in section.tables("topics")))
+    lan = LanMqttConfig(
+        host=section.text("host", "127.0.0.1"),
+        port=section.integer("port", 1883, 1, 65535),
+        username=section.text("username", None),
+        password=section.secret(base_dir),
+        client_id=section.text("client_id", None),
+        topics=tuple(_lan_topic(t) for t in section.tables("topics")),
+    )
     if not lan.topics:
         raise section.fail("topics", "at least one [[mqtt_lan.topics]]")
     section.done()
@@ -439,13 +477,19 @@ def _lan(section: _Section, base_dir: Path) -> LanMqttConfig:
 
 def _lan_topic(section: _Section) -> LanTopic:
     kind = section.choice("format", ("value", "json"), "value")
-    topic = LanTopic(topic=section.text("topic"), device=section.name("device", contract.DEVICE_RE, "device name"),
-                     format=kind, metric=section.name("metric", contract.METRIC_RE, "metric name", None),
-                     unit=_unit(section), fields=section.mapping("fields"), units=section.mapping("units"))
+    topic = LanTopic(
+        topic=section.text("topic"),
+        device=section.name("device", contract.DEVICE_RE, "device name"),
+        format=kind,
+        metric=section.name("metric", contract.METRIC_RE, "metric name", None),
+        unit=_unit(section),
+        fields=section.mapping("fields"),
+        units=section.mapping("units"),
+    )
     if kind == "value" and topic.metric is None:
-        raise section.fail("metric", "required with format = \"value\" (the metric the payload is a value of)")
+        raise section.fail("metric", 'required with format = "value" (the metric the payload is a value of)')
     if kind == "json" and topic.metric is not None:
-        raise section.fail("metric", "format = \"json\" names its metrics in fields (JSON key = metric)")
+        raise section.fail("metric", 'format = "json" names its metrics in fields (JSON key = metric)')
     for metric in (*topic.fields.values(), *topic.units):
         if not contract.METRIC_RE.match(metric):
             raise section.fail("fields", f"{metric!r} is not a valid metric name ({contract.METRIC_NAME_PATTERN})")
@@ -466,8 +510,10 @@ def _check_devices(config: GatewayConfig) -> None:
         raise ConfigError("config: no sources ([[modbus]], [[opcua]] or [[mqtt_lan]]) and no [health] device")
     for device in config.devices:
         if device not in config.credentials:
-            raise ConfigError(f"config.devices.{device}: missing: every device needs the credential the API issued "
-                              f"([devices.{device}] with password_file)")
+            raise ConfigError(
+                f"config.devices.{device}: missing: every device needs the credential the API issued "
+                f"([devices.{device}] with password_file)"
+            )
     owner: dict[tuple[str, str], str] = {}
     sources: list[tuple[str, str, list[str]]] = [
         *((f"modbus[{i}]", s.device, [p.metric for p in s.points]) for i, s in enumerate(config.modbus)),
@@ -475,19 +521,23 @@ def _check_devices(config: GatewayConfig) -> None:
     ]
     for where, device, metrics in sources:
         if device == config.health.device:
-            raise ConfigError(f"config.{where}.device: {device!r} is the [health] device, whose metrics are the "
-                              "gateway's own")
+            raise ConfigError(
+                f"config.{where}.device: {device!r} is the [health] device, whose metrics are the gateway's own"
+            )
         if len(metrics) > contract.MAX_METRICS * 10:
             raise ConfigError(f"config.{where}: at most {contract.MAX_METRICS * 10} points per source")
         for metric in metrics:
             if metric in (contract.ACK_METRIC, contract.RESULT_METRIC):
                 raise ConfigError(f"config.{where}: metric {metric!r} is reserved for command acknowledgements")
             if (device, metric) in owner:
-                raise ConfigError(f"config.{where}: metric {metric!r} of device {device!r} is already read by "
-                                  f"{owner[(device, metric)]}")
+                raise ConfigError(
+                    f"config.{where}: metric {metric!r} of device {device!r} is already read by "
+                    f"{owner[(device, metric)]}"
+                )
             owner[(device, metric)] = where
     for prefix in HEALTH_PER_DEVICE_PREFIXES:
         for device in config.devices:
             if len(prefix + device) > 64 and config.health.device:
-                raise ConfigError(f"config.devices.{device}: the health metric {prefix}{device} would be longer "
-                                  "than 64 characters")
+                raise ConfigError(
+                    f"config.devices.{device}: the health metric {prefix}{device} would be longer than 64 characters"
+                )

@@ -5,6 +5,7 @@ its own few packages, not the function app's.
 tests/gateway/test_contract.py fails when any value here stops matching the cloud's, so a change on one side
 cannot silently make the gateway publish what the drain dead-letters or the broker refuses.
 """
+
 from __future__ import annotations
 
 import re

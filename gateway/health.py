@@ -4,6 +4,7 @@ other reading, so an outage's report arrives after it), and as a ``gateway.healt
 Counts are per interval (what happened since the previous report), so an alert rule reads them directly: "max of
 read_errors.meter-01 over 5 minutes > 0", "buffer_oldest_s > 300".
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,13 @@ from gateway.hub import Hub, event, now_ms
 
 log = logging.getLogger(__name__)
 
-HEALTH_UNITS = {"buffer_oldest_s": "s", "buffer_mb": "MB", "publish_latency_ms_p50": "ms",
-                "publish_latency_ms_max": "ms", "rss_mb": "MB"}
+HEALTH_UNITS = {
+    "buffer_oldest_s": "s",
+    "buffer_mb": "MB",
+    "publish_latency_ms_p50": "ms",
+    "publish_latency_ms_max": "ms",
+    "rss_mb": "MB",
+}
 
 
 def rss_mb() -> float:
@@ -29,7 +35,6 @@ def rss_mb() -> float:
             return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 
 def health_readings(hub: Hub, stats: Any, counters: dict[str, Any], connected: int) -> dict[str, Any]:

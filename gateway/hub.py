@@ -2,6 +2,7 @@
 wakes the device's uplink; it keeps the counters the health report publishes, and knows which source may write
 which point.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -105,7 +106,7 @@ class Hub:
                 metrics[metric] = value
         items = list(metrics.items())
         for start in range(0, len(items), contract.MAX_METRICS):
-            records.append(Record(device, ts_ms, TELEMETRY, dict(items[start:start + contract.MAX_METRICS])))
+            records.append(Record(device, ts_ms, TELEMETRY, dict(items[start : start + contract.MAX_METRICS])))
         if not records:
             return
         self.readings[device] += sum(len(r.body) if r.kind == TELEMETRY else 1 for r in records)
@@ -189,14 +190,14 @@ class Hub:
         if writer is None:
             result = f"rejected: {str(name)[:64]!r} is not a writable point of {device}"
         elif not isinstance(args, dict) or "value" not in args:
-            result = "rejected: args must be {\"value\": ...}"
+            result = 'rejected: args must be {"value": ...}'
         else:
             try:
                 await writer.write(str(name), args["value"])
                 result = "applied"
             except Exception as exc:  # noqa: BLE001 - every failure is reported to the API as the command's result
                 result = f"failed: {exc}"
-        result = result[:contract.MAX_TEXT_VALUE]
+        result = result[: contract.MAX_TEXT_VALUE]
         ack = Record(device, now_ms(), TELEMETRY, {contract.ACK_METRIC: command_id, contract.RESULT_METRIC: result})
         if await self.db(self.buffer.record_command, command_id, device, result, ack):
             event("command.done", {"device": device, "id": command_id, "name": name, "result": result})
@@ -207,17 +208,28 @@ class Hub:
     # -- health -----------------------------------------------------------------------------------------------------
 
     def take_interval_counters(self) -> dict[str, Any]:
-        counters = {"read_errors": dict(self.read_errors), "readings": dict(self.readings), "dropped": self.dropped,
-                    "published": self.published, "resent": self.resent, "refused": self.refused,
-                    "latencies_ms": self.latencies_ms}
+        counters = {
+            "read_errors": dict(self.read_errors),
+            "readings": dict(self.readings),
+            "dropped": self.dropped,
+            "published": self.published,
+            "resent": self.resent,
+            "refused": self.refused,
+            "latencies_ms": self.latencies_ms,
+        }
         self.read_errors, self.readings = defaultdict(int), defaultdict(int)
         self.dropped = self.published = self.resent = self.refused = 0
         self.latencies_ms = []
         return counters
 
 
-async def forever(what: str, body: Callable[[], Awaitable[None]], stopping: asyncio.Event,
-                  first_delay: float = 1.0, max_delay: float = 30.0) -> None:
+async def forever(
+    what: str,
+    body: Callable[[], Awaitable[None]],
+    stopping: asyncio.Event,
+    first_delay: float = 1.0,
+    max_delay: float = 30.0,
+) -> None:
     """Runs body again after any failure, with a growing pause (reset once it ran a minute), until stopping."""
     delay = first_delay
     while not stopping.is_set():

@@ -6,6 +6,7 @@ drain about what one reading does. A unit can only travel in the single-entity f
 metric that has one goes as ``{"value", "unit", "ts"}`` on ``.../{metric}/state`` (the drain keeps the unit per
 device and metric); the row was made that way when the reading was buffered, so every re-send of it is the same.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ class Message:
     seqs: tuple[int, ...]  # the buffer rows it carries
 
 
-def build_messages(tenant: str, device: str, rows: Sequence[Row], max_records: int,
-                   max_bytes: int = contract.MAX_PAYLOAD_BYTES) -> list[Message]:
+def build_messages(
+    tenant: str, device: str, rows: Sequence[Row], max_records: int, max_bytes: int = contract.MAX_PAYLOAD_BYTES
+) -> list[Message]:
     prefix = contract.device_prefix(tenant, device)
     messages: list[Message] = []
     parts: list[str] = []
@@ -38,8 +40,9 @@ def build_messages(tenant: str, device: str, rows: Sequence[Row], max_records: i
     def flush() -> None:
         nonlocal parts, seqs, size
         if parts:
-            messages.append(Message(f"{prefix}/{contract.TELEMETRY_FORM}", ("[" + ",".join(parts) + "]").encode(),
-                                    tuple(seqs)))
+            messages.append(
+                Message(f"{prefix}/{contract.TELEMETRY_FORM}", ("[" + ",".join(parts) + "]").encode(), tuple(seqs))
+            )
         parts, seqs, size = [], [], _ENVELOPE
 
     for row in rows:
@@ -48,8 +51,13 @@ def build_messages(tenant: str, device: str, rows: Sequence[Row], max_records: i
             payload = {"value": state["value"], "ts": row.ts_ms}
             if state.get("unit"):
                 payload["unit"] = state["unit"]
-            messages.append(Message(f"{prefix}/{state['metric']}/{contract.STATE_SUFFIX}",
-                                    json.dumps(payload, separators=(",", ":")).encode(), (row.seq,)))
+            messages.append(
+                Message(
+                    f"{prefix}/{state['metric']}/{contract.STATE_SUFFIX}",
+                    json.dumps(payload, separators=(",", ":")).encode(),
+                    (row.seq,),
+                )
+            )
             continue
         part = f'{{"ts":{row.ts_ms},"seq":{row.seq},"metrics":{row.body}}}'
         length = len(part.encode()) + 1
@@ -67,7 +75,7 @@ def clean_value(value: object) -> bool | int | float | str | None:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return value if -2**63 <= value < 2**63 else float(value)
+        return value if -(2**63) <= value < 2**63 else float(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):

@@ -19,6 +19,7 @@ nobody was subscribed, i.e. the drain's persistent session is missing and the me
 pending and are sent again after ``retry_s``. A PUBACK >= 128 (135: the credential's ACL refuses it) is retried the
 same way and logged as an error.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -63,8 +64,12 @@ class _Connection:
         self.inflight: dict[int, tuple[tuple[int, ...], float]] = {}
         self.status_mids: set[int] = set()
         cred, broker = uplink.credential, uplink.broker
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cred.client_id,
-                             protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=cred.client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
         client.username_pw_set(cred.username, cred.password)
         client.tls_set_context(uplink.tls)
         client.will_set(uplink.status_topic, "offline", qos=1, retain=True)
@@ -93,6 +98,7 @@ class _Connection:
             self._connack(reason)
             self.lost.set()
             self.uplink.wake_always()
+
         self._hand(lost)
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
@@ -104,8 +110,15 @@ class _Connection:
 
 
 class Uplink:
-    def __init__(self, hub: Hub, tenant: str, credential: Credential, broker: BrokerConfig,
-                 publish: PublishConfig, tls: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        tenant: str,
+        credential: Credential,
+        broker: BrokerConfig,
+        publish: PublishConfig,
+        tls: ssl.SSLContext,
+    ) -> None:
         self.hub, self.tenant, self.credential = hub, tenant, credential
         self.tls = tls
         self.device = credential.device
@@ -163,11 +176,16 @@ class Uplink:
             self._retry_at = time.monotonic() + self.publish.retry_s
         if time.monotonic() - self._last_refusal_log > 60:
             self._last_refusal_log = time.monotonic()
-            why = ("no matching subscribers: the drain's session is missing on the broker, so the broker dropped it"
-                   if reason == NO_MATCHING_SUBSCRIBERS else "refused by the broker (check the device's credential)")
-            event("publish.not_stored", {"device": self.device, "reason_code": reason, "why": why,
-                                         "retry_s": self.publish.retry_s},
-                  logging.WARNING if reason == NO_MATCHING_SUBSCRIBERS else logging.ERROR)
+            why = (
+                "no matching subscribers: the drain's session is missing on the broker, so the broker dropped it"
+                if reason == NO_MATCHING_SUBSCRIBERS
+                else "refused by the broker (check the device's credential)"
+            )
+            event(
+                "publish.not_stored",
+                {"device": self.device, "reason_code": reason, "why": why, "retry_s": self.publish.retry_s},
+                logging.WARNING if reason == NO_MATCHING_SUBSCRIBERS else logging.ERROR,
+            )
 
     # -- the connection loop ----------------------------------------------------------------------------------
 
@@ -180,8 +198,11 @@ class Uplink:
                     delay = min(1.0, self.broker.reconnect_max_s)
                     await self._serve(connection)
             except Exception as exc:  # noqa: BLE001 - logged, then reconnect
-                event("uplink.error", {"device": self.device, "error": f"{type(exc).__name__}: {exc}"[:300]},
-                      logging.ERROR)
+                event(
+                    "uplink.error",
+                    {"device": self.device, "error": f"{type(exc).__name__}: {exc}"[:300]},
+                    logging.ERROR,
+                )
             finally:
                 self.connected = False
                 self._connection = None
@@ -205,11 +226,20 @@ class Uplink:
         properties.SessionExpiryInterval = 0
         client = connection.client
         try:
-            await asyncio.to_thread(client.connect, self.broker.host, self.broker.port,
-                                    keepalive=self.broker.keepalive_s, clean_start=True, properties=properties)
+            await asyncio.to_thread(
+                client.connect,
+                self.broker.host,
+                self.broker.port,
+                keepalive=self.broker.keepalive_s,
+                clean_start=True,
+                properties=properties,
+            )
         except (OSError, ssl.SSLError) as exc:
-            event("uplink.unreachable", {"device": self.device, "broker": f"{self.broker.host}:{self.broker.port}",
-                                         "error": str(exc)[:200]}, logging.WARNING)
+            event(
+                "uplink.unreachable",
+                {"device": self.device, "broker": f"{self.broker.host}:{self.broker.port}", "error": str(exc)[:200]},
+                logging.WARNING,
+            )
             return False
         client.loop_start()
         try:
@@ -218,8 +248,11 @@ class Uplink:
             event("uplink.no_connack", {"device": self.device}, logging.WARNING)
             return False
         if reason.is_failure:
-            event("uplink.refused", {"device": self.device, "reason": reason.getName(), "username":
-                                     self.credential.username}, logging.ERROR)
+            event(
+                "uplink.refused",
+                {"device": self.device, "reason": reason.getName(), "username": self.credential.username},
+                logging.ERROR,
+            )
             return False
         self._connection = connection
         self.connected = True
@@ -242,7 +275,8 @@ class Uplink:
                 # Stopping: what the sources read last is in the buffer now; publish it too, for a while.
                 stop_by = stop_by or time.monotonic() + CLOSE_WAIT_S
                 more = bool(connection.inflight) or bool(
-                    await self.hub.db(self.hub.buffer.pending, self.device, cursor, 1))
+                    await self.hub.db(self.hub.buffer.pending, self.device, cursor, 1)
+                )
                 if time.monotonic() > stop_by or not more:
                     await self._close(connection)
                     return

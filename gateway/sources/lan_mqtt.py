@@ -6,6 +6,7 @@ A topic maps to a device and either one metric (format "value": the payload is a
 several (format "json": a flat JSON object; ``fields`` maps its keys to metrics, or every key is a metric). A
 payload that cannot be read is a read error of that device, logged, never a crash.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,9 +56,11 @@ class LanMqttSource:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
-                             client_id=self.config.client_id or f"mqtt-saas-gateway-{secrets.token_hex(4)}",
-                             protocol=mqtt.MQTTv311)
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.config.client_id or f"mqtt-saas-gateway-{secrets.token_hex(4)}",
+            protocol=mqtt.MQTTv311,
+        )
         if self.config.username:
             client.username_pw_set(self.config.username, self.config.password)
         client.reconnect_delay_set(1, 30)
@@ -65,12 +68,16 @@ class LanMqttSource:
 
         def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
             if reason.is_failure:
-                event("source.read_error", {"source": "mqtt_lan", "errors": [f"connect: {reason.getName()}"]},
-                      logging.WARNING)
+                event(
+                    "source.read_error",
+                    {"source": "mqtt_lan", "errors": [f"connect: {reason.getName()}"]},
+                    logging.WARNING,
+                )
                 return
             client.subscribe([(f, 1) for f in filters])
-            loop.call_soon_threadsafe(event, "source.connected", {"source": "mqtt_lan", "broker":
-                                                                  f"{self.config.host}:{self.config.port}"})
+            loop.call_soon_threadsafe(
+                event, "source.connected", {"source": "mqtt_lan", "broker": f"{self.config.host}:{self.config.port}"}
+            )
 
         def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
             with contextlib.suppress(RuntimeError):
@@ -96,8 +103,16 @@ class LanMqttSource:
                 self.hub.read_errors[topic.device] += 1
                 if time.monotonic() - self._last_error_log.get(topic.device, 0) > 60:
                     self._last_error_log[topic.device] = time.monotonic()
-                    event("source.read_error", {"device": topic.device, "source": "mqtt_lan", "topic": topic_name,
-                                                "errors": [f"unreadable payload: {exc}"[:200]]}, logging.WARNING)
+                    event(
+                        "source.read_error",
+                        {
+                            "device": topic.device,
+                            "source": "mqtt_lan",
+                            "topic": topic_name,
+                            "errors": [f"unreadable payload: {exc}"[:200]],
+                        },
+                        logging.WARNING,
+                    )
                 continue
             if values:
                 self.hub.submit(topic.device, ts_ms, values)

@@ -7,6 +7,7 @@ poll, then once a minute), and the connection is dropped so the next poll starts
 so a dead meter never delays the other machines. Three polls in a row without a value mark the device offline
 (its status topic), the next good one online again.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -101,9 +102,16 @@ class ModbusSource:
             self.hub.read_errors[self.device] += len(errors)
             if time.monotonic() - self._last_error_log > ERROR_LOG_EVERY_S or self._failed_polls == 0:
                 self._last_error_log = time.monotonic()
-                event("source.read_error", {"device": self.device, "source": "modbus",
-                                            "endpoint": f"{self.config.host}:{self.config.port}",
-                                            "errors": errors[:5]}, logging.WARNING)
+                event(
+                    "source.read_error",
+                    {
+                        "device": self.device,
+                        "source": "modbus",
+                        "endpoint": f"{self.config.host}:{self.config.port}",
+                        "errors": errors[:5],
+                    },
+                    logging.WARNING,
+                )
         if values:
             if self._failed_polls >= FAILED_POLLS_OFFLINE:
                 event("source.recovered", {"device": self.device, "source": "modbus"})
@@ -119,8 +127,14 @@ class ModbusSource:
             return self._client
         self._drop_connection()
         # retries=0 and no automatic reconnect: the poll schedule is the retry, and a timeout stays one timeout.
-        client = AsyncModbusTcpClient(self.config.host, port=self.config.port, timeout=self.config.timeout_s,
-                                      retries=0, reconnect_delay=0, name=f"modbus-{self.device}")
+        client = AsyncModbusTcpClient(
+            self.config.host,
+            port=self.config.port,
+            timeout=self.config.timeout_s,
+            retries=0,
+            reconnect_delay=0,
+            name=f"modbus-{self.device}",
+        )
         try:
             connected = await asyncio.wait_for(client.connect(), self.config.timeout_s + 1)
         except BaseException:
@@ -139,8 +153,12 @@ class ModbusSource:
 
     async def _read(self, client: AsyncModbusTcpClient, block: Block) -> list[int] | list[bool]:
         unit = self.config.unit_id
-        request = {"holding": client.read_holding_registers, "input": client.read_input_registers,
-                   "coil": client.read_coils, "discrete": client.read_discrete_inputs}[block.table]
+        request = {
+            "holding": client.read_holding_registers,
+            "input": client.read_input_registers,
+            "coil": client.read_coils,
+            "discrete": client.read_discrete_inputs,
+        }[block.table]
         # pymodbus' own timeout (timeout_s) bounds the wait for the answer, a device that never answers included.
         response = await request(block.address, count=block.count, device_id=unit)
         if response.isError():
@@ -156,15 +174,18 @@ class ModbusSource:
                 if isinstance(encoded, bool):
                     response = await asyncio.wait_for(
                         client.write_coil(point.address, encoded, device_id=self.config.unit_id),
-                        self.config.timeout_s + 1)
+                        self.config.timeout_s + 1,
+                    )
                 else:
                     response = await asyncio.wait_for(
                         client.write_registers(point.address, encoded, device_id=self.config.unit_id),
-                        self.config.timeout_s + 1)
+                        self.config.timeout_s + 1,
+                    )
             except (ModbusException, OSError, TimeoutError):
                 self._drop_connection()
                 raise
         if response.isError():
-            raise ModbusException(f"the device refused the write: exception code "
-                                  f"{getattr(response, 'exception_code', '?')}")
+            raise ModbusException(
+                f"the device refused the write: exception code {getattr(response, 'exception_code', '?')}"
+            )
         event("source.written", {"device": self.device, "metric": metric, "value": value, "registers": encoded})

@@ -7,6 +7,7 @@ read error, the device is marked offline, and the session is rebuilt with a grow
 
 Writes go to nodes the configuration marks writable, as the node's own data type (read from the server once).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,10 +31,14 @@ for name in ("asyncua", "asyncua.client", "asyncua.common"):
     logging.getLogger(name).setLevel(logging.ERROR)
 
 _INTEGER_RANGES = {
-    ua.VariantType.SByte: (-2**7, 2**7 - 1), ua.VariantType.Byte: (0, 2**8 - 1),
-    ua.VariantType.Int16: (-2**15, 2**15 - 1), ua.VariantType.UInt16: (0, 2**16 - 1),
-    ua.VariantType.Int32: (-2**31, 2**31 - 1), ua.VariantType.UInt32: (0, 2**32 - 1),
-    ua.VariantType.Int64: (-2**63, 2**63 - 1), ua.VariantType.UInt64: (0, 2**64 - 1),
+    ua.VariantType.SByte: (-(2**7), 2**7 - 1),
+    ua.VariantType.Byte: (0, 2**8 - 1),
+    ua.VariantType.Int16: (-(2**15), 2**15 - 1),
+    ua.VariantType.UInt16: (0, 2**16 - 1),
+    ua.VariantType.Int32: (-(2**31), 2**31 - 1),
+    ua.VariantType.UInt32: (0, 2**32 - 1),
+    ua.VariantType.Int64: (-(2**63), 2**63 - 1),
+    ua.VariantType.UInt64: (0, 2**64 - 1),
 }
 
 
@@ -108,8 +113,9 @@ class OpcUaSource:
             self._client = client
             self._nodes = {n.metric: client.get_node(n.node_id) for n in config.nodes}
             self._metric_of = {node.nodeid: metric for metric, node in self._nodes.items()}
-            event("source.connected", {"device": self.device, "source": "opcua", "url": config.url,
-                                       "mode": config.mode})
+            event(
+                "source.connected", {"device": self.device, "source": "opcua", "url": config.url, "mode": config.mode}
+            )
             if config.mode == "subscribe":
                 await self._subscribe(client)
             else:
@@ -127,8 +133,11 @@ class OpcUaSource:
         bad = [metric for metric, r in zip(self._nodes, results, strict=True) if isinstance(r, ua.StatusCode)]
         if bad:
             self.hub.read_errors[self.device] += len(bad)
-            event("source.read_error", {"device": self.device, "source": "opcua",
-                                        "errors": [f"cannot subscribe to {m}" for m in bad]}, logging.WARNING)
+            event(
+                "source.read_error",
+                {"device": self.device, "source": "opcua", "errors": [f"cannot subscribe to {m}" for m in bad]},
+                logging.WARNING,
+            )
         if len(bad) == len(self._nodes):
             raise ConnectionError("none of the nodes could be subscribed to")
         self.hub.set_source_ok(self.device, True)
@@ -180,8 +189,7 @@ class OpcUaSource:
     def _failed(self, error: str) -> None:
         self.hub.read_errors[self.device] += 1
         self.hub.set_source_ok(self.device, False)
-        event("source.read_error", {"device": self.device, "source": "opcua", "errors": [error[:300]]},
-              logging.WARNING)
+        event("source.read_error", {"device": self.device, "source": "opcua", "errors": [error[:300]]}, logging.WARNING)
 
     async def write(self, metric: str, value: object) -> None:
         client, node = self._client, self._nodes.get(metric)

@@ -30,6 +30,7 @@ A reading is one metric value (one telemetry row). The last line is machine-read
 gateway_bench readings_per_s=... buffer_writes_per_s=... outage_backlog=... backlog_drain_s=... rss_mb=... lost=...
     duplicates=...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,20 +85,26 @@ def main() -> None:
             print(f"source: {source:,.0f} readings/s (bare pymodbus polls back to back, nothing stored or sent)")
             gateway = _bench_gateway(work, settings, creds, ports, args.metrics, args.seconds)
             naive = asyncio.run(_naive(work, settings, creds, ports, args.metrics, min(args.seconds, 10.0)))
-            print(f"naive: {naive:,.0f} readings/s (per poll: INSERT+COMMIT, one QoS 1 message, wait for PUBACK, "
-                  "DELETE+COMMIT)")
+            print(
+                f"naive: {naive:,.0f} readings/s (per poll: INSERT+COMMIT, one QoS 1 message, wait for PUBACK, "
+                "DELETE+COMMIT)"
+            )
             backlog, drain_s = _bench_outage(work, settings, creds, ports, args.metrics, args.outage_s)
         finally:
             servers[0].kill()
             servers[0].wait()
         lost, duplicates, stored = _check(stack, settings, work)
-    print(f"gateway/source: {gateway['readings_per_s'] / source:.0%}   gateway/naive: "
-          f"{gateway['readings_per_s'] / naive:.1f}x   group commit/naive commit: "
-          f"{buffer_rate['full'] / buffer_rate['naive']:.0f}x")
+    print(
+        f"gateway/source: {gateway['readings_per_s'] / source:.0%}   gateway/naive: "
+        f"{gateway['readings_per_s'] / naive:.1f}x   group commit/naive commit: "
+        f"{buffer_rate['full'] / buffer_rate['naive']:.0f}x"
+    )
     print(f"check: {stored:,} readings in PostgreSQL, lost {lost}, duplicates {duplicates}")
-    print(f"gateway_bench readings_per_s={gateway['readings_per_s']:.0f} buffer_writes_per_s={buffer_rate['full']:.0f} "
-          f"outage_backlog={backlog} backlog_drain_s={drain_s:.1f} rss_mb={gateway['rss_mb']:.0f} lost={lost} "
-          f"duplicates={duplicates}")
+    print(
+        f"gateway_bench readings_per_s={gateway['readings_per_s']:.0f} buffer_writes_per_s={buffer_rate['full']:.0f} "
+        f"outage_backlog={backlog} backlog_drain_s={drain_s:.1f} rss_mb={gateway['rss_mb']:.0f} lost={lost} "
+        f"duplicates={duplicates}"
+    )
 
 
 def _cpu_model() -> str:
@@ -112,8 +119,13 @@ def _prepare(stack: LocalStack, devices: int) -> tuple[Any, list[Any]]:
     settings = settings_from(env)
     pool = create_pool(settings)
     tenant = create_tenant(pool, TENANT, "Benchmark Works", "industrial")
-    with DynsecClient(settings.mqtt_host, settings.mqtt_port, settings.mqtt_ca_file,
-                      settings.mqtt_provisioner_username, settings.mqtt_provisioner_password) as dynsec:
+    with DynsecClient(
+        settings.mqtt_host,
+        settings.mqtt_port,
+        settings.mqtt_ca_file,
+        settings.mqtt_provisioner_username,
+        settings.mqtt_provisioner_password,
+    ) as dynsec:
         creds = [provision_device(pool, dynsec, tenant, f"m-{i:03d}") for i in range(devices - 1)]
         creds.append(provision_device(pool, dynsec, tenant, "gw-health"))
     pool.close()
@@ -123,10 +135,12 @@ def _prepare(stack: LocalStack, devices: int) -> tuple[Any, list[Any]]:
 
 # -- the simulated machines -------------------------------------------------------------------------------------------
 
+
 def _start_machines(devices: int, metrics: int) -> tuple[subprocess.Popen[bytes], list[int]]:
     ports = [free_port() for _ in range(devices)]
-    process = subprocess.Popen([sys.executable, __file__, "--serve-machines", str(metrics), *map(str, ports)],
-                               stdout=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve-machines", str(metrics), *map(str, ports)], stdout=subprocess.PIPE
+    )
     assert process.stdout is not None
     if process.stdout.readline().strip() != b"ready":
         raise RuntimeError("the simulated machines did not start")
@@ -161,17 +175,23 @@ def _serve_machines(metrics: int, ports: list[int]) -> None:
 
 # -- phases -----------------------------------------------------------------------------------------------------------
 
+
 def _records(devices: int, metrics: int, start_ms: int, polls: int, step_ms: int = 1000) -> list[list[Record]]:
     """The fleet's polls, one list per poll round (what the gateway's group commit takes in one transaction)."""
-    return [[Record(f"m-{d:03d}", start_ms + p * step_ms, TELEMETRY, {f"r{i}": (p + i) % 65536 for i in range(metrics)})
-             for d in range(devices)] for p in range(polls)]
+    return [
+        [
+            Record(f"m-{d:03d}", start_ms + p * step_ms, TELEMETRY, {f"r{i}": (p + i) % 65536 for i in range(metrics)})
+            for d in range(devices)
+        ]
+        for p in range(polls)
+    ]
 
 
 def _bench_buffer(work: Path, devices: int, metrics: int, outage_s: int) -> dict[str, float]:
     rates: dict[str, float] = {}
     rounds = _records(devices, metrics, int(time.time() * 1000), 200)
     # Under load the group commit takes whatever arrived during the previous WAL sync: 20 rounds a batch here.
-    saturated = [[r for batch in rounds[i:i + 20] for r in batch] for i in range(0, len(rounds), 20)]
+    saturated = [[r for batch in rounds[i : i + 20] for r in batch] for i in range(0, len(rounds), 20)]
     for mode, batches in (("full", saturated), ("normal", saturated), ("full_round", rounds)):
         synchronous = "normal" if mode == "normal" else "full"
         buffer = Buffer(work / f"buffer-{mode}.sqlite3", 2**34, synchronous=synchronous)  # type: ignore[arg-type]
@@ -187,9 +207,11 @@ def _bench_buffer(work: Path, devices: int, metrics: int, outage_s: int) -> dict
         naive.append([record])  # a transaction and a WAL sync per poll
     rates["naive"] = len(polls) * metrics / (time.perf_counter() - started)
     naive.close()
-    print(f"buffer writes: group commit {rates['full']:,.0f} readings/s (synchronous FULL, 20 poll rounds a "
-          f"transaction, as under load), {rates['normal']:,.0f} (NORMAL); one round of the fleet's polls a transaction "
-          f"{rates['full_round']:,.0f} (FULL); naive commit per poll {rates['naive']:,.0f} (FULL)")
+    print(
+        f"buffer writes: group commit {rates['full']:,.0f} readings/s (synchronous FULL, 20 poll rounds a "
+        f"transaction, as under load), {rates['normal']:,.0f} (NORMAL); one round of the fleet's polls a transaction "
+        f"{rates['full_round']:,.0f} (FULL); naive commit per poll {rates['naive']:,.0f} (FULL)"
+    )
 
     # Its drain rate over an hour's backlog, no network: what the uplinks do around each publish.
     buffer = Buffer(work / "buffer-drain.sqlite3", 2**34)
@@ -207,9 +229,11 @@ def _bench_buffer(work: Path, devices: int, metrics: int, outage_s: int) -> dict
             cursor = rows[-1].seq
             drained += len(rows)
     elapsed = time.perf_counter() - started
-    print(f"buffer drain: {drained * metrics:,} readings in {elapsed:.1f} s = {drained * metrics / elapsed:,.0f} "
-          f"readings/s (pending, cut messages of 500 polls, mark acknowledged; no network); an hour's backlog takes "
-          f"{size_mb:.0f} MB")
+    print(
+        f"buffer drain: {drained * metrics:,} readings in {elapsed:.1f} s = {drained * metrics / elapsed:,.0f} "
+        f"readings/s (pending, cut messages of 500 polls, mark acknowledged; no network); an hour's backlog takes "
+        f"{size_mb:.0f} MB"
+    )
     buffer.close()
     return rates
 
@@ -234,17 +258,23 @@ async def _source_limit(ports: list[int], metrics: int, seconds: float) -> float
     return count / seconds
 
 
-def _config(work: Path, name: str, settings: Any, creds: list[Any], ports: list[int], metrics: int,
-            interval: float) -> Path:
+def _config(
+    work: Path, name: str, settings: Any, creds: list[Any], ports: list[int], metrics: int, interval: float
+) -> Path:
     folder = work / name
     folder.mkdir()
-    lines = [f'[gateway]\ntenant = "{TENANT}"',
-             f'[broker]\nhost = "{settings.mqtt_host}"\nport = {settings.mqtt_port}\n'
-             f'ca_file = "{settings.mqtt_ca_file}"\nreconnect_max_s = 2',
-             '[buffer]\npath = "buffer.sqlite3"', '[health]\ndevice = "gw-health"\ninterval_s = 1.0']
+    lines = [
+        f'[gateway]\ntenant = "{TENANT}"',
+        f'[broker]\nhost = "{settings.mqtt_host}"\nport = {settings.mqtt_port}\n'
+        f'ca_file = "{settings.mqtt_ca_file}"\nreconnect_max_s = 2',
+        '[buffer]\npath = "buffer.sqlite3"',
+        '[health]\ndevice = "gw-health"\ninterval_s = 1.0',
+    ]
     for cred, port in zip(creds[:-1], ports, strict=True):
-        lines.append(f'[[modbus]]\ndevice = "{cred.device}"\nhost = "127.0.0.1"\nport = {port}\n'
-                     f"poll_interval_s = {interval}\ntimeout_s = 2.0")
+        lines.append(
+            f'[[modbus]]\ndevice = "{cred.device}"\nhost = "127.0.0.1"\nport = {port}\n'
+            f"poll_interval_s = {interval}\ntimeout_s = 2.0"
+        )
         lines += [f'[[modbus.points]]\nmetric = "r{i}"\naddress = {i}' for i in range(metrics)]
     for cred in creds:
         lines.append(f'[devices.{cred.device}]\npassword = "{cred.password}"')
@@ -254,8 +284,13 @@ def _config(work: Path, name: str, settings: Any, creds: list[Any], ports: list[
 
 def _start_gateway(folder: Path) -> subprocess.Popen[bytes]:
     log = (folder / "gateway.log").open("wb")
-    return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(folder / "gateway.toml")], cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "--config", str(folder / "gateway.toml")],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _stop_gateway(process: subprocess.Popen[bytes]) -> None:
@@ -265,8 +300,11 @@ def _stop_gateway(process: subprocess.Popen[bytes]) -> None:
 
 def _events(folder: Path, name: str) -> list[dict[str, Any]]:
     marker = f" {name} "
-    return [json.loads(line.split(marker, 1)[1]) for line in (folder / "gateway.log").read_text().splitlines()
-            if marker in line]
+    return [
+        json.loads(line.split(marker, 1)[1])
+        for line in (folder / "gateway.log").read_text().splitlines()
+        if marker in line
+    ]
 
 
 def _pending(folder: Path) -> int:
@@ -296,8 +334,9 @@ def _wait(condition: Any, timeout: float, what: str) -> Any:
     raise TimeoutError(what)
 
 
-def _bench_gateway(work: Path, settings: Any, creds: list[Any], ports: list[int], metrics: int,
-                   seconds: float) -> dict[str, float]:
+def _bench_gateway(
+    work: Path, settings: Any, creds: list[Any], ports: list[int], metrics: int, seconds: float
+) -> dict[str, float]:
     folder = _config(work, "sustained", settings, creds, ports, metrics, 0.001)
     process = _start_gateway(folder)
     try:
@@ -321,9 +360,11 @@ def _bench_gateway(work: Path, settings: Any, creds: list[Any], ports: list[int]
     rate = acked * metrics / elapsed
     read = (seq_after - seq_before) * metrics / elapsed
     cores = cpu_s / elapsed
-    print(f"gateway: {rate:,.0f} readings/s acknowledged by the broker, {read:,.0f} read ({len(ports)} devices "
-          f"polled back to back for {elapsed:.0f} s); backlog {pending_before} -> {pending_after} polls; "
-          f"cpu {cores:.2f} cores = {cores / (rate / 1000):.3f} cores per 1,000 readings/s; rss {rss:.0f} MB")
+    print(
+        f"gateway: {rate:,.0f} readings/s acknowledged by the broker, {read:,.0f} read ({len(ports)} devices "
+        f"polled back to back for {elapsed:.0f} s); backlog {pending_before} -> {pending_after} polls; "
+        f"cpu {cores:.2f} cores = {cores / (rate / 1000):.3f} cores per 1,000 readings/s; rss {rss:.0f} MB"
+    )
     return {"readings_per_s": rate, "rss_mb": rss, "cores_per_1000": cores / (rate / 1000)}
 
 
@@ -344,13 +385,15 @@ async def _naive(work: Path, settings: Any, creds: list[Any], ports: list[int], 
         db.execute("CREATE TABLE IF NOT EXISTS q (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER, body TEXT)")
         acked: dict[int, asyncio.Future[None]] = {}
         connected: asyncio.Future[None] = loop.create_future()
-        client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cred.client_id,
-                             protocol=mqtt.MQTTv5)
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=cred.client_id, protocol=mqtt.MQTTv5
+        )
         client.username_pw_set(cred.username, cred.password)
         client.tls_set(ca_certs=settings.mqtt_ca_file, cert_reqs=ssl.CERT_REQUIRED)
         client.on_connect = lambda *a: loop.call_soon_threadsafe(connected.set_result, None)
         client.on_publish = lambda c, u, mid, rc, p: loop.call_soon_threadsafe(
-            lambda: acked.setdefault(mid, loop.create_future()).done() or acked[mid].set_result(None))
+            lambda: acked.setdefault(mid, loop.create_future()).done() or acked[mid].set_result(None)
+        )
         await asyncio.to_thread(client.connect, settings.mqtt_host, settings.mqtt_port)
         client.loop_start()
         await connected
@@ -377,8 +420,9 @@ async def _naive(work: Path, settings: Any, creds: list[Any], ports: list[int], 
     return count / seconds
 
 
-def _bench_outage(work: Path, settings: Any, creds: list[Any], ports: list[int], metrics: int,
-                  outage_s: int) -> tuple[int, float]:
+def _bench_outage(
+    work: Path, settings: Any, creds: list[Any], ports: list[int], metrics: int, outage_s: int
+) -> tuple[int, float]:
     folder = _config(work, "outage", settings, creds, ports, metrics, 1.0)
     buffer = Buffer(folder / "buffer.sqlite3", 2**34)
     with sqlite3.connect(work / "sustained" / "buffer.sqlite3") as conn:
@@ -412,11 +456,15 @@ def _bench_outage(work: Path, settings: Any, creds: list[Any], ports: list[int],
         steady_rss = _rss_mb(process.pid)
     finally:
         _stop_gateway(process)
-    print(f"outage: {outage_s} s x {len(ports)} devices x {metrics} metrics x 1 Hz = {backlog:,} readings "
-          f"({size_mb:.0f} MB of buffer), published in {drain_s:.1f} s from the gateway's start "
-          f"(= {backlog / drain_s:,.0f} readings/s) while polling live at 1 Hz; rss {rss:.0f} MB")
-    print(f"design fleet, steady: {len(ports)} x {metrics} x 1 Hz = {len(ports) * metrics} readings/s take "
-          f"{steady_cores:.3f} cores and {steady_rss:.0f} MB resident")
+    print(
+        f"outage: {outage_s} s x {len(ports)} devices x {metrics} metrics x 1 Hz = {backlog:,} readings "
+        f"({size_mb:.0f} MB of buffer), published in {drain_s:.1f} s from the gateway's start "
+        f"(= {backlog / drain_s:,.0f} readings/s) while polling live at 1 Hz; rss {rss:.0f} MB"
+    )
+    print(
+        f"design fleet, steady: {len(ports)} x {metrics} x 1 Hz = {len(ports) * metrics} readings/s take "
+        f"{steady_cores:.3f} cores and {steady_rss:.0f} MB resident"
+    )
     return backlog, drain_s
 
 
@@ -431,8 +479,11 @@ def _check(stack: LocalStack, settings: Any, work: Path) -> tuple[int, int, int]
     given = 0
     for folder in ("sustained", "outage"):
         with sqlite3.connect(work / folder / "buffer.sqlite3") as conn:
-            first = int(conn.execute("SELECT value FROM counters WHERE name = 'bench_first_seq'").fetchone()[0]
-                        if folder == "outage" else 0)
+            first = int(
+                conn.execute("SELECT value FROM counters WHERE name = 'bench_first_seq'").fetchone()[0]
+                if folder == "outage"
+                else 0
+            )
             given += int(conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()[0]) - first
     with psycopg.connect(stack.postgres.superuser_dsn("bench")) as conn:
         readings = conn.execute("""

@@ -1,6 +1,7 @@
 """Fixtures for the gateway's tests: the shop floor (tests/gateway/servers.py), a tenant with the gateway's devices
 provisioned on the real broker, and the gateway itself as `python -m gateway --config ...` in a subprocess, so it
 can be SIGKILLed like a real one (tests/gateway/harness.py)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -1,5 +1,6 @@
 """The gateway's tests' helpers: a tenant and its gateway.toml (Site), the gateway as a subprocess
 (GatewayProcess), and the exactly-once check every fault test ends with."""
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,13 @@ class Site:
             devices[name] = {"password_file": secret.name}
         config: dict[str, Any] = {
             "gateway": {"tenant": self.slug},
-            "broker": {"host": self.settings.mqtt_host, "port": broker_port or self.settings.mqtt_port,
-                       "ca_file": self.settings.mqtt_ca_file, "keepalive_s": 10, "connect_timeout_s": 3},
+            "broker": {
+                "host": self.settings.mqtt_host,
+                "port": broker_port or self.settings.mqtt_port,
+                "ca_file": self.settings.mqtt_ca_file,
+                "keepalive_s": 10,
+                "connect_timeout_s": 3,
+            },
             "buffer": {"path": "buffer.sqlite3"},
             "publish": {"retry_s": 0.5},
             "health": {"device": HEALTH_DEVICE, "interval_s": 1.0},
@@ -96,17 +102,23 @@ class Site:
         return config
 
     def device_id(self, name: str) -> int:
-        [(device_id,)] = query(self.database, "SELECT id FROM devices WHERE tenant_id = %(t)s AND name = %(n)s",
-                               {"t": self.tenant["id"], "n": name})
+        [(device_id,)] = query(
+            self.database,
+            "SELECT id FROM devices WHERE tenant_id = %(t)s AND name = %(n)s",
+            {"t": self.tenant["id"], "n": name},
+        )
         return int(device_id)
 
     def rows(self, device: str, metric: str) -> list[tuple[Any, ...]]:
         """(value, value_bool, value_text, ts as epoch ms, seq) of one metric, in time order."""
-        return query(self.database, """
+        return query(
+            self.database,
+            """
             SELECT t.value, t.value_bool, t.value_text, (extract(epoch FROM t.ts) * 1000)::bigint, t.seq
             FROM telemetry t JOIN devices d ON d.tenant_id = t.tenant_id AND d.id = t.device_id
             WHERE t.tenant_id = %(t)s AND d.name = %(d)s AND t.metric = %(m)s ORDER BY t.ts, t.seq""",
-                     {"t": self.tenant["id"], "d": device, "m": metric})
+            {"t": self.tenant["id"], "d": device, "m": metric},
+        )
 
     def drain(self) -> None:
         run_mqtt_ingest()
@@ -141,8 +153,12 @@ class GatewayProcess:
         self.logs.append(log)
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "--config", str(config_file)], cwd=REPO, stdout=out,
-                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                [sys.executable, "-m", "gateway", "--config", str(config_file)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         return self
 
     def log_text(self) -> str:
@@ -196,15 +212,21 @@ def assert_every_reading_stored_once(site: Site, gateway: GatewayProcess, droppe
     telemetry rows plus the /state readings (stored with seq 0) plus what the stated when-full policy dropped
     account for all of 1..highest seq."""
     highest = gateway.highest_seq()
-    seqs = query(site.database, """
+    seqs = query(
+        site.database,
+        """
         SELECT seq, count(DISTINCT (device_id, ts)) FROM telemetry WHERE tenant_id = %(t)s AND seq > 0
-        GROUP BY seq ORDER BY seq""", {"t": site.tenant["id"]})
-    [(state_readings,)] = query(site.database, "SELECT count(*) FROM telemetry WHERE tenant_id = %(t)s AND seq = 0",
-                                {"t": site.tenant["id"]})
+        GROUP BY seq ORDER BY seq""",
+        {"t": site.tenant["id"]},
+    )
+    [(state_readings,)] = query(
+        site.database, "SELECT count(*) FROM telemetry WHERE tenant_id = %(t)s AND seq = 0", {"t": site.tenant["id"]}
+    )
     assert all(readings == 1 for _, readings in seqs), "a seq was stored as two different readings"
     stored = {seq for seq, _ in seqs}
     assert stored <= set(range(1, highest + 1))
     missing = highest - len(stored)
     assert missing == state_readings + dropped, (
         f"{missing - state_readings - dropped} readings lost (highest seq {highest}, {len(stored)} stored, "
-        f"{state_readings} /state readings, {dropped} dropped by policy)")
+        f"{state_readings} /state readings, {dropped} dropped by policy)"
+    )

@@ -1,6 +1,7 @@
 """The shop floor for the gateway's tests, all real and on free loopback ports: pymodbus TCP servers as meters,
 an asyncua server as the PLC, a plain Mosquitto as the LAN broker, a Modbus device that never answers and one that
 answers garbage, and a TCP relay between the gateway and the cloud broker that the test can cut."""
+
 from __future__ import annotations
 
 import asyncio
@@ -58,11 +59,15 @@ class ModbusMeter:
     def __init__(self, background: BackgroundLoop) -> None:
         self.background = background
         self.port = free_port()
-        device = SimDevice(id=self.UNIT, simdata=(
-            [SimData(0, count=64, values=False, datatype=DataType.BITS)],
-            [SimData(0, count=64, values=False, datatype=DataType.BITS)],
-            [SimData(0, count=200, values=0, datatype=DataType.REGISTERS)],
-            [SimData(0, count=200, values=0, datatype=DataType.REGISTERS)]))
+        device = SimDevice(
+            id=self.UNIT,
+            simdata=(
+                [SimData(0, count=64, values=False, datatype=DataType.BITS)],
+                [SimData(0, count=64, values=False, datatype=DataType.BITS)],
+                [SimData(0, count=200, values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, count=200, values=0, datatype=DataType.REGISTERS)],
+            ),
+        )
 
         async def start() -> ModbusTcpServer:
             server = ModbusTcpServer(device, address=(LOCALHOST, self.port))
@@ -109,8 +114,9 @@ class OpcUaPlc:
             machine = await self.server.nodes.objects.add_object(self.namespace, prefix)
             nodes = {}
             for name, (value, kind) in variables.items():
-                node = await machine.add_variable(ua.NodeId(f"{prefix}.{name}", self.namespace), name,
-                                                  ua.Variant(value, kind))
+                node = await machine.add_variable(
+                    ua.NodeId(f"{prefix}.{name}", self.namespace), name, ua.Variant(value, kind)
+                )
                 await node.set_writable()
                 nodes[name] = node
             return nodes
@@ -138,8 +144,10 @@ class LanBroker:
         base_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         conf = base_dir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} {LOCALHOST}\nallow_anonymous true\npersistence false\n"
-                        f"log_dest file {base_dir / 'mosquitto.log'}\n")
+        conf.write_text(
+            f"listener {self.port} {LOCALHOST}\nallow_anonymous true\npersistence false\n"
+            f"log_dest file {base_dir / 'mosquitto.log'}\n"
+        )
         (base_dir / "mosquitto.log").touch()
         if is_root():  # mosquitto drops to its own user, which must reach and write these files
             chown_tree(base_dir, "mosquitto")

@@ -1,4 +1,5 @@
 """The store-and-forward buffer (gateway/buffer.py) on a real SQLite file. No servers."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """The gateway's TOML configuration: the documented example loads, and mistakes say where they are. No servers."""
+
 from __future__ import annotations
 
 import re
@@ -41,15 +42,23 @@ def test_the_documented_example_loads(tmp_path):
 
 
 def test_check_prints_a_summary_without_connecting(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "gateway", "--config", str(documented_example(tmp_path)), "--check"],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(documented_example(tmp_path)), "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "modbus 192.168.10.20:502 unit 1 -> meter-01" in done.stdout
 
 
-BASE = {"gateway": {"tenant": "acme"}, "broker": {"host": "broker.example.com"},
-        "devices": {"m-1": {"password": "p"}},
-        "modbus": [{"device": "m-1", "host": "10.0.0.5", "points": [{"metric": "a", "address": 0}]}]}
+BASE = {
+    "gateway": {"tenant": "acme"},
+    "broker": {"host": "broker.example.com"},
+    "devices": {"m-1": {"password": "p"}},
+    "modbus": [{"device": "m-1", "host": "10.0.0.5", "points": [{"metric": "a", "address": 0}]}],
+}
 
 
 def with_(path: str, value) -> dict:
@@ -65,20 +74,23 @@ def with_(path: str, value) -> dict:
     return config
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    (with_("modbus.0.poll_intervall_s", 10), r"modbus\[0\]: unknown key\(s\) poll_intervall_s"),
-    (with_("modbus.0.points.0.type", "int64"), r"points\[0\]\.type: 'int64' is not one of int16"),
-    (with_("modbus.0.points.0.table", "input") | {}, None),
-    (with_("gateway.tenant", "Acme"), r"gateway\.tenant: 'Acme' is not a valid tenant slug"),
-    (with_("modbus.0.points.0.metric", "temp C"), "not a valid metric name"),
-    (with_("modbus.0.device", "m-2"), r"devices\.m-2: missing"),
-    (with_("modbus.0.points.0.scale", 0), "cannot be 0"),
-    (with_("publish.resend_window_s", 5), "must cover the broker's autosave_interval"),
-    (with_("publish.max_age_days", 30), "below the drain's 30 days"),
-    (with_("publish.max_records", 1001), "outside 1..1000"),
-    (with_("buffer.when_full", "block"), "not one of drop_oldest, drop_newest"),
-    (with_("devices.m-1", {}), r"devices\.m-1\.password: required"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (with_("modbus.0.poll_intervall_s", 10), r"modbus\[0\]: unknown key\(s\) poll_intervall_s"),
+        (with_("modbus.0.points.0.type", "int64"), r"points\[0\]\.type: 'int64' is not one of int16"),
+        (with_("modbus.0.points.0.table", "input") | {}, None),
+        (with_("gateway.tenant", "Acme"), r"gateway\.tenant: 'Acme' is not a valid tenant slug"),
+        (with_("modbus.0.points.0.metric", "temp C"), "not a valid metric name"),
+        (with_("modbus.0.device", "m-2"), r"devices\.m-2: missing"),
+        (with_("modbus.0.points.0.scale", 0), "cannot be 0"),
+        (with_("publish.resend_window_s", 5), "must cover the broker's autosave_interval"),
+        (with_("publish.max_age_days", 30), "below the drain's 30 days"),
+        (with_("publish.max_records", 1001), "outside 1..1000"),
+        (with_("buffer.when_full", "block"), "not one of drop_oldest, drop_newest"),
+        (with_("devices.m-1", {}), r"devices\.m-1\.password: required"),
+    ],
+)
 def test_mistakes_say_where_and_why(config, message, tmp_path):
     if message is None:
         parse(config, tmp_path)

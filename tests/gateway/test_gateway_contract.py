@@ -1,5 +1,6 @@
 """The gateway copies, on purpose, the few things it must agree on with the cloud (gateway/contract.py): this fails
 when one side changes without the other. No servers: part of the fast tier."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,11 @@ def test_names_and_topics_match_the_broker_contract():
     assert contract.METRIC_NAME_PATTERN == broker_contract.METRIC_NAME_PATTERN
     assert contract.device_prefix("acme", "m-1") == broker_contract.device_prefix("acme", "m-1")
     assert contract.device_username("acme", "m-1") == broker_contract.device_username("acme", "m-1")
-    assert (contract.TELEMETRY_FORM, contract.STATUS_FORM, f"+/{contract.STATE_SUFFIX}") == \
-        broker_contract.DEVICE_PUBLISH_FORMS
+    assert (
+        contract.TELEMETRY_FORM,
+        contract.STATUS_FORM,
+        f"+/{contract.STATE_SUFFIX}",
+    ) == broker_contract.DEVICE_PUBLISH_FORMS
     assert contract.COMMAND_FORM == broker_contract.COMMAND_FORM
 
 

@@ -1,6 +1,7 @@
 """Store-and-forward under the faults a shop floor sees: the Internet link down, the gateway killed mid-publish,
 the broker SIGKILLed right after acknowledging, the buffer full, a meter that hangs or answers garbage. Each ends
 with every reading the gateway made stored exactly once (or dropped by the stated policy, visibly)."""
+
 from __future__ import annotations
 
 import functools
@@ -26,9 +27,14 @@ def link(settings):
 
 
 def meter_config(meter, device: str = "meter-01", interval: float = 0.05, points: int = 3) -> dict:
-    return {"device": device, "host": "127.0.0.1", "port": meter.port, "poll_interval_s": interval,
-            "timeout_s": 3.0, "points": [{"metric": f"r{i}", "address": i, "unit": "A" if i == 0 else None}
-                                         for i in range(points)]}
+    return {
+        "device": device,
+        "host": "127.0.0.1",
+        "port": meter.port,
+        "poll_interval_s": interval,
+        "timeout_s": 3.0,
+        "points": [{"metric": f"r{i}", "address": i, "unit": "A" if i == 0 else None} for i in range(points)],
+    }
 
 
 def _without_none(source: dict) -> dict:
@@ -49,8 +55,9 @@ def test_link_cut_for_a_while_then_restored_stores_every_reading_once(site, gate
     # GIVEN a gateway publishing a meter's readings 20 times a second through the shop's Internet link
     shop = site("meter-01")
     meter = modbus_meter()
-    gw = gateway(shop.config(broker_port=link.port, broker={"reconnect_max_s": 0.5},
-                             modbus=[_without_none(meter_config(meter))])).start()
+    gw = gateway(
+        shop.config(broker_port=link.port, broker={"reconnect_max_s": 0.5}, modbus=[_without_none(meter_config(meter))])
+    ).start()
     shop.drain_until(lambda: shop.rows("meter-01", "r1"), 20, "the first readings")
 
     # WHEN the link goes down (connections dropped, then refused) while the meter keeps being read
@@ -79,10 +86,12 @@ def test_gateway_sigkilled_mid_publish_loses_and_doubles_nothing(site, gateway, 
     # GIVEN a backlog built up while the link was down, published in small messages over a slow link
     shop = site("meter-01", "meter-02")
     meters = [modbus_meter(), modbus_meter()]
-    config = shop.config(broker_port=link.port, broker={"reconnect_max_s": 0.3},
-                         publish={"max_records": 5, "max_in_flight": 1},
-                         modbus=[_without_none(meter_config(m, f"meter-0{i + 1}", 0.02))
-                                 for i, m in enumerate(meters)])
+    config = shop.config(
+        broker_port=link.port,
+        broker={"reconnect_max_s": 0.3},
+        publish={"max_records": 5, "max_in_flight": 1},
+        modbus=[_without_none(meter_config(m, f"meter-0{i + 1}", 0.02)) for i, m in enumerate(meters)],
+    )
     link.cut()
     gw = gateway(config).start()
     backlog = wait_for(lambda: (n := gw.pending()) >= 200 and n, 30, "a backlog")
@@ -90,8 +99,11 @@ def test_gateway_sigkilled_mid_publish_loses_and_doubles_nothing(site, gateway, 
     link.restore()
 
     # WHEN the gateway is SIGKILLed while it works through it (some messages acknowledged, others in flight)
-    wait_for(lambda: gw.buffer("SELECT count(*) FROM readings WHERE acked_at IS NOT NULL")[0][0] >= 20, 30,
-             "the first acknowledged messages")
+    wait_for(
+        lambda: gw.buffer("SELECT count(*) FROM readings WHERE acked_at IS NOT NULL")[0][0] >= 20,
+        30,
+        "the first acknowledged messages",
+    )
     gw.kill()
     pending_at_kill = gw.pending()
     assert pending_at_kill > 0
@@ -108,7 +120,8 @@ def test_gateway_sigkilled_mid_publish_loses_and_doubles_nothing(site, gateway, 
 
 
 def test_broker_sigkilled_right_after_pubacks_loses_nothing_the_gateway_sent(
-        site, gateway, modbus_meter, mosquitto_broker, settings):
+    site, gateway, modbus_meter, mosquitto_broker, settings
+):
     # GIVEN a gateway publishing 20 readings a second, and a device publishing directly, as a control
     shop = site("meter-01", "direct-01")
     meter = modbus_meter()
@@ -120,6 +133,7 @@ def test_broker_sigkilled_right_after_pubacks_loses_nothing_the_gateway_sent(
 
     # WHEN the broker takes a snapshot, acknowledges more readings, and is SIGKILLed before its next one
     snapshot = mosquitto_broker.base_dir / "mosquitto.db"
+
     def saved_ns() -> int:
         return snapshot.stat().st_mtime_ns if snapshot.exists() else 0
 
@@ -130,16 +144,20 @@ def test_broker_sigkilled_right_after_pubacks_loses_nothing_the_gateway_sent(
         return saved_ns()
 
     def acked_since(saved_ns: int) -> int:
-        return int(gw.buffer("SELECT count(*) FROM readings WHERE device = 'meter-01' AND acked_at > "
-                             f"{saved_ns / 1e9}")[0][0])
+        return int(
+            gw.buffer(f"SELECT count(*) FROM readings WHERE device = 'meter-01' AND acked_at > {saved_ns / 1e9}")[0][0]
+        )
 
     for _ in range(5):
         saved_at = save()
-        mids = [direct.publish("telemetry", {"ts": int(time.time() * 1000), "seq": i, "metrics": {"x": i}})
-                for i in range(1, 51)]
+        mids = [
+            direct.publish("telemetry", {"ts": int(time.time() * 1000), "seq": i, "metrics": {"x": i}})
+            for i in range(1, 51)
+        ]
         assert set(direct.wait_acked(mids).values()) == {0}
-        wait_for(functools.partial(lambda ns: acked_since(ns) >= 3, saved_at), 10,
-                 "gateway readings acknowledged since")
+        wait_for(
+            functools.partial(lambda ns: acked_since(ns) >= 3, saved_at), 10, "gateway readings acknowledged since"
+        )
         if saved_ns() == saved_at:  # no autosave came in between: kill now
             mosquitto_broker.kill()
             break
@@ -158,20 +176,27 @@ def test_broker_sigkilled_right_after_pubacks_loses_nothing_the_gateway_sent(
     assert_every_reading_stored_once(shop, gw)
 
 
-def test_buffer_full_drops_the_oldest_readings_counted_logged_and_reported(site, gateway, modbus_meter, link,
-                                                                          database):
+def test_buffer_full_drops_the_oldest_readings_counted_logged_and_reported(site, gateway, modbus_meter, link, database):
     # GIVEN a small buffer and the link down from the start
     shop = site("meter-01")
     meter = modbus_meter()
     link.cut()
-    gw = gateway(shop.config(broker_port=link.port, broker={"reconnect_max_s": 0.3},
-                             buffer={"max_mb": 0.08, "when_full": "drop_oldest"},
-                             modbus=[_without_none(meter_config(meter, interval=0.01, points=40))])).start()
+    gw = gateway(
+        shop.config(
+            broker_port=link.port,
+            broker={"reconnect_max_s": 0.3},
+            buffer={"max_mb": 0.08, "when_full": "drop_oldest"},
+            modbus=[_without_none(meter_config(meter, interval=0.01, points=40))],
+        )
+    ).start()
 
     # WHEN it fills up
     wait_for(lambda: len(gw.events("buffer.full")) >= 3, 30, "the buffer to fill")
-    wait_for(lambda: len(gw.events("gateway.health")) >= 3 and gw.events("gateway.health")[-1]["buffer_dropped"],
-             20, "a health report of the drops")
+    wait_for(
+        lambda: len(gw.events("gateway.health")) >= 3 and gw.events("gateway.health")[-1]["buffer_dropped"],
+        20,
+        "a health report of the drops",
+    )
 
     # THEN it dropped the oldest readings to keep the newest, said so in its log, and stayed within its bound
     full = gw.events("buffer.full")
@@ -193,17 +218,23 @@ def test_buffer_full_drops_the_oldest_readings_counted_logged_and_reported(site,
     stored = [seq for *_, seq in shop.rows("meter-01", "r1")]
     assert min(stored) > dropped_total // 2  # the oldest went, not a random sample
     # the unit's /state reading is never dropped
-    assert query(database, "SELECT unit FROM device_metrics WHERE tenant_id = %(t)s AND metric = 'r0'",
-                 {"t": shop.tenant["id"]}) == [("A",)]
+    assert query(
+        database, "SELECT unit FROM device_metrics WHERE tenant_id = %(t)s AND metric = 'r0'", {"t": shop.tenant["id"]}
+    ) == [("A",)]
 
 
 def test_buffer_full_drop_newest_refuses_new_readings_and_keeps_the_oldest(site, gateway, modbus_meter, link):
     shop = site("meter-01")
     meter = modbus_meter()
     link.cut()
-    gw = gateway(shop.config(broker_port=link.port, broker={"reconnect_max_s": 0.3},
-                             buffer={"max_mb": 0.08, "when_full": "drop_newest"},
-                             modbus=[_without_none(meter_config(meter, interval=0.01, points=40))])).start()
+    gw = gateway(
+        shop.config(
+            broker_port=link.port,
+            broker={"reconnect_max_s": 0.3},
+            buffer={"max_mb": 0.08, "when_full": "drop_newest"},
+            modbus=[_without_none(meter_config(meter, interval=0.01, points=40))],
+        )
+    ).start()
     wait_for(lambda: len(gw.events("buffer.full")) >= 3, 30, "the buffer to fill")
     first_seq = gw.buffer("SELECT min(seq) FROM readings WHERE device = 'meter-01' AND kind = 0")[0][0]
     link.restore()
@@ -222,11 +253,25 @@ def test_a_meter_that_hangs_or_answers_garbage_does_not_hold_up_the_others(site,
     good = modbus_meter()
     silent, garbage = SilentDevice(), GarbageDevice()
     try:
-        sources = [_without_none(meter_config(good, interval=0.1)),
-                   {"device": "hung-01", "host": "127.0.0.1", "port": silent.port, "poll_interval_s": 0.1,
-                    "timeout_s": 0.3, "points": [{"metric": "r0", "address": 0}]},
-                   {"device": "noise-01", "host": "127.0.0.1", "port": garbage.port, "poll_interval_s": 0.1,
-                    "timeout_s": 0.3, "points": [{"metric": "r0", "address": 0}]}]
+        sources = [
+            _without_none(meter_config(good, interval=0.1)),
+            {
+                "device": "hung-01",
+                "host": "127.0.0.1",
+                "port": silent.port,
+                "poll_interval_s": 0.1,
+                "timeout_s": 0.3,
+                "points": [{"metric": "r0", "address": 0}],
+            },
+            {
+                "device": "noise-01",
+                "host": "127.0.0.1",
+                "port": garbage.port,
+                "poll_interval_s": 0.1,
+                "timeout_s": 0.3,
+                "points": [{"metric": "r0", "address": 0}],
+            },
+        ]
         gw = gateway(shop.config(modbus=sources)).start()
 
         # WHEN it runs for two seconds of the good meter's readings
@@ -238,17 +283,38 @@ def test_a_meter_that_hangs_or_answers_garbage_does_not_hold_up_the_others(site,
         in_window = [r for r in shop.rows("meter-01", "r1") if first <= r[3] <= first + 2000]
         assert len(in_window) >= 15
         assert not shop.rows("hung-01", "r0") and not shop.rows("noise-01", "r0")
-        errors = shop.drain_until(lambda: (rows := shop.rows(HEALTH_DEVICE, "read_errors.hung-01")) and
-                                  rows[-1][0] > 0 and shop.rows(HEALTH_DEVICE, "read_errors.noise-01")[-1][0] > 0
-                                  and rows, 20, "read errors in the health telemetry")
+        errors = shop.drain_until(
+            lambda: (
+                (rows := shop.rows(HEALTH_DEVICE, "read_errors.hung-01"))
+                and rows[-1][0] > 0
+                and shop.rows(HEALTH_DEVICE, "read_errors.noise-01")[-1][0] > 0
+                and rows
+            ),
+            20,
+            "read errors in the health telemetry",
+        )
         assert errors
         assert shop.rows(HEALTH_DEVICE, "read_errors.meter-01")[-1][0] == 0
         logged = {e["device"] for e in gw.events("source.read_error")}
         assert {"hung-01", "noise-01"} <= logged and "meter-01" not in logged
         # AND the dashboard shows which machines answer
-        statuses = shop.drain_until(lambda: (s := dict(query(
-            database, "SELECT name, status FROM devices WHERE tenant_id = %(t)s", {"t": shop.tenant["id"]})))
-            .get("hung-01") == "offline" and s, 20, "the hung meter offline")
+        statuses = shop.drain_until(
+            lambda: (
+                (
+                    s := dict(
+                        query(
+                            database,
+                            "SELECT name, status FROM devices WHERE tenant_id = %(t)s",
+                            {"t": shop.tenant["id"]},
+                        )
+                    )
+                ).get("hung-01")
+                == "offline"
+                and s
+            ),
+            20,
+            "the hung meter offline",
+        )
         assert statuses["meter-01"] == "online" and statuses["noise-01"] == "offline"
         assert gw.stop() == 0
     finally:
@@ -258,8 +324,17 @@ def test_a_meter_that_hangs_or_answers_garbage_does_not_hold_up_the_others(site,
 
 def test_lan_payload_that_cannot_be_read_is_a_read_error(site, gateway, lan_broker):
     shop = site("esp-07")
-    gw = gateway(shop.config(mqtt_lan=[{"host": "127.0.0.1", "port": lan_broker.port, "topics": [
-        {"topic": f"{shop.slug}/esp-07/env", "device": "esp-07", "format": "json"}]}])).start()
+    gw = gateway(
+        shop.config(
+            mqtt_lan=[
+                {
+                    "host": "127.0.0.1",
+                    "port": lan_broker.port,
+                    "topics": [{"topic": f"{shop.slug}/esp-07/env", "device": "esp-07", "format": "json"}],
+                }
+            ]
+        )
+    ).start()
     wait_for(lambda: gw.events("source.connected"), 20, "the LAN subscription")
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2)
     client.connect("127.0.0.1", lan_broker.port)
@@ -267,8 +342,9 @@ def test_lan_payload_that_cannot_be_read_is_a_read_error(site, gateway, lan_brok
     client.publish(f"{shop.slug}/esp-07/env", "{not json", qos=1).wait_for_publish(5)
     client.publish(f"{shop.slug}/esp-07/env", '{"t": 20.5, "bad name!": 1, "nested": [1]}', qos=1).wait_for_publish(5)
     shop.drain_until(lambda: shop.rows("esp-07", "t"), 20, "the readable reading")
-    errors = shop.drain_until(lambda: sum(r[0] for r in shop.rows(HEALTH_DEVICE, "read_errors.esp-07")) >= 3, 20,
-                              "three read errors reported")
+    errors = shop.drain_until(
+        lambda: sum(r[0] for r in shop.rows(HEALTH_DEVICE, "read_errors.esp-07")) >= 3, 20, "three read errors reported"
+    )
     assert errors
     assert any(e["device"] == "esp-07" for e in gw.events("source.read_error"))
     client.disconnect()
