@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-# Names (shared.broker_contract): a device credential's username is "{tenant}.{device}", bound to the same client
+# Names (shared.broker.contract): a device credential's username is "{tenant}.{device}", bound to the same client
 # id; neither name may contain "." or "/".
 TENANT_SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -19,28 +19,28 @@ TENANT_RE = re.compile(TENANT_SLUG_PATTERN)
 DEVICE_RE = re.compile(DEVICE_NAME_PATTERN)
 METRIC_RE = re.compile(METRIC_NAME_PATTERN)
 
-# Topics below a device's prefix t/{tenant}/d/{device}/ (shared.broker_contract.DEVICE_PUBLISH_FORMS, COMMAND_FORM).
+# Topics below a device's prefix t/{tenant}/d/{device}/ (shared.broker.contract.DEVICE_PUBLISH_FORMS, COMMAND_FORM).
 TELEMETRY_FORM = "telemetry"
 STATUS_FORM = "status"
 STATE_SUFFIX = "state"  # t/{tenant}/d/{device}/{metric}/state: the only form that carries a unit
 COMMAND_FORM = "cmd"
 
-# Payload limits (shared.payloads.Limits, the defaults of INGEST_MAX_PAYLOAD_BYTES, INGEST_MAX_METRICS,
+# Payload limits (shared.ingest.validation.Limits, the defaults of INGEST_MAX_PAYLOAD_BYTES, INGEST_MAX_METRICS,
 # INGEST_MAX_RECORDS): a message over any of them is dead-lettered whole by the drain.
 MAX_PAYLOAD_BYTES = 65536
 MAX_METRICS = 100
 MAX_RECORDS = 1000
-MAX_TEXT_VALUE = 256  # characters of a string value (shared.payloads.MAX_TEXT_VALUE)
-UNIT_MAX_CHARS = 32  # longer units are cut by the drain (shared.ingest.UNIT_MAX_CHARS)
+MAX_TEXT_VALUE = 256  # characters of a string value (shared.ingest.validation.MAX_TEXT_VALUE)
+UNIT_MAX_CHARS = 32  # longer units are cut by the drain (shared.ingest.batch.UNIT_MAX_CHARS)
 # Readings older than this are dead-lettered (INGEST_MAX_PAST_DAYS' default), and so is every reading that shares
 # their message: the gateway expires them from its buffer a day earlier.
 INGEST_MAX_PAST_DAYS = 30
 
-# Commands (shared.commands): a device acknowledges with readings of these metrics in its own telemetry.
+# Commands (shared.devices.commands): a device acknowledges with readings of these metrics in its own telemetry.
 ACK_METRIC = "cmd_ack"
 RESULT_METRIC = "cmd_result"
 
-# The broker (shared.broker_contract.BROKER_SETTINGS).
+# The broker (shared.broker.contract.BROKER_SETTINGS).
 BROKER_MESSAGE_SIZE_LIMIT = 1048576  # message_size_limit: above the app's limit, so never the binding one
 # autosave_interval: Mosquitto persists by snapshot, so a SIGKILLed broker forgets the messages it acknowledged since
 # its last save, at most this long before it died. The gateway keeps acknowledged readings this long (plus a margin)

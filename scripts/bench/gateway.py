@@ -55,12 +55,12 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from gateway.buffer import TELEMETRY, Buffer, Record  # noqa: E402
 from gateway.payloads import build_messages  # noqa: E402
 from localstack import LocalStack, free_port, process_info  # noqa: E402
-from shared.db import create_pool  # noqa: E402
-from shared.dynsec import DynsecClient  # noqa: E402
-from shared.mqtt_drain import drain_once  # noqa: E402
-from shared.mqtt_transport import prepare_session  # noqa: E402
-from shared.registry import create_tenant, provision_device  # noqa: E402
-from shared.settings import settings_from  # noqa: E402
+from shared.broker.dynsec import DynsecClient  # noqa: E402
+from shared.core.db import create_pool  # noqa: E402
+from shared.core.settings import settings_from  # noqa: E402
+from shared.ingest.drain import drain_once  # noqa: E402
+from shared.ingest.transport import prepare_session  # noqa: E402
+from tests.support.registry import create_tenant, provision_device  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 TENANT = "bench"

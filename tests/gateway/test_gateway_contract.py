@@ -11,8 +11,11 @@ import pytest
 from gateway import contract
 from gateway.buffer import STATE, TELEMETRY, Row
 from gateway.payloads import build_messages
-from shared import broker_contract, commands, ingest, payloads
-from shared.settings import Settings
+from shared.broker import contract as broker_contract
+from shared.core.settings import Settings
+from shared.devices import commands
+from shared.ingest import batch
+from shared.ingest import validation as payloads
 
 
 def test_names_and_topics_match_the_broker_contract():
@@ -37,7 +40,7 @@ def test_limits_match_the_drain_and_the_broker():
     assert contract.MAX_RECORDS == limits.max_records == defaults["ingest_max_records"]
     assert defaults["ingest_max_past_days"] == contract.INGEST_MAX_PAST_DAYS
     assert contract.MAX_TEXT_VALUE == payloads.MAX_TEXT_VALUE
-    assert contract.UNIT_MAX_CHARS == ingest.UNIT_MAX_CHARS
+    assert contract.UNIT_MAX_CHARS == batch.UNIT_MAX_CHARS
     assert contract.ACK_METRIC == commands.ACK_METRIC and contract.RESULT_METRIC == commands.RESULT_METRIC
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from asyncua import ua
 
-from shared.commands import close_commander_connection
+from shared.devices.commands import close_commander_connection
 from tests.gateway.harness import HEALTH_DEVICE
 from tests.support.api import call, close_api_pool, export_api_settings, mint_token, new_user
 from tests.support.waiting import query, wait_for
