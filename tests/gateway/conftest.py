@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.gateway.harness import HEALTH_DEVICE, GatewayProcess, Site
+from tests.gateway.harness import HEALTH_DEVICE, GatewayProcess, Site, clear_retained_status
 from tests.gateway.servers import BackgroundLoop, LanBroker, ModbusMeter, OpcUaPlc
 from tests.support.devices import new_tenant_with_devices
 
@@ -49,18 +49,25 @@ def modbus_meter(shop_loop: BackgroundLoop) -> Iterator[Callable[[], ModbusMeter
 
 
 @pytest.fixture
-def site(app_pool, settings, database, tmp_path) -> Callable[..., Site]:
+def site(app_pool, settings, database, tmp_path) -> Iterator[Callable[..., Site]]:
     """site("meter-01", "plc-01"): a tenant with those devices and the health device, on the real broker."""
+    made: list[Site] = []
 
     def make(*devices: str) -> Site:
         tenant, credentials = new_tenant_with_devices(app_pool, settings, [*devices, HEALTH_DEVICE])
-        return Site(tenant, credentials, settings, tmp_path, database)
+        made.append(Site(tenant, credentials, settings, tmp_path, database))
+        return made[-1]
 
-    return make
+    yield make
+    # The gateway's retained statuses and last wills would otherwise reach every later test's drain (the broker
+    # outlives this test's database) as dead letters of an unknown device.
+    for each in made:
+        clear_retained_status(settings, each.credentials.values())
 
 
 @pytest.fixture
-def gateway(tmp_path) -> Iterator[Callable[[dict[str, Any]], GatewayProcess]]:
+def gateway(tmp_path, site) -> Iterator[Callable[[dict[str, Any]], GatewayProcess]]:
+    # (site: so the gateways are gone before the site clears their retained statuses)
     running: list[GatewayProcess] = []
 
     def make(config: dict[str, Any]) -> GatewayProcess:

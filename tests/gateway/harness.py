@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.devices import run_mqtt_ingest
+from tests.support.devices import Device, run_mqtt_ingest
 from tests.support.waiting import query, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,6 +205,26 @@ class GatewayProcess:
     def highest_seq(self) -> int:
         rows = self.buffer("SELECT seq FROM sqlite_sequence WHERE name = 'readings'")
         return int(rows[0][0]) if rows else 0
+
+
+def clear_retained_status(settings: Any, credentials: Any) -> None:
+    """Deletes each device's retained status (an empty retained message), publishing as the device itself; a
+    second try for a broker slow to answer on a busy machine."""
+    for credential in credentials:
+        for attempt in (1, 2):
+            try:
+                device = Device(settings, credential)
+            except TimeoutError:
+                if attempt == 2:
+                    raise
+                continue
+            try:
+                if not device.refused:
+                    info = device.client.publish(f"{credential.topic_prefix}/status", b"", qos=1, retain=True)
+                    device.wait_acked([info.mid], timeout=20)
+                break
+            finally:
+                device.close()
 
 
 def assert_every_reading_stored_once(site: Site, gateway: GatewayProcess, dropped: int = 0) -> None:
