@@ -8,9 +8,10 @@ mosquitto.conf, rendered at deploy time). Nothing restates it.
 
 The rule it exists for: every message a device can get accepted (PUBACK < 128) reaches the
 drain's session, so it ends up stored or dead-lettered with a reason. That holds because the
-device ACL and the drain's subscriptions are built from one list of topic forms
-(DEVICE_PUBLISH_FORMS); anything else a device publishes is refused by the broker (PUBACK 135 for
-MQTT 5; MQTT 3.1.1 has no negative PUBACK, so such a device sees nothing, and nothing is stored).
+device ACL allows only forms below the device tree and the Sparkplug filters the drain subscribes to
+(DRAIN_SUBSCRIPTIONS): the native forms (DEVICE_PUBLISH_FORMS) and those its profile declares;
+anything else a device publishes is refused by the broker (PUBACK 135 for MQTT 5; MQTT 3.1.1 has no
+negative PUBACK, so such a device sees nothing, and nothing is stored).
 
 Mosquitto 2.0's dynamic-security plugin has no %u/%c substitution in ACLs, hence one role per
 device with its topics spelled out.
@@ -46,11 +47,11 @@ def validate_device(device: str) -> str:
 
 
 # -- topics ----------------------------------------------------------------------------------------
-# What a device may publish, below its own prefix t/{tenant}/d/{device}/. "+" is one level (the
-# entity of the single-entity form). The drain subscribes to exactly these forms for every device.
+# What every device may publish, below its own prefix t/{tenant}/d/{device}/: the native forms. "+" is
+# one level (the entity of the single-entity form).
 DEVICE_PUBLISH_FORMS = ("telemetry", "status", "+/state")
-# The one topic a device may subscribe to (and receive on): commands for it. Five levels, so it
-# matches none of the publish forms and the drain never receives a command as a reading.
+# The one topic a device may subscribe to (and receive on) under every profile: commands for it. No
+# profile may publish below it, so the drain never takes a command for a reading.
 COMMAND_FORM = "cmd"
 
 
@@ -58,16 +59,142 @@ def device_prefix(tenant: str, device: str) -> str:
     return f"t/{validate_tenant(tenant)}/d/{validate_device(device)}"
 
 
-def device_publish_topics(tenant: str, device: str) -> list[str]:
-    prefix = device_prefix(tenant, device)
-    return [f"{prefix}/{form}" for form in DEVICE_PUBLISH_FORMS]
-
-
 def command_topic(tenant: str, device: str) -> str:
     return f"{device_prefix(tenant, device)}/{COMMAND_FORM}"
 
 
-DRAIN_SUBSCRIPTIONS = tuple(f"t/+/d/+/{form}" for form in DEVICE_PUBLISH_FORMS)
+# -- device profiles -------------------------------------------------------------------------------
+# A device's profile (shared/ingest/profiles.py) says which further forms below its prefix it publishes
+# (Tasmota's tele/SENSOR, Shelly's events/rpc, ...) and may subscribe to (Tasmota's cmnd/#), or that
+# it is a Sparkplug B edge node. Its broker role allows exactly the native forms and its profile's, so
+# an undeclared topic is still refused. A form is 1 to 6 levels; "+" stands for one whole level, "#"
+# may end a subscribe form only; no form starts with the command level or repeats a native form.
+PROFILE_FORM_LEVEL_PATTERN = r"^(\+|[A-Za-z0-9_:%=.-]{1,64})$"
+MAX_PROFILE_FORMS = 32
+MAX_FORM_LEVELS = 6
+_FORM_LEVEL_RE = re.compile(PROFILE_FORM_LEVEL_PATTERN)
+
+
+def validate_profile_form(form: str, *, subscribe: bool = False) -> str:
+    """A profile's topic form below the device prefix, or ValueError saying what is wrong with it."""
+    if not isinstance(form, str) or not form:
+        raise ValueError("a topic form is a non-empty string such as 'tele/SENSOR'")
+    levels = form.split("/")
+    if len(levels) > MAX_FORM_LEVELS:
+        raise ValueError(f"topic form {form!r} has more than {MAX_FORM_LEVELS} levels")
+    body = levels[:-1] if subscribe and levels[-1] == "#" else levels
+    if not body:
+        raise ValueError(f"topic form {form!r} must name at least one level before '#'")
+    for level in body:
+        if not _FORM_LEVEL_RE.match(level):
+            raise ValueError(
+                f"topic form {form!r}: level {level[:64]!r} must be '+' or match {PROFILE_FORM_LEVEL_PATTERN}"
+            )
+    if levels[0] in (COMMAND_FORM, "+"):
+        raise ValueError(f"topic form {form!r} may not start with {levels[0]!r} (the command topic: {COMMAND_FORM!r})")
+    if not subscribe and _matches_native(levels):
+        raise ValueError(f"topic form {form!r} is a native form: every profile includes those already")
+    return form
+
+
+def _matches_native(levels: list[str]) -> bool:
+    """Whether a form could name a native topic (whose messages the drain reads as native)."""
+    return (len(levels) == 1 and levels[0] in ("telemetry", "status", "+")) or (
+        len(levels) == 2 and levels[1] in ("state", "+")
+    )
+
+
+@dataclass(frozen=True)
+class ProfileTopics:
+    """The broker side of a profile: what its devices publish and subscribe to besides the native forms."""
+
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    sparkplug: bool = False
+
+
+NATIVE_TOPICS = ProfileTopics()
+# The built-in profiles' forms; their decoders (shared/ingest/builtin_profiles.py) declare the same
+# forms, and tests/unit/test_profiles.py proves the two agree.
+BUILTIN_PROFILE_TOPICS: dict[str, ProfileTopics] = {
+    "native": NATIVE_TOPICS,
+    # FullTopic t/{tenant}/d/%topic%/%prefix%/ with Topic = the device name (docs/profiles.md).
+    "tasmota": ProfileTopics(
+        publish=(
+            "tele/LWT",
+            "tele/STATE",
+            "tele/SENSOR",
+            "stat/POWER",
+            *(f"stat/POWER{n}" for n in range(1, 9)),
+        ),
+        subscribe=("cmnd/#",),
+    ),
+    # Topic prefix t/{tenant}/d/{device}, RPC status notifications over MQTT on.
+    "shelly-gen2": ProfileTopics(publish=("online", "events/rpc"), subscribe=("rpc", "command", "command/+")),
+    # ESPHome topic_prefix t/{tenant}/d/{device}, discovery_prefix t/{tenant}/d/{device}/homeassistant.
+    "homeassistant-discovery": ProfileTopics(
+        publish=("homeassistant/+/+/config", "homeassistant/+/+/+/config", "+/+/state"),
+        subscribe=("+/+/command", "homeassistant/status"),
+    ),
+    "sparkplug-b": ProfileTopics(sparkplug=True),
+}
+BUILTIN_PROFILES = tuple(BUILTIN_PROFILE_TOPICS)
+
+
+def profile_topics(
+    builtin: str | None, publish_forms: list[str] | None = None, subscribe_forms: list[str] | None = None
+) -> ProfileTopics:
+    """A device's topics from what the database keeps: a built-in's name, or a tenant profile's forms."""
+    if builtin is not None:
+        return BUILTIN_PROFILE_TOPICS.get(builtin, NATIVE_TOPICS)
+    return ProfileTopics(tuple(publish_forms or ()), tuple(subscribe_forms or ()))
+
+
+# -- Sparkplug B -----------------------------------------------------------------------------------
+# Sparkplug's namespace is fixed: spBv1.0/{group id}/{message type}/{edge node id}[/{device id}]. The
+# contract maps it onto ours: group id = the tenant slug, edge node id = the device name; the node's
+# own devices (DBIRTH ...) are sub-devices of that one device. Node Control commands (the drain's
+# rebirth requests) go to NCMD through the commander.
+SPARKPLUG_NAMESPACE = "spBv1.0"
+SPARKPLUG_NODE_TYPES = ("NBIRTH", "NDATA", "NDEATH")
+SPARKPLUG_DEVICE_TYPES = ("DBIRTH", "DDATA", "DDEATH")
+# The drain's persistent session is the primary host: it receives everything the broker accepts, also
+# between runs. Each run publishes its STATE retained as online (no will: the session outlives the run),
+# so a gateway configured with this primary host id publishes, and keeps publishing between runs.
+SPARKPLUG_HOST_ID = "mqtt-saas"
+SPARKPLUG_STATE_TOPIC = f"{SPARKPLUG_NAMESPACE}/STATE/{SPARKPLUG_HOST_ID}"
+
+
+def sparkplug_publish_topics(tenant: str, device: str) -> list[str]:
+    group, node = validate_tenant(tenant), validate_device(device)
+    return [
+        *(f"{SPARKPLUG_NAMESPACE}/{group}/{kind}/{node}" for kind in SPARKPLUG_NODE_TYPES),
+        *(f"{SPARKPLUG_NAMESPACE}/{group}/{kind}/{node}/+" for kind in SPARKPLUG_DEVICE_TYPES),
+    ]
+
+
+def sparkplug_ncmd_topic(tenant: str, device: str) -> str:
+    return f"{SPARKPLUG_NAMESPACE}/{validate_tenant(tenant)}/NCMD/{validate_device(device)}"
+
+
+def device_publish_topics(tenant: str, device: str, topics: ProfileTopics = NATIVE_TOPICS) -> list[str]:
+    prefix = device_prefix(tenant, device)
+    forms = [f"{prefix}/{form}" for form in (*DEVICE_PUBLISH_FORMS, *topics.publish)]
+    return forms + (sparkplug_publish_topics(tenant, device) if topics.sparkplug else [])
+
+
+# Every form a device can publish under any profile is below these filters, so the drain's session
+# receives whatever the broker accepts from a device, whichever its profile. The command topic is
+# below the first too: the drain skips it (shared/ingest/batch.py) and may not publish to it.
+DEVICE_TREE = "t/+/d/+/#"
+DRAIN_SUBSCRIPTIONS = (
+    DEVICE_TREE,
+    *(f"{SPARKPLUG_NAMESPACE}/+/{kind}/+" for kind in SPARKPLUG_NODE_TYPES),
+    *(f"{SPARKPLUG_NAMESPACE}/+/{kind}/+/+" for kind in SPARKPLUG_DEVICE_TYPES),
+)
+# What the drain subscribed to before profiles: unsubscribed at connect, or Mosquitto would send a
+# message matching two of the session's filters once per filter.
+RETIRED_DRAIN_SUBSCRIPTIONS = tuple(f"t/+/d/+/{form}" for form in DEVICE_PUBLISH_FORMS)
 # The drain's end-of-backlog marker: right after connecting, a run publishes a marker here and the
 # broker queues it behind everything already queued for the session, so its return means the
 # backlog is drained. Only drain credentials may publish or subscribe below this root.
@@ -161,14 +288,22 @@ def parse_device_username(username: str) -> tuple[str, str, CredentialSlot] | No
     return tenant, device, "a" if slot == "a" else "b"
 
 
-def device_acls(tenant: str, device: str) -> list[Acl]:
-    """Publish the contract's forms under its own prefix; subscribe to and receive its command
-    topic only (a literal filter, so no wildcard of it is allowed either)."""
-    command = command_topic(tenant, device)
+def device_acls(tenant: str, device: str, topics: ProfileTopics = NATIVE_TOPICS) -> list[Acl]:
+    """Publish the native forms and its profile's under its own prefix (and its Sparkplug topics);
+    subscribe to and receive its command topic (a literal filter, so no wildcard of it is allowed
+    either) and its profile's forms (a form with "+" as a pattern, within its own prefix)."""
+    prefix = device_prefix(tenant, device)
+    listens = [command_topic(tenant, device), *(f"{prefix}/{form}" for form in topics.subscribe)]
+    if topics.sparkplug:
+        listens += [
+            sparkplug_ncmd_topic(tenant, device),
+            f"{SPARKPLUG_NAMESPACE}/{tenant}/DCMD/{device}/+",
+            SPARKPLUG_STATE_TOPIC,
+        ]
     return [
-        *(Acl("publishClientSend", topic) for topic in device_publish_topics(tenant, device)),
-        Acl("subscribeLiteral", command),
-        Acl("publishClientReceive", command),
+        *(Acl("publishClientSend", topic) for topic in device_publish_topics(tenant, device, topics)),
+        *(Acl("subscribePattern" if "+" in topic.split("/") else "subscribeLiteral", topic) for topic in listens),
+        *(Acl("publishClientReceive", topic) for topic in listens),
     ]
 
 
@@ -184,23 +319,26 @@ def provisioner_acls() -> list[Acl]:
 
 
 def ingest_acls() -> list[Acl]:
-    """The drain reads the device forms, talks to itself on its marker topic, and may publish
-    (only) to the device forms so it can clear retained messages (see RETAINED_POLICY)."""
+    """The drain reads every device form, talks to itself on its marker topic, may publish (only) to
+    the device forms so it can clear retained messages (see RETAINED_POLICY), never to a command
+    topic, and publishes its Sparkplug STATE."""
     marker = f"{DRAIN_MARKER_ROOT}/#"
+    kinds: tuple[AclType, ...] = ("subscribePattern", "publishClientReceive", "publishClientSend")
     return [
-        *(
-            Acl(kind, topic)
-            for topic in DRAIN_SUBSCRIPTIONS
-            for kind in ("subscribePattern", "publishClientReceive", "publishClientSend")
-        ),
-        *(Acl(kind, marker) for kind in ("subscribePattern", "publishClientReceive", "publishClientSend")),
+        *(Acl(kind, topic) for topic in DRAIN_SUBSCRIPTIONS for kind in kinds),
+        Acl("publishClientSend", f"t/+/d/+/{COMMAND_FORM}", allow=False, priority=1),
+        Acl("publishClientSend", SPARKPLUG_STATE_TOPIC),
+        *(Acl(kind, marker) for kind in kinds),
     ]
 
 
 def commander_acls() -> list[Acl]:
-    """Publish to any device's command topic (the pattern matches exactly t/{tenant}/d/{device}/cmd),
-    nothing else: no subscribe, no receive."""
-    return [Acl("publishClientSend", f"t/+/d/+/{COMMAND_FORM}")]
+    """Publish to any device's command topic (the pattern matches exactly t/{tenant}/d/{device}/cmd)
+    and to Sparkplug edge nodes' NCMD topics (rebirth requests), nothing else: no subscribe, no receive."""
+    return [
+        Acl("publishClientSend", f"t/+/d/+/{COMMAND_FORM}"),
+        Acl("publishClientSend", f"{SPARKPLUG_NAMESPACE}/+/NCMD/+"),
+    ]
 
 
 SERVICE_ROLES: dict[str, list[Acl]] = {

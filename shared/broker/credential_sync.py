@@ -20,10 +20,11 @@ see other tenants' rows only through the migration's narrow SECURITY DEFINER fun
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +32,13 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from psycopg.types.json import Jsonb
 
 from shared.broker.contract import (
+    NATIVE_TOPICS,
     Acl,
+    ProfileTopics,
     device_acls,
     device_role,
     parse_device_username,
+    profile_topics,
 )
 from shared.broker.dynsec import CLIENT_NOT_FOUND, ROLE_NOT_FOUND, DynsecClient
 from shared.core import observability
@@ -234,7 +238,7 @@ def _sync_device(
     with pool.connection() as conn, conn.transaction():
         for row in conn.execute(QUERIES["outbox_take"], {"device_key": key, "wait": wait}).fetchall():
             try:
-                _apply(settings, dynsec, row, report)
+                _apply(settings, dynsec, row, report, functools.partial(_current_topics, conn, row))
             except BrokerUnavailable as exc:
                 conn.execute(QUERIES["outbox_failed"], {"id": row["id"], "error": str(exc)})
                 report.failed += 1
@@ -254,11 +258,28 @@ def _sync_device(
     return True
 
 
-def _apply(settings: Settings, dynsec: DynsecClient, row: Mapping[str, Any], report: SyncReport) -> None:
+def _current_topics(conn: DictConnection, row: Mapping[str, Any]) -> ProfileTopics:
+    """The device's profile as it is now (a role command applies what holds when it runs: commands
+    queued by two profile changes both set the latest). A device gone meanwhile keeps the native forms."""
+    found = conn.execute(
+        QUERIES["device_profile_topics"], {"tenant_slug": row["tenant_slug"], "device_name": row["device_name"]}
+    ).fetchone()
+    if found is None:
+        return NATIVE_TOPICS
+    return profile_topics(found["builtin_profile"], found["publish_forms"], found["subscribe_forms"])
+
+
+def _apply(
+    settings: Settings,
+    dynsec: DynsecClient,
+    row: Mapping[str, Any],
+    report: SyncReport,
+    topics: Callable[[], ProfileTopics],
+) -> None:
     op, username = row["op"], row["username"]
     tenant, device = row["tenant_slug"], row["device_name"]
     if op == "ensure_role":
-        _put_role(dynsec, device_role(tenant, device), device_acls(tenant, device))
+        _put_role(dynsec, device_role(tenant, device), device_acls(tenant, device, topics()))
     elif op == "create_client":
         password = decrypt_password(settings, row["password_enc"] or "")
         if password is None:
@@ -393,7 +414,8 @@ def reconcile(
             if key in pending or not ours(device["tenant_slug"]) or not device["usernames"]:
                 continue
             role = device_role(device["tenant_slug"], device["device_name"])
-            contract = device_acls(device["tenant_slug"], device["device_name"])
+            topics = profile_topics(device["builtin_profile"], device["publish_forms"], device["subscribe_forms"])
+            contract = device_acls(device["tenant_slug"], device["device_name"], topics)
             present = roles.get(role)
             if present is None or _acl_set(present.get("acls", [])) != _acl_set([a.as_command() for a in contract]):
                 _put_role(dynsec, role, contract)

@@ -188,3 +188,26 @@ class BlockingConnection:
         with self._cond:
             self._pubacks[mid] = reason
             self._cond.notify_all()
+
+
+def publish_all(
+    host: str,
+    port: int,
+    ca_file: str | None,
+    username: str,
+    password: SecretStr,
+    client_id: str,
+    messages: list[tuple[str, bytes]],
+    timeout: float = 10.0,
+) -> list[ReasonCode]:
+    """Connects once, publishes each (topic, payload) at QoS 1 waiting for its PUBACK, disconnects; the
+    PUBACKs' reason codes in order. BrokerUnavailable when the broker cannot be reached or refuses the
+    connection."""
+    connection = BlockingConnection(host, port, ca_file, username, password, timeout)
+    connack = connection._open(client_id, keepalive=30)
+    try:
+        if connack.is_failure:
+            raise BrokerUnavailable(f"broker refused {username}: {connack.getName()}")
+        return [connection._publish_and_wait(topic, payload, time.monotonic() + timeout) for topic, payload in messages]
+    finally:
+        connection.close()

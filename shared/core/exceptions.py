@@ -210,6 +210,38 @@ class InvalidCsv(Unprocessable):
     kind = "invalid-csv"
 
 
+class ProfileNotFound(NotFound):
+    """There is no such device profile (built in or of your tenant)."""
+
+
+class ProfileNameTaken(Conflict):
+    """A device profile with this name already exists in your tenant."""
+
+    kind = "profile-name-taken"
+
+
+class ProfileInUse(Conflict):
+    """Devices still use this profile: give them another one first."""
+
+    kind = "profile-in-use"
+
+
+class BuiltinProfile(Conflict):
+    """A built-in profile cannot be changed: create one of your own from its spec."""
+
+    kind = "builtin-profile"
+
+
+class InvalidProfile(Unprocessable):
+    """The profile's spec is not valid: see the detail."""
+
+    kind = "invalid-profile"
+
+
+class ReplayBusy(Unavailable):
+    """The drain is storing a batch right now: try the replay again in a few seconds."""
+
+
 class DeviceDisabled(Conflict):
     """The device is disabled: it cannot connect to receive a command. Enable it first."""
 

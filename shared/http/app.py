@@ -12,10 +12,10 @@ from fastapi import FastAPI
 from shared.http.deps import PREFIX
 from shared.http.middleware import ResponseHeaders, UnicodeJsonBodies
 from shared.http.problems import install_problem_handlers
-from shared.http.routes import alerts, auth, commands, devices, exports, reads, tenancy, users, webhooks
+from shared.http.routes import alerts, auth, commands, devices, exports, profiles, reads, tenancy, users, webhooks
 
 # In the order the OpenAPI document lists them.
-ROUTERS = (auth, users, devices, commands, reads, tenancy, exports, alerts, webhooks)
+ROUTERS = (auth, users, devices, profiles, commands, reads, tenancy, exports, alerts, webhooks)
 
 
 def create_app() -> FastAPI:

@@ -3,9 +3,13 @@ letter with its reason; nothing is written here (shared/ingest/store.py writes).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from typing import Protocol
+from functools import lru_cache
+from typing import Any, Protocol
 
+from shared.broker.contract import COMMAND_FORM, SPARKPLUG_NAMESPACE
+from shared.ingest.decoding import Decoded
 from shared.ingest.messages import (
     DeadLetter,
     DeviceRef,
@@ -16,10 +20,12 @@ from shared.ingest.messages import (
     TenantCounts,
     TimeWindow,
 )
+from shared.ingest.sparkplug.decoder import SparkplugRejected
 from shared.ingest.validation import (
     Limits,
     Reading,
     Rejected,
+    _check_size,
     parse_topic,
     timestamp_us,
     validate_state,
@@ -33,19 +39,34 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 
 
 class Devices(Protocol):
-    """Topic names to devices (shared/ingest/store.py's DeviceDirectory, looked up before the batch)."""
+    """Topic names to devices (shared/ingest/store.py's DeviceDirectory, looked up before the batch),
+    and what stateful decoders remember of each."""
 
     def get(self, tenant: str, device: str) -> DeviceRef | None: ...
+
+    def state(self, key: tuple[str, int]) -> dict[str, Any]: ...
+
+
+@lru_cache(maxsize=65536)
+def locate(topic: str) -> tuple[str, str, str, str] | None:
+    """(kind, tenant, device, rest) of a topic below a device prefix ("device", or "command" for its
+    command topic, which the drain's subscription also covers and skips) or in the Sparkplug namespace
+    ("sparkplug", rest = the message type and any sub-device); None for anything else."""
+    parts = topic.split("/")
+    if len(parts) >= 5 and parts[0] == "t" and parts[2] == "d":
+        kind = "command" if len(parts) == 5 and parts[4] == COMMAND_FORM else "device"
+        return kind, parts[1], parts[3], "/".join(parts[4:])
+    if len(parts) in (4, 5) and parts[0] == SPARKPLUG_NAMESPACE:
+        return "sparkplug", parts[1], parts[3], parts[2] + ("/" + parts[4] if len(parts) == 5 else "")
+    return None
 
 
 def topic_keys(messages: Sequence[InboundMessage]) -> set[tuple[str, str]]:
     keys: set[tuple[str, str]] = set()
     for message in messages:
-        try:
-            topic = parse_topic(message.topic)
-        except Rejected:
-            continue  # prepare_batch dead-letters it
-        keys.add((topic.tenant, topic.device))
+        where = locate(message.topic)
+        if where is not None and where[0] != "command":
+            keys.add((where[1], where[2]))
     return keys
 
 
@@ -62,12 +83,32 @@ def prepare_batch(
     oldest: int | None = None
     earliest_us = now_us - window.max_past_s * 1_000_000
     latest_us = now_us + window.max_future_s * 1_000_000
+    touched: set[tuple[str, int]] = set()
     for index, message in enumerate(messages):
         if message.retained and not message.payload:
             continue  # a retained copy being deleted (by its device, or by a drain): no data
         device: DeviceRef | None = None
+        profile: str | None = None
         try:
-            topic = parse_topic(message.topic)
+            where = locate(message.topic)
+            if where is not None and where[0] == "command":
+                continue  # a command to the device, not from it
+            try:
+                topic = parse_topic(message.topic)
+            except Rejected:
+                if where is None:
+                    raise
+                device = directory.get(where[1], where[2])
+                if device is None:
+                    raise Rejected("unknown_device", f"no device {where[2]!r} in tenant {where[1]!r}") from None
+                if not device.enabled:
+                    raise Rejected("device_disabled", f"device {where[2]!r} is disabled") from None
+                if device.decoder is None:
+                    raise
+                profile = device.profile
+                context = (directory, touched, limits, window, now_us)
+                oldest = _decoded(batch, index, message, device, where, context, oldest)
+                continue
             device = directory.get(topic.tenant, topic.device)
             if device is None:
                 raise Rejected("unknown_device", f"no device {topic.device!r} in tenant {topic.tenant!r}")
@@ -122,12 +163,90 @@ def prepare_batch(
             _note_presence(batch.presence, key, min(newest, now_us), "online")  # type: ignore[type-var, arg-type]
         except Rejected as rejection:
             batch.dead_letters.append(
-                DeadLetter(message.topic, rejection.reason, rejection.detail, message.payload, device)
+                DeadLetter(message.topic, rejection.reason, rejection.detail, message.payload, device, profile)
             )
             if device is not None:
                 batch.tenant_counts.setdefault(device.tenant_id, TenantCounts()).dead_lettered += 1
     batch.oldest_ts_us = oldest
+    # A snapshot: the directory's copy changes with the next batch, which may commit after this one.
+    for key in touched:
+        batch.decoder_states[key] = copy.deepcopy(directory.state(key))
     return batch
+
+
+def _decoded(
+    batch: PreparedBatch,
+    index: int,
+    message: InboundMessage,
+    device: DeviceRef,
+    where: tuple[str, str, str, str],
+    context: tuple[Devices, set[tuple[str, int]], Limits, TimeWindow, int],
+    oldest: int | None,
+) -> int | None:
+    """A message of a non-native form through its device's profile: COPY lines, units, presence,
+    decoder state and events into the batch (as prepare_batch does for a native one); the batch's
+    oldest ts so far is returned. Rejected (after noting what a stateful decoder learnt) if it cannot
+    be stored."""
+    kind, tenant, name, rest = where
+    directory, touched, limits, window, now_us = context
+    decoder = device.decoder
+    assert decoder is not None
+    if (kind == "sparkplug") != (device.profile == "sparkplug-b"):
+        expected = "the Sparkplug namespace" if kind == "sparkplug" else "its own prefix"
+        raise Rejected("bad_topic", f"{message.topic[:120]!r}: profile {device.profile!r} does not read {expected}")
+    _check_size(message.payload, limits)
+    key = (device.tenant_id, device.device_id)
+    state = directory.state(key) if decoder.stateful else {}
+    try:
+        decoded = decoder.decode(f"t/{tenant}/d/{name}", rest, message.payload, state, message.received_at_us)
+    except SparkplugRejected as rejection:
+        _note_decoder(batch, key, tenant, name, rejection.decoded)
+        raise
+    finally:
+        if decoder.stateful:
+            touched.add(key)
+    _note_decoder(batch, key, tenant, name, decoded)
+    earliest_us = now_us - window.max_past_s * 1_000_000
+    latest_us = now_us + window.max_future_s * 1_000_000
+    prefix = f"{device.tenant_id}\t{device.device_id}\t"
+    message_lines: list[str] = []
+    newest: int | None = None
+    if len(decoded.records) > limits.max_records:
+        raise Rejected("too_many_records", f"at most {limits.max_records} readings per message")
+    for ts, seq, metrics in decoded.records:
+        if len(metrics) > limits.max_metrics:
+            raise Rejected("too_many_metrics", f"at most {limits.max_metrics} metrics per reading")
+        if ts is None:
+            ts = message.received_at_us
+        elif ts < earliest_us:
+            raise Rejected("ts_too_old", f"ts is more than {window.max_past_s // 86400} days in the past")
+        elif ts > latest_us:
+            raise Rejected("ts_in_future", f"ts is more than {window.max_future_s} s ahead of the server clock")
+        newest = ts if newest is None or ts > newest else newest
+        oldest = ts if oldest is None or ts < oldest else oldest
+        tail = f"\t{ts}\t{seq}\t"
+        for metric, value in metrics.items():
+            message_lines.append(prefix + metric + tail + _copy_value(metric, value))
+    if message_lines:
+        start = len(batch.copy_lines)
+        batch.copy_lines.extend(message_lines)
+        batch.spans.append(MessageSpan(index, start, len(batch.copy_lines)))
+        counts = batch.tenant_counts.setdefault(device.tenant_id, TenantCounts())
+        counts.messages += 1
+        counts.readings += len(message_lines)
+        for metric, raw_unit in decoded.units.items():
+            if unit := _unit(raw_unit):
+                batch.units[(device.tenant_id, device.device_id, metric)] = unit
+        _note_presence(batch.presence, key, min(newest, now_us), "online")  # type: ignore[type-var, arg-type]
+    if decoded.status is not None:
+        _note_presence(batch.presence, key, now_us, decoded.status)
+    return oldest
+
+
+def _note_decoder(batch: PreparedBatch, key: tuple[str, int], tenant: str, name: str, decoded: Decoded) -> None:
+    batch.decoder_events.extend((key[0], key[1], kind, detail) for kind, detail in decoded.events)
+    if decoded.rebirth:
+        batch.rebirths.add((tenant, name))
 
 
 def _copy_value(name: str, value: object) -> str:

@@ -31,10 +31,14 @@ from typing import Any, TypeVar
 import psycopg
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from shared.broker.contract import sparkplug_ncmd_topic
+from shared.broker.mqtt import publish_all
 from shared.core import observability
+from shared.core.exceptions import BrokerUnavailable
 from shared.core.settings import Settings
 from shared.ingest.batch import prepare_batch, topic_keys
 from shared.ingest.messages import BatchOutcome, InboundMessage, PreparedBatch, TimeWindow
+from shared.ingest.sparkplug.decoder import rebirth_payload
 from shared.ingest.store import DeviceDirectory, IngestStore, record_skipped_run
 from shared.ingest.transport import DrainConnection, drop_session, prepare_session
 from shared.ingest.validation import Limits
@@ -67,6 +71,10 @@ class DrainReport:
     fast_path_messages: int = 0  # parsed by the lean PUBLISH handler rather than paho's
     error: str | None = None
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
+    # Sparkplug nodes (tenant slug, device name) whose sequence had a gap or whose data named aliases no
+    # birth defined: asked for a rebirth at the end of the run.
+    rebirths: set[tuple[str, str]] = field(default_factory=set)
+    rebirths_requested: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -78,6 +86,7 @@ class DrainReport:
             "setup_s": round(self.setup_s, 3),
             "active_s": round(self.active_s, 3),
             "fast_path_messages": self.fast_path_messages,
+            "rebirths_requested": self.rebirths_requested,
             "error": self.error,
             # not asdict(): it rebuilds a Counter from its items, counting (key, value) pairs
             **{f.name: getattr(self.outcome, f.name) for f in fields(self.outcome)},
@@ -102,6 +111,7 @@ def drain_once(settings: Settings) -> DrainReport:
             connection = DrainConnection(settings)
             report.setup_s = time.monotonic() - started
             _drain(settings, store, connection, report, started)
+            _request_rebirths(settings, report)
     except Exception as exc:
         report.status, report.error = "failed", f"{type(exc).__name__}: {exc}"[:1000]
         raise
@@ -150,6 +160,7 @@ class _Validator:
         self._window = TimeWindow(settings.ingest_max_past_days * 86400, settings.ingest_max_future_s)
         self._directory = DeviceDirectory()
         self._conn: psycopg.Connection | None = None
+        self.rebirths: set[tuple[str, str]] = set()
 
     def prepare(self, messages: list[InboundMessage]) -> PreparedBatch:
         keys = self._directory.missing(topic_keys(messages))
@@ -232,6 +243,7 @@ def _drain(
     deadline = started + settings.ingest_time_budget_s
     last_activity = time.monotonic()
     connection.publish_marker()
+    connection.publish_host_state()
     try:
         while not connection.lost and writer.error is None:
             connection.pump(0.05)
@@ -272,6 +284,7 @@ def _drain(
         _stop_writer(connection, writer)
         _ack_committed(connection, writer, report, started)
         validator.close()
+        report.rebirths = validator.rebirths
     if writer.error is not None:
         raise writer.error
     if report.ended_by == "connection_lost":
@@ -282,7 +295,35 @@ def _drain(
 def _hand_over(connection: DrainConnection, writer: _StoreThread, validator: _Validator, limit: int) -> None:
     messages, mids = connection.take(limit)
     clears = [m.topic for m in messages if m.retained and m.payload]
-    writer.hand_over((mids, clears, messages, validator.prepare(messages)))
+    prepared = validator.prepare(messages)
+    validator.rebirths |= prepared.rebirths
+    writer.hand_over((mids, clears, messages, prepared))
+
+
+def _request_rebirths(settings: Settings, report: DrainReport) -> None:
+    """Node Control/Rebirth on each node's NCMD topic, through the commander credential (the contract
+    lets it publish there). Best effort: a node not asked now is asked again by its next gap."""
+    if not report.rebirths:
+        return
+    if not settings.mqtt_commander_password.get_secret_value():
+        observability.event(log, "ingest.rebirth_not_configured", {"nodes": len(report.rebirths)}, logging.WARNING)
+        return
+    payload = rebirth_payload(time.time_ns() // 1_000_000)
+    messages = [(sparkplug_ncmd_topic(tenant, device), payload) for tenant, device in sorted(report.rebirths)]
+    try:
+        codes = publish_all(
+            settings.mqtt_host,
+            settings.mqtt_port,
+            settings.mqtt_ca_file,
+            settings.mqtt_commander_username,
+            settings.mqtt_commander_password,
+            f"{settings.mqtt_ingest_client_id}-rebirth",
+            messages,
+        )
+    except BrokerUnavailable as exc:
+        observability.event(log, "ingest.rebirth_failed", {"error": str(exc)[:200]}, logging.WARNING)
+        return
+    report.rebirths_requested = sum(1 for code in codes if not code.is_failure)
 
 
 def _store_everything_received(

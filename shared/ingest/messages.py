@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from shared.ingest.decoding import Decoder
 
 
 @dataclass(slots=True)
@@ -23,6 +26,9 @@ class DeviceRef:
     tenant_id: str
     device_id: int
     enabled: bool
+    profile: str = "native"
+    # The compiled profile (shared/ingest/decoding.py); None decodes only the native forms.
+    decoder: Decoder | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,7 @@ class DeadLetter:
     detail: str
     payload: bytes
     device: DeviceRef | None = None
+    profile: str | None = None  # the profile that could not decode it (None: native)
 
 
 @dataclass(slots=True)
@@ -81,6 +88,12 @@ class PreparedBatch:
     # (tenant_id, device_id, metric), and each tenant's counts.
     units: dict[tuple[str, int, str], str] = field(default_factory=dict)
     tenant_counts: dict[str, TenantCounts] = field(default_factory=dict)
+    # What stateful decoders (Home Assistant discovery, Sparkplug) remember per device after this batch,
+    # what they saw that a person should see (kind, detail), and the Sparkplug nodes (tenant slug,
+    # device name) to ask for a rebirth.
+    decoder_states: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    decoder_events: list[tuple[str, int, str, dict[str, Any]]] = field(default_factory=list)
+    rebirths: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def readings(self) -> int:

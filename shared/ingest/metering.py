@@ -127,6 +127,9 @@ class MessageMeter:
             tenant_counts={
                 t: TenantCounts(c.messages, c.readings, c.dead_lettered) for t, c in batch.tenant_counts.items()
             },
+            decoder_states=batch.decoder_states,
+            decoder_events=batch.decoder_events,
+            rebirths=batch.rebirths,
         )
         left = dict(admitted)
         for index, start, end in batch.spans:

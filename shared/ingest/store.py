@@ -18,19 +18,55 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
 
 from shared.core.observability import event
 from shared.core.sql import QUERIES, one_row
+from shared.ingest.builtin_profiles import builtin_decoder
+from shared.ingest.decoding import Decoder, compile_spec
 from shared.ingest.messages import BatchOutcome, DeadLetter, DeviceRef, InboundMessage, PreparedBatch, Presence
 from shared.ingest.metering import MessageMeter, current_hour
+from shared.ingest.validation import Rejected
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_PAYLOAD_CAP = 8192
 
 
+class _Unreadable:
+    """A stored profile that no longer compiles (a spec saved by an older release): every message of
+    its forms is a dead letter saying so, until the profile is saved again."""
+
+    stateful = False
+
+    def __init__(self, name: str, error: str) -> None:
+        self.name, self.error = name, error
+
+    def decode(self, prefix: str, topic: str, payload: bytes, state: dict[str, Any], received_us: int) -> Any:
+        raise Rejected("profile_invalid", f"profile {self.name!r} cannot be compiled: {self.error[:300]}")
+
+
+_compiled: dict[tuple[str, int, datetime], Decoder] = {}
+
+
+def tenant_decoder(tenant_id: str, profile_id: int, name: str, spec: dict[str, Any], updated: datetime) -> Decoder:
+    """A tenant profile compiled once per version (many devices share one)."""
+    key = (tenant_id, profile_id, updated)
+    decoder = _compiled.get(key)
+    if decoder is None:
+        try:
+            decoder = compile_spec(name, spec)
+        except ValueError as exc:
+            decoder = _Unreadable(name, str(exc))
+        if len(_compiled) > 1000:
+            _compiled.clear()
+        _compiled[key] = decoder
+    return decoder
+
+
 class DeviceDirectory:
-    """Topic names to device ids, looked up once per device and cached for one drain run.
+    """Topic names to device ids and profiles, looked up once per device and cached for one drain run,
+    with what stateful decoders remember of each device (read with it, kept up to date by the batches).
 
     An unknown name is re-checked after a few seconds, so a device provisioned during a run is
     not dead-lettered for the rest of it.
@@ -39,10 +75,14 @@ class DeviceDirectory:
     def __init__(self, negative_ttl_s: float = 2.0) -> None:
         self._known: dict[tuple[str, str], DeviceRef] = {}
         self._unknown: dict[tuple[str, str], float] = {}
+        self._states: dict[tuple[str, int], dict[str, Any]] = {}
         self._negative_ttl_s = negative_ttl_s
 
     def get(self, tenant: str, device: str) -> DeviceRef | None:
         return self._known.get((tenant, device))
+
+    def state(self, key: tuple[str, int]) -> dict[str, Any]:
+        return self._states.setdefault(key, {})
 
     def missing(self, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
         now = time.monotonic()
@@ -54,8 +94,14 @@ class DeviceDirectory:
             return
         slugs, names = zip(*sorted(keys), strict=True)
         rows = conn.execute(QUERIES["resolve_devices"], {"slugs": list(slugs), "names": list(names)}).fetchall()
-        for slug, name, tenant_id, device_id, enabled in rows:
-            self._known[(slug, name)] = DeviceRef(str(tenant_id), device_id, enabled)
+        for slug, name, tenant_id, device_id, enabled, builtin, profile_id, profile, spec, updated, state in rows:
+            if builtin is not None:
+                decoder = builtin_decoder(builtin)
+            else:
+                decoder = tenant_decoder(str(tenant_id), profile_id, profile, spec, updated)
+            self._known[(slug, name)] = DeviceRef(str(tenant_id), device_id, enabled, builtin or profile, decoder)
+            if state is not None:
+                self._states[(str(tenant_id), device_id)] = state
         retry_at = time.monotonic() + self._negative_ttl_s
         for key in keys - self._known.keys():
             self._unknown[key] = retry_at
@@ -166,6 +212,27 @@ class IngestStore:
                     cur.execute(QUERIES["merge_device_metrics"], _unit_params(metadata))
                 if metadata.tenant_counts:
                     cur.execute(QUERIES["count_ingest_minute"], _count_params(metadata))
+                if metadata.decoder_states:
+                    keys = sorted(metadata.decoder_states)
+                    cur.execute(
+                        QUERIES["upsert_decoder_states"],
+                        {
+                            "tenant_ids": [k[0] for k in keys],
+                            "device_ids": [k[1] for k in keys],
+                            "states": [Jsonb(metadata.decoder_states[k]) for k in keys],
+                        },
+                    )
+                if metadata.decoder_events:
+                    events = metadata.decoder_events
+                    cur.execute(
+                        QUERIES["insert_decoder_events"],
+                        {
+                            "tenant_ids": [e[0] for e in events],
+                            "device_ids": [e[1] for e in events],
+                            "kinds": [e[2] for e in events],
+                            "details": [Jsonb(e[3]) for e in events],
+                        },
+                    )
             if dead_letters:
                 cur.executemany(QUERIES["insert_dead_letter"], [_dead_letter_params(d) for d in dead_letters])
             if presence:
@@ -202,8 +269,25 @@ class IngestStore:
             total.messages_by_tenant[messages[index].topic.split("/", 2)[1]] += 1
         total.duplicates = total.readings - total.accepted
         # The counts count a refused message as stored too: close enough for a per-minute chart.
-        self._write([], [], batch.presence, PreparedBatch(tenant_counts=batch.tenant_counts))
+        self._write(
+            [],
+            [],
+            batch.presence,
+            PreparedBatch(
+                tenant_counts=batch.tenant_counts,
+                decoder_states=batch.decoder_states,
+                decoder_events=batch.decoder_events,
+            ),
+        )
         return total
+
+    def write_replay(
+        self, batch: PreparedBatch, dead_letter_ids: list[int], decoder_states: dict[tuple[str, int], dict[str, Any]]
+    ) -> int:
+        """A replay's readings (through the same staging and dedup key as a drain batch) and the dead
+        letters they came from marked replayed, in one transaction; returns the readings that were new."""
+        self._session.execute(QUERIES["mark_replayed"], {"ids": dead_letter_ids})
+        return self._write(batch.copy_lines, [], {}, PreparedBatch(units=batch.units, decoder_states=decoder_states))
 
     def ensure_partitions(self, past_days: int, future_days: int = 3) -> int:
         conn = self._session
@@ -252,6 +336,7 @@ def _dead_letter_params(dead: DeadLetter) -> dict[str, Any]:
         "detail": dead.detail[:1000],
         "payload": dead.payload[:DEAD_LETTER_PAYLOAD_CAP],
         "payload_bytes": len(dead.payload),
+        "profile": dead.profile,
     }
 
 

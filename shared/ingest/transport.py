@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import select
 import socket
@@ -37,7 +38,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from shared.broker.contract import DRAIN_SUBSCRIPTIONS, drain_marker_topic
+from shared.broker.contract import (
+    DRAIN_SUBSCRIPTIONS,
+    RETIRED_DRAIN_SUBSCRIPTIONS,
+    SPARKPLUG_STATE_TOPIC,
+    drain_marker_topic,
+)
 from shared.broker.mqtt import tls_client
 from shared.core.exceptions import BrokerUnavailable
 from shared.core.settings import Settings
@@ -214,6 +220,9 @@ class DrainConnection:
         if refused:
             # An ACL that does not let the drain read what devices may publish would lose data.
             raise BrokerUnavailable(f"broker refused the drain's subscriptions {refused}")
+        # After the subscriptions that cover them: a message matching a retired filter as well would come
+        # twice. Unsubscribing a filter the session does not have is a no-op.
+        client.unsubscribe(list(RETIRED_DRAIN_SUBSCRIPTIONS))
 
     # -- receiving ------------------------------------------------------------------------------
 
@@ -256,6 +265,12 @@ class DrainConnection:
         """Queues this run's marker behind whatever the broker holds for the session."""
         self._marker = uuid.uuid4().hex
         self.client.publish(self.marker_topic, self._marker, qos=1)
+
+    def publish_host_state(self) -> None:
+        """Sparkplug 3.0's STATE of the primary host, retained: online. The host is the drain's session,
+        which the broker keeps (and queues for) between runs, so it says online with no will."""
+        state = json.dumps({"online": True, "timestamp": time.time_ns() // 1_000_000})
+        self.client.publish(SPARKPLUG_STATE_TOPIC, state, qos=1, retain=True)
 
     # -- sending --------------------------------------------------------------------------------
 

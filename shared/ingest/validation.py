@@ -23,12 +23,13 @@ from typing_extensions import TypedDict
 
 from shared.broker.contract import (
     DEVICE_NAME_PATTERN,
-    DRAIN_SUBSCRIPTIONS,
+    DEVICE_PUBLISH_FORMS,
     METRIC_NAME_PATTERN,
     TENANT_SLUG_PATTERN,
 )
 
 MAX_TEXT_VALUE = 256
+_NATIVE_TOPICS = ", ".join(f"t/{{tenant}}/d/{{device}}/{form}" for form in DEVICE_PUBLISH_FORMS)
 
 MetricName = Annotated[str, StringConstraints(pattern=METRIC_NAME_PATTERN)]
 NumberValue = Annotated[float, Field(allow_inf_nan=False)]
@@ -85,7 +86,7 @@ def parse_topic(topic: str) -> Topic:
             if entity is not None:
                 _check_name(entity, METRIC_NAME_PATTERN, "entity")
             return Topic(kind, parts[1], parts[3], entity)  # type: ignore[arg-type]
-    raise Rejected("bad_topic", f"topic {topic[:200]!r} is not one of {', '.join(DRAIN_SUBSCRIPTIONS)}")
+    raise Rejected("bad_topic", f"topic {topic[:200]!r} is not one of {_NATIVE_TOPICS} nor a form of its profile")
 
 
 def _check_name(value: str, pattern: str, what: str) -> None:

@@ -24,7 +24,12 @@ from shared.core.sql import QUERIES, one_row
 PLAN_LIMIT_SQLSTATE = "MQ402"
 
 # What each limit counts, as a client reads it.
-_LIMIT_NOUNS = {"max_devices": "devices", "max_users": "users", "max_alert_rules": "alert rules"}
+_LIMIT_NOUNS = {
+    "max_devices": "devices",
+    "max_users": "users",
+    "max_alert_rules": "alert rules",
+    "max_profiles": "device profiles",
+}
 
 
 def is_plan_limit(exc: BaseException) -> bool:
@@ -65,6 +70,7 @@ def usage(pool: DictPool, principal: Principal) -> dict[str, Any]:
             "devices": _quota(row["devices"], row["max_devices"]),
             "users": _quota(row["users"], row["max_users"]),
             "alert_rules": _quota(alert_rules, row["max_alert_rules"]),
+            "profiles": _quota(row["profiles"], row["max_profiles"]),
             "messages_this_hour": _quota(row["messages"], row["messages_per_hour"]),
         },
         "messages_over_quota_this_hour": row["over_quota"],

@@ -32,6 +32,8 @@ ORDER BY r.n
 -- Devices as the API shows them, with their live credential slots and unapplied broker commands.
 SELECT d.id, d.name, d.display_name, d.type, d.location, d.tags, d.enabled, d.status, d.last_seen,
        d.created_at, d.credential_needs_rotation,
+       coalesce(d.builtin_profile, (SELECT p.name FROM device_profiles p
+                                    WHERE p.tenant_id = d.tenant_id AND p.id = d.profile_id)) AS profile,
        coalesce((SELECT jsonb_agg(jsonb_build_object('slot', c.slot, 'username', c.username,
                                                      'expires_at', c.expires_at) ORDER BY c.slot)
                  FROM device_credentials c WHERE c.tenant_id = d.tenant_id AND c.device_id = d.id),
@@ -51,6 +53,8 @@ ORDER BY d.id
 -- case-insensitive substring of name or display name, a tag.
 SELECT d.id, d.name, d.display_name, d.type, d.location, d.tags, d.enabled, d.status, d.last_seen,
        d.created_at, d.credential_needs_rotation,
+       coalesce(d.builtin_profile, (SELECT p.name FROM device_profiles p
+                                    WHERE p.tenant_id = d.tenant_id AND p.id = d.profile_id)) AS profile,
        coalesce((SELECT jsonb_agg(jsonb_build_object('slot', c.slot, 'username', c.username,
                                                      'expires_at', c.expires_at) ORDER BY c.slot)
                  FROM device_credentials c WHERE c.tenant_id = d.tenant_id AND c.device_id = d.id),
@@ -143,7 +147,13 @@ SELECT broker_retire_expired_credentials() AS retired
 SELECT broker_next_credential_expiry_s() AS seconds
 
 -- wanted_devices --
-SELECT tenant_id, device_id, tenant_slug, device_name, enabled, usernames, pending FROM broker_wanted_devices()
+SELECT tenant_id, device_id, tenant_slug, device_name, enabled, usernames, pending, builtin_profile, publish_forms,
+       subscribe_forms
+FROM broker_wanted_devices()
+
+-- device_profile_topics --
+-- A device's profile as its broker role needs it (no row: the device is gone).
+SELECT builtin_profile, publish_forms, subscribe_forms FROM broker_device_profile(%(tenant_slug)s, %(device_name)s)
 
 -- flag_needs_rotation --
 SELECT broker_flag_needs_rotation(%(tenant_id)s, %(device_id)s)

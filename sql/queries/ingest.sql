@@ -26,8 +26,9 @@ FROM ingest_staging
 ON CONFLICT DO NOTHING
 
 -- insert_dead_letter --
-INSERT INTO dead_letters (tenant_id, device_id, topic, reason, detail, payload, payload_bytes)
-VALUES (%(tenant_id)s, %(device_id)s, %(topic)s, %(reason)s, %(detail)s, %(payload)s, %(payload_bytes)s)
+INSERT INTO dead_letters (tenant_id, device_id, topic, reason, detail, payload, payload_bytes, profile)
+VALUES (%(tenant_id)s, %(device_id)s, %(topic)s, %(reason)s, %(detail)s, %(payload)s, %(payload_bytes)s,
+        %(profile)s)
 
 -- update_presence --
 -- last_seen only moves forward; status_changed_at moves only when the status does, and each change
@@ -48,11 +49,14 @@ INSERT INTO device_status_history (tenant_id, device_id, status, previous)
 SELECT tenant_id, id, status, previous FROM changed WHERE status IS DISTINCT FROM previous
 
 -- resolve_devices --
--- Topic names (tenant slug, device name) to ids, for the devices a batch mentions.
-SELECT t.slug, d.name, d.tenant_id, d.id, d.enabled
+-- Topic names (tenant slug, device name) to ids, for the devices a batch mentions, with each one's
+-- profile (a built-in's name, or the tenant profile's spec and version) and its decoder state.
+SELECT t.slug, d.name, d.tenant_id, d.id, d.enabled, d.builtin_profile, p.id, p.name, p.spec, p.updated_at, s.state
 FROM unnest(%(slugs)s::text[], %(names)s::text[]) AS k (slug, name)
 JOIN tenants AS t ON t.slug = k.slug
 JOIN devices AS d ON d.tenant_id = t.id AND d.name = k.name
+LEFT JOIN device_profiles AS p ON p.tenant_id = d.tenant_id AND p.id = d.profile_id
+LEFT JOIN device_decoder_state AS s ON s.tenant_id = d.tenant_id AND s.device_id = d.id
 
 -- ensure_partitions --
 SELECT ensure_telemetry_partitions(current_date - %(past_days)s, current_date + %(future_days)s)
@@ -115,3 +119,20 @@ ORDER BY v.tenant_id
 ON CONFLICT (tenant_id, minute) DO UPDATE
 SET messages = c.messages + excluded.messages, readings = c.readings + excluded.readings,
     dead_lettered = c.dead_lettered + excluded.dead_lettered
+
+-- upsert_decoder_states --
+-- What stateful decoders remember per device, as of this batch (a device deleted meanwhile is skipped).
+INSERT INTO device_decoder_state AS s (tenant_id, device_id, state)
+SELECT v.tenant_id, v.device_id, v.state
+FROM unnest(%(tenant_ids)s::uuid[], %(device_ids)s::bigint[], %(states)s::jsonb[]) AS v (tenant_id, device_id, state)
+JOIN devices AS d ON d.tenant_id = v.tenant_id AND d.id = v.device_id
+ORDER BY v.tenant_id, v.device_id
+ON CONFLICT (tenant_id, device_id) DO UPDATE SET state = excluded.state, updated_at = now()
+
+-- insert_decoder_events --
+INSERT INTO device_decoder_events (tenant_id, device_id, kind, detail)
+SELECT v.tenant_id, v.device_id, v.kind, v.detail
+FROM unnest(%(tenant_ids)s::uuid[], %(device_ids)s::bigint[], %(kinds)s::text[], %(details)s::jsonb[])
+     WITH ORDINALITY AS v (tenant_id, device_id, kind, detail, n)
+JOIN devices AS d ON d.tenant_id = v.tenant_id AND d.id = v.device_id
+ORDER BY v.n

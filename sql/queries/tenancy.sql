@@ -1,8 +1,10 @@
 -- tenant_usage --
 -- The caller's tenant: its plan's limits and what it uses now (RLS scopes every table to it).
 -- Messages count the current UTC hour, as the drain meters them.
-SELECT t.plan, p.max_devices, p.max_users, p.max_alert_rules, p.messages_per_hour, p.raw_retention_days,
+SELECT t.plan, p.max_devices, p.max_users, p.max_alert_rules, p.max_profiles, p.messages_per_hour,
+       p.raw_retention_days,
        (SELECT count(*) FROM devices d WHERE d.tenant_id = t.id) AS devices,
+       (SELECT count(*) FROM device_profiles dp WHERE dp.tenant_id = t.id) AS profiles,
        (SELECT count(*) FROM users u WHERE u.tenant_id = t.id) AS users,
        coalesce((SELECT h.messages FROM usage_hourly h
                  WHERE h.tenant_id = t.id AND h.hour = date_trunc('hour', now(), 'UTC')), 0) AS messages,
@@ -29,7 +31,7 @@ ORDER BY id DESC
 LIMIT %(limit)s
 
 -- list_plans --
-SELECT name, max_devices, max_users, max_alert_rules, messages_per_hour, raw_retention_days
+SELECT name, max_devices, max_users, max_alert_rules, max_profiles, messages_per_hour, raw_retention_days
 FROM plans ORDER BY sort_order
 
 -- find_operator --

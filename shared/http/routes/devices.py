@@ -81,6 +81,7 @@ class Device(BaseModel):
     status: Literal["never_seen", "online", "offline"]
     last_seen: datetime | None
     created_at: datetime
+    profile: str = Field(description="How the drain decodes it and which topics its broker role allows.")
     credentials: list[CredentialSlotView] = Field(description="The broker credentials that work (none after a revoke).")
     credential_needs_rotation: bool = Field(
         description="The broker lost this device's credential (found by the reconciliation): rotate to issue one."

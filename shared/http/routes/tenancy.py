@@ -50,6 +50,7 @@ class Quotas(BaseModel):
     devices: Quota
     users: Quota
     alert_rules: Quota
+    profiles: Quota = Field(description="Device profiles of the tenant's own (the built-ins are free).")
     messages_this_hour: Quota = Field(description="Messages the drain stored this UTC hour.")
 
 
@@ -68,6 +69,7 @@ class Plan(BaseModel):
     max_devices: int | None
     max_users: int | None
     max_alert_rules: int | None
+    max_profiles: int | None
     messages_per_hour: int | None
     raw_retention_days: int | None
 
