@@ -30,7 +30,6 @@ from scripts.localstack import AzuriteServer, Credentials, MosquittoBroker, Post
 from shared.broker.contract import (
     BROKER_SETTINGS,
     DEFAULT_ACL_ACCESS,
-    DRAIN_SUBSCRIPTIONS,
     INGEST_ROLE,
     PROVISIONER_ROLE,
     Acl,
@@ -41,7 +40,7 @@ from shared.core.exceptions import BrokerUnavailable, DynsecError
 
 TIMEOUT = 15.0
 NOT_AUTHORIZED = 135
-TELEMETRY = next(topic for topic in DRAIN_SUBSCRIPTIONS if topic.endswith("/telemetry"))
+TELEMETRY = "t/+/d/+/telemetry"
 
 
 # -- a small MQTT v5 test client ------------------------------------------------------------------------------------
