@@ -61,6 +61,16 @@ def locate(topic: str) -> tuple[str, str, str, str] | None:
     return None
 
 
+_NOT_NATIVE = Rejected("bad_topic", "not a native form")
+
+
+@lru_cache(maxsize=65536)
+def _native_shape(rest: str) -> bool:
+    """Whether a topic below a device prefix has a native form's shape (parse_topic then judges it)."""
+    levels = rest.split("/")
+    return (len(levels) == 1 and levels[0] in ("telemetry", "status")) or (len(levels) == 2 and levels[1] == "state")
+
+
 def topic_keys(messages: Sequence[InboundMessage]) -> set[tuple[str, str]]:
     keys: set[tuple[str, str]] = set()
     for message in messages:
@@ -94,6 +104,8 @@ def prepare_batch(
             if where is not None and where[0] == "command":
                 continue  # a command to the device, not from it
             try:
+                if where is not None and where[0] == "device" and not _native_shape(where[3]):
+                    raise _NOT_NATIVE
                 topic = parse_topic(message.topic)
             except Rejected:
                 if where is None:
@@ -104,7 +116,7 @@ def prepare_batch(
                 if not device.enabled:
                     raise Rejected("device_disabled", f"device {where[2]!r} is disabled") from None
                 if device.decoder is None:
-                    raise
+                    parse_topic(message.topic)  # the native rejection, saying what the topic should be
                 profile = device.profile
                 context = (directory, touched, limits, window, now_us)
                 oldest = _decoded(batch, index, message, device, where, context, oldest)

@@ -152,6 +152,27 @@ def _chain_getter(keys: list[str | int]) -> Getter:
     return get
 
 
+def _condition(node: Mapping[str, Any]) -> Getter | None:
+    """A condition of comparisons of a key chain with a literal (==, !=) joined by || and &&, read
+    directly; None for anything else (jmespath's interpreter then evaluates it)."""
+    kind = node.get("type")
+    if kind in ("or_expression", "and_expression"):
+        left, right = (_condition(child) for child in node["children"])
+        if left is None or right is None:
+            return None
+        if kind == "or_expression":
+            return lambda value: left(value) or right(value)
+        return lambda value: left(value) and right(value)
+    if kind == "comparator" and node.get("value") in ("eq", "ne"):
+        chain_node, literal = node["children"]
+        keys = _key_chain(chain_node)
+        if keys is None or literal.get("type") != "literal":
+            return None
+        get, wanted, equal = _chain_getter(keys), literal["value"], node["value"] == "eq"
+        return lambda value: (get(value) == wanted) is equal
+    return None
+
+
 @lru_cache(maxsize=4096)
 def compile_path(expression: str) -> Getter:
     """A JMESPath expression as a function of the payload; '@' is the payload itself."""
@@ -162,7 +183,9 @@ def compile_path(expression: str) -> Getter:
     except JMESPathError as exc:
         raise ValueError(f"path {expression!r} is not valid JMESPath: {exc}") from None
     keys = _key_chain(parsed.parsed)
-    return _chain_getter(keys) if keys is not None else parsed.search
+    if keys is not None:
+        return _chain_getter(keys)
+    return _condition(parsed.parsed) or parsed.search
 
 
 # -- the spec --------------------------------------------------------------------------------------
@@ -401,7 +424,8 @@ class _Flatten:
                 self._keys.clear()
             wanted = self.include.match(key) is not None and self.exclude.match(key) is None
             unit = next((reader for glob, reader in self.units if glob.match(key)), None)
-            self._keys[key] = (key, unit) if wanted else None
+            # The name as it is stored without a prefix (a prefix, from the topic, is added per message).
+            self._keys[key] = (metric_name(key), unit) if wanted else None
         return self._keys[key]
 
 
@@ -478,7 +502,7 @@ class _Form:
                     judged = flat.judged(key)
                     if judged is None:
                         continue
-                    name = metric_name(prefix + judged[0])
+                    name = judged[0] if not prefix else metric_name(prefix + key)
                     metrics[name] = flat.value.convert(name, raw, self.text)
                     if judged[1] is not None and (unit := judged[1](payload)):
                         out.units[name] = unit

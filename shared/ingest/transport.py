@@ -159,6 +159,7 @@ class DrainConnection:
         self.first_received_at = 0.0  # monotonic time of the oldest message in `received`
         self.lost = False
         self.fast_path_messages = 0
+        self._last_received_us = 0
         self.caught_up = False  # this run's marker came back: the backlog it started with is read
         self.marker_topic = drain_marker_topic(settings.mqtt_ingest_client_id)
         self._marker = ""
@@ -236,7 +237,11 @@ class DrainConnection:
             return
         if not self.received:
             self.first_received_at = time.monotonic()
-        self.received.append(InboundMessage(publish.topic, publish.payload, time.time_ns() // 1000, publish.retain))
+        # Strictly increasing: the receipt time is the ts of a reading without one, and two such readings
+        # of a metric read in the same microsecond would otherwise be one dedup key.
+        received_us = max(time.time_ns() // 1000, self._last_received_us + 1)
+        self._last_received_us = received_us
+        self.received.append(InboundMessage(publish.topic, publish.payload, received_us, publish.retain))
         self.received_mids.append(publish.mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
