@@ -159,6 +159,22 @@ def _webhook(c: Context) -> tuple[str, str]:
     return str(rule), str(webhook)
 
 
+PROFILE_SPEC = {"forms": [{"topic": "plc/line1", "metrics": [{"path": "speed", "name": "speed"}]}]}
+
+
+def _new_profile(c: Context) -> str:
+    name = f"p-{uuid.uuid4().hex[:10]}"
+    reply = call("POST", "/api/profiles", {"name": name, "spec": PROFILE_SPEC}, token=c.tokens["owner"])
+    assert reply.status == 201, reply.body
+    return name
+
+
+def _profile(c: Context) -> str:
+    if "profile" not in c.cache:
+        c.cache["profile"] = _new_profile(c)
+    return str(c.cache["profile"])
+
+
 STAFF_UP = ("owner", "staff")
 EVERY_ROLE = ("owner", "staff", "viewer")
 
@@ -225,6 +241,33 @@ ROWS: dict[tuple[str, str], Row] = {
     ),
     ("POST", "/api/devices/{device_id}/credentials/revoke"): Row(
         allowed(*STAFF_UP), lambda c: Request(f"/api/devices/{c.new_device()}/credentials/revoke")
+    ),
+    # --- device profiles: every role reads, staff and owners change; a device's profile and its dead letters
+    ("GET", "/api/profiles"): Row(allowed(*EVERY_ROLE), lambda c: Request("/api/profiles")),
+    ("GET", "/api/profiles/{name}"): Row(allowed(*EVERY_ROLE), lambda c: Request(f"/api/profiles/{_profile(c)}")),
+    ("POST", "/api/profiles"): Row(
+        allowed(*STAFF_UP, ok=201),
+        lambda c: Request("/api/profiles", {"name": f"p-{uuid.uuid4().hex[:10]}", "spec": PROFILE_SPEC}),
+    ),
+    ("PUT", "/api/profiles/{name}"): Row(
+        allowed(*STAFF_UP),
+        lambda c: Request(f"/api/profiles/{_profile(c)}", {"description": "line 1", "spec": PROFILE_SPEC}),
+    ),
+    ("DELETE", "/api/profiles/{name}"): Row(
+        allowed(*STAFF_UP, ok=204), lambda c: Request(f"/api/profiles/{_new_profile(c)}")
+    ),
+    ("PUT", "/api/devices/{device_id}/profile"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/devices/{c.device()}/profile", {"profile": "native"})
+    ),
+    ("POST", "/api/devices/{device_id}/dead-letters/dry-run"): Row(
+        allowed(*STAFF_UP),
+        lambda c: Request(f"/api/devices/{c.device()}/dead-letters/dry-run", {"profile": "tasmota"}),
+    ),
+    ("POST", "/api/devices/{device_id}/dead-letters/replay"): Row(
+        allowed(*STAFF_UP), lambda c: Request(f"/api/devices/{c.device()}/dead-letters/replay")
+    ),
+    ("GET", "/api/devices/{device_id}/decoder-events"): Row(
+        allowed(*EVERY_ROLE), lambda c: Request(f"/api/devices/{c.device()}/decoder-events")
     ),
     # --- commands: staff and owners send, every role lists
     ("POST", "/api/devices/{device_id}/commands"): Row(

@@ -60,7 +60,7 @@ schema = schemathesis.openapi.from_asgi("/api/openapi.json", api)
 @pytest.fixture
 def tenant_world(monkeypatch, database, app_pool, settings, mosquitto_broker, azurite_server) -> Any:
     """A tenant with a user of each role, a platform operator (the callers' tokens), and real
-    objects for path parameters: a fresh user or device per plan, the tenant itself. The live
+    objects for path parameters: a fresh user, device or profile per plan, the tenant itself. The live
     broker (devices, commands) and Azurite (exports) are configured."""
     export_api_settings(
         monkeypatch,
@@ -88,11 +88,19 @@ def tenant_world(monkeypatch, database, app_pool, settings, mosquitto_broker, az
         assert created.status == 201, created.body
         return str(created.json["id"])
 
+    def new_profile() -> str:
+        name = f"f-{uuid.uuid4().hex[:10]}"
+        spec = {"forms": [{"topic": "plc/line1", "metrics": [{"path": "speed", "name": "speed"}]}]}
+        created = call("POST", "/api/profiles", {"name": name, "spec": spec}, token=tokens["owner"])
+        assert created.status == 201, created.body
+        return name
+
     new_device()  # the tenant has a device whatever the generated ids
     targets: dict[str, Callable[[], str]] = {
         "user_id": lambda: str(new_user(app_pool, tenant, "viewer")["id"]),
         "device_id": new_device,
         "tenant_id": lambda: str(tenant["id"]),
+        "name": new_profile,  # a profile of the tenant's own
     }
     yield tokens, targets
     close_commander_connection()
