@@ -38,6 +38,8 @@ def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
                 external,
                 operations,
                 settings.auth_external_sign_in_url if external else "",
+                settings.mqtt_host,
+                settings.mqtt_port,
             )
         )
     if path == "broker-ca.pem":

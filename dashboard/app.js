@@ -1,6 +1,6 @@
 // The dashboard's entry: sign-in, the hash router, the header and the auto-refresh at the drain's
 // cadence. Views live in views/*.js; each renders into <main> and may return {refresh, dispose}.
-import { ApiError, api, logout, resume, setOperations, setSignedOutHandler, takeExternalAnswer } from './api.js';
+import { ApiError, api, logout, offers, resume, setOperations, setSignedOutHandler, takeExternalAnswer } from './api.js';
 import { h, replace } from './dom.js';
 import { pickLocale, setLocale, t } from './i18n.js';
 import { renderLogin } from './views/login.js';
@@ -18,7 +18,7 @@ const langSelect = document.getElementById('lang');
 
 const ctx = {
   me: null,
-  config: { refresh_s: 60, ca_url: null, system_ca: false, external_sign_in: false, operations: [] },
+  config: { refresh_s: 60, ca_url: null, system_ca: false, external_sign_in: false, broker_host: null, broker_port: 8883, operations: [] },
   main,
   can(...roles) { return this.me !== null && roles.includes(this.me.role); },
   go(hash) { if (location.hash === hash) route(); else location.hash = hash; },
@@ -31,6 +31,7 @@ let routeSeq = 0;
 function navLinks() {
   const links = [['#/fleet', 'nav_fleet']];
   if (offersAlerts()) links.push(['#/alerts', 'nav_alerts']);
+  if (offers('GET', '/api/profiles')) links.push(['#/profiles', 'nav_profiles']);
   if (ctx.can('owner', 'staff')) links.push(['#/ingest', 'nav_ingest']);
   if (ctx.can('owner')) links.push(['#/users', 'nav_users']);
   const here = location.hash.split('/').slice(0, 2).join('/');
@@ -73,6 +74,10 @@ async function route() {
     if (view === 'device' && id) shown = await renderDevice(viewCtx, id);
     else if (view === 'users' && ctx.can('owner')) shown = await renderUsers(viewCtx);
     else if (view === 'ingest' && ctx.can('owner', 'staff')) shown = await renderIngest(viewCtx);
+    else if (view === 'profiles' && offers('GET', '/api/profiles')) {
+      const { renderProfiles } = await import('./views/profiles.js');
+      shown = await renderProfiles(viewCtx, id);
+    }
     else if (view === 'alerts' && offersAlerts()) {
       // Loaded on first visit: the page every other view opens with stays as light as it was.
       const { renderAlerts } = await import('./views/alerts.js');

@@ -5,7 +5,7 @@
 import { api, getAll, offers } from '../api.js';
 import { h, replace } from '../dom.js';
 import { formatDate, formatNumber, has, t } from '../i18n.js';
-import { errorText, latestValues } from './common.js';
+import { errorText, latestValues, problemLines } from './common.js';
 import { refreshAlertBadge } from './alerts_nav.js';
 
 const STATES = ['open', 'acknowledged', 'resolved'];
@@ -259,15 +259,6 @@ function ruleBody(rule, changes) {
   for (const key of READ_ONLY) delete body[key];
   for (const [key, value] of Object.entries(body)) if (value === null) delete body[key];
   return body;
-}
-
-function problemLines(error) {
-  const params = (error && error.problem && error.problem['invalid-params']) || [];
-  // pydantic's reason, without its "Value error, " prefix, and the field it is about (not "body").
-  return params.map((p) => {
-    const field = String(p.name || '').replace(/^body\.?/, '');
-    return String(p.reason || '').replace(/^Value error, /, '') + (field ? ` (${field})` : '');
-  });
 }
 
 async function renderRules(ctx) {

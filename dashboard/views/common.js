@@ -22,6 +22,16 @@ export function errorText(error) {
   return h('p', { class: 'error', role: 'alert', text: (error && error.message) || t('error_generic') });
 }
 
+// What a 422 says of each invalid part of the request: pydantic's reason, without its "Value error, "
+// prefix, and the field it is about (not "body").
+export function problemLines(error) {
+  const params = (error && error.problem && error.problem['invalid-params']) || [];
+  return params.map((p) => {
+    const field = String(p.name || '').replace(/^body\.?/, '');
+    return String(p.reason || '').replace(/^Value error, /, '') + (field ? ` (${field})` : '');
+  });
+}
+
 // Latest values of a device: [{metric, value, unit, ts}], whichever of value/value_bool/value_text
 // the API filled.
 export async function latestValues(deviceId) {

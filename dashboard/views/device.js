@@ -1,6 +1,8 @@
 // Device page: details, latest values, a chart per numeric metric over 1 h / 24 h / 7 d / 30 d
-// (server-side buckets: min/max band and average), recent commands; staff and owners send
-// commands, rotate the credential (shown once), disable, enable and delete.
+// (server-side buckets: min/max band and average), its profile and what to type into the device,
+// recent commands; staff and owners send commands, pick the profile, try it on the device's dead
+// letters and replay them (views/device_profile.js), rotate the credential (shown once), disable,
+// enable and delete.
 import { api, offers } from '../api.js';
 import { h, replace } from '../dom.js';
 import { currentLocale, formatDate, formatValue, t } from '../i18n.js';
@@ -250,10 +252,14 @@ export async function renderDevice(ctx, id) {
   }
 
   drawHead(device);
+  // Loaded on the first device page: the fleet, which every visit opens with, does not pay for it.
+  const profile = offers('GET', '/api/profiles')
+    ? await (await import('./device_profile.js')).profileSections(ctx, device) : { nodes: [], refresh: async () => {} };
   replace(ctx.main, head, slot, message,
     section('latest_values', values),
     h('section', { class: 'card' }, h('div', { class: 'section-head' }, h('h2', { text: t('charts') }), rangeButtons), charts),
     section('status_history', hasHistory ? historyList : unavailable(t('status_history'))),
+    profile.nodes,
     section('commands', commands));
 
   async function refresh() {
@@ -263,7 +269,7 @@ export async function renderDevice(ctx, id) {
       if (!slot.childElementCount) drawHead(device);
       latest = await latestValues(device.id).catch(() => null);
       drawValues();
-      await Promise.all([drawCharts(), drawCommands(), drawHistory()]);
+      await Promise.all([drawCharts(), drawCommands(), drawHistory(), profile.refresh()]);
     } catch (e) { replace(message, errorText(e)); }
   }
 

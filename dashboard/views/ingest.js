@@ -92,7 +92,7 @@ function ingestView(data) {
   ];
 }
 
-const QUOTAS = ['devices', 'users', 'alert_rules', 'messages_this_hour'];
+const QUOTAS = ['devices', 'users', 'alert_rules', 'profiles', 'messages_this_hour'];
 
 // GET /api/usage: each quota as a bar against the plan's limit (none: unlimited).
 function usageView(data) {

@@ -241,6 +241,9 @@ class InvalidProfile(Unprocessable):
 class ReplayBusy(Unavailable):
     """The drain is storing a batch right now: try the replay again in a few seconds."""
 
+    kind = "replay-busy"
+    retry_after_s = 5
+
 
 class DeviceDisabled(Conflict):
     """The device is disabled: it cannot connect to receive a command. Enable it first."""

@@ -132,11 +132,15 @@ def page_config(
     external_sign_in: bool,
     operations: list[str],
     external_sign_in_url: str = "",
+    broker_host: str = "",
+    broker_port: int = 8883,
 ) -> Asset:
     """config.json: what the page needs to know of this deployment (nothing secret). system_ca: the
     broker's certificate is publicly trusted (no MQTT_CA_FILE, e.g. Let's Encrypt), so a device's own CA
     store verifies it and the page shows examples without a CA file. external_sign_in_url: the
-    provider's sign-in, the only way a token in the page's URL is taken (as the answer to it)."""
+    provider's sign-in, the only way a token in the page's URL is taken (as the answer to it).
+    broker_host and broker_port: where devices connect (what every device's settings page is given),
+    for the device page's "what to type into the device"."""
     body = json.dumps(
         {
             "refresh_s": refresh_interval_s(ingest_schedule),
@@ -144,6 +148,8 @@ def page_config(
             "system_ca": system_ca,
             "external_sign_in": external_sign_in,
             "external_sign_in_url": external_sign_in_url or None,
+            "broker_host": broker_host or None,
+            "broker_port": broker_port,
             "operations": operations,
         }
     ).encode()

@@ -65,9 +65,9 @@ def test_each_role_sees_what_it_may(stack, page_for, screenshots):
         ).count()
         assert page.errors == []
     # THEN the owner manages users and devices, staff manages devices, the viewer only reads
-    assert seen["owner"]["nav"] == ["Fleet", "Alerts", "Ingest", "Users"]
-    assert seen["staff"]["nav"] == ["Fleet", "Alerts", "Ingest"]
-    assert seen["viewer"]["nav"] == ["Fleet", "Alerts"]
+    assert seen["owner"]["nav"] == ["Fleet", "Alerts", "Profiles", "Ingest", "Users"]
+    assert seen["staff"]["nav"] == ["Fleet", "Alerts", "Profiles", "Ingest"]
+    assert seen["viewer"]["nav"] == ["Fleet", "Alerts", "Profiles"]
     assert [seen[r]["add"] for r in ("owner", "staff", "viewer")] == [1, 1, 0]
     assert [seen[r]["device_actions"] for r in ("owner", "staff", "viewer")] == [3, 3, 0]
     assert "viewer" in seen["viewer"]["who"]
@@ -402,7 +402,7 @@ def test_an_identity_providers_sign_in_signs_in_only_as_the_answer_this_tab_aske
         assert len(asked["state"][0]) >= 40 and asked["redirect_uri"] == [f"{page.url.split('#')[0]}"]
         assert asked["client_id"] == ["dashboard"]
         assert "viewer" in page.locator("#who").inner_text()
-        assert nav_texts(page) == ["Fleet", "Alerts"]
+        assert nav_texts(page) == ["Fleet", "Alerts", "Profiles"]
         assert token not in page.url
         assert (
             page.evaluate("() => JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").find(token)

@@ -293,7 +293,7 @@ def test_alerts_are_not_offered_where_the_api_has_none(stack, page_for):
     sign_in(page, stack["users"]["owner"])
     # THEN the nav has no Alerts entry, and its address shows the fleet instead
     page.locator("tr[data-device=press-01]").wait_for()
-    assert page.locator("#nav a .nav-label").all_inner_texts() == ["Fleet", "Ingest", "Users"]
+    assert page.locator("#nav a .nav-label").all_inner_texts() == ["Fleet", "Profiles", "Ingest", "Users"]
     page.goto("/api/dashboard/#/alerts")
     page.locator("tr[data-device=press-01]").wait_for()
     assert page.locator("[data-section]").count() == 0 and page.errors == []

@@ -155,7 +155,18 @@ def test_config_json_carries_the_cadence_and_nothing_secret(monkeypatch):
     )
     # the API's operations, so the page offers only views whose endpoints exist
     assert {"GET /api/devices", "POST /api/devices", "GET /api/me"} <= set(config["operations"])
-    assert set(config) == {"refresh_s", "ca_url", "system_ca", "external_sign_in", "external_sign_in_url", "operations"}
+    # where devices connect: what every device is configured with, so nothing secret either
+    assert (config["broker_host"], config["broker_port"]) == (get_settings().mqtt_host, get_settings().mqtt_port)
+    assert set(config) == {
+        "refresh_s",
+        "ca_url",
+        "system_ca",
+        "external_sign_in",
+        "external_sign_in_url",
+        "broker_host",
+        "broker_port",
+        "operations",
+    }
     assert config["external_sign_in_url"] is None  # no provider: the page takes no token from its URL
 
 
