@@ -45,6 +45,7 @@ from shared.core.settings import Settings
 from shared.core.sql import QUERIES, one_row
 from shared.telemetry.retention import (
     TenantWindow,
+    delete_old_decoder_events,
     drop_empty_partitions,
     ensure_partitions_ahead,
     maintenance_connection,
@@ -115,6 +116,7 @@ class ArchiveReport:
     days_left: int = 0  # candidates not reached within the time budget
     skipped_reappeared: list[tuple[UUID, date]] = field(default_factory=list)
     busy: bool = False  # another archiver run holds the lock
+    decoder_events_deleted: int = 0
 
 
 # --- the file -----------------------------------------------------------------------------------
@@ -419,7 +421,7 @@ def run_blob_archiver(
     settings: Settings, *, container: Any = None, today: date | None = None, hook: Hook | None = None
 ) -> ArchiveReport:
     """One blob_archiver run: partitions ahead, due days archived, emptied partitions dropped,
-    rollups past their retention deleted. today (UTC) and hook: for tests."""
+    rollups and decoder events past their retention deleted. today (UTC) and hook: for tests."""
     now = datetime.now(UTC)
     today = today or now.date()
     container = container if container is not None else archive_container(settings)
@@ -435,6 +437,7 @@ def run_blob_archiver(
                 hour_days=settings.rollup_1h_retention_days,
                 now=now,
             )
+            report.decoder_events_deleted = delete_old_decoder_events(conn, now)
     observability.event(
         log,
         "archive.run",
@@ -444,6 +447,7 @@ def run_blob_archiver(
             "bytes": report.bytes_uploaded,
             "days_left": report.days_left,
             "busy": report.busy,
+            "decoder_events_deleted": report.decoder_events_deleted,
         },
     )
     if report.days_left:

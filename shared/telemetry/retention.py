@@ -3,7 +3,8 @@
 A tenant's raw rows stay in PostgreSQL for its plan's window; older days are archived to blob
 storage and deleted (shared/telemetry/archive.py). A day partition is dropped only once it holds no row of
 any tenant, so a tenant with a longer window (or unlimited) keeps it alive. Partitions for the
-coming days are created ahead, so the drain never writes into telemetry_default.
+coming days are created ahead, so the drain never writes into telemetry_default. What device
+decoders saw (device_decoder_events) is kept DECODER_EVENT_RETENTION_DAYS.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from uuid import UUID
 
 import psycopg
@@ -46,6 +47,13 @@ def maintenance_connection(
         options="-c jit=off",
     ) as conn:
         yield conn
+
+
+# Decoder events explain the readings around them (a Sparkplug gap, a rebirth asked for, a node's death):
+# a quarter covers any investigation of recent data, and a broken gateway's events (a rebirth request a
+# minute at most) stay bounded. Deleted in batches: the next hourly run takes the rest.
+DECODER_EVENT_RETENTION_DAYS = 90
+DECODER_EVENT_PRUNE_BATCH = 50_000
 
 
 @dataclass(frozen=True)
@@ -85,3 +93,16 @@ def drop_empty_partitions(conn: psycopg.Connection[DictRow], today: date, max_pa
     if dropped:
         observability.event(log, "retention.partitions_dropped", {"partitions": dropped})
     return dropped
+
+
+def delete_old_decoder_events(
+    conn: psycopg.Connection[DictRow],
+    now: datetime,
+    keep_days: int = DECODER_EVENT_RETENTION_DAYS,
+    max_rows: int = DECODER_EVENT_PRUNE_BATCH,
+) -> int:
+    """Deletes decoder events older than keep_days (at most max_rows); returns how many went."""
+    params = {"before": now - timedelta(days=keep_days), "max_rows": max_rows}
+    return int(
+        one_row(conn.execute(QUERIES["delete_old_decoder_events"], params), "delete_old_decoder_events")["deleted"]
+    )

@@ -84,14 +84,19 @@ CREATE TABLE device_decoder_events (
     FOREIGN KEY (tenant_id, device_id) REFERENCES devices (tenant_id, id) ON DELETE CASCADE
 );
 CREATE INDEX device_decoder_events_device ON device_decoder_events (tenant_id, device_id, id DESC);
+-- The archiver's hourly run deletes events past their retention, oldest first (shared/telemetry/retention.py).
+CREATE INDEX device_decoder_events_at ON device_decoder_events (at);
 ALTER TABLE device_decoder_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE device_decoder_events FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON device_decoder_events FOR SELECT TO mqtt_saas_app
     USING (tenant_id = current_tenant_id());
 CREATE POLICY ingest_write ON device_decoder_events FOR INSERT TO mqtt_saas_ingest WITH CHECK (true);
+CREATE POLICY maintenance_read ON device_decoder_events FOR SELECT TO mqtt_saas_maintenance USING (true);
+CREATE POLICY maintenance_delete ON device_decoder_events FOR DELETE TO mqtt_saas_maintenance USING (true);
 CREATE POLICY owner_access ON device_decoder_events TO CURRENT_USER USING (true) WITH CHECK (true);
 GRANT SELECT ON device_decoder_events TO mqtt_saas_app;
 GRANT INSERT ON device_decoder_events TO mqtt_saas_ingest;
+GRANT SELECT (tenant_id, id, at), DELETE ON device_decoder_events TO mqtt_saas_maintenance;
 
 -- A dead letter names the profile that could not decode it, and when a replay stored it. The replay
 -- (shared/ingest/replay.py) stores and marks in one transaction as the ingest role, which may only

@@ -115,3 +115,14 @@ FROM telemetry t LEFT JOIN devices d ON d.tenant_id = t.tenant_id AND d.id = t.d
 WHERE t.tenant_id = %(tenant_id)s AND t.ts >= %(from)s AND t.ts < %(to)s
   AND (%(device_id)s::bigint IS NULL OR t.device_id = %(device_id)s)
 ORDER BY t.device_id, t.metric, t.ts, t.seq;
+
+-- delete_old_decoder_events --
+-- What device decoders saw (Sparkplug gaps, rebirth requests, births, deaths) past its retention, oldest
+-- first and at most max_rows a run: the next hourly run takes the rest.
+WITH gone AS (
+    DELETE FROM device_decoder_events e
+    WHERE (e.tenant_id, e.id) IN (SELECT o.tenant_id, o.id FROM device_decoder_events o
+                                  WHERE o.at < %(before)s ORDER BY o.at LIMIT %(max_rows)s)
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone

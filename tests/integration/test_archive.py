@@ -18,7 +18,7 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.core.settings import Settings, settings_from
 from shared.telemetry.archive import HOOK_POINTS, blob_name, restore_days, run_blob_archiver
-from shared.telemetry.retention import maintenance_connection
+from shared.telemetry.retention import DECODER_EVENT_RETENTION_DAYS, delete_old_decoder_events, maintenance_connection
 
 REPO = Path(__file__).resolve().parents[2]
 TODAY = datetime.now(UTC).date()
@@ -407,6 +407,33 @@ def test_rollups_outlive_raw_rows_and_go_after_their_own_retention(maintenance_s
 
     assert ages("telemetry_rollup_1m") == [40, 399]
     assert ages("telemetry_rollup_1h") == [40, 399, 401, 3649]
+
+
+def test_decoder_events_go_after_their_retention_oldest_first_in_batches(maintenance_settings, owner):
+    # GIVEN what two tenants' decoders saw, of various ages (a Sparkplug node's gaps and rebirths)
+    now = datetime.now(UTC)
+    keep = DECODER_EVENT_RETENTION_DAYS
+    ages = (1, keep - 1, keep + 1, 200, 400)
+    for plan in ("free", "industrial"):
+        tenant, devices = make_tenant(owner, plan, devices=1)
+        for days in ages:
+            owner.execute(
+                "INSERT INTO device_decoder_events (tenant_id, device_id, at, kind, detail)"
+                " VALUES (%s, %s, %s, 'seq_gap', '{}')",
+                (tenant, devices[0], now - timedelta(days=days)),
+            )
+
+    def left() -> list[int]:
+        rows = owner.execute("SELECT at FROM device_decoder_events ORDER BY at DESC").fetchall()
+        return [(now - at).days for (at,) in rows]
+
+    # WHEN a bounded batch is deleted THEN the oldest go first, whatever the tenant
+    with maintenance_connection(maintenance_settings) as conn:
+        assert delete_old_decoder_events(conn, now, max_rows=3) == 3
+    assert left() == [1, 1, keep - 1, keep - 1, keep + 1, keep + 1, 200]
+    # WHEN the archiver runs THEN every event past the retention is gone, every plan alike
+    assert run_blob_archiver(maintenance_settings).decoder_events_deleted == 3
+    assert left() == [1, 1, keep - 1, keep - 1]
 
 
 def test_a_busy_empty_partition_is_left_for_the_next_run(maintenance_settings, owner, database):
