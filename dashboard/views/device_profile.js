@@ -15,6 +15,8 @@ const WRITERS = ['owner', 'staff'];
 // SPARKPLUG_HOST_ID; the browser test compares the two).
 const SPARKPLUG_HOST_ID = 'mqtt-saas';
 const SHOWN_READINGS = 4;
+// Settings the reader switches or picks rather than types: shown as words, with no copy button.
+const CHOICES = new Set(['enable', 'tls', 'rpc_notifications', 'generic_status', 'store_forward']);
 const EVENT_PAGE = 10;
 
 // What the reader types into the device: [label key, value, field id] rows and code blocks.
@@ -70,9 +72,9 @@ function setup(profile, where) {
     h('p', { text: t(intro) }),
     rows.length ? h('dl', { class: 'kv' }, rows.map(([label, value, id]) => [
       h('dt', { text: label }),
-      value === null
-        ? h('dd', { 'data-setup': id, class: 'muted', text: t('setup_password_value') })
-        : h('dd', {}, h('code', { class: 'copyable', 'data-setup': id, text: value }), copyButton(value)),
+      value === null ? h('dd', { 'data-setup': id, class: 'muted', text: t('setup_password_value') })
+        : CHOICES.has(id) ? h('dd', {}, h('strong', { 'data-setup': id, text: value }))
+          : h('dd', {}, h('code', { class: 'copyable', 'data-setup': id, text: value }), copyButton(value)),
     ])) : null,
     blocks);
 }
