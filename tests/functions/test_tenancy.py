@@ -174,13 +174,18 @@ def test_a_bulk_insert_over_the_limit_is_refused_whole(app_pool):
 
 
 def test_usage_shows_each_quota_for_any_role(api, app_pool, database):
-    # GIVEN a starter tenant (25 devices, 10 users, 36000 messages/h) with 3 users, 5 devices and
-    # 900 messages counted this hour by the drain
+    # GIVEN a starter tenant (25 devices, 10 users, 20 device profiles, 36000 messages/h) with 3 users, 5
+    # devices, 2 profiles of its own and 900 messages counted this hour by the drain
     tenant = new_tenant(app_pool)
     users = users_of_each_role(app_pool, tenant)
     tid = str(tenant["id"])
     with tenant_transaction(app_pool, tid) as conn:
         conn.execute("INSERT INTO devices (tenant_id, name) SELECT %s, 'd' || g FROM generate_series(1, 5) g", (tid,))
+        conn.execute(
+            "INSERT INTO device_profiles (tenant_id, name, spec, publish_forms)"
+            " SELECT %s, 'p' || g, '{}', '{plc/line1}' FROM generate_series(1, 2) g",
+            (tid,),
+        )
     with psycopg.connect(database.ingest_dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO usage_hourly (tenant_id, hour, messages, over_quota)"
@@ -200,6 +205,7 @@ def test_usage_shows_each_quota_for_any_role(api, app_pool, database):
         "devices": {"used": 5, "limit": 25, "percent": 20.0},
         "users": {"used": 3, "limit": 10, "percent": 30.0},
         "alert_rules": {"used": 0, "limit": 50, "percent": 0.0},
+        "profiles": {"used": 2, "limit": 20, "percent": 10.0},
         "messages_this_hour": {"used": 900, "limit": 36000, "percent": 2.5},
     }
     assert body["messages_over_quota_this_hour"] == 4
